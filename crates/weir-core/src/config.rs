@@ -1,0 +1,205 @@
+//! The configuration model: Kubernetes-style YAML documents parsed once into
+//! typed, validated kinds.
+//!
+//! Supported kinds:
+//! - `weir.dev/v1alpha1` [`Workload`] (local-mode stand-in for a Pod);
+//! - `security.istio.io/v1` and `v1beta1` [`PeerAuthentication`] and
+//!   [`AuthorizationPolicy`], accepted unchanged.
+//!
+//! Unknown kinds and unknown fields are errors. Every error names the file,
+//! the document (its position and name) and the field.
+
+mod files;
+mod istio;
+mod load;
+mod meta;
+mod workload;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+pub use files::{read_sources, SourceFile};
+pub use istio::{
+    Action, AuthorizationPolicy, Condition, ConditionKey, ConditionValues, MtlsMode, Operation,
+    PeerAuthentication, Rule, Source, StringMatch,
+};
+pub use meta::{ObjectMeta, Timestamp, WorkloadSelector};
+pub use workload::Workload;
+
+use crate::spiffe::TrustDomain;
+
+/// Istio's default root namespace: policies there apply mesh-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// Mesh-wide settings that are not themselves config documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshSettings {
+    pub trust_domain: TrustDomain,
+    pub root_namespace: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: TrustDomain::default(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+/// Where a document came from: file and position in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DocumentRef {
+    pub file: String,
+    /// 0-based position of the document in its file (`---` separated).
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `namespace/name` when the metadata could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl fmt::Display for DocumentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: document {} (index {})",
+            self.file,
+            self.index + 1,
+            self.index
+        )?;
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, " {k} {n}"),
+            (Some(k), None) => write!(f, " {k}"),
+            (None, Some(n)) => write!(f, " {n}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// One problem in the input, located precisely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    /// `None` for problems with a whole file (unreadable, not YAML at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<DocumentRef>,
+    /// The file, repeated here so file-level errors have one too.
+    pub file: String,
+    /// Dotted path to the offending field (`spec.rules[0].from[0].source.principals`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.document {
+            Some(d) => write!(f, "{d}")?,
+            None => write!(f, "{}", self.file)?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field {field}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every error found in a load; a load either yields a whole [`Config`] or
+/// this, never a partial config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "{n} configuration error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A validated, indexed configuration snapshot. Immutable: reloads build a new one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    pub settings: MeshSettings,
+    pub workloads: Vec<Workload>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Non-fatal findings (e.g. a policy Istio would ignore).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<ConfigError>,
+    #[serde(skip)]
+    by_address: HashMap<IpAddr, usize>,
+    #[serde(skip)]
+    by_name: HashMap<(String, String), usize>,
+}
+
+impl Config {
+    /// Parses and validates documents from already-read sources.
+    pub fn from_sources(
+        sources: &[SourceFile],
+        settings: MeshSettings,
+    ) -> Result<Config, ConfigErrors> {
+        load::load(sources, settings)
+    }
+
+    /// Reads files or directories (recursively, `*.yaml`/`*.yml`/`*.json`) and
+    /// parses them.
+    pub fn load_paths<P: AsRef<std::path::Path>>(
+        paths: &[P],
+        settings: MeshSettings,
+    ) -> Result<Config, ConfigErrors> {
+        let sources = read_sources(paths).map_err(|e| ConfigErrors(vec![*e]))?;
+        Self::from_sources(&sources, settings)
+    }
+
+    pub(crate) fn index(&mut self) {
+        self.by_address = self
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.address, i))
+            .collect();
+        self.by_name = self
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ((w.namespace().to_owned(), w.name().to_owned()), i))
+            .collect();
+    }
+
+    pub fn workload_by_address(&self, ip: IpAddr) -> Option<&Workload> {
+        self.by_address.get(&ip).map(|&i| &self.workloads[i])
+    }
+
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<&Workload> {
+        self.by_name
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|&i| &self.workloads[i])
+    }
+
+    pub fn workloads_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> {
+        self.workloads.iter().filter(move |w| w.node == node)
+    }
+
+    /// `(kind, count)` for every supported kind, for `weir check`'s summary.
+    pub fn summary(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("Workload", self.workloads.len()),
+            ("PeerAuthentication", self.peer_authentications.len()),
+            ("AuthorizationPolicy", self.authorization_policies.len()),
+        ]
+    }
+}

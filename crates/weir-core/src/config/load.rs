@@ -1,0 +1,805 @@
+//! Documents → typed kinds, collecting every error with its location.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::istio::{
+    parse_ip_block, Action, AuthorizationPolicy, AuthorizationPolicySpec, Condition, ConditionKey,
+    ConditionValues, MtlsMode, Operation, PeerAuthentication, PeerAuthenticationSpec, PortKey,
+    RawCondition, RawOperation, RawRule, RawSource, Rule, Source, StringMatch,
+};
+use super::meta::ObjectMeta;
+use super::workload::{Workload, WorkloadSpec};
+use super::{Config, ConfigError, ConfigErrors, DocumentRef, MeshSettings, SourceFile};
+use crate::spiffe::SpiffeId;
+
+const WEIR_API: &str = "weir.dev/v1alpha1";
+const ISTIO_SECURITY_APIS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// The kinds weir understands and the apiVersions each accepts.
+pub(crate) const KINDS: &[(&str, &[&str])] = &[
+    ("Workload", &[WEIR_API]),
+    ("PeerAuthentication", ISTIO_SECURITY_APIS),
+    ("AuthorizationPolicy", ISTIO_SECURITY_APIS),
+];
+
+/// A whole document with a typed spec; unknown top-level fields are errors.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Document<S> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(default = "Option::default")]
+    spec: Option<S>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<Value>,
+}
+
+/// Errors for one document, located.
+struct DocCtx<'a> {
+    doc: DocumentRef,
+    errors: &'a mut Vec<ConfigError>,
+    warnings: &'a mut Vec<ConfigError>,
+}
+
+impl DocCtx<'_> {
+    fn error(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            document: Some(self.doc.clone()),
+            file: self.doc.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            document: Some(self.doc.clone()),
+            file: self.doc.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+}
+
+pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut config = Config {
+        settings,
+        ..Config::default()
+    };
+    // (kind, namespace, name) → where it was first defined.
+    let mut seen: HashMap<(String, String, String), DocumentRef> = HashMap::new();
+    // address → (workload key, where)
+    let mut addresses: HashMap<std::net::IpAddr, (String, DocumentRef)> = HashMap::new();
+
+    for src in sources {
+        for (index, de) in serde_yaml_ng::Deserializer::from_str(&src.content).enumerate() {
+            let mut ctx = DocCtx {
+                doc: DocumentRef {
+                    file: src.name.clone(),
+                    index,
+                    kind: None,
+                    name: None,
+                },
+                errors: &mut errors,
+                warnings: &mut warnings,
+            };
+            let value = match Value::deserialize(de) {
+                Ok(v) => v,
+                Err(e) => {
+                    ctx.error(None, format!("not valid YAML: {e}"));
+                    // The YAML stream cannot be resynchronised after a syntax error.
+                    break;
+                }
+            };
+            if value.is_null() {
+                continue; // an empty document, e.g. a trailing `---`
+            }
+            load_document(&mut ctx, value, &mut config, &mut seen, &mut addresses);
+        }
+    }
+
+    if errors.is_empty() {
+        config.warnings = warnings;
+        config.index();
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn load_document(
+    ctx: &mut DocCtx<'_>,
+    value: Value,
+    config: &mut Config,
+    seen: &mut HashMap<(String, String, String), DocumentRef>,
+    addresses: &mut HashMap<std::net::IpAddr, (String, DocumentRef)>,
+) {
+    let Some(map) = value.as_mapping() else {
+        ctx.error(
+            None,
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        );
+        return;
+    };
+    let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
+    let meta = map.get("metadata").and_then(Value::as_mapping);
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    ctx.doc.name = name.map(|n| format!("{ns}/{n}"));
+
+    let Some(kind) = text("kind") else {
+        ctx.error(
+            Some("kind".to_owned()),
+            "missing: every document needs a kind",
+        );
+        return;
+    };
+    ctx.doc.kind = Some(kind.clone());
+    let Some(api_version) = text("apiVersion") else {
+        ctx.error(
+            Some("apiVersion".to_owned()),
+            "missing: every document needs an apiVersion",
+        );
+        return;
+    };
+    let Some((_, apis)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
+        let hint = match kind.as_str() {
+            "RequestAuthentication" | "Telemetry" | "EnvoyFilter" | "Sidecar" | "WasmPlugin" => {
+                " (an L7/Envoy feature an L4 mesh cannot enforce)"
+            }
+            _ => "",
+        };
+        ctx.error(
+            Some("kind".to_owned()),
+            format!(
+                "unknown kind {kind:?} (apiVersion {api_version}){hint}; weir understands: {}",
+                known.join(", ")
+            ),
+        );
+        return;
+    };
+    if !apis.contains(&api_version.as_str()) {
+        ctx.error(
+            Some("apiVersion".to_owned()),
+            format!(
+                "{kind} is not served at {api_version:?}; use {}",
+                apis.join(" or ")
+            ),
+        );
+        return;
+    }
+
+    let before = ctx.error_count();
+    let key;
+    match kind.as_str() {
+        "Workload" => {
+            let Some((meta, spec)) = typed::<WorkloadSpec>(ctx, value) else {
+                return;
+            };
+            let Some(spec) = spec else {
+                ctx.error(
+                    Some("spec".to_owned()),
+                    "missing: a Workload needs spec.address and spec.node",
+                );
+                return;
+            };
+            check_meta(ctx, &meta);
+            if let Err(e) = SpiffeId::new(
+                config.settings.trust_domain.clone(),
+                "x",
+                &spec.service_account,
+            ) {
+                ctx.error(Some("spec.serviceAccount".to_owned()), e.to_string());
+            }
+            if spec.node.is_empty() {
+                ctx.error(Some("spec.node".to_owned()), "must not be empty");
+            }
+            if let Some(n) = &spec.netns {
+                if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+                    ctx.error(Some("spec.netns".to_owned()), format!("{n:?} is not a network namespace name (it names /var/run/netns/<netns>)"));
+                }
+            }
+            if let Some((other, at)) = addresses.get(&spec.address) {
+                ctx.error(
+                    Some("spec.address".to_owned()),
+                    format!(
+                        "{} is already the address of Workload {other} ({at})",
+                        spec.address
+                    ),
+                );
+            }
+            if ctx.error_count() > before {
+                return;
+            }
+            addresses.insert(spec.address, (meta.key(), ctx.doc.clone()));
+            key = (kind.clone(), meta.namespace.clone(), meta.name.clone());
+            let netns = spec.netns.unwrap_or_else(|| meta.name.clone());
+            config.workloads.push(Workload {
+                metadata: meta,
+                service_account: spec.service_account,
+                address: spec.address,
+                node: spec.node,
+                netns,
+            });
+        }
+        "PeerAuthentication" => {
+            let Some((meta, spec)) = typed::<PeerAuthenticationSpec>(ctx, value) else {
+                return;
+            };
+            check_meta(ctx, &meta);
+            let spec = spec.unwrap_or_default();
+            let pa = peer_authentication(ctx, meta, spec, &config.settings);
+            if ctx.error_count() > before {
+                return;
+            }
+            let Some(pa) = pa else { return };
+            key = (
+                kind.clone(),
+                pa.metadata.namespace.clone(),
+                pa.metadata.name.clone(),
+            );
+            config.peer_authentications.push(pa);
+        }
+        "AuthorizationPolicy" => {
+            let Some((meta, spec)) = typed::<AuthorizationPolicySpec>(ctx, value) else {
+                return;
+            };
+            check_meta(ctx, &meta);
+            let spec = spec.unwrap_or_default();
+            let ap = authorization_policy(ctx, meta, spec);
+            if ctx.error_count() > before {
+                return;
+            }
+            let Some(ap) = ap else { return };
+            key = (
+                kind.clone(),
+                ap.metadata.namespace.clone(),
+                ap.metadata.name.clone(),
+            );
+            config.authorization_policies.push(ap);
+        }
+        _ => unreachable!("kinds are checked against KINDS above"),
+    }
+    if let Some(first) = seen.get(&key) {
+        ctx.error(
+            Some("metadata.name".to_owned()),
+            format!(
+                "duplicate {} {}/{}: already defined at {first}",
+                key.0, key.1, key.2
+            ),
+        );
+        return;
+    }
+    seen.insert(key, ctx.doc.clone());
+}
+
+/// Deserializes a whole document strictly, reporting the failing field's path.
+fn typed<S: DeserializeOwned>(
+    ctx: &mut DocCtx<'_>,
+    value: Value,
+) -> Option<(ObjectMeta, Option<S>)> {
+    match serde_path_to_error::deserialize::<_, Document<S>>(value) {
+        Ok(doc) => Some((doc.metadata, doc.spec)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = (path != ".").then_some(path);
+            ctx.error(field, clean_serde_message(&e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// serde's messages use backticks; turn them into quotes that read well in a log.
+fn clean_serde_message(m: &str) -> String {
+    m.replace('`', "\"")
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn check_meta(ctx: &mut DocCtx<'_>, meta: &ObjectMeta) {
+    if !is_dns_subdomain(&meta.name) {
+        ctx.error(
+            Some("metadata.name".to_owned()),
+            format!(
+                "{:?} is not a valid name (lower-case letters, digits, '-' and '.')",
+                meta.name
+            ),
+        );
+    }
+    if !is_dns_label(&meta.namespace) {
+        ctx.error(
+            Some("metadata.namespace".to_owned()),
+            format!(
+                "{:?} is not a valid namespace (a DNS label: lower-case letters, digits and '-')",
+                meta.namespace
+            ),
+        );
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+// ---------------------------------------------------------------- PeerAuthentication
+
+fn peer_authentication(
+    ctx: &mut DocCtx<'_>,
+    metadata: ObjectMeta,
+    spec: PeerAuthenticationSpec,
+    settings: &MeshSettings,
+) -> Option<PeerAuthentication> {
+    let mut port_level = BTreeMap::new();
+    if let Some(ports) = spec.port_level_mtls {
+        if spec.selector.is_none() && !ports.is_empty() {
+            ctx.error(
+                Some("spec.portLevelMtls".to_owned()),
+                "portLevelMtls needs spec.selector: port-level exceptions only apply to selected workloads (as in Istio)",
+            );
+        }
+        for (PortKey(k), m) in ports {
+            match parse_port(&k) {
+                Some(p) => {
+                    port_level.insert(p, m.mode);
+                }
+                None => ctx.error(
+                    Some(format!("spec.portLevelMtls.{k}")),
+                    format!("{k:?} is not a port number (1-65535)"),
+                ),
+            }
+        }
+    }
+    if spec.selector.is_some() && metadata.namespace == settings.root_namespace {
+        ctx.warn(
+            Some("spec.selector".to_owned()),
+            format!(
+                "ignored: a PeerAuthentication with a selector in the root namespace {:?} applies to nothing (as in Istio); drop the selector for a mesh-wide policy",
+                settings.root_namespace
+            ),
+        );
+    }
+    Some(PeerAuthentication {
+        metadata,
+        selector: spec.selector,
+        mtls: spec.mtls.map(|m| m.mode).unwrap_or(MtlsMode::Unset),
+        port_level_mtls: port_level,
+    })
+}
+
+// ---------------------------------------------------------------- AuthorizationPolicy
+
+fn authorization_policy(
+    ctx: &mut DocCtx<'_>,
+    metadata: ObjectMeta,
+    spec: AuthorizationPolicySpec,
+) -> Option<AuthorizationPolicy> {
+    let action = match spec.action.as_deref() {
+        None | Some("ALLOW") => Action::Allow,
+        Some("DENY") => Action::Deny,
+        Some("CUSTOM") => {
+            ctx.error(
+                Some("spec.action".to_owned()),
+                "CUSTOM is not supported: it delegates to an external authorizer (ext_authz), which weir does not have; use ALLOW or DENY",
+            );
+            return None;
+        }
+        Some("AUDIT") => {
+            ctx.error(
+                Some("spec.action".to_owned()),
+                "AUDIT is not supported: it only marks requests for an Envoy audit logger, which weir does not have; use ALLOW or DENY",
+            );
+            return None;
+        }
+        Some(other) => {
+            ctx.error(
+                Some("spec.action".to_owned()),
+                format!("{other:?} is not an action; use ALLOW or DENY"),
+            );
+            return None;
+        }
+    };
+    if spec.provider.is_some() {
+        ctx.error(
+            Some("spec.provider".to_owned()),
+            "provider is only used with action CUSTOM, which weir does not support",
+        );
+    }
+    for (field, v) in [
+        ("spec.targetRef", &spec.target_ref),
+        ("spec.targetRefs", &spec.target_refs),
+    ] {
+        if v.is_some() {
+            ctx.error(
+                Some(field.to_owned()),
+                "targetRef binds a policy to a waypoint or gateway, which weir's node proxy is not; select workloads with spec.selector",
+            );
+        }
+    }
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
+        rules.push(rule(ctx, &format!("spec.rules[{i}]"), r));
+    }
+    Some(AuthorizationPolicy {
+        metadata,
+        selector: spec.selector,
+        action,
+        rules,
+    })
+}
+
+fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule) -> Rule {
+    let mut out = Rule::default();
+    for (i, f) in r.from.unwrap_or_default().into_iter().enumerate() {
+        let p = format!("{path}.from[{i}]");
+        match f.source {
+            Some(s) => out.from.push(source(ctx, &format!("{p}.source"), s)),
+            None => ctx.error(Some(p), "a from entry needs a source"),
+        }
+    }
+    for (i, t) in r.to.unwrap_or_default().into_iter().enumerate() {
+        let p = format!("{path}.to[{i}]");
+        match t.operation {
+            Some(o) => out.to.push(operation(ctx, &format!("{p}.operation"), o)),
+            None => ctx.error(Some(p), "a to entry needs an operation"),
+        }
+    }
+    for (i, c) in r.when.unwrap_or_default().into_iter().enumerate() {
+        if let Some(c) = condition(ctx, &format!("{path}.when[{i}]"), c) {
+            out.when.push(c);
+        }
+    }
+    out
+}
+
+fn string_matches(
+    ctx: &mut DocCtx<'_>,
+    path: &str,
+    values: Option<Vec<String>>,
+    principal: bool,
+) -> Vec<StringMatch> {
+    let mut out = Vec::new();
+    for (i, v) in values.unwrap_or_default().into_iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if v.is_empty() {
+            ctx.error(Some(p), "empty value");
+            continue;
+        }
+        let inner = v.strip_prefix('*').unwrap_or(&v);
+        let inner = inner.strip_suffix('*').unwrap_or(inner);
+        if inner.contains('*') || (v.len() > 1 && v.starts_with('*') && v.ends_with('*')) {
+            ctx.error(
+                Some(p),
+                format!("{v:?}: '*' may only be the first or the last character (prefix or suffix match)"),
+            );
+            continue;
+        }
+        if principal && v.starts_with("spiffe://") {
+            ctx.warn(
+                Some(p.clone()),
+                format!(
+                    "{v:?} never matches: Istio writes principals without the spiffe:// scheme, e.g. {:?}",
+                    v.trim_start_matches("spiffe://")
+                ),
+            );
+        }
+        out.push(StringMatch::parse(&v));
+    }
+    out
+}
+
+fn ip_blocks(ctx: &mut DocCtx<'_>, path: &str, values: Option<Vec<String>>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, v) in values.unwrap_or_default().into_iter().enumerate() {
+        match parse_ip_block(&v) {
+            Some(n) => out.push(n),
+            None => ctx.error(
+                Some(format!("{path}[{i}]")),
+                format!("{v:?} is not an IP address or CIDR block (e.g. 198.18.0.0/15)"),
+            ),
+        }
+    }
+    out
+}
+
+fn ports(ctx: &mut DocCtx<'_>, path: &str, values: Option<Vec<PortKey>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for (i, PortKey(v)) in values.unwrap_or_default().into_iter().enumerate() {
+        match parse_port(&v) {
+            Some(p) => out.push(p),
+            None => ctx.error(
+                Some(format!("{path}[{i}]")),
+                format!("{v:?} is not a port number (1-65535)"),
+            ),
+        }
+    }
+    out
+}
+
+fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
+    let l7 = [
+        &s.request_principals,
+        &s.not_request_principals,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+    ]
+    .iter()
+    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    let out = Source {
+        principals: string_matches(ctx, &format!("{path}.principals"), s.principals, true),
+        not_principals: string_matches(
+            ctx,
+            &format!("{path}.notPrincipals"),
+            s.not_principals,
+            true,
+        ),
+        namespaces: string_matches(ctx, &format!("{path}.namespaces"), s.namespaces, false),
+        not_namespaces: string_matches(
+            ctx,
+            &format!("{path}.notNamespaces"),
+            s.not_namespaces,
+            false,
+        ),
+        ip_blocks: ip_blocks(ctx, &format!("{path}.ipBlocks"), s.ip_blocks),
+        not_ip_blocks: ip_blocks(ctx, &format!("{path}.notIpBlocks"), s.not_ip_blocks),
+        l7,
+    };
+    if !l7 && out == Source::default() {
+        ctx.error(
+            Some(path.to_owned()),
+            "a source must set at least one field (Istio rejects an empty source)",
+        );
+    }
+    out
+}
+
+fn operation(ctx: &mut DocCtx<'_>, path: &str, o: RawOperation) -> Operation {
+    let l7 = [
+        &o.hosts,
+        &o.not_hosts,
+        &o.methods,
+        &o.not_methods,
+        &o.paths,
+        &o.not_paths,
+    ]
+    .iter()
+    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    let out = Operation {
+        ports: ports(ctx, &format!("{path}.ports"), o.ports),
+        not_ports: ports(ctx, &format!("{path}.notPorts"), o.not_ports),
+        l7,
+    };
+    if !l7 && out == Operation::default() {
+        ctx.error(
+            Some(path.to_owned()),
+            "an operation must set at least one field (Istio rejects an empty operation)",
+        );
+    }
+    out
+}
+
+/// Condition keys Istio accepts that an L4 proxy cannot evaluate.
+fn is_known_l7_key(k: &str) -> bool {
+    k.starts_with("request.headers[")
+        || k.starts_with("request.auth.claims[")
+        || k.starts_with("experimental.envoy.filters.")
+        || matches!(
+            k,
+            "request.auth.principal"
+                | "request.auth.audiences"
+                | "request.auth.presenter"
+                | "remote.ip"
+                | "connection.sni"
+                | "request.regex.headers"
+        )
+}
+
+fn condition(ctx: &mut DocCtx<'_>, path: &str, c: RawCondition) -> Option<Condition> {
+    let key = ConditionKey::parse(&c.key);
+    if let ConditionKey::L7(k) = &key {
+        if !is_known_l7_key(k) {
+            ctx.error(
+                Some(format!("{path}.key")),
+                format!("unknown condition key {k:?}; L4 keys are source.ip, source.namespace, source.principal, destination.ip, destination.port"),
+            );
+            return None;
+        }
+    }
+    if c.values.as_ref().is_none_or(Vec::is_empty)
+        && c.not_values.as_ref().is_none_or(Vec::is_empty)
+    {
+        ctx.error(
+            Some(path.to_owned()),
+            "a condition needs values or notValues",
+        );
+        return None;
+    }
+    let parse = |ctx: &mut DocCtx<'_>, field: &str, v: Option<Vec<String>>| -> ConditionValues {
+        let p = format!("{path}.{field}");
+        match &key {
+            ConditionKey::SourceIp | ConditionKey::DestinationIp => {
+                ConditionValues::Ips(ip_blocks(ctx, &p, v))
+            }
+            ConditionKey::DestinationPort => ConditionValues::Ports(ports(
+                ctx,
+                &p,
+                v.map(|v| v.into_iter().map(PortKey).collect()),
+            )),
+            ConditionKey::SourcePrincipal => {
+                ConditionValues::Strings(string_matches(ctx, &p, v, true))
+            }
+            ConditionKey::SourceNamespace | ConditionKey::L7(_) => {
+                ConditionValues::Strings(string_matches(ctx, &p, v, false))
+            }
+        }
+    };
+    let values = parse(ctx, "values", c.values);
+    let not_values = parse(ctx, "notValues", c.not_values);
+    Some(Condition {
+        key,
+        values,
+        not_values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<ConfigError> {
+        match Config::from_sources(&[SourceFile::new("p.yaml", yaml)], MeshSettings::default()) {
+            Ok(_) => panic!("expected errors for:\n{yaml}"),
+            Err(e) => e.0,
+        }
+    }
+
+    fn one(yaml: &str) -> ConfigError {
+        let mut e = errors(yaml);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        e.remove(0)
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let e = one(
+            "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: x}\nspec: {address: 198.18.0.1, node: n}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-apps, namespace: kafka}\n\
+             spec:\n  rules:\n  - from:\n    - source:\n        principalz: [a]\n",
+        );
+        assert_eq!(e.file, "p.yaml");
+        let d = e.document.as_ref().unwrap();
+        assert_eq!(d.index, 1);
+        assert_eq!(d.name.as_deref(), Some("kafka/allow-apps"));
+        assert_eq!(d.kind.as_deref(), Some("AuthorizationPolicy"));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.rules[0].from[0].source.principalz")
+        );
+        assert!(
+            e.message.contains("unknown field \"principalz\""),
+            "{}",
+            e.message
+        );
+        let text = e.to_string();
+        assert!(text.starts_with("p.yaml: document 2 (index 1) AuthorizationPolicy kafka/allow-apps: field spec.rules[0].from[0].source.principalz"), "{text}");
+    }
+
+    #[test]
+    fn unknown_kind_and_api_version() {
+        let e = one("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
+        assert_eq!(e.field.as_deref(), Some("kind"));
+        assert!(e.message.contains("unknown kind \"ConfigMap\""));
+        let e = one("apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n");
+        assert_eq!(e.field.as_deref(), Some("apiVersion"));
+    }
+
+    #[test]
+    fn custom_and_audit_refused() {
+        for action in ["CUSTOM", "AUDIT"] {
+            let e = one(&format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: k}}\nspec: {{action: {action}}}\n"));
+            assert_eq!(e.field.as_deref(), Some("spec.action"));
+            assert!(
+                e.message.contains(&format!("{action} is not supported")),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: k}\n\
+             spec: {rules: [{from: [{source: {ipBlocks: [nope]}}], to: [{operation: {ports: [\"70000\"]}}], when: [{key: bogus, values: [x]}]}]}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: b, namespace: k}\nspec: {mtls: {mode: STRICT}, portLevelMtls: {9404: {mode: PERMISSIVE}}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: c, namespace: k}\nspec: {mtls: {mode: strict}}\n",
+        );
+        let fields: Vec<_> = e
+            .iter()
+            .map(|e| e.field.clone().unwrap_or_default())
+            .collect();
+        assert!(
+            fields.contains(&"spec.rules[0].from[0].source.ipBlocks[0]".to_owned()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"spec.rules[0].to[0].operation.ports[0]".to_owned()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"spec.rules[0].when[0].key".to_owned()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"spec.portLevelMtls".to_owned()),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"spec.mtls.mode".to_owned()), "{fields:?}");
+    }
+
+    #[test]
+    fn duplicates_and_addresses() {
+        let w = |name: &str, addr: &str| {
+            format!("---\napiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: x}}\nspec: {{address: {addr}, node: n}}\n")
+        };
+        let e = one(&format!("{}{}", w("a", "198.18.0.1"), w("a", "198.18.0.2")));
+        assert!(
+            e.message.contains("duplicate Workload x/a"),
+            "{}",
+            e.message
+        );
+        let e = one(&format!("{}{}", w("a", "198.18.0.1"), w("b", "198.18.0.1")));
+        assert_eq!(e.field.as_deref(), Some("spec.address"));
+        let e = one(&w("a", "not-an-ip"));
+        assert_eq!(e.field.as_deref(), Some("spec.address"));
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let e = one("apiVersion: [unclosed\n");
+        assert!(e.message.starts_with("not valid YAML"), "{}", e.message);
+    }
+
+    #[test]
+    fn kubectl_output_loads() {
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "k.yaml",
+                "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: kafka\n  uid: 1234\n  resourceVersion: \"77\"\n  generation: 1\n  creationTimestamp: \"2024-05-01T10:00:00Z\"\n  annotations: {a: b}\nspec:\n  mtls:\n    mode: STRICT\nstatus: {}\n---\n",
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.peer_authentications.len(), 1);
+        assert_eq!(c.peer_authentications[0].mtls, MtlsMode::Strict);
+    }
+}

@@ -1,0 +1,57 @@
+//! `weir.dev/v1alpha1` `Workload`: the local-mode stand-in for a Pod.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::ObjectMeta;
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+/// A mesh workload: who it is (namespace + service account), where it is
+/// (address, node) and which network namespace holds its sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub metadata: ObjectMeta,
+    pub service_account: String,
+    pub address: IpAddr,
+    pub node: String,
+    /// Network namespace name (`/var/run/netns/<netns>`); defaults to the
+    /// workload's name.
+    pub netns: String,
+}
+
+impl Workload {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.metadata.namespace
+    }
+
+    /// The workload's SPIFFE id in the given trust domain. The service account
+    /// was validated at load time, so this cannot fail.
+    pub fn identity(&self, trust_domain: &TrustDomain) -> SpiffeId {
+        SpiffeId::new(
+            trust_domain.clone(),
+            &self.metadata.namespace,
+            &self.service_account,
+        )
+        .expect("workload namespace and service account are validated at load")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct WorkloadSpec {
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    pub address: IpAddr,
+    pub node: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+fn default_sa() -> String {
+    "default".to_owned()
+}

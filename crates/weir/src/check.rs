@@ -1,0 +1,108 @@
+//! `weir check`: validate configuration.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use weir_core::config::{Action, MtlsMode};
+use weir_core::Config;
+
+use crate::cli::{CheckArgs, Output};
+
+/// One line per kind: the count and a breakdown that helps spot surprises.
+pub fn summary_lines(config: &Config) -> Vec<String> {
+    let mut nodes: BTreeMap<&str, usize> = BTreeMap::new();
+    for w in &config.workloads {
+        *nodes.entry(w.node.as_str()).or_default() += 1;
+    }
+    let nodes: Vec<String> = nodes.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+    let mut modes: BTreeMap<MtlsMode, usize> = BTreeMap::new();
+    for p in &config.peer_authentications {
+        *modes.entry(p.mtls).or_default() += 1;
+    }
+    let modes: Vec<String> = modes.iter().map(|(m, c)| format!("{m}: {c}")).collect();
+    let allow = config
+        .authorization_policies
+        .iter()
+        .filter(|p| p.action == Action::Allow)
+        .count();
+    let deny = config.authorization_policies.len() - allow;
+    vec![
+        format!(
+            "Workload: {} ({})",
+            config.workloads.len(),
+            if nodes.is_empty() {
+                "no nodes".to_owned()
+            } else {
+                nodes.join(", ")
+            }
+        ),
+        format!(
+            "PeerAuthentication: {}{}",
+            config.peer_authentications.len(),
+            if modes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", modes.join(", "))
+            }
+        ),
+        format!(
+            "AuthorizationPolicy: {} (ALLOW: {allow}, DENY: {deny})",
+            config.authorization_policies.len()
+        ),
+    ]
+}
+
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let settings = match args.mesh.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match Config::load_paths(&args.paths, settings) {
+        Ok(config) => {
+            match args.output {
+                Output::Text => {
+                    for w in &config.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    for line in summary_lines(&config) {
+                        println!("{line}");
+                    }
+                }
+                Output::Json => {
+                    let kinds: BTreeMap<&str, usize> = config.summary().into_iter().collect();
+                    let out = serde_json::json!({"valid": true, "kinds": kinds, "warnings": config.warnings, "errors": []});
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&out).expect("serializable")
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            match args.output {
+                Output::Text => {
+                    for e in &errors.0 {
+                        eprintln!("error: {e}");
+                    }
+                    eprintln!(
+                        "{} error{} found; nothing was applied",
+                        errors.0.len(),
+                        if errors.0.len() == 1 { "" } else { "s" }
+                    );
+                }
+                Output::Json => {
+                    let out = serde_json::json!({"valid": false, "errors": errors.0});
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&out).expect("serializable")
+                    );
+                }
+            }
+            ExitCode::from(1)
+        }
+    }
+}

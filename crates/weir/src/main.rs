@@ -1,0 +1,18 @@
+//! `weir`: a zero-trust ambient service mesh for event streaming.
+#![forbid(unsafe_code)]
+
+mod check;
+mod cli;
+mod explain;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Check(args) => check::run(&args),
+        cli::Command::Explain(args) => explain::run(&args),
+    }
+}

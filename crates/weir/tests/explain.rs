@@ -1,0 +1,314 @@
+//! The policy semantics table, case by case, through the real `weir explain`
+//! and `weir check` binaries.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/kafka-mesh")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("weir-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn explain(config: &[PathBuf], from: &str, src_ip: Option<&str>, to: &str, port: u16) -> Value {
+    let mut cmd = weir();
+    cmd.arg("explain").arg("--config").args(config);
+    cmd.args([
+        "--from",
+        from,
+        "--to",
+        to,
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+    ]);
+    if let Some(ip) = src_ip {
+        cmd.args(["--source-ip", ip]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[track_caller]
+fn expect(v: &Value, decision: &str, mode: &str, policy: Option<&str>) {
+    assert_eq!(v["decision"], decision, "{v:#}");
+    assert_eq!(v["mtls_mode"], mode, "{v:#}");
+    match policy {
+        Some(p) => assert_eq!(v["policy"], p, "{v:#}"),
+        None => assert!(v["policy"].is_null(), "{v:#}"),
+    }
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v:#}");
+}
+
+#[test]
+fn example_policy_table() {
+    let cfg = [example()];
+    let producer = "spiffe://cluster.local/ns/apps/sa/producer";
+    // The allowed service accounts reach the broker port over mTLS.
+    expect(
+        &explain(&cfg, producer, None, "kafka/kafka-0", 9092),
+        "allow",
+        "STRICT",
+        Some("kafka/kafka-clients"),
+    );
+    expect(
+        &explain(
+            &cfg,
+            "cluster.local/ns/apps/sa/consumer",
+            None,
+            "kafka/kafka-0",
+            9092,
+        ),
+        "allow",
+        "STRICT",
+        Some("kafka/kafka-clients"),
+    );
+    // Another service account is denied by the ALLOW policy's absence of a match.
+    expect(
+        &explain(
+            &cfg,
+            "cluster.local/ns/apps/sa/intruder",
+            None,
+            "kafka/kafka-0",
+            9092,
+        ),
+        "deny",
+        "STRICT",
+        Some("kafka/kafka-clients"),
+    );
+    // Plaintext on the broker port: refused by STRICT.
+    expect(
+        &explain(
+            &cfg,
+            "plaintext",
+            Some("198.18.0.99"),
+            "kafka/kafka-0",
+            9092,
+        ),
+        "deny",
+        "STRICT",
+        Some("kafka/default"),
+    );
+    // Plaintext on the metrics port: the port-level PERMISSIVE exception admits it.
+    expect(
+        &explain(
+            &cfg,
+            "plaintext",
+            Some("198.18.0.99"),
+            "kafka/kafka-0",
+            9404,
+        ),
+        "allow",
+        "PERMISSIVE",
+        Some("kafka/kafka-clients"),
+    );
+    // Workloads without policies: PERMISSIVE, allowed by default.
+    expect(
+        &explain(&cfg, "plaintext", None, "apps/producer", 8080),
+        "allow",
+        "PERMISSIVE",
+        None,
+    );
+}
+
+const WL: &str = "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: kafka-0, namespace: kafka, labels: {app: kafka}}\nspec: {serviceAccount: kafka, address: 198.18.0.10, node: node-a}\n";
+
+fn case(dir: &TempDir, n: usize, policies: &str) -> Vec<PathBuf> {
+    vec![
+        dir.write("w.yaml", WL),
+        dir.write(&format!("p{n}.yaml"), policies),
+    ]
+}
+
+#[test]
+fn semantics_table() {
+    let dir = TempDir::new("semantics");
+    let pa = |ns: &str, name: &str, ts: &str, spec: &str| {
+        format!("---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{ts}\"}}\nspec: {spec}\n")
+    };
+    let ap = |ns: &str, name: &str, spec: &str| {
+        format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    };
+    let sel = "selector: {matchLabels: {app: kafka}}";
+    let p = "spiffe://cluster.local/ns/apps/sa/producer";
+    let t0 = "2024-01-01T00:00:00Z";
+    let t1 = "2024-06-01T00:00:00Z";
+    // (policies, from, source ip, port, decision, mode, policy)
+    #[allow(clippy::type_complexity)]
+    let table: Vec<(String, &str, Option<&str>, u16, &str, &str, Option<&str>)> = vec![
+        // no policy at all = PERMISSIVE, allowed
+        (String::new(), "plaintext", None, 9092, "allow", "PERMISSIVE", None),
+        // mesh STRICT
+        (pa("istio-system", "mesh", t0, "{mtls: {mode: STRICT}}"), "plaintext", None, 9092, "deny", "STRICT", Some("istio-system/mesh")),
+        // namespace beats mesh
+        (pa("istio-system", "mesh", t0, "{mtls: {mode: STRICT}}") + &pa("kafka", "ns", t0, "{mtls: {mode: PERMISSIVE}}"), "plaintext", None, 9092, "allow", "PERMISSIVE", None),
+        // workload beats namespace
+        (pa("kafka", "ns", t0, "{mtls: {mode: PERMISSIVE}}") + &pa("kafka", "wl", t0, &format!("{{{sel}, mtls: {{mode: STRICT}}}}")), "plaintext", None, 9092, "deny", "STRICT", Some("kafka/wl")),
+        // UNSET inherits
+        (pa("kafka", "ns", t0, "{mtls: {mode: STRICT}}") + &pa("kafka", "wl", t0, &format!("{{{sel}, mtls: {{mode: UNSET}}}}")), "plaintext", None, 9092, "deny", "STRICT", Some("kafka/ns")),
+        // port-level exception on that port only
+        (pa("kafka", "wl", t0, &format!("{{{sel}, mtls: {{mode: STRICT}}, portLevelMtls: {{9404: {{mode: PERMISSIVE}}}}}}")), "plaintext", None, 9404, "allow", "PERMISSIVE", None),
+        (pa("kafka", "wl", t0, &format!("{{{sel}, mtls: {{mode: STRICT}}, portLevelMtls: {{9404: {{mode: PERMISSIVE}}}}}}")), "plaintext", None, 9092, "deny", "STRICT", Some("kafka/wl")),
+        // oldest selector policy wins
+        (pa("kafka", "a-new", t1, &format!("{{{sel}, mtls: {{mode: PERMISSIVE}}}}")) + &pa("kafka", "b-old", t0, &format!("{{{sel}, mtls: {{mode: STRICT}}}}")), "plaintext", None, 9092, "deny", "STRICT", Some("kafka/b-old")),
+        // root-namespace selector PA ignored
+        (pa("istio-system", "sel", t0, &format!("{{{sel}, mtls: {{mode: STRICT}}}}")), "plaintext", None, 9092, "allow", "PERMISSIVE", None),
+        // mTLS callers are not affected by STRICT
+        (pa("kafka", "ns", t0, "{mtls: {mode: STRICT}}"), p, None, 9092, "allow", "STRICT", None),
+        // DENY before ALLOW
+        (ap("kafka", "allow", "{rules: [{}]}") + &ap("kafka", "deny", "{action: DENY, rules: [{from: [{source: {namespaces: [apps]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/deny")),
+        // spec {} allows nothing
+        (ap("kafka", "nothing", "{}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/nothing")),
+        // rule {} matches everything
+        (ap("kafka", "all", "{rules: [{}]}"), "plaintext", None, 1, "allow", "PERMISSIVE", Some("kafka/all")),
+        // selector scoping: a policy for another app does not apply
+        (ap("kafka", "zk", "{selector: {matchLabels: {app: zk}}}"), p, None, 9092, "allow", "PERMISSIVE", None),
+        // root namespace AP applies mesh-wide
+        (ap("istio-system", "deny-all", "{action: DENY, rules: [{}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("istio-system/deny-all")),
+        // principals: prefix, suffix, presence; plaintext has no principal
+        (ap("kafka", "pfx", "{rules: [{from: [{source: {principals: [\"cluster.local/ns/apps/*\"]}}]}]}"), p, None, 9092, "allow", "PERMISSIVE", Some("kafka/pfx")),
+        (ap("kafka", "sfx", "{rules: [{from: [{source: {principals: [\"*/sa/consumer\"]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/sfx")),
+        (ap("kafka", "any", "{rules: [{from: [{source: {principals: [\"*\"]}}]}]}"), "plaintext", None, 9092, "deny", "PERMISSIVE", Some("kafka/any")),
+        // notPrincipals, notNamespaces
+        (ap("kafka", "np", "{rules: [{from: [{source: {notPrincipals: [\"cluster.local/ns/apps/sa/producer\"]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/np")),
+        (ap("kafka", "nn", "{rules: [{from: [{source: {notNamespaces: [apps]}}]}]}"), "plaintext", None, 9092, "allow", "PERMISSIVE", Some("kafka/nn")),
+        // ipBlocks / notIpBlocks
+        (ap("kafka", "ip", "{rules: [{from: [{source: {ipBlocks: [198.18.0.0/24]}}]}]}"), "plaintext", Some("198.18.0.7"), 9092, "allow", "PERMISSIVE", Some("kafka/ip")),
+        (ap("kafka", "ip", "{rules: [{from: [{source: {ipBlocks: [198.18.0.0/24]}}]}]}"), "plaintext", Some("198.19.0.7"), 9092, "deny", "PERMISSIVE", Some("kafka/ip")),
+        (ap("kafka", "nip", "{rules: [{from: [{source: {notIpBlocks: [198.18.0.7]}}]}]}"), "plaintext", Some("198.18.0.7"), 9092, "deny", "PERMISSIVE", Some("kafka/nip")),
+        // ports / notPorts
+        (ap("kafka", "port", "{rules: [{to: [{operation: {ports: [\"9092\"]}}]}]}"), p, None, 9093, "deny", "PERMISSIVE", Some("kafka/port")),
+        (ap("kafka", "nport", "{rules: [{to: [{operation: {notPorts: [\"9092\"]}}]}]}"), p, None, 9093, "allow", "PERMISSIVE", Some("kafka/nport")),
+        // when keys
+        (ap("kafka", "w", "{rules: [{when: [{key: source.namespace, values: [apps]}, {key: destination.port, values: [\"9092\"]}]}]}"), p, None, 9092, "allow", "PERMISSIVE", Some("kafka/w")),
+        (ap("kafka", "w", "{rules: [{when: [{key: source.principal, notValues: [\"cluster.local/ns/apps/sa/producer\"]}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/w")),
+        (ap("kafka", "w", "{rules: [{when: [{key: source.ip, values: [198.18.0.0/16]}, {key: destination.ip, values: [198.18.0.10]}]}]}"), "plaintext", Some("198.18.3.3"), 9092, "allow", "PERMISSIVE", Some("kafka/w")),
+        // L7 in ALLOW never matches; L7 in DENY is enforced without it
+        (ap("kafka", "l7", "{rules: [{to: [{operation: {methods: [GET]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/l7")),
+        (ap("kafka", "l7", "{action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: [\"9092\"]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/l7")),
+        (ap("kafka", "l7", "{action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: [\"9092\"]}}]}]}"), p, None, 9093, "allow", "PERMISSIVE", None),
+    ];
+    for (i, (policies, from, ip, port, decision, mode, policy)) in table.iter().enumerate() {
+        let cfg = case(&dir, i, policies);
+        let v = explain(&cfg, from, *ip, "kafka/kafka-0", *port);
+        assert_eq!(v["decision"], *decision, "case {i}: {policies}\n{v:#}");
+        assert_eq!(v["mtls_mode"], *mode, "case {i}: {policies}\n{v:#}");
+        assert_eq!(v["policy"].as_str(), *policy, "case {i}: {policies}\n{v:#}");
+        let _ = std::fs::remove_file(&cfg[1]);
+    }
+}
+
+#[test]
+fn check_summarises_valid_config() {
+    let out = weir().arg("check").arg(example()).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("Workload: 4"), "{stdout}");
+    assert!(stdout.contains("PeerAuthentication: 2"), "{stdout}");
+    assert!(stdout.contains("AuthorizationPolicy: 1"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_error_with_location() {
+    let dir = TempDir::new("check");
+    let bad = dir.write(
+        "bad.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: kafka}\nspec: {action: CUSTOM, provider: {name: opa}}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: kafka}\nspec: {address: 198.18.0.1, node: a, colour: blue}\n",
+    );
+    let out = weir().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = bad.display().to_string();
+    assert!(stderr.contains(&format!("{file}: document 1 (index 0) AuthorizationPolicy kafka/ext: field spec.action: CUSTOM is not supported")), "{stderr}");
+    assert!(
+        stderr.contains(
+            "document 2 (index 1) ConfigMap default/cm: field kind: unknown kind \"ConfigMap\""
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "document 3 (index 2) Workload kafka/w: field spec.colour: unknown field \"colour\""
+        ),
+        "{stderr}"
+    );
+
+    let out = weir()
+        .args(["check", "-o", "json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["errors"].as_array().unwrap().len() >= 3, "{v:#}");
+    assert_eq!(v["errors"][0]["document"]["index"], 0);
+}
+
+#[test]
+fn explain_rejects_bad_arguments_clearly() {
+    let out = weir()
+        .args(["explain", "--config"])
+        .arg(example())
+        .args([
+            "--from",
+            "nobody",
+            "--to",
+            "kafka/kafka-0",
+            "--port",
+            "9092",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from \"nobody\""));
+    let out = weir()
+        .args(["explain", "--config"])
+        .arg(example())
+        .args([
+            "--from",
+            "plaintext",
+            "--to",
+            "kafka/nope",
+            "--port",
+            "9092",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known workloads: kafka/kafka-0"));
+}
