@@ -1,0 +1,534 @@
+//! The mesh certificate authority: a self-signed ECDSA P-256 root that signs
+//! SPIFFE leaf certificates for workloads.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+use weir_core::{SpiffeId, TrustDomain};
+
+use crate::error::{Error, Result};
+
+/// Default lifetime of a workload certificate (24 hours, as in Istio).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How far `not_before` of a leaf is backdated, so that peers whose clocks are
+/// slightly behind still accept a freshly issued certificate.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Lifetime of a root created by [`CertificateAuthority::load_or_create`].
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// File name of the root certificate in the CA state directory.
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+
+/// File name of the root key in the CA state directory (mode 0600).
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+
+/// Common name of roots created by weir.
+pub const ROOT_COMMON_NAME: &str = "weir mesh root";
+
+/// The mesh CA: signs SPIFFE leaf certificates in-process.
+pub struct CertificateAuthority {
+    trust_domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    root_der: CertificateDer<'static>,
+    root_pem: String,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key.
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A workload's certificate chain and private key.
+pub struct WorkloadCertificate {
+    /// The identity in the leaf's URI SAN.
+    pub id: SpiffeId,
+    /// The chain, leaf first (the root is not included).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's PKCS#8 private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Start of validity (backdated by up to [`CLOCK_SKEW_ALLOWANCE`]).
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl WorkloadCertificate {
+    /// When this certificate should be replaced: at half its lifetime.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life / 2
+    }
+
+    /// The leaf certificate. Panics if `chain` is empty, which no certificate
+    /// issued by this crate is.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+}
+
+impl Clone for WorkloadCertificate {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
+impl fmt::Debug for WorkloadCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadCertificate")
+            .field("id", &self.id)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leaf certificate with arbitrary URI SANs, from
+/// [`CertificateAuthority::dangerous_issue_raw`]. For tests only.
+pub struct RawCertificate {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's PKCS#8 private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Whole seconds: X.509 times have no sub-second part, and the times we report
+/// must be the ones in the certificate.
+fn truncate(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+impl CertificateAuthority {
+    /// Loads the root from `state_dir`, or creates it (and the directory) on
+    /// first use: an ECDSA P-256 self-signed root valid for 10 years, written as
+    /// [`CA_CERT_FILE`] and [`CA_KEY_FILE`] (mode 0600).
+    pub fn load_or_create(state_dir: &Path, trust_domain: TrustDomain) -> Result<Self> {
+        let cert_path = state_dir.join(CA_CERT_FILE);
+        let key_path = state_dir.join(CA_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Self::from_pem_files(&cert_path, &key_path, trust_domain),
+            (true, false) => Err(Error::IncompleteCaState {
+                dir: state_dir.to_owned(),
+                present: CA_CERT_FILE,
+                missing: CA_KEY_FILE,
+            }),
+            (false, true) => Err(Error::IncompleteCaState {
+                dir: state_dir.to_owned(),
+                present: CA_KEY_FILE,
+                missing: CA_CERT_FILE,
+            }),
+            (false, false) => {
+                fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
+                    path: state_dir.to_owned(),
+                    source,
+                })?;
+                let ca = Self::generate(trust_domain)?;
+                // Key first: a crash in between leaves "key without cert",
+                // which load_or_create reports instead of silently replacing.
+                write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+                write_file(&cert_path, ca.root_pem.as_bytes(), 0o644)?;
+                tracing::info!(dir = %state_dir.display(), trust_domain = %ca.trust_domain, "created mesh root CA");
+                Ok(ca)
+            }
+        }
+    }
+
+    /// Creates a new root in memory only (nothing is written).
+    pub fn generate(trust_domain: TrustDomain) -> Result<Self> {
+        let gen_err = |source| Error::Generate {
+            what: "the mesh root CA".into(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, ROOT_COMMON_NAME);
+        dn.push(DnType::OrganizationName, trust_domain.as_str());
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = truncate(SystemTime::now());
+        params.not_before = OffsetDateTime::from(now - CLOCK_SKEW_ALLOWANCE);
+        params.not_after = OffsetDateTime::from(now + ROOT_VALIDITY);
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        let root_pem = cert.pem();
+        Ok(Self {
+            trust_domain,
+            issuer: Issuer::new(params, key),
+            root_der: cert.der().clone(),
+            root_pem,
+        })
+    }
+
+    /// Loads a root from PEM files (`--ca-cert`, `--ca-key`). The key must be
+    /// the PKCS#8 key of the certificate, which must be a CA.
+    pub fn from_pem_files(cert: &Path, key: &Path, trust_domain: TrustDomain) -> Result<Self> {
+        let cert_pem = fs::read(cert).map_err(|source| Error::ReadCaCert {
+            path: cert.to_owned(),
+            source,
+        })?;
+        let key_pem = fs::read_to_string(key).map_err(|source| Error::ReadCaKey {
+            path: key.to_owned(),
+            source,
+        })?;
+        let invalid_cert = |reason: String| Error::InvalidCaCert {
+            path: cert.to_owned(),
+            reason,
+        };
+        let root_der = CertificateDer::from_pem_slice(&cert_pem)
+            .map_err(|e| invalid_cert(format!("no PEM certificate found ({e})")))?;
+        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| Error::InvalidCaKey {
+            path: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        {
+            let (_, x509) = x509_parser::parse_x509_certificate(&root_der)
+                .map_err(|e| invalid_cert(format!("cannot parse X.509 ({e})")))?;
+            if !x509.is_ca() {
+                return Err(invalid_cert("it is not a CA certificate".into()));
+            }
+            if x509.public_key().subject_public_key.data.as_ref() != key_pair.public_key_raw() {
+                return Err(Error::CaKeyMismatch {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            if !x509.validity().is_valid() {
+                tracing::warn!(path = %cert.display(), "the mesh CA certificate is outside its validity period; peers will reject every certificate it signs");
+            }
+        }
+        let issuer = Issuer::from_ca_cert_der(&root_der, key_pair)
+            .map_err(|e| invalid_cert(e.to_string()))?;
+        let root_pem = String::from_utf8_lossy(&pem_encode("CERTIFICATE", &root_der)).into_owned();
+        Ok(Self {
+            trust_domain,
+            issuer,
+            root_der: root_der.into_owned(),
+            root_pem,
+        })
+    }
+
+    /// The trust domain this CA issues identities for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The root certificate (DER), the trust anchor of the mesh.
+    pub fn root_cert_der(&self) -> &CertificateDer<'static> {
+        &self.root_der
+    }
+
+    /// The root certificate (PEM).
+    pub fn root_cert_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Issues a leaf for `id`, valid until `ttl` from now and backdated by
+    /// [`CLOCK_SKEW_ALLOWANCE`] (at most a quarter of `ttl`, so that the
+    /// half-life [`refresh_at`](WorkloadCertificate::refresh_at) is always in
+    /// the future).
+    pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<WorkloadCertificate> {
+        let now = SystemTime::now();
+        let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 4);
+        self.issue_with_validity(id, now - backdate, now + ttl)
+    }
+
+    /// Issues a leaf for `id` with an explicit validity period (times are
+    /// truncated to whole seconds). Tests use it for expired and not yet valid
+    /// certificates.
+    pub fn issue_with_validity(
+        &self,
+        id: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<WorkloadCertificate> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(Error::ForeignTrustDomain {
+                id: id.clone(),
+                ca_trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let (not_before, not_after) = (truncate(not_before), truncate(not_after));
+        let raw = self.sign_leaf(&id.to_string(), vec![id.to_string()], not_before, not_after)?;
+        Ok(WorkloadCertificate {
+            id: id.clone(),
+            chain: raw.chain,
+            key: raw.key,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// **For tests only**: issues a leaf with exactly the given URI SANs (none,
+    /// several, not SPIFFE ids, foreign trust domains), bypassing every check
+    /// [`issue`](Self::issue) makes. Never use it to serve a workload.
+    pub fn dangerous_issue_raw(
+        &self,
+        uri_sans: Vec<String>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<RawCertificate> {
+        self.sign_leaf(
+            "a test certificate",
+            uri_sans,
+            truncate(not_before),
+            truncate(not_after),
+        )
+    }
+
+    fn sign_leaf(
+        &self,
+        what: &str,
+        uri_sans: Vec<String>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<RawCertificate> {
+        if not_after <= not_before {
+            return Err(Error::EmptyValidity);
+        }
+        let gen_err = |source| Error::Generate {
+            what: format!("a certificate for {what}"),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = CertificateParams::default();
+        // Empty subject, identity in the (then critical) SAN, as Istio does.
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = uri_sans
+            .into_iter()
+            .map(|u| u.try_into().map(SanType::URI))
+            .collect::<Result<_, _>>()
+            .map_err(gen_err)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = OffsetDateTime::from(not_before);
+        params.not_after = OffsetDateTime::from(not_after);
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        Ok(RawCertificate {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> Vec<u8> {
+    // Small local encoder so the loaded root can be served as PEM exactly as
+    // generated ones are (64-column base64).
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = match chunk.len() {
+            3 => (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]),
+            2 => (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8),
+            _ => u32::from(chunk[0]) << 16,
+        };
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                b64.push(b'=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n").into_bytes();
+    for line in b64.chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
+    out
+}
+
+/// Writes `contents` to `path` atomically (temporary file + rename) with `mode`.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let err = |source| Error::WriteState {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp: PathBuf = path.to_owned();
+    tmp.as_mut_os_string().push(".tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        std::env::temp_dir().join(format!(
+            "weir-identity-{name}-{}-{nanos}",
+            std::process::id()
+        ))
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn load_or_create_is_stable_and_key_is_private() {
+        let dir = temp_dir("ca").join("nested");
+        let a = CertificateAuthority::load_or_create(&dir, TrustDomain::default()).unwrap();
+        let b = CertificateAuthority::load_or_create(&dir, TrustDomain::default()).unwrap();
+        assert_eq!(a.root_cert_der(), b.root_cert_der());
+        assert_eq!(a.root_cert_pem(), b.root_cert_pem());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A leaf from the reloaded CA names the same issuer.
+        let leaf = b
+            .issue(&id("spiffe://cluster.local/ns/a/sa/b"), DEFAULT_CERT_TTL)
+            .unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(a.root_cert_der()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.leaf()).unwrap();
+        assert_eq!(cert.issuer(), root.subject());
+        assert!(root.is_ca());
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn incomplete_state_is_reported() {
+        let dir = temp_dir("incomplete");
+        CertificateAuthority::load_or_create(&dir, TrustDomain::default()).unwrap();
+        fs::remove_file(dir.join(CA_CERT_FILE)).unwrap();
+        let err = CertificateAuthority::load_or_create(&dir, TrustDomain::default()).unwrap_err();
+        assert!(matches!(err, Error::IncompleteCaState { .. }), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn from_pem_files_names_missing_path() {
+        let dir = temp_dir("missing");
+        let cert = dir.join("nope-cert.pem");
+        let key = dir.join("nope-key.pem");
+        let err =
+            CertificateAuthority::from_pem_files(&cert, &key, TrustDomain::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&cert.display().to_string()), "{msg}");
+        assert!(msg.contains("--ca-cert"), "{msg}");
+    }
+
+    #[test]
+    fn from_pem_files_rejects_mismatched_key() {
+        let dir = temp_dir("mismatch");
+        let a =
+            CertificateAuthority::load_or_create(&dir.join("a"), TrustDomain::default()).unwrap();
+        CertificateAuthority::load_or_create(&dir.join("b"), TrustDomain::default()).unwrap();
+        let err = CertificateAuthority::from_pem_files(
+            &dir.join("a").join(CA_CERT_FILE),
+            &dir.join("b").join(CA_KEY_FILE),
+            TrustDomain::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::CaKeyMismatch { .. }), "{err}");
+        // The locally encoded PEM of a loaded root matches rcgen's.
+        let loaded = CertificateAuthority::from_pem_files(
+            &dir.join("a").join(CA_CERT_FILE),
+            &dir.join("a").join(CA_KEY_FILE),
+            TrustDomain::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.root_cert_pem(), a.root_cert_pem());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn issue_checks_trust_domain_and_sets_fields() {
+        let ca = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let err = ca
+            .issue(&id("spiffe://other.td/ns/a/sa/b"), DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(matches!(err, Error::ForeignTrustDomain { .. }), "{err}");
+
+        let wanted = id("spiffe://cluster.local/ns/kafka/sa/broker");
+        let cert = ca.issue(&wanted, DEFAULT_CERT_TTL).unwrap();
+        assert_eq!(cert.id, wanted);
+        assert_eq!(cert.chain.len(), 1);
+        let life = cert.not_after.duration_since(cert.not_before).unwrap();
+        assert!(life >= DEFAULT_CERT_TTL && life <= DEFAULT_CERT_TTL + CLOCK_SKEW_ALLOWANCE * 2);
+        assert_eq!(cert.refresh_at(), cert.not_before + life / 2);
+
+        let (_, x509) = x509_parser::parse_x509_certificate(cert.leaf()).unwrap();
+        let san = x509.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical);
+        assert_eq!(
+            san.value.general_names,
+            vec![x509_parser::extensions::GeneralName::URI(
+                "spiffe://cluster.local/ns/kafka/sa/broker"
+            )]
+        );
+        assert!(!x509.is_ca());
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(x509.key_usage().unwrap().unwrap().value.digital_signature());
+        assert_eq!(
+            x509.validity().not_before.timestamp(),
+            cert.not_before
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+        );
+
+        let now = SystemTime::now();
+        assert!(matches!(
+            ca.issue_with_validity(&wanted, now, now),
+            Err(Error::EmptyValidity)
+        ));
+    }
+}

@@ -1,0 +1,50 @@
+//! weir's workload identity: the mesh CA, SPIFFE leaf certificates, their
+//! rotation, and rustls configurations that enforce the mesh's peer checks.
+//!
+//! # Public API
+//!
+//! - [`CertificateAuthority`] — `load_or_create(state_dir, trust_domain)`,
+//!   `from_pem_files(cert, key, trust_domain)`, `generate(trust_domain)`,
+//!   `issue(&id, ttl)`, `issue_with_validity(&id, not_before, not_after)`,
+//!   `dangerous_issue_raw(uri_sans, not_before, not_after)` (tests only),
+//!   `root_cert_der()`, `root_cert_pem()`, `trust_domain()`.
+//! - [`WorkloadCertificate`] — `id`, `chain` (leaf first), `key`, `not_before`,
+//!   `not_after`, `refresh_at()` (half-life), `leaf()`.
+//! - [`IdentityManager`] — the per-process certificate cache:
+//!   `new(ca, ttl, metrics)`, `server_config(&id)`,
+//!   `client_config(&id, expected_server)`, `certificate(&id)`,
+//!   `force_rotate(&id)`, `rotate_due(now)`, `next_refresh_at()`,
+//!   `spawn_rotation(self: Arc<Self>)`.
+//! - [`MeshClientVerifier`] / [`MeshServerVerifier`] — rustls verifiers: chain
+//!   to the mesh root, validity period, exactly one SPIFFE URI SAN in the mesh
+//!   trust domain, optional expected server identity; no DNS name checks.
+//! - [`peer_identity`], [`spiffe_id_of`] — the SPIFFE id of a peer / a leaf.
+//! - [`TlsMetrics`] — `weir_tls_handshake_failures_total{direction, reason}`.
+//! - [`tls`] — building blocks: [`CertSlot`], [`mesh_server_config`],
+//!   [`mesh_client_config`], [`certified_key`], [`provider`].
+//! - [`Error`], [`Result`].
+//!
+//! Mesh TLS is TLS 1.3 only, uses the ring provider explicitly (never the
+//! process default), negotiates ALPN `h2`, always requires client
+//! certificates, and disables session resumption so every connection
+//! verifies a current certificate.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod error;
+pub mod manager;
+pub mod metrics;
+pub mod tls;
+pub mod verify;
+
+pub use ca::{
+    CertificateAuthority, RawCertificate, WorkloadCertificate, CLOCK_SKEW_ALLOWANCE,
+    DEFAULT_CERT_TTL,
+};
+pub use error::{Error, Result};
+pub use manager::IdentityManager;
+pub use metrics::{Direction, FailureReason, TlsMetrics};
+pub use tls::{certified_key, mesh_client_config, mesh_server_config, provider, CertSlot, ALPN_H2};
+pub use verify::{
+    peer_identity, spiffe_id_of, MeshClientVerifier, MeshServerVerifier, PeerCertError,
+};

@@ -1,0 +1,373 @@
+//! The per-process secret cache (ztunnel's SecretManager): one certificate per
+//! workload identity, issued lazily, renewed at half-life, served to rustls
+//! through [`CertSlot`]s so that rotation never touches established connections.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::Notify;
+use weir_core::SpiffeId;
+
+use crate::ca::{CertificateAuthority, WorkloadCertificate};
+use crate::error::Result;
+use crate::metrics::TlsMetrics;
+use crate::tls::{certified_key, mesh_client_config, mesh_server_config, CertSlot};
+use crate::verify::{MeshClientVerifier, MeshServerVerifier};
+
+/// How long the rotation task waits before retrying after a failed renewal.
+pub const ROTATION_RETRY: Duration = Duration::from_secs(10);
+
+/// The longest the rotation task sleeps without re-checking (guards against
+/// wall-clock jumps, since tokio timers are monotonic).
+const MAX_ROTATION_SLEEP: Duration = Duration::from_secs(300);
+
+/// The shortest the rotation task sleeps, so a misbehaving clock cannot make
+/// it spin.
+const MIN_ROTATION_SLEEP: Duration = Duration::from_millis(100);
+
+struct Identity {
+    slot: Arc<CertSlot>,
+    cert: Arc<WorkloadCertificate>,
+}
+
+#[derive(Default)]
+struct State {
+    identities: HashMap<SpiffeId, Identity>,
+    server_configs: HashMap<SpiffeId, Arc<ServerConfig>>,
+    client_configs: HashMap<(SpiffeId, Option<SpiffeId>), Arc<ClientConfig>>,
+}
+
+/// Issues, caches and renews workload certificates, and hands out rustls
+/// configs that serve them.
+pub struct IdentityManager {
+    ca: Arc<CertificateAuthority>,
+    ttl: Duration,
+    metrics: TlsMetrics,
+    client_verifier: Arc<MeshClientVerifier>,
+    state: Mutex<State>,
+    changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for IdentityManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityManager")
+            .field("trust_domain", self.ca.trust_domain())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityManager {
+    /// A manager signing with `ca` in-process, issuing certificates valid for
+    /// `ttl` (usually [`DEFAULT_CERT_TTL`](crate::DEFAULT_CERT_TTL)), counting
+    /// refused handshakes in `metrics`.
+    pub fn new(ca: Arc<CertificateAuthority>, ttl: Duration, metrics: TlsMetrics) -> Result<Self> {
+        let client_verifier = Arc::new(MeshClientVerifier::new(
+            ca.root_cert_der(),
+            ca.trust_domain().clone(),
+            metrics.clone(),
+        )?);
+        Ok(Self {
+            ca,
+            ttl,
+            metrics,
+            client_verifier,
+            state: Mutex::new(State::default()),
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The CA this manager signs with.
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// The lifetime of issued certificates.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The TLS metrics the verifiers count into.
+    pub fn metrics(&self) -> &TlsMetrics {
+        &self.metrics
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state is only mutated by complete inserts; a panic elsewhere
+        // cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn issue(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        let cert = Arc::new(self.ca.issue(id, self.ttl)?);
+        tracing::debug!(identity = %id, not_after = ?cert.not_after, "issued workload certificate");
+        Ok(cert)
+    }
+
+    /// Returns the slot for `id`, issuing its first certificate if needed.
+    fn ensure<'a>(&self, state: &'a mut State, id: &SpiffeId) -> Result<&'a Identity> {
+        match state.identities.entry(id.clone()) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                let cert = self.issue(id)?;
+                let key = certified_key(cert.chain.clone(), cert.key.clone_key())?;
+                let identity = entry.insert(Identity {
+                    slot: Arc::new(CertSlot::new(key)),
+                    cert,
+                });
+                // Wake the rotation task: it may have had nothing to watch.
+                self.changed.notify_one();
+                Ok(identity)
+            }
+        }
+    }
+
+    /// The current certificate of `id` (issued now if this is its first use).
+    pub fn certificate(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        let mut state = self.state();
+        Ok(self.ensure(&mut state, id)?.cert.clone())
+    }
+
+    /// The identities that have certificates.
+    pub fn identities(&self) -> Vec<SpiffeId> {
+        let mut ids: Vec<_> = self.state().identities.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The server config for workload `id`: TLS 1.3, ALPN `h2`, presents `id`'s
+    /// current certificate, requires a mesh client certificate. Cached per id.
+    pub fn server_config(&self, id: &SpiffeId) -> Result<Arc<ServerConfig>> {
+        let mut state = self.state();
+        if let Some(config) = state.server_configs.get(id) {
+            return Ok(config.clone());
+        }
+        let slot = self.ensure(&mut state, id)?.slot.clone();
+        let config = Arc::new(mesh_server_config(slot, self.client_verifier.clone())?);
+        state.server_configs.insert(id.clone(), config.clone());
+        Ok(config)
+    }
+
+    /// The client config for workload `id` connecting to a mesh server; if
+    /// `expected_server` is set the server must present exactly that identity.
+    /// The TLS server name is not checked (use any name, e.g. the IP).
+    /// Cached per (id, expected_server).
+    pub fn client_config(
+        &self,
+        id: &SpiffeId,
+        expected_server: Option<SpiffeId>,
+    ) -> Result<Arc<ClientConfig>> {
+        let mut state = self.state();
+        let cache_key = (id.clone(), expected_server);
+        if let Some(config) = state.client_configs.get(&cache_key) {
+            return Ok(config.clone());
+        }
+        let slot = self.ensure(&mut state, id)?.slot.clone();
+        let verifier = Arc::new(MeshServerVerifier::new(
+            self.ca.root_cert_der(),
+            self.ca.trust_domain().clone(),
+            cache_key.1.clone(),
+            self.metrics.clone(),
+        )?);
+        let config = Arc::new(mesh_client_config(slot, verifier)?);
+        state.client_configs.insert(cache_key, config.clone());
+        Ok(config)
+    }
+
+    fn rotate_locked(&self, state: &mut State, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        let cert = self.issue(id)?;
+        let key = certified_key(cert.chain.clone(), cert.key.clone_key())?;
+        match state.identities.get_mut(id) {
+            Some(identity) => {
+                identity.slot.replace(key);
+                identity.cert = cert.clone();
+            }
+            None => {
+                state.identities.insert(
+                    id.clone(),
+                    Identity {
+                        slot: Arc::new(CertSlot::new(key)),
+                        cert: cert.clone(),
+                    },
+                );
+            }
+        }
+        tracing::info!(identity = %id, refresh_at = ?cert.refresh_at(), "rotated workload certificate");
+        Ok(cert)
+    }
+
+    /// Replaces `id`'s certificate now (issuing one if it had none). New
+    /// handshakes present the new certificate; established connections keep
+    /// theirs.
+    pub fn force_rotate(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        let mut state = self.state();
+        let cert = self.rotate_locked(&mut state, id)?;
+        self.changed.notify_one();
+        Ok(cert)
+    }
+
+    /// Renews every certificate whose [`refresh_at`](WorkloadCertificate::refresh_at)
+    /// is at or before `now`. Returns how many were renewed; if any renewal
+    /// failed, the others are still done, the failed ones keep their current
+    /// certificate, and the first error is returned.
+    pub fn rotate_due(&self, now: SystemTime) -> Result<usize> {
+        let mut state = self.state();
+        let due: Vec<SpiffeId> = state
+            .identities
+            .iter()
+            .filter(|(_, identity)| identity.cert.refresh_at() <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut rotated = 0;
+        let mut first_error = None;
+        for id in due {
+            match self.rotate_locked(&mut state, &id) {
+                Ok(_) => rotated += 1,
+                Err(e) => {
+                    tracing::warn!(identity = %id, error = %e, "certificate renewal failed; keeping the current certificate");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(rotated),
+        }
+    }
+
+    /// The earliest time a certificate is due for renewal.
+    pub fn next_refresh_at(&self) -> Option<SystemTime> {
+        self.state()
+            .identities
+            .values()
+            .map(|identity| identity.cert.refresh_at())
+            .min()
+    }
+
+    /// Starts the renewal task: it sleeps until the earliest
+    /// [`next_refresh_at`](Self::next_refresh_at) (or until a new identity
+    /// appears), renews what is due, and retries failures after
+    /// [`ROTATION_RETRY`]. The task ends when the manager is dropped (at its
+    /// next wake-up) or when the handle is aborted. Must be called within a
+    /// tokio runtime.
+    pub fn spawn_rotation(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self);
+        let changed = self.changed.clone();
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                let sleep_for = {
+                    let Some(this) = weak.upgrade() else {
+                        return;
+                    };
+                    let now = SystemTime::now();
+                    match this.rotate_due(now) {
+                        Ok(_) => this
+                            .next_refresh_at()
+                            .map(|at| at.duration_since(now).unwrap_or_default())
+                            .unwrap_or(MAX_ROTATION_SLEEP),
+                        Err(_) => ROTATION_RETRY,
+                    }
+                };
+                let sleep_for = sleep_for.clamp(MIN_ROTATION_SLEEP, MAX_ROTATION_SLEEP);
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep_for) => {}
+                    _ = changed.notified() => {}
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::DEFAULT_CERT_TTL;
+    use crate::error::Error;
+    use weir_core::TrustDomain;
+
+    fn manager(ttl: Duration) -> IdentityManager {
+        let ca = Arc::new(CertificateAuthority::generate(TrustDomain::default()).unwrap());
+        IdentityManager::new(ca, ttl, TlsMetrics::default()).unwrap()
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn caches_certificates_and_configs() {
+        let m = manager(DEFAULT_CERT_TTL);
+        let a = id("spiffe://cluster.local/ns/a/sa/a");
+        assert!(m.identities().is_empty());
+        let c1 = m.certificate(&a).unwrap();
+        let c2 = m.certificate(&a).unwrap();
+        assert!(Arc::ptr_eq(&c1, &c2));
+        assert!(Arc::ptr_eq(
+            &m.server_config(&a).unwrap(),
+            &m.server_config(&a).unwrap()
+        ));
+        let b = id("spiffe://cluster.local/ns/b/sa/b");
+        let plain = m.client_config(&a, None).unwrap();
+        assert!(Arc::ptr_eq(&plain, &m.client_config(&a, None).unwrap()));
+        assert!(!Arc::ptr_eq(&plain, &m.client_config(&a, Some(b)).unwrap()));
+        assert_eq!(m.identities(), vec![a]);
+    }
+
+    #[test]
+    fn refuses_foreign_trust_domain() {
+        let m = manager(DEFAULT_CERT_TTL);
+        let err = m
+            .server_config(&id("spiffe://other.td/ns/a/sa/a"))
+            .unwrap_err();
+        assert!(matches!(err, Error::ForeignTrustDomain { .. }), "{err}");
+        assert!(m.identities().is_empty());
+    }
+
+    #[test]
+    fn rotate_due_renews_only_due_certificates() {
+        let m = manager(DEFAULT_CERT_TTL);
+        let a = id("spiffe://cluster.local/ns/a/sa/a");
+        let first = m.certificate(&a).unwrap();
+        assert_eq!(m.next_refresh_at(), Some(first.refresh_at()));
+        assert_eq!(m.rotate_due(SystemTime::now()).unwrap(), 0);
+        assert!(Arc::ptr_eq(&first, &m.certificate(&a).unwrap()));
+        assert_eq!(m.rotate_due(first.refresh_at()).unwrap(), 1);
+        let second = m.certificate(&a).unwrap();
+        assert_ne!(first.leaf(), second.leaf());
+        let third = m.force_rotate(&a).unwrap();
+        assert_ne!(second.leaf(), third.leaf());
+        assert!(Arc::ptr_eq(&third, &m.certificate(&a).unwrap()));
+    }
+
+    #[test]
+    fn refresh_is_in_the_future_even_for_short_ttls() {
+        let m = manager(Duration::from_secs(4));
+        let cert = m
+            .certificate(&id("spiffe://cluster.local/ns/a/sa/a"))
+            .unwrap();
+        assert!(cert.refresh_at() > SystemTime::now());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rotation_task_renews_at_half_life() {
+        let m = Arc::new(manager(Duration::from_secs(4)));
+        let a = id("spiffe://cluster.local/ns/a/sa/a");
+        let handle = m.clone().spawn_rotation();
+        let first = m.certificate(&a).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let current = m.certificate(&a).unwrap();
+            if current.leaf() != first.leaf() {
+                assert!(SystemTime::now() + Duration::from_secs(1) >= first.refresh_at());
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no rotation");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle.abort();
+    }
+}

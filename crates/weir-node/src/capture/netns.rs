@@ -1,0 +1,370 @@
+//! Network namespace handles and a per-namespace worker thread.
+//!
+//! The in-pod model: the node proxy runs in its own namespace but opens every
+//! listener and outbound socket *inside the pod's* namespace. A socket keeps
+//! the namespace it was created in, so only socket creation has to happen on
+//! a thread that entered the pod namespace; afterwards the async runtime uses
+//! the socket from any thread.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys;
+
+/// Where `ip netns add NAME` bind-mounts named namespaces.
+pub const NAMED_NETNS_DIR: &str = "/var/run/netns";
+
+/// Listen backlog for in-pod listeners.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// An open handle to a network namespace (a file descriptor on an nsfs file).
+///
+/// Holding the handle keeps the namespace alive even if its name is removed.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Opens a namespace created with `ip netns add NAME` (`/var/run/netns/NAME`).
+    pub fn open_named(name: &str) -> io::Result<Netns> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid network namespace name {name:?}"),
+            ));
+        }
+        Netns::open(Path::new(NAMED_NETNS_DIR).join(name))
+    }
+
+    /// Opens a namespace by path, e.g. `/proc/<pid>/ns/net` or a bind mount
+    /// handed over by the CNI plugin.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Netns> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open network namespace {}: {e} (does it exist, and does the proxy run as root?)",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(Netns { file, path })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> io::Result<Netns> {
+        Netns::open("/proc/thread-self/ns/net")
+    }
+
+    /// The path the handle was opened from (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Duplicates the handle.
+    pub fn try_clone(&self) -> io::Result<Netns> {
+        Ok(Netns {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Runs `f` on a short-lived thread that entered this namespace, and
+    /// waits for it. Child processes spawned by `f` inherit the namespace.
+    ///
+    /// For repeated socket creation prefer a [`NetnsWorker`], which enters
+    /// the namespace once.
+    pub fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> T + Send,
+        T: Send,
+    {
+        std::thread::scope(|scope| {
+            let handle = std::thread::Builder::new()
+                .name("weir-netns-run".into())
+                .spawn_scoped(scope, || {
+                    self.enter_current_thread()?;
+                    Ok(f())
+                })?;
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Moves the calling thread into this namespace. Private: callers must
+    /// own the thread (a worker or a scoped thread), never a runtime thread.
+    fn enter_current_thread(&self) -> io::Result<()> {
+        sys::setns_net(self.file.as_fd()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot enter network namespace {}: {e} (the proxy needs CAP_SYS_ADMIN)",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+}
+
+impl AsFd for Netns {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.path.display().fmt(f)
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A dedicated OS thread that entered a network namespace once and creates
+/// sockets there on request.
+///
+/// Cloning is cheap (a channel sender); the thread exits when the last clone
+/// is dropped. A request costs one boxed closure, one channel send and one
+/// wake-up of the worker thread; no thread is spawned per socket.
+///
+/// Sockets created by the worker stay in the worker's namespace and can be
+/// driven by the tokio runtime from any thread:
+///
+/// ```no_run
+/// # async fn example() -> std::io::Result<()> {
+/// use weir_node::capture::{Netns, NetnsWorker, PROXY_MARK};
+///
+/// let pod = NetnsWorker::spawn(&Netns::open_named("pod-a")?)?;
+/// // A socket in the pod's namespace, marked so the pod's capture rules let it pass.
+/// let sock = pod.socket(socket2::Domain::IPV4, Some(PROXY_MARK))?;
+/// let sock = tokio::net::TcpSocket::from_std_stream(sock.into());
+/// let stream = sock.connect("198.18.0.3:15008".parse().unwrap()).await?;
+/// # drop(stream);
+/// // Or, without blocking the runtime for the channel round trip:
+/// let stream = pod.connect("198.18.0.3:15008".parse().unwrap(), Some(PROXY_MARK)).await?;
+/// # drop(stream);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NetnsWorker {
+    tx: mpsc::Sender<Job>,
+    netns: Arc<str>,
+}
+
+impl fmt::Debug for NetnsWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetnsWorker")
+            .field("netns", &self.netns)
+            .finish()
+    }
+}
+
+impl NetnsWorker {
+    /// Starts the worker thread and waits until it entered `netns`.
+    pub fn spawn(netns: &Netns) -> io::Result<NetnsWorker> {
+        let ns = netns.try_clone()?;
+        let name: Arc<str> = netns.path.display().to_string().into();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        std::thread::Builder::new()
+            .name("weir-netns".into())
+            .spawn(move || {
+                let entered = ns.enter_current_thread();
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                drop(ns);
+                if !ok {
+                    return;
+                }
+                // Serve until every `NetnsWorker` clone is dropped.
+                while let Ok(job) = rx.recv() {
+                    // A panicking job only loses its own reply (the caller sees
+                    // "worker stopped"); the worker keeps serving.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("netns worker thread exited during start-up"))??;
+        tracing::debug!(netns = %name, "netns worker started");
+        Ok(NetnsWorker { tx, netns: name })
+    }
+
+    /// The namespace path the worker serves (for messages).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn stopped(&self) -> io::Error {
+        io::Error::other(format!(
+            "netns worker for {} stopped (a request panicked or the thread died)",
+            self.netns
+        ))
+    }
+
+    /// Runs `f` on the worker thread (inside the namespace) and blocks the
+    /// calling thread until it returns. From async code use [`Self::run_async`].
+    pub fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Box::new(move || {
+                let _ = reply_tx.send(f());
+            }))
+            .map_err(|_| self.stopped())?;
+        reply_rx.recv().map_err(|_| self.stopped())
+    }
+
+    /// Runs `f` on the worker thread (inside the namespace) and awaits the
+    /// result without blocking the runtime.
+    pub async fn run_async<T, F>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Box::new(move || {
+                let _ = reply_tx.send(f());
+            }))
+            .map_err(|_| self.stopped())?;
+        reply_rx.await.map_err(|_| self.stopped())
+    }
+
+    /// A nonblocking TCP listener on `addr` in the namespace (SO_REUSEADDR,
+    /// backlog 1024). Blocks for the round trip to the worker.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+        let netns = self.netns.clone();
+        self.run(move || new_listener(addr, &netns))?
+    }
+
+    /// A nonblocking, unconnected TCP socket in the namespace, with
+    /// TCP_NODELAY and, if given, SO_MARK. Blocks for the round trip.
+    pub fn socket(&self, domain: Domain, mark: Option<u32>) -> io::Result<Socket> {
+        self.run(move || new_socket(domain, mark))?
+    }
+
+    /// Async [`Self::listen`], registered with the current tokio runtime.
+    pub async fn bind_listener(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+        let netns = self.netns.clone();
+        let listener = self.run_async(move || new_listener(addr, &netns)).await??;
+        tokio::net::TcpListener::from_std(listener)
+    }
+
+    /// Async [`Self::socket`] as a tokio socket, ready for `connect`.
+    pub async fn tcp_socket(
+        &self,
+        domain: Domain,
+        mark: Option<u32>,
+    ) -> io::Result<tokio::net::TcpSocket> {
+        let sock = self.run_async(move || new_socket(domain, mark)).await??;
+        Ok(tokio::net::TcpSocket::from_std_stream(sock.into()))
+    }
+
+    /// Connects to `dst` from inside the namespace. With `mark` set to the
+    /// proxy mark the connection bypasses the pod's capture rules.
+    pub async fn connect(
+        &self,
+        dst: SocketAddr,
+        mark: Option<u32>,
+    ) -> io::Result<tokio::net::TcpStream> {
+        self.tcp_socket(Domain::for_address(dst), mark)
+            .await?
+            .connect(dst)
+            .await
+    }
+}
+
+fn new_socket(domain: Domain, mark: Option<u32>) -> io::Result<Socket> {
+    let sock = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    if let Some(mark) = mark {
+        sock.set_mark(mark).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot set SO_MARK {mark:#x}: {e} (the proxy needs CAP_NET_ADMIN)"),
+            )
+        })?;
+    }
+    sock.set_tcp_nodelay(true)?;
+    Ok(sock)
+}
+
+fn new_listener(addr: SocketAddr, netns: &str) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())
+        .and_then(|()| sock.listen(LISTEN_BACKLOG))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} in network namespace {netns}: {e}"),
+            )
+        })?;
+    Ok(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_named_rejects_paths() {
+        for bad in ["", "a/b", "..", "."] {
+            let err = Netns::open_named(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn worker_in_current_namespace_creates_sockets() {
+        let worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
+        let listener = worker.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sock = worker.socket(Domain::IPV4, None).unwrap();
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.nonblocking().unwrap());
+        // Nonblocking connect: EINPROGRESS is expected.
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => panic!("connect: {e}"),
+        }
+        // A panicking job does not kill the worker.
+        assert!(worker.run::<(), _>(|| panic!("boom")).is_err());
+        assert_eq!(worker.run(|| 7).unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn async_round_trip() {
+        let worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
+        let listener = worker
+            .bind_listener("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(worker.connect(addr, None), listener.accept());
+        let client = client.unwrap();
+        let (server, peer) = accepted.unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(server.local_addr().unwrap(), addr);
+    }
+}
