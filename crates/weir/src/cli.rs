@@ -30,6 +30,95 @@ pub enum Command {
     /// Explain the decision for one connection: allow or deny, the effective
     /// mTLS mode, and the policy that decided.
     Explain(ExplainArgs),
+    /// Run the per-node L4 proxy (ztunnel's role) for the Workloads on a node.
+    Node(Box<NodeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Parses durations like `500ms`, `30s`, `5m`, `24h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 24h)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Files or directories of YAML documents; re-read every --reload-interval
+    /// and on SIGHUP. An invalid change is refused and the last good config stays.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// This node's name: the proxy serves Workloads whose spec.node equals it.
+    #[arg(long, env = "WEIR_NODE_NAME")]
+    pub node: String,
+    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+    /// PEM file of the mesh root CA certificate (instead of --state-dir).
+    #[arg(long, requires = "ca_key", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
+    #[arg(long, requires = "ca_cert", value_name = "PEM")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of workload certificates; they are renewed at half-life.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: std::time::Duration,
+    /// Admin endpoint (/config_dump); keep it on localhost.
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Prometheus endpoint (/metrics).
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: std::net::SocketAddr,
+    /// How often the config paths are re-read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: std::time::Duration,
+    /// On shutdown, how long open connections may finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Bound on connecting to a workload's port or a passthrough destination.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// Do not install iptables capture rules (listeners only; for debugging).
+    #[arg(long)]
+    pub no_capture: bool,
+    /// Log format on stderr; RUST_LOG filters (default info).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long, env = "WEIR_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 /// Settings shared by every command that reads mesh configuration.

@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod explain;
+mod node;
 
 use std::process::ExitCode;
 
@@ -14,5 +15,6 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Check(args) => check::run(&args),
         cli::Command::Explain(args) => explain::run(&args),
+        cli::Command::Node(args) => node::run(*args),
     }
 }

@@ -1,0 +1,174 @@
+//! The node's HTTP endpoints: `/config_dump` (admin, localhost by default),
+//! Prometheus `/metrics`, and `/healthz/ready`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::node::Ctx;
+use crate::Error;
+
+type Reply = (StatusCode, &'static str, String);
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds all three listeners (failing start-up if one can't be bound) and
+/// serves them in the background.
+pub(crate) async fn spawn(
+    ctx: Arc<Ctx>,
+    registry: Arc<Registry>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Admin { what, addr, source })
+    };
+    let admin = bind("admin", ctx.options.admin_addr).await?;
+    let metrics = bind("metrics", ctx.options.metrics_addr).await?;
+    let ready = bind("readiness", ctx.options.readiness_addr).await?;
+    info!(admin = %ctx.options.admin_addr, metrics = %ctx.options.metrics_addr, readiness = %ctx.options.readiness_addr, "admin endpoints listening");
+
+    let c = ctx.clone();
+    let admin = tokio::spawn(serve(
+        admin,
+        Arc::new(move |path: &str| admin_route(&c, path)),
+    ));
+    let metrics = tokio::spawn(serve(
+        metrics,
+        Arc::new(move |path: &str| match path {
+            "/metrics" | "/stats/prometheus" => {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &registry) {
+                    Ok(()) => (StatusCode::OK, OPENMETRICS, out),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        TEXT,
+                        format!("encoding metrics failed: {e}\n"),
+                    ),
+                }
+            }
+            _ => (StatusCode::NOT_FOUND, TEXT, "try /metrics\n".to_owned()),
+        }),
+    ));
+    let c = ctx;
+    let ready = tokio::spawn(serve(
+        ready,
+        Arc::new(move |path: &str| match path {
+            "/healthz/ready" => {
+                if c.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, TEXT, "ready\n".to_owned())
+                } else {
+                    let status = c.status.lock().unwrap_or_else(|p| p.into_inner());
+                    let waiting: Vec<String> = status
+                        .iter()
+                        .filter(|(_, s)| !s.serving)
+                        .map(|(k, s)| format!("{k}: {}", s.error.as_deref().unwrap_or("starting")))
+                        .collect();
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        TEXT,
+                        format!("not ready\n{}\n", waiting.join("\n")),
+                    )
+                }
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "try /healthz/ready\n".to_owned(),
+            ),
+        }),
+    ));
+    Ok(vec![admin, metrics, ready])
+}
+
+fn admin_route(ctx: &Ctx, path: &str) -> Reply {
+    match path {
+        "/config_dump" => {
+            let config = ctx.store.current();
+            let certs: Vec<serde_json::Value> = ctx
+                .identity
+                .identities()
+                .iter()
+                .filter_map(|id| ctx.identity.certificate(id).ok())
+                .map(|c| {
+                    let secs = |t: std::time::SystemTime| {
+                        t.duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    };
+                    serde_json::json!({
+                        "identity": c.id.to_string(),
+                        "not_before_unix": secs(c.not_before),
+                        "not_after_unix": secs(c.not_after),
+                        "refresh_at_unix": secs(c.refresh_at()),
+                    })
+                })
+                .collect();
+            let dump = serde_json::json!({
+                "node": ctx.options.node,
+                "options": ctx.options,
+                "ready": ctx.ready.load(Ordering::Acquire),
+                "workloads": *ctx.status.lock().unwrap_or_else(|p| p.into_inner()),
+                "certificates": certs,
+                "reload": *ctx.reload.lock().unwrap_or_else(|p| p.into_inner()),
+                "active_connections": ctx.drain.open(),
+                "config": *config,
+            });
+            (
+                StatusCode::OK,
+                JSON,
+                serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n",
+            )
+        }
+        "/" => (
+            StatusCode::OK,
+            TEXT,
+            "weir node admin: /config_dump\n".to_owned(),
+        ),
+        _ => (StatusCode::NOT_FOUND, TEXT, "try /config_dump\n".to_owned()),
+    }
+}
+
+async fn serve(listener: TcpListener, route: Arc<dyn Fn(&str) -> Reply + Send + Sync>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let route = route.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (status, ctype, body) = route(req.uri().path());
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .header(http::header::CONTENT_TYPE, ctype)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("static response"),
+                    )
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}

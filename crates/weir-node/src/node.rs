@@ -1,0 +1,355 @@
+//! The node proxy's lifecycle: load config and identity, serve the local
+//! workloads, reload on change (refusing invalid config), drain on shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+use weir_core::config::{read_sources, SourceFile};
+use weir_core::{Config, MeshSettings};
+use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
+
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::proxy::WorkloadProxy;
+use crate::{admin, Error};
+
+/// Everything `weir node` is configured with (dumped by `/config_dump`).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeOptions {
+    /// The node this proxy serves: Workloads with `spec.node` equal to it.
+    pub node: String,
+    /// Config files or directories.
+    pub config_paths: Vec<PathBuf>,
+    pub settings: MeshSettings,
+    /// Where the mesh CA lives when it is not given as files.
+    pub state_dir: PathBuf,
+    /// `--ca-cert` and `--ca-key`.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Workload certificate lifetime; renewed at half-life.
+    #[serde(with = "secs")]
+    pub cert_ttl: Duration,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    #[serde(with = "secs")]
+    pub reload_interval: Duration,
+    /// How long open connections may finish after shutdown starts.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    /// Bound on connecting to a workload or passthrough destination.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Install iptables capture rules (off only for tests of the listeners).
+    pub capture: bool,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl NodeOptions {
+    pub fn new(node: impl Into<String>, config_paths: Vec<PathBuf>) -> Self {
+        Self {
+            node: node.into(),
+            config_paths,
+            settings: MeshSettings::default(),
+            state_dir: PathBuf::from("/var/lib/weir"),
+            ca_files: None,
+            cert_ttl: weir_identity::DEFAULT_CERT_TTL,
+            admin_addr: ([127, 0, 0, 1], 15000).into(),
+            metrics_addr: ([0, 0, 0, 0], 15020).into(),
+            readiness_addr: ([0, 0, 0, 0], 15021).into(),
+            reload_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            capture: true,
+        }
+    }
+}
+
+/// The current config; replaced whole on a valid reload.
+pub(crate) struct ConfigStore {
+    current: RwLock<Arc<Config>>,
+}
+
+impl ConfigStore {
+    pub fn current(&self) -> Arc<Config> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, c: Arc<Config>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+}
+
+/// Status of one local workload, for readiness and `/config_dump`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WorkloadStatus {
+    pub identity: String,
+    pub address: std::net::IpAddr,
+    pub netns: String,
+    pub serving: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ReloadStatus {
+    pub reloads: u64,
+    pub last_error: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_at_unix: Option<u64>,
+}
+
+/// What every connection handler shares.
+pub(crate) struct Ctx {
+    pub options: NodeOptions,
+    pub settings: MeshSettings,
+    pub store: ConfigStore,
+    pub identity: Arc<IdentityManager>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    pub ready: AtomicBool,
+    pub status: Mutex<BTreeMap<String, WorkloadStatus>>,
+    pub reload: Mutex<ReloadStatus>,
+}
+
+fn load_ca(o: &NodeOptions) -> Result<CertificateAuthority, Error> {
+    let td = o.settings.trust_domain.clone();
+    Ok(match &o.ca_files {
+        Some((cert, key)) => CertificateAuthority::from_pem_files(cert, key, td)?,
+        None => CertificateAuthority::load_or_create(&o.state_dir, td)?,
+    })
+}
+
+/// Runs the node proxy until `shutdown` completes, then drains and removes
+/// every capture rule it installed.
+pub async fn run(
+    options: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut reload_now: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    let sources =
+        read_sources(&options.config_paths).map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
+    let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+    for w in &config.warnings {
+        warn!("config: {w}");
+    }
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let ca = Arc::new(load_ca(&options)?);
+    let identity = Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?);
+    let _rotation = identity.clone().spawn_rotation();
+
+    let ctx = Arc::new(Ctx {
+        settings: options.settings.clone(),
+        options: options.clone(),
+        store: ConfigStore {
+            current: RwLock::new(config.clone()),
+        },
+        identity,
+        metrics,
+        drain: Drain::default(),
+        ready: AtomicBool::new(false),
+        status: Mutex::new(BTreeMap::new()),
+        reload: Mutex::new(ReloadStatus::default()),
+    });
+    let registry = Arc::new(registry);
+    let admin_tasks = admin::spawn(ctx.clone(), registry).await?;
+
+    info!(node = %options.node, workloads = config.workloads_on_node(&options.node).count(), "node proxy starting");
+    let mut proxies: HashMap<(String, String), WorkloadProxy> = HashMap::new();
+    reconcile(&ctx, &mut proxies, &config).await;
+
+    let mut last_sources = sources;
+    let mut tick = tokio::time::interval(options.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let forced = tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => false,
+            Some(()) = reload_now.recv() => true,
+        };
+        if let Some(new) = reload(&ctx, &mut last_sources, forced) {
+            ctx.store.replace(new);
+        }
+        let current = ctx.store.current();
+        reconcile(&ctx, &mut proxies, &current).await;
+    }
+
+    info!(open = ctx.drain.open(), drain_timeout = ?options.drain_timeout, "shutting down: no new connections; draining");
+    ctx.ready.store(false, Ordering::Release);
+    for p in proxies.values() {
+        p.stop_accepting();
+    }
+    let left = ctx.drain.wait(options.drain_timeout).await;
+    if left > 0 {
+        warn!(
+            open = left,
+            "drain deadline passed; closing the remaining connections"
+        );
+    }
+    for (_, p) in proxies.drain() {
+        p.stop().await;
+    }
+    for t in admin_tasks {
+        t.abort();
+    }
+    info!("node proxy stopped");
+    Ok(())
+}
+
+/// Re-reads the config files; returns a new config when they changed and are
+/// valid. An invalid change is logged and counted, and the old config stays.
+fn reload(ctx: &Ctx, last: &mut Vec<SourceFile>, forced: bool) -> Option<Arc<Config>> {
+    let sources = match read_sources(&ctx.options.config_paths) {
+        Ok(s) => s,
+        Err(e) => {
+            if forced
+                || ctx
+                    .reload
+                    .lock()
+                    .map(|r| r.last_error.is_none())
+                    .unwrap_or(true)
+            {
+                error!("config reload refused, keeping the previous config: {e}");
+                ctx.metrics.reload(false);
+                record_error(ctx, vec![e.to_string()]);
+            }
+            return None;
+        }
+    };
+    if !forced && sources == *last {
+        return None;
+    }
+    *last = sources;
+    match Config::from_sources(last, ctx.settings.clone()) {
+        Ok(c) => {
+            for w in &c.warnings {
+                warn!("config: {w}");
+            }
+            ctx.metrics.reload(true);
+            let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
+            r.reloads += 1;
+            r.last_error = None;
+            info!(
+                workloads = c.workloads.len(),
+                peer_authentications = c.peer_authentications.len(),
+                authorization_policies = c.authorization_policies.len(),
+                "config reloaded"
+            );
+            Some(Arc::new(c))
+        }
+        Err(errors) => {
+            error!(
+                errors = errors.0.len(),
+                "config reload refused, keeping the previous config"
+            );
+            for e in &errors.0 {
+                error!("config: {e}");
+            }
+            ctx.metrics.reload(false);
+            record_error(ctx, errors.0.iter().map(ToString::to_string).collect());
+            None
+        }
+    }
+}
+
+fn record_error(ctx: &Ctx, errors: Vec<String>) {
+    let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
+    r.last_error = Some(errors);
+    r.last_error_at_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs());
+}
+
+/// Makes the running workload proxies match the config: starts new ones
+/// (retrying failed ones on every tick), stops removed or moved ones.
+async fn reconcile(
+    ctx: &Arc<Ctx>,
+    proxies: &mut HashMap<(String, String), WorkloadProxy>,
+    config: &Config,
+) {
+    let desired: HashMap<(String, String), &weir_core::config::Workload> = config
+        .workloads_on_node(&ctx.options.node)
+        .map(|w| ((w.namespace().to_owned(), w.name().to_owned()), w))
+        .collect();
+    let stale: Vec<(String, String)> = proxies
+        .iter()
+        .filter(|(k, p)| {
+            desired.get(*k).is_none_or(|w| {
+                w.address != p.workload.address
+                    || w.netns != p.workload.netns
+                    || w.service_account != p.workload.service_account
+            })
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in stale {
+        if let Some(p) = proxies.remove(&k) {
+            p.stop().await;
+        }
+        ctx.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&format!("{}/{}", k.0, k.1));
+    }
+    let mut all_ok = true;
+    for (k, w) in &desired {
+        if proxies.contains_key(k) {
+            continue;
+        }
+        let key = format!("{}/{}", k.0, k.1);
+        let mut status = WorkloadStatus {
+            identity: w.identity(&ctx.settings.trust_domain).to_string(),
+            address: w.address,
+            netns: w.netns.clone(),
+            serving: false,
+            error: None,
+        };
+        match WorkloadProxy::start(ctx.clone(), (*w).clone()).await {
+            Ok(p) => {
+                proxies.insert(k.clone(), p);
+                status.serving = true;
+            }
+            Err(e) => {
+                all_ok = false;
+                let msg = e.to_string();
+                let previous = ctx
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .and_then(|s| s.error.clone());
+                if previous.as_deref() != Some(msg.as_str()) {
+                    error!(workload = %key, "cannot serve workload (retrying): {msg}");
+                }
+                status.error = Some(msg);
+            }
+        }
+        ctx.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, status);
+    }
+    ctx.metrics.set_workloads(proxies.len());
+    ctx.ready.store(all_ok, Ordering::Release);
+}

@@ -1,0 +1,261 @@
+//! One workload's in-pod proxy: listeners opened inside its network namespace
+//! (outbound 15001, inbound plaintext 15006, HBONE 15008) and its capture rules.
+
+mod inbound;
+mod outbound;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn, Instrument};
+use weir_core::config::Workload;
+use weir_core::{Config, SpiffeId};
+use weir_hbone::{BoxFuture, Connector, Pool, PoolConfig, Shutdown, ShutdownSignal};
+use weir_identity::IdentityManager;
+
+use crate::capture::{CaptureRules, Netns, NetnsWorker, PROXY_MARK};
+use crate::node::Ctx;
+use crate::Error;
+
+pub(crate) const OUTBOUND_PORT: u16 = 15001;
+pub(crate) const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub(crate) const HBONE_PORT: u16 = weir_hbone::HBONE_PORT;
+
+/// Is `port` one of the proxy's own? Connections to them are never forwarded.
+pub(crate) fn is_proxy_port(port: u16) -> bool {
+    matches!(port, OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT)
+}
+
+/// What the connection handlers share for one workload.
+pub(crate) struct Local {
+    pub workload: Workload,
+    pub id: SpiffeId,
+    pub worker: NetnsWorker,
+    pub pool: Pool,
+}
+
+impl Local {
+    /// The workload as the current config has it (labels may have changed).
+    pub fn current<'a>(&'a self, config: &'a Config) -> &'a Workload {
+        config
+            .workload(self.workload.namespace(), self.workload.name())
+            .unwrap_or(&self.workload)
+    }
+
+    /// Connects from inside the pod with the proxy's mark, so the pod's
+    /// capture rules let it through.
+    pub async fn connect(&self, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        match tokio::time::timeout(timeout, self.worker.connect(dst, Some(PROXY_MARK))).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {dst} timed out after {timeout:?}"),
+            )),
+        }
+    }
+}
+
+/// HBONE connections from this workload: TLS with its certificate, TCP from
+/// inside its network namespace.
+struct NetnsConnector {
+    worker: NetnsWorker,
+    identity: Arc<IdentityManager>,
+}
+
+impl Connector for NetnsConnector {
+    fn tls_config(
+        &self,
+        source: &SpiffeId,
+        expected: Option<&SpiffeId>,
+    ) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        self.identity
+            .client_config(source, expected.cloned())
+            .map_err(std::io::Error::other)
+    }
+
+    fn tcp_connect(
+        &self,
+        _source: &SpiffeId,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<TcpStream>> {
+        let worker = self.worker.clone();
+        Box::pin(async move { worker.connect(addr, Some(PROXY_MARK)).await })
+    }
+}
+
+/// A running workload proxy; [`WorkloadProxy::stop`] tears it down.
+pub(crate) struct WorkloadProxy {
+    pub workload: Workload,
+    netns: Netns,
+    shutdown: Shutdown,
+    captured: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WorkloadProxy {
+    pub async fn start(ctx: Arc<Ctx>, workload: Workload) -> Result<WorkloadProxy, Error> {
+        let id = workload.identity(&ctx.settings.trust_domain);
+        let ns_err = |source| Error::Netns {
+            workload: format!("{}/{}", workload.namespace(), workload.name()),
+            netns: workload.netns.clone(),
+            source,
+        };
+        let netns = Netns::open_named(&workload.netns).map_err(ns_err)?;
+        let worker = NetnsWorker::spawn(&netns).map_err(ns_err)?;
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let bind = |port| {
+            let worker = worker.clone();
+            let w = format!("{}/{}", workload.namespace(), workload.name());
+            async move {
+                worker
+                    .bind_listener(any(port))
+                    .await
+                    .map_err(|source| Error::Bind {
+                        workload: w,
+                        port,
+                        source,
+                    })
+            }
+        };
+        let outbound = bind(OUTBOUND_PORT).await?;
+        let plaintext = bind(INBOUND_PLAINTEXT_PORT).await?;
+        let hbone = bind(HBONE_PORT).await?;
+        let server_tls = ctx.identity.server_config(&id).map_err(Error::Identity)?;
+
+        let pool = Pool::new(
+            PoolConfig::default(),
+            Arc::new(NetnsConnector {
+                worker: worker.clone(),
+                identity: ctx.identity.clone(),
+            }),
+        );
+        let local = Arc::new(Local {
+            workload: workload.clone(),
+            id: id.clone(),
+            worker,
+            pool,
+        });
+        let hbone_server = weir_hbone::Server::new(
+            weir_hbone::ServerConfig {
+                drain_timeout: ctx.options.drain_timeout,
+                ..Default::default()
+            },
+            server_tls,
+            inbound::HboneHandler {
+                ctx: ctx.clone(),
+                local: local.clone(),
+            },
+        );
+
+        // Listeners first, then the rules that send traffic to them.
+        let captured = if ctx.options.capture {
+            let ns = netns.try_clone().map_err(ns_err)?;
+            tokio::task::spawn_blocking(move || CaptureRules::default().install(&ns))
+                .await
+                .expect("capture install task")
+                .map_err(Error::Capture)?;
+            true
+        } else {
+            false
+        };
+
+        let shutdown = Shutdown::new();
+        let span = tracing::info_span!("workload", name = %workload.name(), namespace = %workload.namespace());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            accept_loop(outbound, shutdown.signal(), {
+                let (ctx, local) = (ctx.clone(), local.clone());
+                move |s, peer| outbound::handle(ctx.clone(), local.clone(), s, peer)
+            })
+            .instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            accept_loop(plaintext, shutdown.signal(), {
+                let (ctx, local) = (ctx.clone(), local.clone());
+                move |s, peer| inbound::plaintext(ctx.clone(), local.clone(), s, peer)
+            })
+            .instrument(span.clone()),
+        ));
+        let signal = shutdown.signal();
+        tasks.push(tokio::spawn(
+            async move { hbone_server.serve(hbone, signal).await }.instrument(span),
+        ));
+        info!(
+            workload = %format!("{}/{}", workload.namespace(), workload.name()),
+            identity = %id,
+            address = %workload.address,
+            netns = %workload.netns,
+            capture = captured,
+            "serving workload"
+        );
+        Ok(WorkloadProxy {
+            workload,
+            netns,
+            shutdown,
+            captured,
+            tasks,
+        })
+    }
+
+    /// Stops accepting; open connections drain on their own.
+    pub fn stop_accepting(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Removes the capture rules (idempotent).
+    pub async fn remove_capture(&mut self) {
+        if !self.captured {
+            return;
+        }
+        let ns = match self.netns.try_clone() {
+            Ok(ns) => ns,
+            Err(e) => {
+                warn!(netns = %self.workload.netns, error = %e, "cannot reopen network namespace to remove capture rules");
+                return;
+            }
+        };
+        match tokio::task::spawn_blocking(move || CaptureRules::remove(&ns)).await {
+            Ok(Ok(())) => self.captured = false,
+            Ok(Err(e)) => {
+                warn!(netns = %self.workload.netns, error = %e, "removing capture rules failed")
+            }
+            Err(e) => warn!(error = %e, "capture removal task failed"),
+        }
+    }
+
+    /// Stops accepting, removes the rules and lets the tasks finish draining.
+    pub async fn stop(mut self) {
+        self.stop_accepting();
+        self.remove_capture().await;
+        for t in self.tasks.drain(..) {
+            // The HBONE server returns after its own drain deadline.
+            drop(t);
+        }
+        info!(workload = %format!("{}/{}", self.workload.namespace(), self.workload.name()), "stopped serving workload");
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut shutdown: ShutdownSignal, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = shutdown.fired() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
