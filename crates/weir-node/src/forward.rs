@@ -151,3 +151,75 @@ pub(crate) async fn forward(
         error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// client <-> [proxy_c | forward | proxy_s] <-> server: bytes arrive
+    /// intact both ways, half-closes pass through, counters match.
+    #[tokio::test]
+    async fn forwards_both_ways_with_half_close_and_counts() {
+        let (mut client, proxy_c) = pair().await;
+        let (proxy_s, mut server) = pair().await;
+        let (received, sent) = (Counter::default(), Counter::default());
+        let (r2, s2) = (received.clone(), sent.clone());
+        let fwd = tokio::spawn(async move { forward(proxy_c, proxy_s, &r2, &s2).await });
+
+        let up: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let up2 = up.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&up2).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, up, "client->server bytes");
+        server.write_all(b"reply after half-close").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"reply after half-close");
+        let t = fwd.await.unwrap();
+        assert!(t.error.is_none(), "{:?}", t.error);
+        assert_eq!(t.received, up.len() as u64);
+        assert_eq!(t.sent, 22);
+        assert_eq!(received.get(), up.len() as u64);
+        assert_eq!(sent.get(), 22);
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_both_directions() {
+        let (client, proxy_c) = pair().await;
+        let (proxy_s, mut server) = pair().await;
+        let (r, s) = (Counter::default(), Counter::default());
+        let fwd = tokio::spawn(async move { forward(proxy_c, proxy_s, &r, &s).await });
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let mut buf = [0u8; 16];
+        // The server side sees the connection end rather than hanging forever.
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("forward must end the other side")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        let t = tokio::time::timeout(std::time::Duration::from_secs(5), fwd)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(t.error.is_some());
+    }
+}

@@ -1,0 +1,734 @@
+//! End-to-end tests of `weir node`: real node proxies, real iptables capture
+//! in network namespaces on a bridge (198.18.0.0/15), real applications.
+//!
+//! Needs root, iproute2, iptables, tcpdump, python3 and openssl (see
+//! `weir_testing::require_root`; `WEIR_SKIP_NETNS_TESTS=1` skips them where
+//! they cannot run). Tests run one at a time (`common::serial`).
+//!
+//! Layout used throughout: clients in Kubernetes namespace `apps` on node
+//! `node-a`, the server workload `server` (labels `app: server`) in namespace
+//! `data` on node `node-b`, an `outsider` host that is not a Workload.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{
+    client, iptables_save, serial, spiffe, start_servers, wait_for, workload, Ca, NodeProxy,
+    TempDir,
+};
+use weir_testing::{require_root, Host, TestNet, BRIDGE};
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const OUTSIDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+
+const APP_PORT: u16 = 9000;
+const METRICS_PORT: u16 = 9404;
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+const CLOSED: &str = "istio_tcp_connections_closed_total";
+const FAILED: &str = "istio_tcp_connections_failed_total";
+const SENT: &str = "istio_tcp_sent_bytes_total";
+const RECEIVED: &str = "istio_tcp_received_bytes_total";
+const TLS_FAILURES: &str = "weir_tls_handshake_failures_total";
+const RELOADS: &str = "weir_config_reloads_total";
+
+/// The server workload, on node-b.
+fn server_workload(server: &Host) -> String {
+    workload("server", "data", "server", server, "node-b")
+}
+
+#[track_caller]
+fn assert_reply(r: &common::ClientResult, marker: &str, what: &str) {
+    assert!(
+        r.connected && r.reply.contains(marker),
+        "{what}: expected a reply containing {marker:?}, got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_no_reply(r: &common::ClientResult, marker: &str, what: &str) {
+    assert!(
+        !r.reply.contains(marker),
+        "{what}: the server's reply {marker:?} came through: {r:?}"
+    );
+}
+
+/// Two proxies sharing one CA: node-a first (it creates the CA in `state`),
+/// then node-b with the same state dir.
+fn two_nodes(config: &[&Path], state: &Path) -> (NodeProxy, NodeProxy) {
+    let a = NodeProxy::start_ready("node-a", config, Ca::StateDir(state), &[]);
+    assert!(
+        state.join("ca-cert.pem").exists() && state.join("ca-key.pem").exists(),
+        "node-a did not create the CA files in {}",
+        state.display()
+    );
+    let b = NodeProxy::start_ready("node-b", config, Ca::StateDir(state), &[]);
+    (a, b)
+}
+
+#[test]
+fn mesh_traffic_is_mtls_only() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("mtls");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    let cfg = TempDir::new("mtls-cfg");
+    let state = TempDir::new("mtls-ca");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a")
+            + &server_workload(&server_host)),
+    );
+    let (node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _server = start_servers(&server_host, &[(APP_PORT, "SERVER-REPLY-MARKER-67890")]);
+
+    let capture = net.tcpdump_filtered(BRIDGE, "tcp");
+    let payload = "PLAINTEXT-MARKER-12345";
+    let r = client(&client_host, SERVER_IP, APP_PORT, payload);
+    let text = capture.stop();
+    assert_reply(
+        &r,
+        "SERVER-REPLY-MARKER-67890",
+        "client -> server:9000 through the mesh",
+    );
+
+    // On the wire: HBONE to 15008 only, nothing readable, nothing to 9000.
+    assert!(
+        text.contains("> 198.18.0.3.15008:"),
+        "no traffic to 198.18.0.3:15008 on the bridge:\n{text}"
+    );
+    assert!(
+        !text.contains(payload),
+        "payload in clear text on the bridge:\n{text}"
+    );
+    assert!(
+        !text.contains("SERVER-REPLY-MARKER"),
+        "reply in clear text on the bridge:\n{text}"
+    );
+    assert!(
+        !text.contains("198.18.0.3.9000"),
+        "packets to/from port 9000 on the bridge:\n{text}"
+    );
+
+    // Destination side: an mTLS connection from the client's identity.
+    let client_id = spiffe("apps", "client");
+    let server_id = spiffe("data", "server");
+    let dst = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", client_id.as_str()),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "apps"),
+        ("destination_principal", server_id.as_str()),
+        ("destination_workload", "server"),
+        ("destination_workload_namespace", "data"),
+    ];
+    node_b.expect_metric_at_least(OPENED, &dst, 1.0);
+    node_b.expect_metric_at_least(CLOSED, &dst, 1.0);
+    node_b.expect_metric_at_least(RECEIVED, &dst, (payload.len() + 1) as f64);
+    node_b.expect_metric_at_least(SENT, &dst, "SERVER-REPLY-MARKER-67890".len() as f64);
+    // Source side.
+    let src = [
+        ("reporter", "source"),
+        ("source_principal", client_id.as_str()),
+        ("destination_workload", "server"),
+    ];
+    node_a.expect_metric_at_least(OPENED, &src, 1.0);
+    node_a.expect_metric_at_least(RECEIVED, &src, (payload.len() + 1) as f64);
+
+    // The admin endpoint dumps the config as JSON, with the local workload.
+    let (code, body) = common::http_get(node_b.admin, "/config_dump").expect("GET /config_dump");
+    assert_eq!(code, 200, "/config_dump: {body}");
+    let dump: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {body}"));
+    assert!(
+        dump.to_string().contains("198.18.0.3"),
+        "/config_dump lacks the server workload: {dump:#}"
+    );
+
+    // One access log line per closed connection, on the destination's node.
+    assert!(
+        node_b.wait_log("weir::access"),
+        "no weir::access line in node-b's log:\n{}",
+        node_b.log_text()
+    );
+}
+
+#[test]
+fn strict_refuses_plaintext_and_port_exception_admits() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("strict");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    let outsider = net.add_host("outsider", OUTSIDER_IP);
+    let cfg = TempDir::new("strict-cfg");
+    let state = TempDir::new("strict-ca");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a")
+            + &server_workload(&server_host)),
+    );
+    cfg.write(
+        "peer-authentication.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: data}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: metrics-exception, namespace: data}
+spec:
+  selector: {matchLabels: {app: server}}
+  mtls: {mode: UNSET}
+  portLevelMtls:
+    9404: {mode: PERMISSIVE}
+",
+    );
+    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _servers = start_servers(
+        &server_host,
+        &[
+            (APP_PORT, "REPLY-FROM-9000"),
+            (METRICS_PORT, "REPLY-FROM-9404"),
+        ],
+    );
+
+    // A non-mesh caller on the STRICT port: closed without the reply.
+    let r = client(&outsider, SERVER_IP, APP_PORT, "plaintext-to-9000");
+    assert_no_reply(
+        &r,
+        "REPLY-FROM-9000",
+        "outsider -> server:9000 under STRICT",
+    );
+    // ... but the port-level PERMISSIVE exception admits it on 9404.
+    let r = client(&outsider, SERVER_IP, METRICS_PORT, "plaintext-to-9404");
+    assert_reply(
+        &r,
+        "REPLY-FROM-9404",
+        "outsider -> server:9404 (PERMISSIVE port)",
+    );
+    // A mesh client still reaches the STRICT port.
+    let r = client(&client_host, SERVER_IP, APP_PORT, "mesh-to-9000");
+    assert_reply(
+        &r,
+        "REPLY-FROM-9000",
+        "mesh client -> server:9000 under STRICT",
+    );
+
+    // A mesh workload reaching a non-mesh address: passed through as plain TCP.
+    let _outside_app = start_servers(&outsider, &[(APP_PORT, "OUTSIDER-REPLY")]);
+    let capture = net.tcpdump_filtered(BRIDGE, "tcp");
+    let r = client(&client_host, OUTSIDER_IP, APP_PORT, "passthrough-payload");
+    let text = capture.stop();
+    assert_reply(
+        &r,
+        "OUTSIDER-REPLY",
+        "mesh client -> non-mesh outsider:9000 (passthrough)",
+    );
+    assert!(
+        text.contains("> 198.18.0.4.9000:") && !text.contains("198.18.0.4.15008"),
+        "passthrough did not go straight to 198.18.0.4:9000:\n{text}"
+    );
+
+    // The admitted plaintext connection is reported without mTLS.
+    node_b.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "unknown"),
+            ("source_principal", "unknown"),
+            ("destination_workload", "server"),
+        ],
+        1.0,
+    );
+}
+
+/// The only ALLOW policy of the server: principal allowed only.
+const ALLOW_ONLY_ALLOWED: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-allowed, namespace: data}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/apps/sa/allowed]
+";
+
+#[test]
+fn authorization_denial_counted() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("authz");
+    let allowed = net.add_host("allowed", CLIENT_IP);
+    let server = net.add_host("server", SERVER_IP);
+    let other = net.add_host("other", OTHER_IP);
+    let cfg = TempDir::new("authz-cfg");
+    let state = TempDir::new("authz-ca");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("allowed", "apps", "allowed", &allowed, "node-a")
+            + &workload("other", "apps", "other", &other, "node-a")
+            + &server_workload(&server)),
+    );
+    cfg.write("policy.yaml", ALLOW_ONLY_ALLOWED);
+    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _app = start_servers(&server, &[(APP_PORT, "AUTHZ-REPLY")]);
+
+    let r = client(&allowed, SERVER_IP, APP_PORT, "from-allowed");
+    assert_reply(&r, "AUTHZ-REPLY", "sa allowed -> server");
+    let r = client(&other, SERVER_IP, APP_PORT, "from-other");
+    assert_no_reply(&r, "AUTHZ-REPLY", "sa other -> server (not allowed)");
+
+    let other_id = spiffe("apps", "other");
+    let denied = [
+        ("reporter", "destination"),
+        ("response_flags", "DENY"),
+        ("source_principal", other_id.as_str()),
+        ("destination_workload", "server"),
+    ];
+    node_b.expect_metric_at_least(FAILED, &denied, 1.0);
+    node_b.expect_metric_at_least(OPENED, &denied, 1.0);
+    node_b.expect_metric_at_least(CLOSED, &denied, 1.0);
+    // The allowed connection is not flagged.
+    let allowed_id = spiffe("apps", "allowed");
+    node_b.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "destination"),
+            ("response_flags", "-"),
+            ("source_principal", allowed_id.as_str()),
+        ],
+        1.0,
+    );
+    let text = node_b.metrics_text();
+    let wrongly_denied =
+        common::metric_sum(&text, FAILED, &[("source_principal", allowed_id.as_str())]);
+    assert_eq!(
+        wrongly_denied,
+        0.0,
+        "allowed connection counted as failed:\n{}",
+        common::metric_lines(&text, FAILED)
+    );
+}
+
+/// Makes a foreign CA and a leaf it signed that claims `id`, with openssl.
+/// Returns (leaf cert, leaf key).
+fn foreign_leaf(dir: &TempDir, id: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "ca.key",
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=foreign-ca",
+        "-days",
+        "1",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "leaf.key",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "leaf.key",
+        "-subj",
+        "/CN=intruder",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(
+        d.join("leaf.ext"),
+        format!(
+            "subjectAltName=critical,URI:{id}\nextendedKeyUsage=clientAuth,serverAuth\n\
+             keyUsage=critical,digitalSignature\n"
+        ),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    (d.join("leaf.pem"), d.join("leaf.key"))
+}
+
+#[test]
+fn foreign_ca_refused() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("foreign");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    let outsider = net.add_host("outsider", OUTSIDER_IP);
+    let cfg = TempDir::new("foreign-cfg");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a")
+            + &server_workload(&server_host)),
+    );
+    // Two state dirs: two unrelated CAs.
+    let state_a = TempDir::new("foreign-ca-a");
+    let state_b = TempDir::new("foreign-ca-b");
+    let node_a = NodeProxy::start_ready("node-a", &[cfg.path()], Ca::StateDir(state_a.path()), &[]);
+    let node_b = NodeProxy::start_ready("node-b", &[cfg.path()], Ca::StateDir(state_b.path()), &[]);
+    assert_ne!(
+        std::fs::read(state_a.join("ca-cert.pem")).unwrap(),
+        std::fs::read(state_b.join("ca-cert.pem")).unwrap(),
+        "the two state dirs hold the same CA"
+    );
+    let _app = start_servers(&server_host, &[(APP_PORT, "FOREIGN-REPLY")]);
+
+    // Mesh client -> server across the two CAs: the client side (node-a)
+    // verifies node-b's certificate first (TLS 1.3: the server's Certificate
+    // comes first) and refuses it.
+    let r = client(&client_host, SERVER_IP, APP_PORT, "across-cas");
+    assert_no_reply(&r, "FOREIGN-REPLY", "client -> server with foreign CAs");
+    node_a.expect_metric_at_least(
+        TLS_FAILURES,
+        &[("direction", "outbound"), ("reason", "unknown_ca")],
+        1.0,
+    );
+    let text = node_b.metrics_text();
+    assert_eq!(
+        common::metric_sum(
+            &text,
+            OPENED,
+            &[
+                ("reporter", "destination"),
+                ("source_principal", spiffe("apps", "client").as_str())
+            ]
+        ),
+        0.0,
+        "node-b admitted a connection:\n{}",
+        common::metric_lines(&text, OPENED)
+    );
+
+    // The server side verifies too: a client certificate from a foreign CA
+    // (claiming a valid mesh identity) presented straight to node-b's HBONE
+    // port is refused with unknown_ca.
+    let before = node_b.metric(
+        TLS_FAILURES,
+        &[("direction", "inbound"), ("reason", "unknown_ca")],
+    );
+    let pki = TempDir::new("foreign-pki");
+    let (cert, key) = foreign_leaf(&pki, &spiffe("apps", "client"));
+    let out = outsider.exec(
+        "timeout",
+        &[
+            "10",
+            "openssl",
+            "s_client",
+            "-connect",
+            "198.18.0.3:15008",
+            "-tls1_3",
+            "-alpn",
+            "h2",
+            "-cert",
+            &cert.to_string_lossy(),
+            "-key",
+            &key.to_string_lossy(),
+        ],
+    );
+    let s_client = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut now = before;
+    let counted = wait_for(Duration::from_secs(10), || {
+        now = node_b.metric(
+            TLS_FAILURES,
+            &[("direction", "inbound"), ("reason", "unknown_ca")],
+        );
+        now >= before + 1.0
+    });
+    let text = node_b.metrics_text();
+    assert!(
+        counted,
+        "node-b did not count the foreign client certificate as inbound unknown_ca \
+         ({before} -> {now}). Lines:\n{}\nopenssl s_client {s_client}\nlog:\n{}",
+        common::metric_lines(&text, TLS_FAILURES),
+        node_b.log_text()
+    );
+}
+
+#[test]
+fn bad_reload_keeps_old_config() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("reload");
+    let allowed = net.add_host("allowed", CLIENT_IP);
+    let server = net.add_host("server", SERVER_IP);
+    let other = net.add_host("other", OTHER_IP);
+    let cfg = TempDir::new("reload-cfg");
+    let state = TempDir::new("reload-ca");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("allowed", "apps", "allowed", &allowed, "node-a")
+            + &workload("other", "apps", "other", &other, "node-a")
+            + &server_workload(&server)),
+    );
+    cfg.write("policy.yaml", ALLOW_ONLY_ALLOWED);
+    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _app = start_servers(&server, &[(APP_PORT, "RELOAD-REPLY")]);
+
+    let check_old_decisions = |when: &str| {
+        let r = client(&allowed, SERVER_IP, APP_PORT, "from-allowed");
+        assert_reply(&r, "RELOAD-REPLY", &format!("{when}: sa allowed -> server"));
+        let r = client(&other, SERVER_IP, APP_PORT, "from-other");
+        assert_no_reply(&r, "RELOAD-REPLY", &format!("{when}: sa other -> server"));
+    };
+    check_old_decisions("initial config");
+
+    // An invalid change: an unknown field. Refused, logged with file and
+    // field, counted; the old policy stays in force.
+    cfg.write(
+        "policy.yaml",
+        &ALLOW_ONLY_ALLOWED.replace("principals:", "principalz:"),
+    );
+    std::thread::sleep(Duration::from_millis(2500)); // two reload intervals
+    let errors = node_b.expect_metric_at_least(RELOADS, &[("result", "error")], 1.0);
+    assert!(
+        node_b.wait_log("principalz"),
+        "node-b's log does not name the bad field:\n{}",
+        node_b.log_text()
+    );
+    let log = node_b.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("principalz"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("policy.yaml"),
+        "the error line does not name the file: {line:?}\nfull log:\n{log}"
+    );
+    check_old_decisions("after an invalid reload");
+
+    // A valid change takes effect: deny sa allowed as well.
+    let successes_before = node_b.metric(RELOADS, &[("result", "success")]);
+    cfg.write(
+        "policy.yaml",
+        &format!(
+            "{ALLOW_ONLY_ALLOWED}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-allowed, namespace: data}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/apps/sa/allowed]
+"
+        ),
+    );
+    let mut last = None;
+    let applied = wait_for(Duration::from_secs(10), || {
+        let r = client(&allowed, SERVER_IP, APP_PORT, "from-allowed-after-deny");
+        let denied = !r.reply.contains("RELOAD-REPLY");
+        last = Some(r);
+        denied
+    });
+    assert!(
+        applied,
+        "the valid DENY policy did not take effect within 10s: last {last:?}\nlog:\n{}",
+        node_b.log_text()
+    );
+    node_b.expect_metric_at_least(RELOADS, &[("result", "success")], successes_before + 1.0);
+    // No further errors once the file is valid again.
+    let errors_after_fix = node_b.metric(RELOADS, &[("result", "error")]);
+    assert!(errors_after_fix >= errors);
+    std::thread::sleep(Duration::from_millis(2500));
+    let errors_now = node_b.metric(RELOADS, &[("result", "error")]);
+    assert_eq!(
+        errors_now,
+        errors_after_fix,
+        "reload errors keep growing after the fix; log:\n{}",
+        node_b.log_text()
+    );
+    node_b.expect_metric_at_least(
+        FAILED,
+        &[
+            ("reporter", "destination"),
+            ("response_flags", "DENY"),
+            ("source_principal", spiffe("apps", "allowed").as_str()),
+        ],
+        1.0,
+    );
+}
+
+#[test]
+fn rules_removed_on_exit() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("exit");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let cfg = TempDir::new("exit-cfg");
+    let state = TempDir::new("exit-ca");
+    cfg.write(
+        "workloads.yaml",
+        &workload("client", "apps", "client", &client_host, "node-a"),
+    );
+    let before = iptables_save(&client_host);
+    assert!(
+        !before.contains("WEIR"),
+        "rules before the proxy started:\n{before}"
+    );
+
+    let mut node_a =
+        NodeProxy::start_ready("node-a", &[cfg.path()], Ca::StateDir(state.path()), &[]);
+    let installed = iptables_save(&client_host);
+    assert!(
+        installed.contains("WEIR"),
+        "no WEIR rules in the workload's namespace while the proxy runs:\n{installed}"
+    );
+    let listening = client_host.exec_ok("ss", &["-ltn"]);
+    for port in ["15001", "15006", "15008"] {
+        assert!(
+            listening.contains(&format!(":{port} ")),
+            "nothing listens on {port} in the workload's namespace:\n{listening}"
+        );
+    }
+
+    let (status, on_its_own) = node_a
+        .terminate(Duration::from_secs(10))
+        .expect("the proxy was running");
+    let log = node_a.log_text();
+    assert!(
+        on_its_own,
+        "node-a did not exit within 10s of SIGTERM (killed); log:\n{log}"
+    );
+    let after = iptables_save(&client_host);
+    assert!(
+        !after.contains("WEIR"),
+        "WEIR rules left after SIGTERM (exit status {status}):\n{after}\nlog:\n{log}"
+    );
+    assert!(
+        status.success(),
+        "node-a exited with {status} after SIGTERM; log:\n{log}"
+    );
+}
+
+#[test]
+fn sighup_reloads_config() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("hup");
+    let server = net.add_host("server", SERVER_IP);
+    let cfg = TempDir::new("hup-cfg");
+    let state = TempDir::new("hup-ca");
+    cfg.write("workloads.yaml", &server_workload(&server));
+    // Periodic reloads effectively off: only SIGHUP can pick the change up.
+    let node_b = NodeProxy::start_ready(
+        "node-b",
+        &[cfg.path()],
+        Ca::StateDir(state.path()),
+        &["--reload-interval", "1h"],
+    );
+    let dump = |p: &NodeProxy| {
+        let (code, body) = common::http_get(p.admin, "/config_dump").expect("GET /config_dump");
+        assert_eq!(code, 200, "/config_dump: {body}");
+        body
+    };
+    assert!(!dump(&node_b).contains("added-by-sighup"));
+    cfg.write(
+        "policy.yaml",
+        &ALLOW_ONLY_ALLOWED.replace("only-allowed", "added-by-sighup"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !dump(&node_b).contains("added-by-sighup"),
+        "reloaded without SIGHUP despite --reload-interval 1h"
+    );
+    let pid = node_b.pid().expect("running").to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut last = String::new();
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        last = dump(&node_b);
+        last.contains("added-by-sighup")
+    });
+    assert!(
+        reloaded,
+        "SIGHUP did not reload the config; /config_dump:\n{last}\nlog:\n{}",
+        node_b.log_text()
+    );
+    node_b.expect_metric_at_least(RELOADS, &[("result", "success")], 1.0);
+}
