@@ -27,7 +27,8 @@ mod tests;
 pub use client::{Connector, Pool, PoolConfig, PoolKey};
 pub use error::Error;
 pub use server::{
-    Handler, InboundRequest, Responder, Server, ServerConfig, ServerStats, Shutdown, ShutdownSignal,
+    Handler, InboundRequest, Responder, Server, ServerConfig, ServerStats, Shutdown,
+    ShutdownSignal, TlsFailureHook,
 };
 pub use stream::{H2Recv, H2Send, H2Stream};
 

@@ -204,11 +204,16 @@ pub struct Server {
     inner: Arc<ServerInner>,
 }
 
+/// Called with every failed TLS handshake (after it is logged and counted in
+/// [`ServerStats`]), so the caller can count it by reason.
+pub type TlsFailureHook = Arc<dyn Fn(&Error) + Send + Sync>;
+
 struct ServerInner {
     config: ServerConfig,
     acceptor: TlsAcceptor,
     handler: Arc<dyn Handler>,
     stats: ServerStats,
+    on_tls_failure: Option<TlsFailureHook>,
 }
 
 impl Server {
@@ -223,6 +228,25 @@ impl Server {
                 acceptor: TlsAcceptor::from(tls),
                 handler: Arc::new(handler),
                 stats: ServerStats::default(),
+                on_tls_failure: None,
+            }),
+        }
+    }
+
+    /// Like [`Server::new`], with a hook called on every failed TLS handshake.
+    pub fn with_tls_failure_hook(
+        config: ServerConfig,
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Handler,
+        hook: TlsFailureHook,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ServerInner {
+                config,
+                acceptor: TlsAcceptor::from(tls),
+                handler: Arc::new(handler),
+                stats: ServerStats::default(),
+                on_tls_failure: Some(hook),
             }),
         }
     }
@@ -318,8 +342,11 @@ impl Server {
                     source,
                 })
             })
-            .inspect_err(|_| {
+            .inspect_err(|e| {
                 stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(hook) = &self.inner.on_tls_failure {
+                    hook(e);
+                }
             })?;
         let peer_certificates = tls
             .get_ref()

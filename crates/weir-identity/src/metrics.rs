@@ -43,13 +43,18 @@ pub enum FailureReason {
     ForeignTrustDomain,
     /// The SPIFFE id is not the one the client expected.
     IdentityMismatch,
-    /// Anything else (bad encoding, bad signature algorithm, wrong key usage, ...).
+    /// The peer aborted the handshake with an alert: it rejected our certificate
+    /// (e.g. it trusts another CA).
+    PeerAlert,
+    /// The peer presented no certificate at all (a client without mTLS).
+    NoCertificate,
+    /// Anything else (not TLS, timeout, bad encoding, bad signature algorithm, ...).
     Other,
 }
 
 impl FailureReason {
     /// Every reason, for dashboards and tests.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::UnknownCa,
         FailureReason::Expired,
         FailureReason::NotYetValid,
@@ -57,6 +62,8 @@ impl FailureReason {
         FailureReason::MalformedSpiffeId,
         FailureReason::ForeignTrustDomain,
         FailureReason::IdentityMismatch,
+        FailureReason::PeerAlert,
+        FailureReason::NoCertificate,
         FailureReason::Other,
     ];
 
@@ -70,6 +77,8 @@ impl FailureReason {
             FailureReason::MalformedSpiffeId => "malformed_spiffe_id",
             FailureReason::ForeignTrustDomain => "foreign_trust_domain",
             FailureReason::IdentityMismatch => "identity_mismatch",
+            FailureReason::PeerAlert => "peer_alert",
+            FailureReason::NoCertificate => "no_certificate",
             FailureReason::Other => "other",
         }
     }

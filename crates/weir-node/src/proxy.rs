@@ -13,7 +13,7 @@ use tracing::{info, warn, Instrument};
 use weir_core::config::Workload;
 use weir_core::{Config, SpiffeId};
 use weir_hbone::{BoxFuture, Connector, Pool, PoolConfig, Shutdown, ShutdownSignal};
-use weir_identity::IdentityManager;
+use weir_identity::{Direction, FailureReason, IdentityManager};
 
 use crate::capture::{CaptureRules, Netns, NetnsWorker, PROXY_MARK};
 use crate::node::Ctx;
@@ -85,6 +85,24 @@ impl Connector for NetnsConnector {
     }
 }
 
+/// Classifies a failed inbound handshake for `weir_tls_handshake_failures_total`.
+/// Certificate problems were already counted by the verifier, so they return
+/// `None`; what the verifier never sees is counted here.
+fn inbound_tls_failure_reason(e: &weir_hbone::Error) -> Option<FailureReason> {
+    let weir_hbone::Error::ServerTlsHandshake { source, .. } = e else {
+        return Some(FailureReason::Other); // timeout
+    };
+    match source
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => None,
+        Some(rustls::Error::AlertReceived(_)) => Some(FailureReason::PeerAlert),
+        Some(rustls::Error::NoCertificatesPresented) => Some(FailureReason::NoCertificate),
+        _ => Some(FailureReason::Other),
+    }
+}
+
 /// A running workload proxy; [`WorkloadProxy::stop`] tears it down.
 pub(crate) struct WorkloadProxy {
     pub workload: Workload,
@@ -137,7 +155,8 @@ impl WorkloadProxy {
             worker,
             pool,
         });
-        let hbone_server = weir_hbone::Server::new(
+        let tls_metrics = ctx.identity.metrics().clone();
+        let hbone_server = weir_hbone::Server::with_tls_failure_hook(
             weir_hbone::ServerConfig {
                 drain_timeout: ctx.options.drain_timeout,
                 ..Default::default()
@@ -147,6 +166,11 @@ impl WorkloadProxy {
                 ctx: ctx.clone(),
                 local: local.clone(),
             },
+            Arc::new(move |e| {
+                if let Some(reason) = inbound_tls_failure_reason(e) {
+                    tls_metrics.record(Direction::Inbound, reason);
+                }
+            }),
         );
 
         // Listeners first, then the rules that send traffic to them.

@@ -455,6 +455,13 @@ fn foreign_ca_refused() {
         &[("direction", "outbound"), ("reason", "unknown_ca")],
         1.0,
     );
+    // node-b saw the client abort the handshake (it rejected node-b's
+    // certificate): that failure is counted too.
+    node_b.expect_metric_at_least(
+        TLS_FAILURES,
+        &[("direction", "inbound"), ("reason", "peer_alert")],
+        1.0,
+    );
     let text = node_b.metrics_text();
     assert_eq!(
         common::metric_sum(
