@@ -1,0 +1,49 @@
+//! The only libc calls of the benchmark: file-descriptor limit and signals.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Raises the soft `RLIMIT_NOFILE` to `want` (or to the hard limit if that
+/// is lower; root may also raise the hard limit, which is tried first).
+/// Children (the node proxies, the load generators) inherit the result.
+/// Returns the soft limit now in force.
+pub fn raise_nofile(want: libc::rlim_t) -> io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let both = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(lim.rlim_max),
+    };
+    // SAFETY: `both` is a valid rlimit read by setrlimit; no memory is shared.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &both) } == 0 {
+        return Ok(want);
+    }
+    // Not allowed to raise the hard limit (no CAP_SYS_RESOURCE in this
+    // container): settle for soft = hard.
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max.min(want),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(soft.rlim_cur)
+}
+
+/// Sends `SIGTERM` to `pid` (a child of this process that has not been
+/// reaped yet, so the pid cannot have been reused).
+pub fn sigterm(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
