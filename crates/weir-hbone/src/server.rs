@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::stream::H2Stream;
@@ -50,8 +50,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone)]
 pub struct InboundRequest {
     /// The client's certificate chain, leaf first, as verified by rustls; the
-    /// caller derives the source identity from the leaf's URI SAN.
-    pub peer_certificates: Vec<CertificateDer<'static>>,
+    /// caller derives the source identity from the leaf's URI SAN. Shared by
+    /// every stream of the connection.
+    pub peer_certificates: Arc<[CertificateDer<'static>]>,
     /// The client's address (the remote end of the TLS connection).
     pub peer_addr: SocketAddr,
     /// The address the client connected to (`pod-ip:15008`).
@@ -398,11 +399,12 @@ impl Server {
                             peer_addr,
                             local_addr,
                         };
-                        let server = self.inner.clone();
-                        tokio::spawn(
-                            async move { server.handle_stream(request, respond, conn_info).await }
-                                .in_current_span(),
-                        );
+                        // The task holds only the handler's future: the request
+                        // is taken apart first, so nothing else stays alive
+                        // (memory) for as long as the tunnel.
+                        if let Some(handling) = self.inner.handle_stream(request, respond, conn_info) {
+                            tokio::spawn(handling.in_current_span());
+                        }
                     }
                     Some(Err(e)) => return Err(h2_err(e)),
                 },
@@ -444,24 +446,24 @@ pub(crate) fn parse_target(
 }
 
 impl ServerInner {
-    async fn handle_stream(
+    fn handle_stream(
         &self,
         request: Request<RecvStream>,
         respond: SendResponse<Bytes>,
         conn: ConnInfo,
-    ) {
+    ) -> Option<tracing::instrument::Instrumented<BoxFuture<'static, ()>>> {
         let target = match parse_target(request.method(), request.uri()) {
             Ok(t) => t,
             Err(why) => {
                 self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
                 warn!("rejecting malformed HBONE request with 400: {why}");
                 let _ = send_status(respond, StatusCode::BAD_REQUEST);
-                return;
+                return None;
             }
         };
         self.stats.streams.fetch_add(1, Ordering::Relaxed);
         let inbound = InboundRequest {
-            peer_certificates: conn.peer_certificates.to_vec(),
+            peer_certificates: conn.peer_certificates.clone(),
             peer_addr: conn.peer_addr,
             local_addr: conn.local_addr,
             target,
@@ -470,10 +472,13 @@ impl ServerInner {
             respond: Some(respond),
             body: Some(request.into_body()),
         };
-        self.handler
-            .handle(inbound, responder)
-            .instrument(info_span!("hbone_stream", target = %target))
-            .await;
+        Some(
+            self.handler
+                .handle(inbound, responder)
+                // debug level: an info span would live (and hold memory) as long
+                // as every tunnel; the access log line names the target anyway.
+                .instrument(debug_span!("hbone_stream", target = %target)),
+        )
     }
 }
 

@@ -171,6 +171,29 @@ impl H2Send {
         Ok(())
     }
 
+    /// Sends from `data` as far as flow control allows, advancing it; ready
+    /// when all of it is handed to h2 (no copy is made).
+    pub fn poll_send(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        if self.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        while !data.is_empty() {
+            self.send.reserve_capacity(data.len());
+            let mut cap = self.send.capacity();
+            while cap == 0 {
+                match ready!(self.send.poll_capacity(cx)) {
+                    Some(Ok(_)) => cap = self.send.capacity(),
+                    None | Some(Err(_)) => return reset_error(&mut self.send, cx).map(Err),
+                }
+            }
+            let chunk = data.split_to(cap.min(data.len()));
+            if self.send.send_data(chunk, false).is_err() {
+                return reset_error(&mut self.send, cx).map(Err);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Half-closes: sends END_STREAM.
     pub fn finish(&mut self) -> io::Result<()> {
         if self.closed {
@@ -216,6 +239,24 @@ impl H2Recv {
                     }
                 }
             }
+        }
+    }
+
+    /// Poll form of [`H2Recv::chunk`].
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        loop {
+            return Poll::Ready(match ready!(self.recv.poll_data(cx)) {
+                None => Ok(None),
+                Some(Ok(data)) if data.is_empty() => continue,
+                Some(Ok(data)) => Ok(Some(data)),
+                Some(Err(e)) => match e.reason() {
+                    Some(Reason::NO_ERROR) if e.is_reset() => Ok(None),
+                    _ => Err(h2_to_io(e)),
+                },
+            });
         }
     }
 

@@ -1,13 +1,16 @@
 //! One structured access log line per closed (or refused) connection, like
 //! ztunnel's: both identities, bytes each way, duration, decision.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::info;
 use weir_core::config::Workload;
-use weir_core::SpiffeId;
+use weir_core::{Config, SpiffeId};
 
+use crate::forward::Transfer;
 use crate::metrics::{TcpLabels, FLAG_NONE, UNKNOWN};
 
 /// One end of a connection as the log and the metrics name it.
@@ -38,6 +41,51 @@ impl Peer {
     }
 }
 
+/// Every workload of a config snapshot as a shared [`Peer`], so a connection
+/// holds a pointer instead of its own copies of the names.
+#[derive(Debug)]
+pub(crate) struct PeerIndex {
+    by_addr: HashMap<IpAddr, Arc<Peer>>,
+    unknown: Arc<Peer>,
+}
+
+impl PeerIndex {
+    pub fn build(config: &Config) -> PeerIndex {
+        let td = &config.settings.trust_domain;
+        PeerIndex {
+            by_addr: config
+                .workloads
+                .iter()
+                .map(|w| {
+                    (
+                        w.address,
+                        Arc::new(Peer::of(Some(w), Some(&w.identity(td)))),
+                    )
+                })
+                .collect(),
+            unknown: Arc::new(Peer::of(None, None)),
+        }
+    }
+
+    /// The peer at `ip`. With `identity`, the workload there counts only if
+    /// it has that identity; without, the peer is a plaintext caller.
+    pub fn lookup(&self, ip: IpAddr, identity: Option<&SpiffeId>) -> Arc<Peer> {
+        match (self.by_addr.get(&ip), identity) {
+            (Some(p), Some(id)) if p.identity.as_ref() == Some(id) => p.clone(),
+            (Some(p), None) => Arc::new(Peer {
+                identity: None,
+                ..Peer::clone(p)
+            }),
+            (_, Some(id)) => Arc::new(Peer::of(None, Some(id))),
+            (None, None) => self.unknown.clone(),
+        }
+    }
+
+    pub fn unknown(&self) -> Arc<Peer> {
+        self.unknown.clone()
+    }
+}
+
 pub(crate) fn labels(reporter: &str, src: &Peer, dst: &Peer, mtls: bool, flags: &str) -> TcpLabels {
     TcpLabels {
         reporter: reporter.to_owned(),
@@ -52,45 +100,56 @@ pub(crate) fn labels(reporter: &str, src: &Peer, dst: &Peer, mtls: bool, flags: 
     }
 }
 
-/// Everything one access log line says.
-pub(crate) struct Entry<'a> {
+/// What an access log line says about a connection, kept while it is open
+/// (small: addresses, two shared peers, the deciding policy).
+pub(crate) struct Conn {
     pub direction: &'static str,
     pub src_addr: SocketAddr,
-    pub src: &'a Peer,
+    pub src: Arc<Peer>,
     pub dst_addr: SocketAddr,
-    pub dst: &'a Peer,
+    pub dst: Arc<Peer>,
     pub mtls: bool,
-    pub decision: &'static str,
-    pub policy: Option<&'a str>,
-    pub reason: &'a str,
-    pub flags: &'a str,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub duration: Duration,
-    pub error: Option<String>,
+    pub policy: Option<String>,
+    pub start: Instant,
 }
 
-pub(crate) fn log(e: Entry<'_>) {
-    info!(
-        target: "weir::access",
-        direction = e.direction,
-        src.addr = %e.src_addr,
-        src.workload = %e.src.workload,
-        src.namespace = %e.src.namespace,
-        src.identity = %e.src.principal(),
-        dst.addr = %e.dst_addr,
-        dst.workload = %e.dst.workload,
-        dst.namespace = %e.dst.namespace,
-        dst.identity = %e.dst.principal(),
-        mtls = e.mtls,
-        decision = e.decision,
-        policy = e.policy.unwrap_or("-"),
-        response_flags = if e.flags.is_empty() { FLAG_NONE } else { e.flags },
-        bytes_received = e.bytes_received,
-        bytes_sent = e.bytes_sent,
-        duration_ms = e.duration.as_secs_f64() * 1000.0,
-        reason = e.reason,
-        error = e.error.as_deref().unwrap_or("-"),
-        "connection complete"
-    );
+impl Conn {
+    pub fn labels(&self, reporter: &str, flags: &str) -> TcpLabels {
+        labels(reporter, &self.src, &self.dst, self.mtls, flags)
+    }
+
+    /// Logs the connection's end (or refusal).
+    pub fn log(
+        &self,
+        decision: &str,
+        flags: &str,
+        reason: &str,
+        t: Option<&Transfer>,
+        error: Option<&str>,
+    ) {
+        let (received, sent) = t.map_or((0, 0), |t| (t.received, t.sent));
+        let io_error = t.and_then(|t| t.error.as_ref()).map(ToString::to_string);
+        info!(
+            target: "weir::access",
+            direction = self.direction,
+            src.addr = %self.src_addr,
+            src.workload = %self.src.workload,
+            src.namespace = %self.src.namespace,
+            src.identity = %self.src.principal(),
+            dst.addr = %self.dst_addr,
+            dst.workload = %self.dst.workload,
+            dst.namespace = %self.dst.namespace,
+            dst.identity = %self.dst.principal(),
+            mtls = self.mtls,
+            decision,
+            policy = self.policy.as_deref().unwrap_or("-"),
+            response_flags = if flags.is_empty() { FLAG_NONE } else { flags },
+            bytes_received = received,
+            bytes_sent = sent,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            reason,
+            error = error.or(io_error.as_deref()).unwrap_or("-"),
+            "connection complete"
+        );
+    }
 }

@@ -8,12 +8,10 @@
 //! side ends both.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use weir_hbone::{H2Recv, H2Send, H2Stream};
 
@@ -21,98 +19,130 @@ use weir_hbone::{H2Recv, H2Send, H2Stream};
 /// small enough that a slow peer doesn't pin much memory.
 const CHUNK: usize = 32 * 1024;
 
-pub(crate) enum Rx {
-    Tcp(OwnedReadHalf),
-    H2(H2Recv),
-}
-
-pub(crate) enum Tx {
-    Tcp(OwnedWriteHalf),
-    H2(H2Send),
-}
-
-/// One side of a connection, split.
-pub(crate) struct Side {
-    rx: Rx,
-    tx: Tx,
+/// One side of a proxied connection.
+pub(crate) enum Side {
+    Tcp(TcpStream),
+    H2(H2Send, H2Recv),
 }
 
 impl From<TcpStream> for Side {
     fn from(s: TcpStream) -> Self {
-        let (r, w) = s.into_split();
-        Side {
-            rx: Rx::Tcp(r),
-            tx: Tx::Tcp(w),
-        }
+        Side::Tcp(s)
     }
 }
 
 impl From<H2Stream> for Side {
     fn from(s: H2Stream) -> Self {
         let (w, r) = s.into_parts();
-        Side {
-            rx: Rx::H2(r),
-            tx: Tx::H2(w),
-        }
+        Side::H2(w, r)
     }
 }
 
-impl Rx {
-    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+impl Side {
+    /// The next chunk read from this side; `None` at end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         match self {
-            Rx::Tcp(r) => loop {
-                r.readable().await?;
+            Side::Tcp(s) => loop {
+                ready!(s.poll_read_ready(cx))?;
+                // Allocated only now that there is data: idle connections hold no buffer.
                 let mut buf = BytesMut::with_capacity(CHUNK);
-                match r.try_read_buf(&mut buf) {
-                    Ok(0) => return Ok(None),
-                    Ok(_) => return Ok(Some(buf.freeze())),
+                match s.try_read_buf(&mut buf) {
+                    Ok(0) => return Poll::Ready(Ok(None)),
+                    Ok(_) => return Poll::Ready(Ok(Some(buf.freeze()))),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Rx::H2(r) => r.chunk().await,
+            Side::H2(_, r) => r.poll_chunk(cx),
         }
     }
 
-    /// The chunk was written on: return its flow-control window.
-    fn written(&mut self, n: usize) {
-        if let Rx::H2(r) = self {
+    /// Writes all of `data` to this side, advancing it.
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<()>> {
+        match self {
+            Side::Tcp(s) => {
+                while !data.is_empty() {
+                    ready!(s.poll_write_ready(cx))?;
+                    match s.try_write(data) {
+                        Ok(n) => data.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Side::H2(w, _) => w.poll_send(cx, data),
+        }
+    }
+
+    /// `n` bytes read from this side were written on: for HBONE, return
+    /// their flow-control window so the peer may send more (backpressure).
+    fn consumed(&mut self, n: usize) {
+        if let Side::H2(_, r) = self {
             r.release(n);
         }
     }
-}
 
-impl Tx {
-    async fn send(&mut self, b: Bytes) -> io::Result<()> {
+    /// Half-close the write direction.
+    fn finish(&mut self) -> io::Result<()> {
         match self {
-            Tx::Tcp(w) => w.write_all(&b).await,
-            Tx::H2(w) => w.send(b).await,
-        }
-    }
-
-    async fn finish(&mut self) -> io::Result<()> {
-        match self {
-            Tx::Tcp(w) => w.shutdown().await,
-            Tx::H2(w) => w.finish(),
+            Side::Tcp(s) => match socket2::SockRef::from(&*s).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                r => r,
+            },
+            Side::H2(w, _) => w.finish(),
         }
     }
 
     fn abort(&mut self) {
-        if let Tx::H2(w) = self {
+        if let Side::H2(w, _) = self {
             w.reset();
         }
     }
 }
 
-async fn pump(rx: &mut Rx, tx: &mut Tx, counter: &Counter, total: &AtomicU64) -> io::Result<()> {
-    while let Some(b) = rx.next().await? {
-        let n = b.len();
-        tx.send(b).await?;
-        rx.written(n);
-        counter.inc_by(n as u64);
-        total.fetch_add(n as u64, Ordering::Relaxed);
+/// One direction: at most one chunk in flight, nothing else.
+#[derive(Default)]
+struct Direction {
+    pending: Option<(Bytes, usize)>,
+    total: u64,
+    done: bool,
+}
+
+impl Direction {
+    /// Moves chunks from `from` to `to` until `from` ends (then half-closes
+    /// `to`) or an error.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Side,
+        to: &mut Side,
+        counter: &Counter,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some((data, len)) = &mut self.pending {
+                ready!(to.poll_write(cx, data))?;
+                let n = *len;
+                self.pending = None;
+                from.consumed(n);
+                counter.inc_by(n as u64);
+                self.total += n as u64;
+            }
+            match ready!(from.poll_read(cx))? {
+                Some(data) => {
+                    let n = data.len();
+                    self.pending = Some((data, n));
+                }
+                None => {
+                    self.done = true;
+                    return Poll::Ready(to.finish());
+                }
+            }
+        }
     }
-    tx.finish().await
 }
 
 /// What a finished connection moved, and how it ended.
@@ -126,7 +156,8 @@ pub(crate) struct Transfer {
 }
 
 /// Forwards between `client` and `server` until both directions end or
-/// either fails.
+/// either fails. Both directions are polled by this one future, which holds
+/// the two sides and at most one chunk per direction.
 pub(crate) async fn forward(
     client: impl Into<Side>,
     server: impl Into<Side>,
@@ -134,20 +165,29 @@ pub(crate) async fn forward(
     sent: &Counter,
 ) -> Transfer {
     let (mut c, mut s) = (client.into(), server.into());
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let result = tokio::try_join!(
-        pump(&mut c.rx, &mut s.tx, received, &up),
-        pump(&mut s.rx, &mut c.tx, sent, &down),
-    );
+    let (mut up, mut down) = (Direction::default(), Direction::default());
+    let result = std::future::poll_fn(|cx| {
+        let a = up.poll(cx, &mut c, &mut s, received);
+        if let Poll::Ready(Err(e)) = a {
+            return Poll::Ready(Err(e));
+        }
+        let b = down.poll(cx, &mut s, &mut c, sent);
+        match (a, b) {
+            (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
     let error = result.err();
     if error.is_some() {
         // Tell the HBONE peer the stream failed rather than ending it cleanly.
-        c.tx.abort();
-        s.tx.abort();
+        c.abort();
+        s.abort();
     }
     Transfer {
-        received: up.into_inner(),
-        sent: down.into_inner(),
+        received: up.total,
+        sent: down.total,
         error,
     }
 }
@@ -197,6 +237,16 @@ mod tests {
         assert_eq!(t.sent, 22);
         assert_eq!(received.get(), up.len() as u64);
         assert_eq!(sent.get(), 22);
+    }
+
+    #[tokio::test]
+    async fn forward_future_is_small() {
+        let (a, b) = pair().await;
+        let c = Counter::default();
+        let f = forward(a, b, &c, &c);
+        let n = std::mem::size_of_val(&f);
+        eprintln!("forward future: {n} bytes");
+        assert!(n <= 512, "forward future grew to {n} bytes");
     }
 
     #[tokio::test]

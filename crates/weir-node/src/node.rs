@@ -14,6 +14,7 @@ use weir_core::config::{read_sources, SourceFile};
 use weir_core::{Config, MeshSettings};
 use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
 
+use crate::access::PeerIndex;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::proxy::WorkloadProxy;
@@ -78,21 +79,38 @@ impl NodeOptions {
     }
 }
 
-/// The current config; replaced whole on a valid reload.
+/// The current config and its peer index; replaced whole on a valid reload.
 pub(crate) struct ConfigStore {
-    current: RwLock<Arc<Config>>,
+    current: RwLock<(Arc<Config>, Arc<PeerIndex>)>,
 }
 
 impl ConfigStore {
+    pub(crate) fn new(c: Arc<Config>) -> Self {
+        let peers = Arc::new(PeerIndex::build(&c));
+        Self {
+            current: RwLock::new((c, peers)),
+        }
+    }
+
     pub fn current(&self) -> Arc<Config> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    pub fn peers(&self) -> Arc<PeerIndex> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
             .clone()
     }
 
     fn replace(&self, c: Arc<Config>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = c;
+        let peers = Arc::new(PeerIndex::build(&c));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (c, peers);
     }
 }
 
@@ -160,9 +178,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         settings: options.settings.clone(),
         options: options.clone(),
-        store: ConfigStore {
-            current: RwLock::new(config.clone()),
-        },
+        store: ConfigStore::new(config.clone()),
         identity,
         metrics,
         drain: Drain::default(),

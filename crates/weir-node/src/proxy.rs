@@ -47,7 +47,10 @@ impl Local {
     /// Connects from inside the pod with the proxy's mark, so the pod's
     /// capture rules let it through.
     pub async fn connect(&self, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-        match tokio::time::timeout(timeout, self.worker.connect(dst, Some(PROXY_MARK))).await {
+        // Boxed so the connect state is freed once connected instead of
+        // staying in every connection's future.
+        let connect = Box::pin(self.worker.connect(dst, Some(PROXY_MARK)));
+        match tokio::time::timeout(timeout, connect).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -281,5 +284,82 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::node::{ConfigStore, NodeOptions};
+
+    fn size_of<T>(_: &T) -> usize {
+        std::mem::size_of::<T>()
+    }
+
+    /// Each proxied connection is one task holding one of these futures, so
+    /// their size is memory per connection (ztunnel asserts the same). The
+    /// bounds are loose enough for compiler changes, tight enough to catch a
+    /// buffer or a large struct slipping into them.
+    #[tokio::test]
+    async fn per_connection_futures_stay_small() {
+        let config = Arc::new(Config::default());
+        let ca =
+            Arc::new(weir_identity::CertificateAuthority::generate(Default::default()).unwrap());
+        let identity = Arc::new(
+            IdentityManager::new(ca, weir_identity::DEFAULT_CERT_TTL, Default::default()).unwrap(),
+        );
+        let ctx = Arc::new(Ctx {
+            options: NodeOptions::new("n", vec![]),
+            settings: Default::default(),
+            store: ConfigStore::new(config),
+            identity: identity.clone(),
+            metrics: Default::default(),
+            drain: Default::default(),
+            ready: AtomicBool::new(false),
+            status: Mutex::new(Default::default()),
+            reload: Mutex::new(Default::default()),
+        });
+        let worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
+        let workload: Workload = Workload {
+            metadata: weir_core::config::ObjectMeta::new("ns", "w"),
+            service_account: "sa".into(),
+            address: "127.0.0.1".parse().unwrap(),
+            node: "n".into(),
+            netns: "w".into(),
+        };
+        let local = Arc::new(Local {
+            id: workload.identity(&Default::default()),
+            workload,
+            worker: worker.clone(),
+            pool: Pool::new(
+                PoolConfig::default(),
+                Arc::new(NetnsConnector { worker, identity }),
+            ),
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = l.local_addr().unwrap();
+        let s1 = TcpStream::connect(peer).await.unwrap();
+        let s2 = TcpStream::connect(peer).await.unwrap();
+
+        let out = outbound::handle(ctx.clone(), local.clone(), s1, peer);
+        let plain = inbound::plaintext(ctx, local, s2, peer);
+        eprintln!(
+            "outbound future: {} bytes, inbound plaintext future: {} bytes",
+            size_of(&out),
+            size_of(&plain)
+        );
+        assert!(
+            size_of(&out) <= 1280,
+            "outbound future grew to {} bytes",
+            size_of(&out)
+        );
+        assert!(
+            size_of(&plain) <= 1280,
+            "plaintext future grew to {} bytes",
+            size_of(&plain)
+        );
     }
 }

@@ -10,12 +10,13 @@ use std::time::Instant;
 use http::StatusCode;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
-use weir_core::policy::{self, Connection};
+use weir_core::policy::{self, Connection, Verdict};
+use weir_core::SpiffeId;
 use weir_hbone::{BoxFuture, Handler, InboundRequest, Responder};
 
 use super::outbound::reset;
 use super::{is_proxy_port, Local};
-use crate::access::{self, Entry, Peer};
+use crate::access::Conn;
 use crate::capture::orig_dst;
 use crate::forward::forward;
 use crate::metrics::{FLAG_CONNECT, FLAG_DENY, FLAG_NONE, REPORTER_DESTINATION};
@@ -27,15 +28,27 @@ pub(crate) struct HboneHandler {
 }
 
 impl Handler for HboneHandler {
+    /// Identity, authority and policy are checked here, synchronously; only
+    /// an admitted tunnel gets a future, holding just what it needs.
     fn handle(&self, req: InboundRequest, responder: Responder) -> BoxFuture<'static, ()> {
-        Box::pin(hbone(self.ctx.clone(), self.local.clone(), req, responder))
+        match admit(&self.ctx, &self.local, &req) {
+            Ok(conn) => Box::pin(tunnel(
+                self.ctx.clone(),
+                self.local.clone(),
+                conn,
+                responder,
+            )),
+            Err(status) => {
+                let _ = responder.reject(status);
+                Box::pin(std::future::ready(()))
+            }
+        }
     }
 }
 
-async fn hbone(ctx: Arc<Ctx>, local: Arc<Local>, req: InboundRequest, responder: Responder) {
-    let _guard = ctx.drain.guard();
-    let start = Instant::now();
-    let target = req.target;
+/// Decides whether an HBONE request may reach this workload; refusals are
+/// counted and logged here.
+fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Conn, StatusCode> {
     // rustls verified the chain and the SPIFFE id; this cannot fail for a
     // connection that got this far, but never trust it blindly.
     let Some(peer_id) = req
@@ -44,72 +57,72 @@ async fn hbone(ctx: Arc<Ctx>, local: Arc<Local>, req: InboundRequest, responder:
         .and_then(|c| weir_identity::spiffe_id_of(c).ok())
     else {
         warn!(peer = %req.peer_addr, "HBONE request without a SPIFFE identity; refusing");
-        let _ = responder.reject(StatusCode::FORBIDDEN);
-        return;
+        return Err(StatusCode::FORBIDDEN);
     };
+    let target = req.target;
     if target.ip() != local.workload.address || is_proxy_port(target.port()) {
         debug!(peer = %req.peer_addr, %target, "HBONE target is not this workload");
-        let _ = responder.reject(StatusCode::BAD_REQUEST);
-        return;
+        return Err(StatusCode::BAD_REQUEST);
     }
+    let (verdict, conn) = decide(ctx, local, Some(&peer_id), req.peer_addr, target);
+    if !verdict.allowed() {
+        ctx.metrics
+            .refused(&conn.labels(REPORTER_DESTINATION, FLAG_DENY));
+        conn.log("deny", FLAG_DENY, &verdict.reason, None, None);
+        return Err(StatusCode::FORBIDDEN);
+    }
+    Ok(conn)
+}
+
+/// Evaluates policy for a connection to this workload and describes it for
+/// the access log and metrics.
+fn decide(
+    ctx: &Ctx,
+    local: &Local,
+    peer: Option<&SpiffeId>,
+    src_addr: SocketAddr,
+    target: SocketAddr,
+) -> (Verdict, Conn) {
     let config = ctx.store.current();
-    let dst_w = local.current(&config);
-    let src_w = config
-        .workload_by_address(req.peer_addr.ip())
-        .filter(|w| w.identity(&config.settings.trust_domain) == peer_id);
-    let src = Peer::of(src_w, Some(&peer_id));
-    let dst = Peer::of(Some(dst_w), Some(&local.id));
+    let peers = ctx.store.peers();
     let verdict = policy::evaluate(
         &config,
-        dst_w,
+        local.current(&config),
         &Connection {
-            peer: Some(peer_id.clone()),
-            source_ip: Some(req.peer_addr.ip()),
+            peer: peer.cloned(),
+            source_ip: Some(src_addr.ip()),
             destination_ip: target.ip(),
             destination_port: target.port(),
         },
     );
-    drop(config);
-    let entry = |flags, decision, bytes: (u64, u64), error: Option<String>| Entry {
+    let conn = Conn {
         direction: "inbound",
-        src_addr: req.peer_addr,
-        src: &src,
+        src_addr,
+        src: peers.lookup(src_addr.ip(), peer),
         dst_addr: target,
-        dst: &dst,
-        mtls: true,
-        decision,
-        policy: verdict.policy.as_deref(),
-        reason: &verdict.reason,
-        flags,
-        bytes_received: bytes.0,
-        bytes_sent: bytes.1,
-        duration: start.elapsed(),
-        error,
+        dst: peers.lookup(local.workload.address, Some(&local.id)),
+        mtls: peer.is_some(),
+        policy: verdict.policy.clone(),
+        start: Instant::now(),
     };
-    if !verdict.allowed() {
-        ctx.metrics.refused(&access::labels(
-            REPORTER_DESTINATION,
-            &src,
-            &dst,
-            true,
-            FLAG_DENY,
-        ));
-        let _ = responder.reject(StatusCode::FORBIDDEN);
-        access::log(entry(FLAG_DENY, "deny", (0, 0), None));
-        return;
-    }
-    let upstream = match local.connect(target, ctx.options.connect_timeout).await {
+    (verdict, conn)
+}
+
+async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Responder) {
+    let _guard = ctx.drain.guard();
+    let upstream = match Box::pin(local.connect(conn.dst_addr, ctx.options.connect_timeout)).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.metrics.refused(&access::labels(
-                REPORTER_DESTINATION,
-                &src,
-                &dst,
-                true,
-                FLAG_CONNECT,
-            ));
+            ctx.metrics
+                .refused(&conn.labels(REPORTER_DESTINATION, FLAG_CONNECT));
             let _ = responder.reject(StatusCode::SERVICE_UNAVAILABLE);
-            access::log(entry(FLAG_CONNECT, "allow", (0, 0), Some(e.to_string())));
+            conn.log(
+                "allow",
+                FLAG_CONNECT,
+                "the workload refused the connection",
+                None,
+                Some(&e.to_string()),
+            );
             return;
         }
     };
@@ -120,21 +133,12 @@ async fn hbone(ctx: Arc<Ctx>, local: Arc<Local>, req: InboundRequest, responder:
             return;
         }
     };
-    let counters = ctx.metrics.open(access::labels(
-        REPORTER_DESTINATION,
-        &src,
-        &dst,
-        true,
-        FLAG_NONE,
-    ));
+    let counters = ctx
+        .metrics
+        .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
     let t = forward(tunnel, upstream, &counters.received, &counters.sent).await;
     ctx.metrics.close(&counters, t.error.is_some());
-    access::log(entry(
-        FLAG_NONE,
-        "allow",
-        (t.received, t.sent),
-        t.error.map(|e| e.to_string()),
-    ));
+    conn.log("allow", FLAG_NONE, "HBONE", Some(&t), None);
 }
 
 pub(crate) async fn plaintext(
@@ -144,7 +148,6 @@ pub(crate) async fn plaintext(
     peer: SocketAddr,
 ) {
     let _guard = ctx.drain.guard();
-    let start = Instant::now();
     let target = match orig_dst(&client) {
         Ok(t) => t,
         Err(e) => {
@@ -155,77 +158,35 @@ pub(crate) async fn plaintext(
     if is_proxy_port(target.port()) {
         return;
     }
-    let config = ctx.store.current();
-    let dst_w = local.current(&config);
-    let src = Peer::of(config.workload_by_address(peer.ip()), None);
-    let dst = Peer::of(Some(dst_w), Some(&local.id));
-    let verdict = policy::evaluate(
-        &config,
-        dst_w,
-        &Connection {
-            peer: None,
-            source_ip: Some(peer.ip()),
-            destination_ip: target.ip(),
-            destination_port: target.port(),
-        },
-    );
-    drop(config);
-    let entry = |flags, decision, bytes: (u64, u64), error: Option<String>| Entry {
-        direction: "inbound",
-        src_addr: peer,
-        src: &src,
-        dst_addr: target,
-        dst: &dst,
-        mtls: false,
-        decision,
-        policy: verdict.policy.as_deref(),
-        reason: &verdict.reason,
-        flags,
-        bytes_received: bytes.0,
-        bytes_sent: bytes.1,
-        duration: start.elapsed(),
-        error,
-    };
+    let (verdict, conn) = decide(&ctx, &local, None, peer, target);
     if !verdict.allowed() {
-        ctx.metrics.refused(&access::labels(
-            REPORTER_DESTINATION,
-            &src,
-            &dst,
-            false,
-            FLAG_DENY,
-        ));
+        ctx.metrics
+            .refused(&conn.labels(REPORTER_DESTINATION, FLAG_DENY));
         reset(client);
-        access::log(entry(FLAG_DENY, "deny", (0, 0), None));
+        conn.log("deny", FLAG_DENY, &verdict.reason, None, None);
         return;
     }
-    let upstream = match local.connect(target, ctx.options.connect_timeout).await {
+    drop(verdict);
+    let upstream = match Box::pin(local.connect(target, ctx.options.connect_timeout)).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.metrics.refused(&access::labels(
-                REPORTER_DESTINATION,
-                &src,
-                &dst,
-                false,
-                FLAG_CONNECT,
-            ));
+            ctx.metrics
+                .refused(&conn.labels(REPORTER_DESTINATION, FLAG_CONNECT));
             reset(client);
-            access::log(entry(FLAG_CONNECT, "allow", (0, 0), Some(e.to_string())));
+            conn.log(
+                "allow",
+                FLAG_CONNECT,
+                "the workload refused the connection",
+                None,
+                Some(&e.to_string()),
+            );
             return;
         }
     };
-    let counters = ctx.metrics.open(access::labels(
-        REPORTER_DESTINATION,
-        &src,
-        &dst,
-        false,
-        FLAG_NONE,
-    ));
+    let counters = ctx
+        .metrics
+        .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
     let t = forward(client, upstream, &counters.received, &counters.sent).await;
     ctx.metrics.close(&counters, t.error.is_some());
-    access::log(entry(
-        FLAG_NONE,
-        "allow",
-        (t.received, t.sent),
-        t.error.map(|e| e.to_string()),
-    ));
+    conn.log("allow", FLAG_NONE, "plaintext admitted", Some(&t), None);
 }

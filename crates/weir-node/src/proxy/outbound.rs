@@ -11,15 +11,14 @@ use tracing::{debug, warn};
 use weir_hbone::PoolKey;
 
 use super::{is_proxy_port, Local, HBONE_PORT};
-use crate::access::{self, Entry, Peer};
+use crate::access::Conn;
 use crate::capture::orig_dst;
-use crate::forward::forward;
+use crate::forward::{forward, Side};
 use crate::metrics::{FLAG_CONNECT, FLAG_DENY, FLAG_NONE, REPORTER_SOURCE};
 use crate::node::Ctx;
 
 pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, peer: SocketAddr) {
     let _guard = ctx.drain.guard();
-    let start = Instant::now();
     let target = match orig_dst(&app) {
         Ok(t) => t,
         Err(e) => {
@@ -31,138 +30,73 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
-    let config = ctx.store.current();
-    let src_w = local.current(&config);
-    let src = Peer::of(Some(src_w), Some(&local.id));
-    let Some(dst_w) = config.workload_by_address(target.ip()) else {
-        return passthrough(&ctx, &local, app, peer, target, src, start).await;
+    let (key, conn) = {
+        let config = ctx.store.current();
+        let peers = ctx.store.peers();
+        let dst_w = config.workload_by_address(target.ip());
+        let dst_id = dst_w.map(|w| w.identity(&config.settings.trust_domain));
+        let conn = Conn {
+            direction: "outbound",
+            src_addr: peer,
+            src: peers.lookup(local.workload.address, Some(&local.id)),
+            dst_addr: target,
+            dst: match &dst_id {
+                Some(id) => peers.lookup(target.ip(), Some(id)),
+                None => peers.unknown(),
+            },
+            mtls: dst_id.is_some(),
+            policy: None,
+            start: Instant::now(),
+        };
+        let key = dst_w.map(|w| PoolKey {
+            source: local.id.clone(),
+            hbone_addr: SocketAddr::new(w.address, HBONE_PORT),
+            destination: dst_id,
+        });
+        (key, conn)
     };
-    let dst_id = dst_w.identity(&config.settings.trust_domain);
-    let dst = Peer::of(Some(dst_w), Some(&dst_id));
-    let key = PoolKey {
-        source: local.id.clone(),
-        hbone_addr: SocketAddr::new(dst_w.address, HBONE_PORT),
-        destination: Some(dst_id),
+    // The connect futures are boxed and own what they need (the pool key):
+    // handshakes are large and must not stay part of the connection's future
+    // (memory per idle connection) once they are done.
+    let upstream: Result<Side, (&'static str, String)> = match key {
+        Some(key) => {
+            let (pool, target) = (local.pool.clone(), conn.dst_addr);
+            match Box::pin(async move { pool.connect(&key, target).await }).await {
+                Ok(t) => Ok(t.into()),
+                Err(e) => {
+                    warn!(peer = %conn.src_addr, target = %conn.dst_addr, error = %e, "HBONE connection failed");
+                    let flags = match e.rejected_status() {
+                        Some(s) if s == http::StatusCode::FORBIDDEN => FLAG_DENY,
+                        _ => FLAG_CONNECT,
+                    };
+                    Err((flags, e.to_string()))
+                }
+            }
+        }
+        None => match Box::pin(local.connect(conn.dst_addr, ctx.options.connect_timeout)).await {
+            Ok(s) => Ok(s.into()),
+            Err(e) => Err((FLAG_CONNECT, e.to_string())),
+        },
     };
-    drop(config);
-    let tunnel = match local.pool.connect(&key, target).await {
-        Ok(t) => t,
-        Err(e) => {
-            let flags = match e.rejected_status() {
-                Some(s) if s == http::StatusCode::FORBIDDEN => FLAG_DENY,
-                _ => FLAG_CONNECT,
-            };
-            ctx.metrics
-                .refused(&access::labels(REPORTER_SOURCE, &src, &dst, true, flags));
-            warn!(%peer, %target, error = %e, "HBONE connection failed");
+    let reason = if conn.mtls {
+        "HBONE"
+    } else {
+        "passthrough: the destination is not in the mesh"
+    };
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err((flags, error)) => {
+            ctx.metrics.refused(&conn.labels(REPORTER_SOURCE, flags));
             reset(app);
-            access::log(Entry {
-                direction: "outbound",
-                src_addr: peer,
-                src: &src,
-                dst_addr: target,
-                dst: &dst,
-                mtls: true,
-                decision: if flags == FLAG_DENY { "deny" } else { "allow" },
-                policy: None,
-                reason: &e.to_string(),
-                flags,
-                bytes_received: 0,
-                bytes_sent: 0,
-                duration: start.elapsed(),
-                error: Some(e.metric_label().to_owned()),
-            });
+            let decision = if flags == FLAG_DENY { "deny" } else { "allow" };
+            conn.log(decision, flags, reason, None, Some(&error));
             return;
         }
     };
-    let counters = ctx
-        .metrics
-        .open(access::labels(REPORTER_SOURCE, &src, &dst, true, FLAG_NONE));
-    let t = forward(app, tunnel, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.error.is_some());
-    access::log(Entry {
-        direction: "outbound",
-        src_addr: peer,
-        src: &src,
-        dst_addr: target,
-        dst: &dst,
-        mtls: true,
-        decision: "allow",
-        policy: None,
-        reason: "HBONE",
-        flags: FLAG_NONE,
-        bytes_received: t.received,
-        bytes_sent: t.sent,
-        duration: start.elapsed(),
-        error: t.error.map(|e| e.to_string()),
-    });
-}
-
-async fn passthrough(
-    ctx: &Ctx,
-    local: &Local,
-    app: TcpStream,
-    peer: SocketAddr,
-    target: SocketAddr,
-    src: Peer,
-    start: Instant,
-) {
-    let dst = Peer::of(None, None);
-    let upstream = match local.connect(target, ctx.options.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.metrics.refused(&access::labels(
-                REPORTER_SOURCE,
-                &src,
-                &dst,
-                false,
-                FLAG_CONNECT,
-            ));
-            reset(app);
-            access::log(Entry {
-                direction: "outbound",
-                src_addr: peer,
-                src: &src,
-                dst_addr: target,
-                dst: &dst,
-                mtls: false,
-                decision: "allow",
-                policy: None,
-                reason: "passthrough: destination is not in the mesh",
-                flags: FLAG_CONNECT,
-                bytes_received: 0,
-                bytes_sent: 0,
-                duration: start.elapsed(),
-                error: Some(e.to_string()),
-            });
-            return;
-        }
-    };
-    let counters = ctx.metrics.open(access::labels(
-        REPORTER_SOURCE,
-        &src,
-        &dst,
-        false,
-        FLAG_NONE,
-    ));
+    let counters = ctx.metrics.open(conn.labels(REPORTER_SOURCE, FLAG_NONE));
     let t = forward(app, upstream, &counters.received, &counters.sent).await;
     ctx.metrics.close(&counters, t.error.is_some());
-    access::log(Entry {
-        direction: "outbound",
-        src_addr: peer,
-        src: &src,
-        dst_addr: target,
-        dst: &dst,
-        mtls: false,
-        decision: "allow",
-        policy: None,
-        reason: "passthrough: destination is not in the mesh",
-        flags: FLAG_NONE,
-        bytes_received: t.received,
-        bytes_sent: t.sent,
-        duration: start.elapsed(),
-        error: t.error.map(|e| e.to_string()),
-    });
+    conn.log("allow", FLAG_NONE, reason, Some(&t), None);
 }
 
 /// Closes with a TCP reset, so the application sees a refused connection
