@@ -23,9 +23,21 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The only protocol version mesh connections use.
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-/// The crypto provider of every mesh config: ring, explicitly.
+/// The crypto provider of every mesh config: ring, explicitly, with the TLS
+/// 1.3 suites in the order the mesh prefers. AES-128-GCM comes first: with
+/// AES-NI it is the cheapest suite per byte (fewer rounds than AES-256) and
+/// every tunnelled byte is encrypted once per node proxy; ChaCha20 stays for
+/// CPUs without AES instructions.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// Builds a rustls [`CertifiedKey`] from a chain and its private key.

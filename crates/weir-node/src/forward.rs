@@ -94,9 +94,15 @@ impl Side {
         }
     }
 
+    /// Ends this side abruptly: RST_STREAM for a tunnel, a TCP reset (not a
+    /// clean FIN) for a socket, so the peer cannot mistake a failed
+    /// connection for one that finished.
     fn abort(&mut self) {
-        if let Side::H2(w, _) = self {
-            w.reset();
+        match self {
+            Side::H2(w, _) => w.reset(),
+            Side::Tcp(s) => {
+                let _ = socket2::SockRef::from(&*s).set_linger(Some(std::time::Duration::ZERO));
+            }
         }
     }
 }
@@ -181,7 +187,7 @@ pub(crate) async fn forward(
     .await;
     let error = result.err();
     if error.is_some() {
-        // Tell the HBONE peer the stream failed rather than ending it cleanly.
+        // Tell both peers the connection failed rather than ending it cleanly.
         c.abort();
         s.abort();
     }
@@ -260,12 +266,15 @@ mod tests {
             .unwrap();
         drop(client);
         let mut buf = [0u8; 16];
-        // The server side sees the connection end rather than hanging forever.
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut buf))
+        // The server side sees the connection reset too, not a clean end.
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut buf))
             .await
-            .expect("forward must end the other side")
-            .unwrap_or(0);
-        assert_eq!(n, 0);
+            .expect("forward must end the other side");
+        assert_eq!(
+            r.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "an aborted connection must be passed on as a reset"
+        );
         let t = tokio::time::timeout(std::time::Duration::from_secs(5), fwd)
             .await
             .unwrap()

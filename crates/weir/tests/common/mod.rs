@@ -10,6 +10,7 @@
 //! - [`TempDir`]: a directory removed on drop.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -259,10 +260,26 @@ fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
+/// Starts the `weir` binary with `args`, stdout and stderr to `log`.
+fn spawn_weir(args: &[OsString], log: File) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
 /// A `weir node` process (root namespace). SIGTERM, then SIGKILL, on drop.
 pub struct NodeProxy {
     pub name: String,
     child: Option<Child>,
+    /// The full argument list, so [`Self::restart`] starts it the same way.
+    args: Vec<OsString>,
     pub log: PathBuf,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
@@ -280,6 +297,7 @@ impl NodeProxy {
         let logdir = TempDir::new(&format!("log-{name}"));
         let log = logdir.join(&format!("{name}.log"));
         let file = File::create(&log).unwrap();
+        // Collects the arguments; spawn_weir runs them (also on restart).
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.arg("node").arg("--config").args(config);
         cmd.args(["--node", name]);
@@ -304,18 +322,12 @@ impl NodeProxy {
             cmd.args(["--drain-timeout", "1s"]);
         }
         cmd.args(extra);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
+        let child = spawn_weir(&args, file);
         NodeProxy {
             name: name.to_string(),
             child: Some(child),
+            args,
             log,
             admin: loopback(admin),
             metrics: loopback(metrics),
@@ -440,6 +452,38 @@ impl NodeProxy {
     }
 }
 
+impl NodeProxy {
+    /// Restarts the proxy as an operator would: SIGTERM, wait (up to
+    /// `grace`) for it to exit on its own, then start it again with the same
+    /// arguments (same ports, config, CA) and wait until it is ready. The new
+    /// process appends to the same log. Panics (with the log) if it had to be
+    /// killed. Returns how long the proxy was down.
+    pub fn restart(&mut self, grace: Duration) -> Duration {
+        let down_at = Instant::now();
+        let (status, on_its_own) = self
+            .terminate(grace)
+            .unwrap_or_else(|| panic!("{} was not running", self.name));
+        assert!(
+            on_its_own,
+            "{} did not exit within {grace:?} of SIGTERM (killed, {status}); log:\n{}",
+            self.name,
+            self.log_text()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let _ = writeln!(
+            file,
+            "----- test harness: {} exited ({status}); restarting -----",
+            self.name
+        );
+        self.child = Some(spawn_weir(&self.args, file));
+        self.wait_ready();
+        down_at.elapsed()
+    }
+}
+
 impl Drop for NodeProxy {
     fn drop(&mut self) {
         // WEIR_E2E_LOGS=1: show every proxy's final metrics and log.
@@ -530,7 +574,8 @@ else:
     client(sys.argv[2], sys.argv[3], sys.argv[4])
 "#;
 
-fn python() -> &'static str {
+/// The real python3 interpreter (resolved once through any pyenv shim).
+pub fn python() -> &'static str {
     static PY: OnceLock<String> = OnceLock::new();
     PY.get_or_init(|| {
         // Resolve the real interpreter once (a pyenv shim needs more
