@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# weir's main job, runnable on a fresh Linux machine: build weir, validate the
-# example Kafka mesh config and explain its decisions.
+# weir's main job on one Linux machine: build weir (release) and run
+# `weir demo` — network-namespace "pods" on a bridge, two node proxies, a real
+# Kafka-protocol broker (Tansu; `--broker mock` for librdkafka's mock cluster)
+# and real clients, with checks of mTLS, policy and metrics. Arguments are
+# passed to `weir demo` (e.g. --keep, --messages N, --broker mock).
+# Needs root: `sudo scripts/demo.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# sudo resets PATH: find cargo in root's or the invoking user's rustup install.
+if ! command -v cargo >/dev/null 2>&1; then
+    if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    elif [[ -n "${SUDO_USER:-}" ]]; then
+        user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        if [[ -n "$user_home" && -x "$user_home/.cargo/bin/cargo" ]]; then
+            export CARGO_HOME="${CARGO_HOME:-$user_home/.cargo}"
+            export RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
+            PATH="$user_home/.cargo/bin:$PATH"
+        fi
+    fi
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "weir: cargo (Rust) is needed to build weir; install it from https://rustup.rs" >&2
-    exit 1
+    exit 2
 fi
+echo "== building weir (release)" >&2
 cargo build --release --locked -p weir
-weir=target/release/weir
-cfg=examples/kafka-mesh
-
-echo "== weir check $cfg"
-"$weir" check "$cfg"
-for from in cluster.local/ns/apps/sa/producer cluster.local/ns/apps/sa/intruder plaintext; do
-    for port in 9092 9404; do
-        echo
-        echo "== from $from to kafka/kafka-0:$port"
-        "$weir" explain --config "$cfg" --from "$from" --source-ip 198.18.0.99 --to kafka/kafka-0 --port "$port"
-    done
-done
+exec "${CARGO_TARGET_DIR:-target}/release/weir" demo "$@"

@@ -80,14 +80,45 @@ impl TestNet {
         let hub = format!("{id}-hub");
         let net = TestNet {
             id,
-            hub: hub.clone(),
+            hub,
             namespaces: Mutex::new(Vec::new()),
             next_link: AtomicU32::new(0),
             shared: Arc::default(),
         };
-        net.add_netns(&hub);
-        net.ip(&["-n", &hub, "link", "set", "lo", "up"]);
-        net.ip(&[
+        net.init_hub();
+        net
+    }
+
+    /// Like [`Self::new`], but with stable, readable names: hub `<prefix>-hub`
+    /// and hosts `<prefix>-<name>` (e.g. `weir-demo-kafka-0`), for tools such
+    /// as `weir demo` whose users type the names. Unlike [`Self::new`] it does
+    /// not sweep stale `wt...` namespaces; the caller must make sure no
+    /// namespace of that prefix exists (creation panics otherwise).
+    pub fn with_prefix(prefix: &str) -> TestNet {
+        assert!(
+            !prefix.is_empty()
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "namespace prefix {prefix:?} must be ASCII alphanumerics and '-'"
+        );
+        let hub = format!("{prefix}-hub");
+        let net = TestNet {
+            id: prefix.to_string(),
+            hub,
+            namespaces: Mutex::new(Vec::new()),
+            next_link: AtomicU32::new(0),
+            shared: Arc::default(),
+        };
+        net.init_hub();
+        net
+    }
+
+    fn init_hub(&self) {
+        let hub = self.hub.clone();
+        self.add_netns(&hub);
+        self.ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        self.ip(&[
             "-n",
             &hub,
             "link",
@@ -100,8 +131,7 @@ impl TestNet {
             "forward_delay",
             "0",
         ]);
-        net.ip(&["-n", &hub, "link", "set", BRIDGE, "up"]);
-        net
+        self.ip(&["-n", &hub, "link", "set", BRIDGE, "up"]);
     }
 
     /// The `wt<pid>-<n>-<hint>` prefix shared by this network's namespaces.
@@ -131,8 +161,10 @@ impl TestNet {
             "test host address {addr} is outside 198.18.0.0/15"
         );
         assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()),
-            "host name {name:?} must be non-empty ASCII alphanumerics"
+            !name.is_empty()
+                && !name.starts_with('-')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "host name {name:?} must be non-empty ASCII alphanumerics and '-'"
         );
         let ns = format!("{}-{name}", self.id);
         self.add_netns(&ns);

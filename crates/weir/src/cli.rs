@@ -32,6 +32,38 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Run the per-node L4 proxy (ztunnel's role) for the Workloads on a node.
     Node(Box<NodeArgs>),
+    /// Run the whole mesh on this machine (needs root, Linux): network-namespace
+    /// pods on a bridge, two node proxies, a real Kafka-protocol broker and
+    /// real clients, with checks of mTLS, policy and metrics.
+    Demo(DemoArgs),
+}
+
+/// Which Kafka-protocol broker `weir demo` runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum DemoBroker {
+    /// Tansu, a Kafka-compatible broker (built once with cargo if missing).
+    #[default]
+    Tansu,
+    /// librdkafka's mock cluster (from confluent-kafka): nothing to build.
+    Mock,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The broker to run in the kafka-0 pod.
+    #[arg(long, value_enum, default_value_t)]
+    pub broker: DemoBroker,
+    /// How many records the producer sends and the consumer must read back.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub messages: u32,
+    /// Keep everything running after the checks, print how to reach each
+    /// piece, and clean up on Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// Do not install missing prerequisites (apt-get, pip, cargo); explain
+    /// what is missing instead.
+    #[arg(long)]
+    pub no_install: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]

@@ -3,6 +3,7 @@
 
 mod check;
 mod cli;
+mod demo;
 mod explain;
 mod node;
 
@@ -16,5 +17,6 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => check::run(&args),
         cli::Command::Explain(args) => explain::run(&args),
         cli::Command::Node(args) => node::run(*args),
+        cli::Command::Demo(args) => demo::run(args),
     }
 }
