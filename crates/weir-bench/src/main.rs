@@ -15,7 +15,11 @@
 //! to back, for a few rounds; the table shows medians and ratios. The load
 //! generators are this binary re-executed in the namespaces (hidden
 //! subcommands `__serve` and `__client`). See docs/performance.md.
+//!
+//! `weir-bench kafka [--quick]` measures Kafka instead: a Tansu broker and
+//! real clients, direct and through the mesh (see `kafka.rs`).
 
+mod kafka;
 mod load;
 mod sys;
 
@@ -51,7 +55,7 @@ const TARGET_KIB_PER_CONN: f64 = 4.0;
 )]
 struct Cli {
     #[command(subcommand)]
-    internal: Option<Internal>,
+    command: Option<Sub>,
     /// Shorter runs, for smoke testing (figures are rougher).
     #[arg(long)]
     quick: bool,
@@ -76,7 +80,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Internal {
+enum Sub {
+    /// Kafka through the mesh: produce/consume throughput and produce
+    /// latency of a Tansu broker, direct vs mesh (run as root).
+    Kafka(kafka::KafkaArgs),
     /// (internal) load server, run inside the server namespace.
     #[command(name = "__serve", hide = true)]
     Serve {
@@ -128,9 +135,10 @@ fn main() {
     // Every process of the benchmark (and the node proxies it starts)
     // inherits this; the 10k-connection test needs well over 1024 fds.
     let nofile = sys::raise_nofile(200_000);
-    let result = match cli.internal {
-        Some(Internal::Serve { port }) => load::serve(port),
-        Some(Internal::Client { test }) => run_client(test),
+    let result = match cli.command {
+        Some(Sub::Serve { port }) => load::serve(port),
+        Some(Sub::Client { test }) => run_client(test),
+        Some(Sub::Kafka(ref args)) => kafka::run(args),
         None => run_bench(&cli, nofile.ok()),
     };
     if let Err(e) = result {
@@ -243,20 +251,7 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
         return Ok(());
     }
     let plan = Plan::new(cli);
-    let weir = match &cli.weir {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("executable has no directory")?
-            .join("weir"),
-    };
-    if !cli.direct_only && !weir.is_file() {
-        bail!(
-            "the weir binary {} does not exist: build it first \
-             (`cargo build --release -p weir`), or pass --weir PATH, or --direct-only",
-            weir.display()
-        );
-    }
+    let weir = weir_binary(cli.weir.as_deref(), cli.direct_only)?;
     let machine = machine_info();
     println!("weir-bench{}", if cli.quick { " (--quick)" } else { "" });
     print!("{machine}");
@@ -276,23 +271,7 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
     let dclient = net.add_host("dclient", DCLIENT_IP);
     let dserver = net.add_host("dserver", DSERVER_IP);
     for host in [&client, &server, &dclient, &dserver] {
-        // Many short connections (cps) in a few seconds: widen the
-        // ephemeral range and let TIME_WAIT ports be reused, per namespace.
-        // The range stays above the mesh ports (15000-15090): a TIME_WAIT
-        // socket on local port 15008 would keep the proxy from listening.
-        for (k, v) in [
-            ("net.ipv4.ip_local_port_range", "20000 65535"),
-            ("net.ipv4.tcp_tw_reuse", "1"),
-        ] {
-            let out = host.exec("sysctl", &["-qw", &format!("{k}={v}")]);
-            if !out.status.success() {
-                eprintln!(
-                    "warning: sysctl {k} in {}: {}",
-                    host.name,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-        }
+        tune_host(host);
     }
     let server_proc = start_server(&server)?;
     let dserver_proc = start_server(&dserver)?;
@@ -307,7 +286,21 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
     let mut mesh_nodes = None;
     if !cli.direct_only {
         println!("== mesh setup (client -> node-a -> HBONE mTLS -> node-b -> server)");
-        match start_mesh(&weir, &client, &server, &cli.node_arg, &mut notes) {
+        let workloads = [
+            MeshWorkload {
+                name: "client",
+                namespace: "bench",
+                host: &client,
+                node: "node-a",
+            },
+            MeshWorkload {
+                name: "server",
+                namespace: "bench",
+                host: &server,
+                node: "node-b",
+            },
+        ];
+        match start_mesh(&weir, &workloads, &cli.node_arg, &mut notes) {
             Ok(m) => mesh_nodes = Some(m),
             Err(e) => {
                 println!("mesh setup failed: {e:#}");
@@ -370,6 +363,47 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
         println!("note: {n}");
     }
     Ok(())
+}
+
+/// The `weir` binary: `explicit`, or `weir` next to this executable. Must
+/// exist unless only the direct baseline is measured.
+fn weir_binary(explicit: Option<&Path>, direct_only: bool) -> Result<PathBuf> {
+    let weir = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("weir"),
+    };
+    if !direct_only && !weir.is_file() {
+        bail!(
+            "the weir binary {} does not exist: build it first \
+             (`cargo build --release -p weir`), or pass --weir PATH, or --direct-only",
+            weir.display()
+        );
+    }
+    Ok(weir)
+}
+
+/// Widens the ephemeral port range and enables `tcp_tw_reuse` in `host`.
+fn tune_host(host: &Host) {
+    // Many short connections (cps) in a few seconds: widen the ephemeral
+    // range and let TIME_WAIT ports be reused, per namespace. The range
+    // stays above the mesh ports (15000-15090): a TIME_WAIT socket on local
+    // port 15008 would keep the proxy from listening.
+    for (k, v) in [
+        ("net.ipv4.ip_local_port_range", "20000 65535"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+    ] {
+        let out = host.exec("sysctl", &["-qw", &format!("{k}={v}")]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: sysctl {k} in {}: {}",
+                host.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
 }
 
 /// Starts the load server in the server namespace and waits for `READY`.
@@ -734,49 +768,65 @@ struct Mesh {
     _dir: RemoveDir,
 }
 
+/// A mesh Workload of the benchmark: its service account is its name, its
+/// address the host's.
+struct MeshWorkload<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    host: &'a Host,
+    /// "node-a" or "node-b".
+    node: &'a str,
+}
+
+/// Writes the mesh config, starts node-a (which creates the CA in a fresh
+/// temporary state directory) and then node-b, and checks that each
+/// workload's namespace got its REDIRECT rules.
 fn start_mesh(
     weir: &Path,
-    client: &Host,
-    server: &Host,
+    workloads: &[MeshWorkload<'_>],
     node_args: &[String],
     notes: &mut Vec<String>,
 ) -> Result<Mesh> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+    // A fresh CA and state for every start.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let guard = RemoveDir(dir.clone());
     let config = dir.join("mesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: weir.dev/v1alpha1
-kind: Workload
-metadata: {{name: client, namespace: bench, labels: {{app: client}}}}
-spec: {{serviceAccount: client, address: {CLIENT_IP}, node: node-a, netns: {}}}
----
+    let mut yaml = String::new();
+    for w in workloads {
+        let _ = write!(
+            yaml,
+            "---
 apiVersion: weir.dev/v1alpha1
 kind: Workload
-metadata: {{name: server, namespace: bench, labels: {{app: server}}}}
-spec: {{serviceAccount: server, address: {SERVER_IP}, node: node-b, netns: {}}}
+metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
+spec: {{serviceAccount: {name}, address: {addr}, node: {node}, netns: {netns}}}
 ",
-            client.name, server.name
-        ),
-    )?;
+            name = w.name,
+            ns = w.namespace,
+            addr = w.host.addr,
+            node = w.node,
+            netns = w.host.name,
+        );
+    }
+    std::fs::write(&config, yaml)?;
     let state = dir.join("state");
     let a = start_node(weir, "node-a", &config, &state, &dir, node_args)?;
     let b = start_node(weir, "node-b", &config, &state, &dir, node_args)?;
 
     // Capture in place?
-    for (host, node) in [(client, &a), (server, &b)] {
-        let rules = host.exec_ok("iptables-save", &["-t", "nat"]);
+    for w in workloads {
+        let rules = w.host.exec_ok("iptables-save", &["-t", "nat"]);
         let redirects = rules.lines().filter(|l| l.contains("REDIRECT")).count();
         println!(
             "  {}: {redirects} REDIRECT rules in {}",
-            node.name, host.name
+            w.node, w.host.name
         );
         if redirects == 0 {
             notes.push(format!(
                 "no REDIRECT rule found in {} after {} was ready",
-                host.name, node.name
+                w.host.name, w.node
             ));
         }
     }
@@ -1205,8 +1255,14 @@ fn report(ds: &[Figures], ms: &[Figures], mem: &Memory, plan: &Plan) -> String {
             ]
         })
         .collect();
+    markdown_table(&header, &cells)
+}
+
+/// A markdown table, columns padded; the first column left-aligned, the
+/// others right-aligned.
+fn markdown_table<const N: usize>(header: &[&str; N], cells: &[[String; N]]) -> String {
     let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -1241,7 +1297,7 @@ fn report(ds: &[Figures], ms: &[Figures], mem: &Memory, plan: &Plan) -> String {
         let _ = write!(sep_line, " {s} |");
     }
     let _ = writeln!(out, "{sep_line}");
-    for row in &cells {
+    for row in cells {
         let _ = writeln!(out, "{}", line(row));
     }
     out

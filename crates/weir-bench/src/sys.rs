@@ -1,4 +1,5 @@
-//! The only libc calls of the benchmark: file-descriptor limit and signals.
+//! The only libc calls of the benchmark: file-descriptor limit, signals
+//! and waiting for a child without reaping it.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -46,4 +47,29 @@ pub fn sigterm(pid: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether the child `pid` has exited, without reaping it (`waitid` with
+/// `WNOWAIT`): until it is reaped, `/proc/<pid>/stat` still holds the CPU
+/// time it used, which is how the benchmark measures its load generators.
+pub fn exited_unreaped(pid: u32) -> io::Result<bool> {
+    let id = libc::id_t::from(pid);
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable siginfo_t for waitid to fill.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // With WNOHANG and no state change, waitid leaves si_pid zero.
+    // SAFETY: waitid filled (or left zeroed) `info`; si_pid is valid to read
+    // for SIGCHLD information.
+    Ok(unsafe { info.si_pid() } != 0)
 }
