@@ -1,0 +1,2 @@
+//! The gateway: TLS/SNI listeners and routes.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Kafka wire protocol handling for the gateway.
+#![forbid(unsafe_code)]
