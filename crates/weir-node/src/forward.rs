@@ -15,9 +15,13 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use weir_hbone::{H2Recv, H2Send, H2Stream};
 
-/// Size of a TCP read: large enough for bulk transfers (two TLS records),
-/// small enough that a slow peer doesn't pin much memory.
-const CHUNK: usize = 32 * 1024;
+/// TCP read sizes adapt per direction: a read that fills its buffer doubles
+/// the next one (bulk transfers such as Kafka produce batches then move in
+/// few large chunks: fewer syscalls, HTTP/2 frames and task wake-ups per
+/// byte), a read that fills less than a quarter halves it, so chatty
+/// request/response traffic keeps small buffers.
+const MIN_CHUNK: usize = 16 * 1024;
+const MAX_CHUNK: usize = 256 * 1024;
 
 /// One side of a proxied connection.
 pub(crate) enum Side {
@@ -39,13 +43,14 @@ impl From<H2Stream> for Side {
 }
 
 impl Side {
-    /// The next chunk read from this side; `None` at end of stream.
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+    /// The next chunk read from this side (at most `size` bytes from TCP);
+    /// `None` at end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>, size: usize) -> Poll<io::Result<Option<Bytes>>> {
         match self {
             Side::Tcp(s) => loop {
                 ready!(s.poll_read_ready(cx))?;
                 // Allocated only now that there is data: idle connections hold no buffer.
-                let mut buf = BytesMut::with_capacity(CHUNK);
+                let mut buf = BytesMut::with_capacity(size);
                 match s.try_read_buf(&mut buf) {
                     Ok(0) => return Poll::Ready(Ok(None)),
                     Ok(_) => return Poll::Ready(Ok(Some(buf.freeze()))),
@@ -108,11 +113,23 @@ impl Side {
 }
 
 /// One direction: at most one chunk in flight, nothing else.
-#[derive(Default)]
 struct Direction {
     pending: Option<(Bytes, usize)>,
     total: u64,
+    /// Size of the next TCP read (see [`MIN_CHUNK`]).
+    chunk: u32,
     done: bool,
+}
+
+impl Default for Direction {
+    fn default() -> Self {
+        Self {
+            pending: None,
+            total: 0,
+            chunk: MIN_CHUNK as u32,
+            done: false,
+        }
+    }
 }
 
 impl Direction {
@@ -137,9 +154,15 @@ impl Direction {
                 counter.inc_by(n as u64);
                 self.total += n as u64;
             }
-            match ready!(from.poll_read(cx))? {
+            let size = self.chunk as usize;
+            match ready!(from.poll_read(cx, size))? {
                 Some(data) => {
                     let n = data.len();
+                    if n >= size {
+                        self.chunk = (size * 2).min(MAX_CHUNK) as u32;
+                    } else if n < size / 4 {
+                        self.chunk = (size / 2).max(MIN_CHUNK) as u32;
+                    }
                     self.pending = Some((data, n));
                 }
                 None => {
