@@ -10,6 +10,10 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+# kcat (librdkafka's CLI client) for the gateway tests; mosquitto for TLS passthrough tests.
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

@@ -10,6 +10,7 @@ pub mod spiffe;
 
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub mod config;
+pub mod kafka;
 pub mod policy;
 
 pub use config::{Config, ConfigError, ConfigErrors, MeshSettings};
