@@ -12,6 +12,9 @@ are printed as one JSON object on stdout; progress goes to stderr.
   client.py consume  --bootstrap HOST:PORT --topic T --count N [--group G] [--timeout S]
   client.py latency  --bootstrap HOST:PORT --topic T --count N   (one record at a time, acks=all)
   client.py metadata --bootstrap HOST:PORT                       (brokers as the cluster advertises them)
+
+Every op takes --tls-ca CA.pem (TLS, host names verified) and, for mutual
+TLS, --tls-cert CERT.pem --tls-key KEY.pem.
 """
 
 import argparse
@@ -52,6 +55,15 @@ def confluent_conf(args, extra=None):
     }
     if args.debug:
         conf["debug"] = args.debug
+    if args.tls_ca:
+        # TLS with host-name verification: the SNI and the certificate check
+        # use the host names the cluster (or a gateway) advertises.
+        conf["security.protocol"] = "ssl"
+        conf["ssl.ca.location"] = args.tls_ca
+        conf["ssl.endpoint.identification.algorithm"] = "https"
+        if args.tls_cert:
+            conf["ssl.certificate.location"] = args.tls_cert
+            conf["ssl.key.location"] = args.tls_key
     conf.update(extra or {})
     return conf
 
@@ -166,8 +178,13 @@ def confluent_metadata(args):
 # ---------------------------------------------------------------- kafka-python
 
 def kp_common(args):
-    return {"bootstrap_servers": args.bootstrap.split(","), "client_id": args.client_id,
+    conf = {"bootstrap_servers": args.bootstrap.split(","), "client_id": args.client_id,
             "request_timeout_ms": 30000}
+    if args.tls_ca:
+        conf.update(security_protocol="SSL", ssl_cafile=args.tls_ca, ssl_check_hostname=True)
+        if args.tls_cert:
+            conf.update(ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    return conf
 
 
 def kp_produce(args):
@@ -304,6 +321,9 @@ def main():
     ap.add_argument("--client-id", default="weir-client")
     ap.add_argument("--progress", type=int, default=0, help="log progress every N records")
     ap.add_argument("--debug", default=None, help="librdkafka debug contexts")
+    ap.add_argument("--tls-ca", default=None, help="connect over TLS, trusting this CA (PEM file)")
+    ap.add_argument("--tls-cert", default=None, help="client certificate (PEM) for mutual TLS")
+    ap.add_argument("--tls-key", default=None, help="client private key (PEM) for mutual TLS")
     args = ap.parse_args()
     ops = {
         ("confluent", "produce"): confluent_produce,

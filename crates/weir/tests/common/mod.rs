@@ -10,6 +10,8 @@
 //! - [`TempDir`]: a directory removed on drop.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
