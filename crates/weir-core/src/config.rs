@@ -4,15 +4,26 @@
 //! Supported kinds:
 //! - `weir.dev/v1alpha1` [`Workload`] (local-mode stand-in for a Pod);
 //! - `security.istio.io/v1` and `v1beta1` [`PeerAuthentication`] and
-//!   [`AuthorizationPolicy`], accepted unchanged.
+//!   [`AuthorizationPolicy`], accepted unchanged;
+//! - `networking.istio.io/v1`, `v1beta1` and `v1alpha3` [`Gateway`],
+//!   [`VirtualService`], [`ServiceEntry`] and [`DestinationRule`] (what a
+//!   TLS/TCP gateway uses of them);
+//! - `weir.dev/v1alpha1` [`Service`] (local-mode stand-in for a Kubernetes
+//!   Service: route destinations resolve to the Workloads it selects);
+//! - `weir.dev/v1alpha1` [`KafkaGateway`] (a Kafka-aware listener of
+//!   `weir gateway`) and [`KafkaAuthorizationPolicy`] (topic-level
+//!   authorization at it), in [`kafka`].
 //!
 //! Unknown kinds and unknown fields are errors. Every error names the file,
 //! the document (its position and name) and the field.
 
 mod files;
 mod istio;
+pub mod kafka;
 mod load;
 mod meta;
+mod networking;
+mod service;
 mod workload;
 
 use std::collections::HashMap;
@@ -26,7 +37,16 @@ pub use istio::{
     Action, AuthorizationPolicy, Condition, ConditionKey, ConditionValues, MtlsMode, Operation,
     PeerAuthentication, Rule, Source, StringMatch,
 };
+pub use kafka::{KafkaAuthorizationPolicy, KafkaGateway};
 pub use meta::{ObjectMeta, Timestamp, WorkloadSelector};
+pub use networking::{
+    Destination, DestinationRule, DestinationSource, Endpoint, EndpointAddress, EntryPort, Gateway,
+    GatewayHost, GatewayRef, HostNamespace, HostPattern, L4Match, Location, Resolution,
+    ResolveError, ResolvedDestination, RouteDestination, Server, ServerPort, ServerProtocol,
+    ServerTls, ServiceEntry, Subset, TcpRoute, TlsMatch, TlsMode, TlsRoute, TlsVersion,
+    VirtualService, WorkloadEntry, CLUSTER_DOMAIN,
+};
+pub use service::{Service, ServicePort};
 pub use workload::Workload;
 
 use crate::spiffe::TrustDomain;
@@ -137,6 +157,23 @@ pub struct Config {
     pub workloads: Vec<Workload>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Istio `Gateway`s (served by `weir gateway` instances they select).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<VirtualService>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_entries: Vec<ServiceEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<DestinationRule>,
+    /// weir `Service`s (local mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    /// Kafka-aware listeners of `weir gateway`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kafka_gateways: Vec<KafkaGateway>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kafka_authorization_policies: Vec<KafkaAuthorizationPolicy>,
     /// Non-fatal findings (e.g. a policy Istio would ignore).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<ConfigError>,
@@ -200,6 +237,16 @@ impl Config {
             ("Workload", self.workloads.len()),
             ("PeerAuthentication", self.peer_authentications.len()),
             ("AuthorizationPolicy", self.authorization_policies.len()),
+            ("Gateway", self.gateways.len()),
+            ("VirtualService", self.virtual_services.len()),
+            ("ServiceEntry", self.service_entries.len()),
+            ("DestinationRule", self.destination_rules.len()),
+            ("Service", self.services.len()),
+            ("KafkaGateway", self.kafka_gateways.len()),
+            (
+                "KafkaAuthorizationPolicy",
+                self.kafka_authorization_policies.len(),
+            ),
         ]
     }
 }

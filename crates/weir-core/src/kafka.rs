@@ -1,6 +1,10 @@
 //! Kafka authorization vocabulary shared by the policy engine, the gateway and
 //! `weir explain`: resource types, operations (Kafka's ACL operations, with
 //! Kafka's implication rules) and the principal a request is made by.
+//!
+//! [`dn`] compares X.509 distinguished names the way operators write them.
+
+pub mod dn;
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,12 +49,49 @@ impl fmt::Display for ResourceType {
     }
 }
 
+impl ResourceType {
+    /// The name Kafka gives the only cluster resource.
+    pub const CLUSTER_NAME: &'static str = "kafka-cluster";
+
+    /// Whether Kafka defines `op` for this resource type (`kafka-acls.sh`
+    /// refuses the other combinations). `All` is defined for every type.
+    pub fn supports(self, op: Operation) -> bool {
+        use Operation::*;
+        match self {
+            ResourceType::Topic => matches!(
+                op,
+                Read | Write
+                    | Create
+                    | Delete
+                    | Alter
+                    | Describe
+                    | DescribeConfigs
+                    | AlterConfigs
+                    | All
+            ),
+            ResourceType::Group => matches!(op, Read | Describe | Delete | All),
+            ResourceType::TransactionalId => matches!(op, Write | Describe | All),
+            ResourceType::Cluster => matches!(
+                op,
+                Create | Alter | Describe | DescribeConfigs | AlterConfigs | IdempotentWrite | All
+            ),
+        }
+    }
+}
+
 impl FromStr for ResourceType {
     type Err = String;
+    /// Accepts the config spelling and Kafka's (`transactionalId`,
+    /// `TRANSACTIONAL_ID`, `transactional-id`), in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
         ResourceType::ALL
             .into_iter()
-            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+            .find(|r| r.as_str().to_ascii_lowercase() == norm)
             .ok_or_else(|| {
                 format!("unknown Kafka resource type {s:?} (expected topic, group, transactionalId or cluster)")
             })
@@ -123,6 +164,11 @@ impl Operation {
     pub fn covers_for_deny(self, requested: Operation) -> bool {
         self == requested || self == Operation::All
     }
+
+    /// A bit unique to this operation, for sets of operations.
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
 }
 
 impl fmt::Display for Operation {
@@ -167,6 +213,11 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// Whether this is [`Principal::Anonymous`].
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Principal::Anonymous)
+    }
+
     /// The single name used in metrics labels and logs: the SPIFFE id, the
     /// certificate subject, or `anonymous`.
     pub fn label(&self) -> String {

@@ -13,6 +13,9 @@
 //! then, if any ALLOW policy applies, one of its rules must match; with none
 //! the connection is allowed. L7-only fields: an ALLOW rule that uses them
 //! never matches; a DENY rule is enforced without them (fail closed).
+//!
+//! [`kafka`]: KafkaAuthorizationPolicy at a KafkaGateway (topic-level
+//! authorization by identity).
 
 use std::net::IpAddr;
 
@@ -24,6 +27,7 @@ use crate::config::{
 };
 use crate::spiffe::SpiffeId;
 
+pub mod kafka;
 #[cfg(test)]
 mod tests;
 

@@ -20,11 +20,13 @@ use tracing::{debug, info};
 use crate::node::Ctx;
 use crate::Error;
 
-type Reply = (StatusCode, &'static str, String);
+/// What a route answers: status, content type, body.
+pub type Reply = (StatusCode, &'static str, String);
 
-const JSON: &str = "application/json";
-const TEXT: &str = "text/plain; charset=utf-8";
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content types of the admin endpoints.
+pub const JSON: &str = "application/json";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds all three listeners (failing start-up if one can't be bound) and
 /// serves them in the background.
@@ -143,7 +145,8 @@ fn admin_route(ctx: &Ctx, path: &str) -> Reply {
     }
 }
 
-async fn serve(listener: TcpListener, route: Arc<dyn Fn(&str) -> Reply + Send + Sync>) {
+/// Serves HTTP/1 on `listener`, answering every GET with `route(path)`.
+pub async fn serve(listener: TcpListener, route: Arc<dyn Fn(&str) -> Reply + Send + Sync>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

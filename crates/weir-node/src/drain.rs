@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// Counts open connections (one [`DrainGuard`] each) so shutdown can wait
+/// for them; clones share the count.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Drain {
+pub struct Drain {
     inner: Arc<Inner>,
 }
 
@@ -17,23 +19,23 @@ struct Inner {
     idle: Notify,
 }
 
-/// Held by each proxied connection.
+/// Held by each proxied connection; dropping it marks the connection closed.
 #[derive(Debug)]
-pub(crate) struct DrainGuard(Arc<Inner>);
+pub struct DrainGuard(Arc<Inner>);
 
 impl Drain {
-    pub(crate) fn guard(&self) -> DrainGuard {
+    pub fn guard(&self) -> DrainGuard {
         self.inner.open.fetch_add(1, Ordering::AcqRel);
         DrainGuard(self.inner.clone())
     }
 
-    pub(crate) fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.inner.open.load(Ordering::Acquire)
     }
 
     /// Waits until no connection is open or `deadline` passes; returns how
     /// many were still open.
-    pub(crate) async fn wait(&self, deadline: Duration) -> usize {
+    pub async fn wait(&self, deadline: Duration) -> usize {
         let wait = async {
             loop {
                 let idle = self.inner.idle.notified();

@@ -24,7 +24,7 @@ const MIN_CHUNK: usize = 16 * 1024;
 const MAX_CHUNK: usize = 256 * 1024;
 
 /// One side of a proxied connection.
-pub(crate) enum Side {
+pub enum Side {
     Tcp(TcpStream),
     H2(H2Send, H2Recv),
 }
@@ -176,7 +176,7 @@ impl Direction {
 
 /// What a finished connection moved, and how it ended.
 #[derive(Debug, Default)]
-pub(crate) struct Transfer {
+pub struct Transfer {
     /// Client → server bytes.
     pub received: u64,
     /// Server → client bytes.
@@ -187,7 +187,7 @@ pub(crate) struct Transfer {
 /// Forwards between `client` and `server` until both directions end or
 /// either fails. Both directions are polled by this one future, which holds
 /// the two sides and at most one chunk per direction.
-pub(crate) async fn forward(
+pub async fn forward(
     client: impl Into<Side>,
     server: impl Into<Side>,
     received: &Counter,

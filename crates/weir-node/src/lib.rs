@@ -13,10 +13,10 @@
 #![deny(unsafe_code)]
 
 mod access;
-mod admin;
+pub mod admin;
 pub mod capture;
-mod drain;
-mod forward;
+pub mod drain;
+pub mod forward;
 pub mod metrics;
 mod node;
 mod proxy;

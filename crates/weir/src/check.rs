@@ -26,7 +26,7 @@ pub fn summary_lines(config: &Config) -> Vec<String> {
         .filter(|p| p.action == Action::Allow)
         .count();
     let deny = config.authorization_policies.len() - allow;
-    vec![
+    let mut lines = vec![
         format!(
             "Workload: {} ({})",
             config.workloads.len(),
@@ -49,7 +49,35 @@ pub fn summary_lines(config: &Config) -> Vec<String> {
             "AuthorizationPolicy: {} (ALLOW: {allow}, DENY: {deny})",
             config.authorization_policies.len()
         ),
-    ]
+    ];
+    // Every other kind: a breakdown where one helps, else the count.
+    for (kind, n) in config.summary() {
+        if lines.iter().any(|l| l.starts_with(&format!("{kind}:"))) {
+            continue;
+        }
+        lines.push(match kind {
+            "KafkaGateway" => {
+                let ports: std::collections::BTreeSet<u16> =
+                    config.kafka_gateways.iter().map(|g| g.port).collect();
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                if ports.is_empty() {
+                    format!("{kind}: {n}")
+                } else {
+                    format!("{kind}: {n} (ports: {})", ports.join(", "))
+                }
+            }
+            "KafkaAuthorizationPolicy" => {
+                let allow = config
+                    .kafka_authorization_policies
+                    .iter()
+                    .filter(|p| p.action == Action::Allow)
+                    .count();
+                format!("{kind}: {n} (ALLOW: {allow}, DENY: {})", n - allow)
+            }
+            _ => format!("{kind}: {n}"),
+        });
+    }
+    lines
 }
 
 pub fn run(args: &CheckArgs) -> ExitCode {

@@ -28,10 +28,15 @@ pub enum Command {
     /// with its file, document and field.
     Check(CheckArgs),
     /// Explain the decision for one connection: allow or deny, the effective
-    /// mTLS mode, and the policy that decided.
+    /// mTLS mode, and the policy that decided. With --topic, --group,
+    /// --transactional-id or --cluster and --operation: the decision for one
+    /// Kafka request at a KafkaGateway.
     Explain(ExplainArgs),
     /// Run the per-node L4 proxy (ztunnel's role) for the Workloads on a node.
     Node(Box<NodeArgs>),
+    /// Run a TLS/SNI ingress gateway (Istio's ingress gateway role) for the
+    /// Gateways whose spec.selector matches --labels.
+    Gateway(Box<GatewayArgs>),
     /// Run the whole mesh on this machine (needs root, Linux): network-namespace
     /// pods on a bridge, two node proxies, a real Kafka-protocol broker and
     /// real clients, with checks of mTLS, policy and metrics.
@@ -153,6 +158,87 @@ pub struct NodeArgs {
     pub mesh: MeshArgs,
 }
 
+/// Parses `k=v,k2=v2` into labels.
+pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not a label (use key=value, comma-separated)"))?;
+        if k.is_empty() {
+            return Err(format!("{part:?}: empty label key"));
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Files or directories of YAML documents; re-read every --reload-interval
+    /// and on SIGHUP. An invalid change is refused and the last good config stays.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// This gateway's labels (Istio's gateway pod labels): it serves the
+    /// Gateways whose spec.selector they match.
+    #[arg(long, env = "WEIR_GATEWAY_LABELS", default_value = "istio=ingressgateway", value_parser = parse_labels, value_name = "K=V,...")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The gateway's namespace (its SPIFFE identity spiffe://<td>/ns/<namespace>/sa/<service-account>).
+    #[arg(long, env = "WEIR_GATEWAY_NAMESPACE", default_value = "istio-system")]
+    pub namespace: String,
+    /// The gateway's service account (its SPIFFE identity).
+    #[arg(
+        long,
+        env = "WEIR_GATEWAY_SERVICE_ACCOUNT",
+        default_value = "weir-gateway"
+    )]
+    pub service_account: String,
+    /// Address the Gateway servers' ports are opened on.
+    #[arg(long, env = "WEIR_GATEWAY_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: std::net::IpAddr,
+    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+    /// PEM file of the mesh root CA certificate (instead of --state-dir).
+    #[arg(long, requires = "ca_key", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
+    #[arg(long, requires = "ca_cert", value_name = "PEM")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of the gateway's mesh certificate; renewed at half-life.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: std::time::Duration,
+    /// Admin endpoint (/config_dump); keep it on localhost.
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Prometheus endpoint (/metrics).
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: std::net::SocketAddr,
+    /// How often the config paths (and terminating servers' certificate files) are re-read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: std::time::Duration,
+    /// On shutdown, how long open connections may finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Bound on connecting to an upstream (TCP, HBONE, DNS).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
+    /// Bound on a client's ClientHello and on a terminated TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub client_hello_timeout: std::time::Duration,
+    /// Log format on stderr; RUST_LOG filters (default info).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long, env = "WEIR_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
 /// Settings shared by every command that reads mesh configuration.
 #[derive(Debug, Args, Clone)]
 pub struct MeshArgs {
@@ -193,28 +279,74 @@ pub struct CheckArgs {
     pub output: Output,
 }
 
+/// The Kafka resource flags of `weir explain`; one of them selects Kafka mode.
+pub const KAFKA_RESOURCE_FLAGS: [&str; 4] = ["topic", "group", "transactional_id", "cluster"];
+
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Files or directories of YAML documents.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
     /// The caller: a SPIFFE id (spiffe://td/ns/x/sa/y), a principal as Istio
-    /// writes it (td/ns/x/sa/y), or `plaintext` for a non-mesh client.
-    #[arg(long, value_name = "SPIFFE-ID|PRINCIPAL|plaintext")]
+    /// writes it (td/ns/x/sa/y), or `plaintext` for a non-mesh client. For a
+    /// Kafka question also a certificate subject (CN=app,O=Example) or
+    /// `anonymous` (a client without a certificate).
+    #[arg(long, value_name = "SPIFFE-ID|PRINCIPAL|SUBJECT|plaintext|anonymous")]
     pub from: String,
     /// The caller's IP address (for ipBlocks and source.ip).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
     pub source_ip: Option<std::net::IpAddr>,
-    /// The destination workload.
-    #[arg(long, value_name = "NAMESPACE/WORKLOAD")]
-    pub to: String,
-    /// The destination port.
-    #[arg(long, value_name = "N")]
-    pub port: u16,
+    /// The destination workload (connection questions).
+    #[arg(long, value_name = "NAMESPACE/WORKLOAD", required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
+    pub to: Option<String>,
+    /// The destination port (connection questions).
+    #[arg(long, value_name = "N", required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
+    pub port: Option<u16>,
+    /// Kafka question: the topic the request is about.
+    #[arg(
+        long,
+        value_name = "NAME",
+        group = "kafka_resource",
+        requires = "operation"
+    )]
+    pub topic: Option<String>,
+    /// Kafka question: the consumer group the request is about.
+    #[arg(
+        long,
+        value_name = "NAME",
+        group = "kafka_resource",
+        requires = "operation"
+    )]
+    pub group: Option<String>,
+    /// Kafka question: the transactional id the request is about.
+    #[arg(
+        long,
+        value_name = "NAME",
+        group = "kafka_resource",
+        requires = "operation"
+    )]
+    pub transactional_id: Option<String>,
+    /// Kafka question: the request is about the cluster resource.
+    #[arg(long, group = "kafka_resource", requires = "operation")]
+    pub cluster: bool,
+    /// Kafka question: the operation (Read, Write, Create, Delete, Alter,
+    /// Describe, DescribeConfigs, AlterConfigs, IdempotentWrite, All; any case).
+    #[arg(long, value_name = "OPERATION", value_parser = parse_kafka_operation, requires = "kafka_resource")]
+    pub operation: Option<weir_core::kafka::Operation>,
+    /// Kafka question: the KafkaGateway (needed when there are several).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "kafka_resource")]
+    pub gateway: Option<String>,
+    /// Kafka question: a SAN of the client certificate named by --from (repeatable).
+    #[arg(long, value_name = "SAN", requires = "kafka_resource")]
+    pub san: Vec<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
+}
+
+fn parse_kafka_operation(s: &str) -> Result<weir_core::kafka::Operation, String> {
+    s.parse()
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! `weir explain`: why a connection would be allowed or denied.
+//! `weir explain`: why a connection would be allowed or denied, or, given a
+//! Kafka resource and operation, why a Kafka request at a KafkaGateway would be.
 
 use std::process::ExitCode;
 
 use serde::Serialize;
-use weir_core::config::MtlsMode;
+use weir_core::config::{Action, KafkaGateway, MtlsMode};
+use weir_core::kafka::{Operation, Principal, ResourceType};
+use weir_core::policy::kafka::{KafkaAuthorizer, KafkaBasis};
 use weir_core::policy::{self, Connection, Decision};
 use weir_core::{Config, SpiffeId};
 
@@ -54,11 +57,12 @@ pub fn parse_from(s: &str) -> Result<Option<SpiffeId>, String> {
     })
 }
 
+fn fail(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
 pub fn run(args: &ExplainArgs) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("error: {msg}");
-        ExitCode::from(2)
-    };
     let settings = match args.mesh.settings() {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -72,15 +76,20 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             return fail("the configuration is invalid; run `weir check` on it".to_owned());
         }
     };
+    if let Some(resource) = kafka_resource(args) {
+        return run_kafka(args, &config, resource);
+    }
+    let (Some(to), Some(port)) = (args.to.as_deref(), args.port) else {
+        return fail(
+            "a connection question needs --to and --port; a Kafka question needs --topic, --group, --transactional-id or --cluster with --operation".to_owned(),
+        );
+    };
     let peer = match parse_from(&args.from) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let Some((ns, name)) = args.to.split_once('/') else {
-        return fail(format!(
-            "--to {:?}: expected <namespace>/<workload>",
-            args.to
-        ));
+    let Some((ns, name)) = to.split_once('/') else {
+        return fail(format!("--to {to:?}: expected <namespace>/<workload>"));
     };
     let Some(workload) = config.workload(ns, name) else {
         let known: Vec<String> = config
@@ -89,8 +98,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             .map(|w| format!("{}/{}", w.namespace(), w.name()))
             .collect();
         return fail(format!(
-            "--to {}: no such Workload; known workloads: {}",
-            args.to,
+            "--to {to}: no such Workload; known workloads: {}",
             if known.is_empty() {
                 "none".to_owned()
             } else {
@@ -102,7 +110,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         peer: peer.clone(),
         source_ip: args.source_ip,
         destination_ip: workload.address,
-        destination_port: args.port,
+        destination_port: port,
     };
     let v = policy::evaluate(&config, workload, &conn);
     let out = Explanation {
@@ -120,7 +128,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         destination: Destination {
             workload: format!("{}/{}", workload.namespace(), workload.name()),
             address: workload.address,
-            port: args.port,
+            port,
             identity: workload.identity(&config.settings.trust_domain).to_string(),
         },
     };
@@ -137,6 +145,215 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
                     Some(r) => println!("policy:    {k} {p} (rule {r})"),
                     None => println!("policy:    {k} {p}"),
                 },
+                _ => println!("policy:    none"),
+            }
+            println!("reason:    {}", out.reason);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------- Kafka questions
+
+/// The JSON document `weir explain --output json` prints for a Kafka question.
+#[derive(Debug, Serialize)]
+pub struct KafkaExplanation {
+    pub decision: Decision,
+    /// `namespace/name` of the deciding KafkaAuthorizationPolicy, or null.
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    pub reason: String,
+    /// The caller: SPIFFE id, certificate subject, or `anonymous`.
+    pub principal: String,
+    pub resource: KafkaResource,
+    pub operation: Operation,
+    /// `namespace/name` of the KafkaGateway.
+    pub gateway: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KafkaResource {
+    #[serde(rename = "type")]
+    pub resource_type: ResourceType,
+    pub name: String,
+}
+
+fn kafka_resource(args: &ExplainArgs) -> Option<(ResourceType, String)> {
+    if let Some(t) = &args.topic {
+        Some((ResourceType::Topic, t.clone()))
+    } else if let Some(g) = &args.group {
+        Some((ResourceType::Group, g.clone()))
+    } else if let Some(t) = &args.transactional_id {
+        Some((ResourceType::TransactionalId, t.clone()))
+    } else if args.cluster {
+        Some((ResourceType::Cluster, ResourceType::CLUSTER_NAME.to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Parses `--from` (and `--san`) for a Kafka question: a SPIFFE id or Istio
+/// principal (a mesh client), a certificate subject such as `CN=app,O=Example`
+/// (an external client; `--san` adds SANs), or `anonymous`. Kafka's `User:`
+/// prefix is accepted.
+pub fn parse_kafka_principal(from: &str, sans: &[String]) -> Result<Principal, String> {
+    let s = from.strip_prefix("User:").unwrap_or(from);
+    let principal = if s.eq_ignore_ascii_case("anonymous") {
+        Principal::Anonymous
+    } else if s.contains('=') {
+        return Ok(Principal::Certificate {
+            subject: s.to_owned(),
+            sans: sans.to_vec(),
+        });
+    } else if s.eq_ignore_ascii_case("plaintext") {
+        return Err(format!(
+            "--from {from:?}: a Kafka client at a KafkaGateway always speaks TLS; one without a client certificate is `anonymous`"
+        ));
+    } else {
+        match parse_from(s) {
+            Ok(Some(id)) => Principal::Spiffe(id),
+            _ => {
+                return Err(format!(
+                    "--from {from:?}: expected a SPIFFE id (spiffe://<td>/ns/<ns>/sa/<sa>), a principal (<td>/ns/<ns>/sa/<sa>), a certificate subject (CN=...) or anonymous"
+                ))
+            }
+        }
+    };
+    if !sans.is_empty() {
+        return Err(format!(
+            "--san describes an external client's certificate: give its subject in --from (CN=...), not {from:?}"
+        ));
+    }
+    Ok(principal)
+}
+
+/// The KafkaGateway a question is about: `--gateway` (`namespace/name`, or a
+/// name that is unique), or the only one.
+fn pick_gateway<'a>(config: &'a Config, arg: Option<&str>) -> Result<&'a KafkaGateway, String> {
+    let all = &config.kafka_gateways;
+    let known = || {
+        all.iter()
+            .map(KafkaGateway::key)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if all.is_empty() {
+        return Err(
+            "no KafkaGateway in the configuration: Kafka requests are authorized at a KafkaGateway (weir.dev/v1alpha1); add one (see docs/kafka-authorization.md)".to_owned(),
+        );
+    }
+    match arg {
+        None if all.len() == 1 => Ok(&all[0]),
+        None => Err(format!(
+            "there are several KafkaGateways ({}); choose one with --gateway <namespace>/<name>",
+            known()
+        )),
+        Some(g) => {
+            let found: Vec<&KafkaGateway> = match g.split_once('/') {
+                Some((ns, name)) => all
+                    .iter()
+                    .filter(|k| k.metadata.namespace == ns && k.metadata.name == name)
+                    .collect(),
+                None => all.iter().filter(|k| k.metadata.name == g).collect(),
+            };
+            match found[..] {
+                [one] => Ok(one),
+                [] => Err(format!(
+                    "--gateway {g}: no such KafkaGateway; known KafkaGateways: {}",
+                    known()
+                )),
+                _ => Err(format!(
+                    "--gateway {g}: several KafkaGateways have that name; use <namespace>/<name> ({})",
+                    known()
+                )),
+            }
+        }
+    }
+}
+
+fn run_kafka(
+    args: &ExplainArgs,
+    config: &Config,
+    (resource_type, name): (ResourceType, String),
+) -> ExitCode {
+    let Some(operation) = args.operation else {
+        return fail("a Kafka question needs --operation (e.g. Write)".to_owned());
+    };
+    if name.is_empty() {
+        return fail(format!(
+            "--{}: the name must not be empty",
+            match resource_type {
+                ResourceType::Topic => "topic",
+                ResourceType::Group => "group",
+                _ => "transactional-id",
+            }
+        ));
+    }
+    let principal = match parse_kafka_principal(&args.from, &args.san) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let gateway = match pick_gateway(config, args.gateway.as_deref()) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
+    let key = gateway.key();
+    let authorizer =
+        KafkaAuthorizer::for_gateway(config, &gateway.metadata.namespace, &gateway.metadata.name);
+    let d = authorizer.authorize(&principal, resource_type, &name, operation);
+    let reason = match d.basis {
+        KafkaBasis::NoAllowPolicy => format!(
+            "no ALLOW KafkaAuthorizationPolicy applies to KafkaGateway {key}, so it is allowed unless denied"
+        ),
+        KafkaBasis::NoAllowRuleMatched if d.policy.is_none() => {
+            let names: Vec<&str> = authorizer
+                .policies()
+                .filter(|(_, a)| *a == Action::Allow)
+                .map(|(p, _)| p)
+                .collect();
+            format!(
+                "ALLOW KafkaAuthorizationPolicies apply to KafkaGateway {key} ({}) but none of their rules matched",
+                names.join(", ")
+            )
+        }
+        _ => d.to_string(),
+    };
+    let out = KafkaExplanation {
+        decision: if d.allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        },
+        policy: d.policy.as_deref().map(str::to_owned),
+        rule: d.rule,
+        reason,
+        principal: principal.label(),
+        resource: KafkaResource {
+            resource_type,
+            name,
+        },
+        operation,
+        gateway: key,
+    };
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializable")
+        ),
+        Output::Text => {
+            println!("decision:  {}", out.decision.as_str());
+            println!("gateway:   KafkaGateway {}", out.gateway);
+            println!("principal: {}", out.principal);
+            println!(
+                "resource:  {} {}",
+                out.resource.resource_type, out.resource.name
+            );
+            println!("operation: {}", out.operation);
+            match (&out.policy, out.rule) {
+                (Some(p), Some(r)) => {
+                    println!("policy:    KafkaAuthorizationPolicy {p} (rule {r})")
+                }
+                (Some(p), None) => println!("policy:    KafkaAuthorizationPolicy {p}"),
                 _ => println!("policy:    none"),
             }
             println!("reason:    {}", out.reason);

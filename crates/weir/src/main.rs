@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod demo;
 mod explain;
+mod gateway;
 mod node;
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => check::run(&args),
         cli::Command::Explain(args) => explain::run(&args),
         cli::Command::Node(args) => node::run(*args),
+        cli::Command::Gateway(args) => gateway::run(*args),
         cli::Command::Demo(args) => demo::run(args),
     }
 }

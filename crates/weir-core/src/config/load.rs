@@ -19,12 +19,24 @@ use crate::spiffe::SpiffeId;
 
 const WEIR_API: &str = "weir.dev/v1alpha1";
 const ISTIO_SECURITY_APIS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+const ISTIO_NETWORKING_APIS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
 
 /// The kinds weir understands and the apiVersions each accepts.
 pub(crate) const KINDS: &[(&str, &[&str])] = &[
     ("Workload", &[WEIR_API]),
     ("PeerAuthentication", ISTIO_SECURITY_APIS),
     ("AuthorizationPolicy", ISTIO_SECURITY_APIS),
+    ("Gateway", ISTIO_NETWORKING_APIS),
+    ("VirtualService", ISTIO_NETWORKING_APIS),
+    ("ServiceEntry", ISTIO_NETWORKING_APIS),
+    ("DestinationRule", ISTIO_NETWORKING_APIS),
+    ("Service", &[WEIR_API]),
+    ("KafkaGateway", &[WEIR_API]),
+    ("KafkaAuthorizationPolicy", &[WEIR_API]),
 ];
 
 /// A whole document with a typed spec; unknown top-level fields are errors.
@@ -44,14 +56,14 @@ struct Document<S> {
 }
 
 /// Errors for one document, located.
-struct DocCtx<'a> {
-    doc: DocumentRef,
+pub(super) struct DocCtx<'a> {
+    pub(super) doc: DocumentRef,
     errors: &'a mut Vec<ConfigError>,
     warnings: &'a mut Vec<ConfigError>,
 }
 
 impl DocCtx<'_> {
-    fn error(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             document: Some(self.doc.clone()),
             file: self.doc.file.clone(),
@@ -60,7 +72,7 @@ impl DocCtx<'_> {
         });
     }
 
-    fn warn(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
         self.warnings.push(ConfigError {
             document: Some(self.doc.clone()),
             file: self.doc.file.clone(),
@@ -69,7 +81,7 @@ impl DocCtx<'_> {
         });
     }
 
-    fn error_count(&self) -> usize {
+    pub(super) fn error_count(&self) -> usize {
         self.errors.len()
     }
 }
@@ -113,7 +125,9 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
         }
     }
 
+    super::kafka::cross_check(&config, &mut errors, &mut warnings);
     if errors.is_empty() {
+        super::networking::cross_check(&config, &mut warnings);
         config.warnings = warnings;
         config.index();
         Ok(config)
@@ -277,6 +291,18 @@ fn load_document(
             );
             config.authorization_policies.push(ap);
         }
+        "Gateway" | "VirtualService" | "ServiceEntry" | "DestinationRule" | "Service" => {
+            let Some(k) = super::networking::load(ctx, &kind, value, config) else {
+                return;
+            };
+            key = k;
+        }
+        "KafkaGateway" | "KafkaAuthorizationPolicy" => {
+            let Some(k) = super::kafka::load(ctx, &kind, value, config) else {
+                return;
+            };
+            key = k;
+        }
         _ => unreachable!("kinds are checked against KINDS above"),
     }
     if let Some(first) = seen.get(&key) {
@@ -293,7 +319,7 @@ fn load_document(
 }
 
 /// Deserializes a whole document strictly, reporting the failing field's path.
-fn typed<S: DeserializeOwned>(
+pub(super) fn typed<S: DeserializeOwned>(
     ctx: &mut DocCtx<'_>,
     value: Value,
 ) -> Option<(ObjectMeta, Option<S>)> {
@@ -313,7 +339,7 @@ fn clean_serde_message(m: &str) -> String {
     m.replace('`', "\"")
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(super) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
@@ -322,11 +348,11 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn check_meta(ctx: &mut DocCtx<'_>, meta: &ObjectMeta) {
+pub(super) fn check_meta(ctx: &mut DocCtx<'_>, meta: &ObjectMeta) {
     if !is_dns_subdomain(&meta.name) {
         ctx.error(
             Some("metadata.name".to_owned()),

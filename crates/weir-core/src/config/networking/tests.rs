@@ -1,0 +1,781 @@
+use super::*;
+use crate::config::{MeshSettings, SourceFile};
+
+fn load(yaml: &str) -> Config {
+    match Config::from_sources(&[SourceFile::new("n.yaml", yaml)], MeshSettings::default()) {
+        Ok(c) => c,
+        Err(e) => panic!("expected to load:\n{e}\n---\n{yaml}"),
+    }
+}
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    match Config::from_sources(&[SourceFile::new("n.yaml", yaml)], MeshSettings::default()) {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(e) => e.0,
+    }
+}
+
+#[track_caller]
+fn one_error(yaml: &str, field: &str, needle: &str) -> ConfigError {
+    let e = errors(yaml);
+    let found = e
+        .iter()
+        .find(|e| e.field.as_deref() == Some(field))
+        .unwrap_or_else(|| panic!("no error at {field}: {e:#?}"));
+    assert!(
+        found.message.contains(needle),
+        "error at {field}: {:?} does not mention {needle:?}",
+        found.message
+    );
+    found.clone()
+}
+
+fn workload(name: &str, ns: &str, ip: &str, labels: &str) -> String {
+    format!(
+        "---\napiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec: {{serviceAccount: {name}, address: {ip}, node: n}}\n"
+    )
+}
+
+// ---------------------------------------------------------------- host patterns
+
+#[test]
+fn host_patterns_match_like_istio() {
+    let p = |s: &str| HostPattern::parse(s).unwrap();
+    assert!(p("*").matches("anything.example.com"));
+    assert!(p("*.example.com").matches("a.example.com"));
+    assert!(p("*.example.com").matches("b.a.EXAMPLE.com"));
+    assert!(!p("*.example.com").matches("example.com"));
+    assert!(!p("*.example.com").matches("aexample.com"));
+    assert!(p("Broker-0.Example.com").matches("broker-0.example.com."));
+    assert!(!p("broker-0.example.com").matches("broker-1.example.com"));
+    assert!(p("*.example.com").intersects(&p("a.example.com")));
+    assert!(p("*.example.com").intersects(&p("*.a.example.com")));
+    assert!(!p("*.example.com").intersects(&p("*.example.org")));
+    assert!(p("*").intersects(&p("x.y")));
+    assert!(p("a.example.com").specificity() > p("*.example.com").specificity());
+    assert!(p("*.a.example.com").specificity() > p("*.example.com").specificity());
+    assert!(p("*.example.com").specificity() > p("*").specificity());
+    for bad in ["", "a.*.com", "*example.com", "a b", "a..b", "*.*"] {
+        assert!(HostPattern::parse(bad).is_none(), "{bad:?}");
+    }
+}
+
+// ---------------------------------------------------------------- Istio's documented examples
+
+#[test]
+fn istio_reference_examples_load() {
+    let c = load(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: my-gateway
+  namespace: some-config-namespace
+spec:
+  selector:
+    app: my-gateway-controller
+  servers:
+  - port:
+      number: 443
+      name: https-443
+      protocol: HTTPS
+    hosts:
+    - "bookinfo-namespace/*.bookinfo.com"
+    tls:
+      mode: SIMPLE # enables HTTPS on this port
+      serverCertificate: /etc/certs/servercert.pem
+      privateKey: /etc/certs/privatekey.pem
+  - port:
+      number: 9443
+      name: https-9443
+      protocol: HTTPS
+    hosts:
+    - "bookinfo-namespace/*.bookinfo.com"
+    tls:
+      mode: MUTUAL
+      serverCertificate: /etc/certs/servercert.pem
+      privateKey: /etc/certs/privatekey.pem
+      caCertificates: /etc/certs/ca.pem
+      minProtocolVersion: TLSV1_2
+  - port:
+      number: 2379 # to expose internal service via external port 2379
+      name: mongo
+      protocol: MONGO
+    hosts:
+    - "*"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bookinfo-sni
+  namespace: bookinfo-namespace
+spec:
+  hosts:
+  - "*.bookinfo.com"
+  gateways:
+  - some-config-namespace/my-gateway
+  tls:
+  - match:
+    - port: 443
+      sniHosts:
+      - login.bookinfo.com
+    route:
+    - destination:
+        host: login.prod.svc.cluster.local
+  - match:
+    - port: 443
+      sniHosts:
+      - reviews.bookinfo.com
+    route:
+    - destination:
+        host: reviews.prod.svc.cluster.local
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: bookinfo-mongo
+spec:
+  hosts:
+  - mongo.prod.svc.cluster.local
+  tcp:
+  - match:
+    - port: 27017
+    route:
+    - destination:
+        host: mongo.backup.svc.cluster.local
+        port:
+          number: 5555
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: external-svc-mongocluster
+spec:
+  hosts:
+  - mymongodb.somedomain # not used
+  addresses:
+  - 192.192.192.192/24 # VIPs
+  ports:
+  - number: 27018
+    name: mongodb
+    protocol: MONGO
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: 2.2.2.2
+  - address: 3.3.3.3
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external-svc-dns
+spec:
+  hosts:
+  - foo.bar.com
+  location: MESH_EXTERNAL
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  endpoints:
+  - address: us.foo.bar.com
+    ports:
+      http: 8080
+  - address: uk.foo.bar.com
+    ports:
+      http: 9080
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: details-svc
+spec:
+  hosts:
+  - details.bookinfo.com
+  location: MESH_INTERNAL
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+    targetPort: 8080
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      app: details-legacy
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: bookinfo-ratings
+spec:
+  host: ratings.prod.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      simple: LEAST_REQUEST
+  subsets:
+  - name: testversion
+    labels:
+      version: v3
+    trafficPolicy:
+      loadBalancer:
+        simple: ROUND_ROBIN
+"#,
+    );
+    assert_eq!(c.gateways.len(), 1);
+    let g = &c.gateways[0];
+    assert_eq!(g.servers.len(), 3);
+    assert_eq!(g.servers[0].port.protocol, ServerProtocol::Tls);
+    assert_eq!(g.servers[0].tls.as_ref().unwrap().mode, TlsMode::Simple);
+    assert_eq!(
+        g.servers[0].hosts[0].namespace,
+        HostNamespace::Named("bookinfo-namespace".into())
+    );
+    assert_eq!(g.servers[1].tls.as_ref().unwrap().mode, TlsMode::Mutual);
+    assert_eq!(g.servers[2].port.protocol, ServerProtocol::Tcp);
+    assert!(g.servers[2].tls.is_none());
+    assert!(g.selects(&[("app".into(), "my-gateway-controller".into())].into()));
+    assert!(!g.selects(&[("istio".into(), "ingressgateway".into())].into()));
+
+    assert_eq!(c.virtual_services.len(), 2);
+    let vs = &c.virtual_services[0];
+    assert!(vs.binds(&g.metadata));
+    assert_eq!(vs.tls.len(), 2);
+    assert_eq!(vs.tls[0].matches[0].port, Some(443));
+    assert_eq!(vs.tls[0].route[0].weight, 100);
+    assert_eq!(
+        c.virtual_services[1].tcp[0].route[0].destination.port,
+        Some(5555)
+    );
+    assert!(c.virtual_services[1].gateways.is_empty());
+
+    assert_eq!(c.service_entries.len(), 3);
+    assert_eq!(c.service_entries[1].resolution, Resolution::Dns);
+    assert_eq!(
+        c.service_entries[1].endpoints[0].address,
+        EndpointAddress::Dns("us.foo.bar.com".into())
+    );
+    assert_eq!(c.destination_rules[0].subsets[0].name, "testversion");
+    // HTTPS is carried as TLS, with a warning saying so.
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.field.as_deref() == Some("spec.servers[0].port.protocol")),
+        "{:#?}",
+        c.warnings
+    );
+    // Destinations that name nothing known are warnings, not errors.
+    assert!(c.warnings.iter().any(|w| w.field.as_deref()
+        == Some("spec.tls[0].route[0].destination")
+        && w.message.contains("login.prod.svc.cluster.local")));
+}
+
+/// A Strimzi cluster exposed the way its users do it with Istio: one
+/// PASSTHROUGH Gateway, a VirtualService and a ServiceEntry per broker
+/// (broker-side TLS on 9093), per-broker DNS names.
+#[test]
+fn strimzi_per_broker_manifests_load() {
+    let mut yaml = String::from(
+        r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: kafka-gateway
+  namespace: kafka
+  annotations: {meta.helm.sh/release-name: kafka}
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 9093
+      name: tls-kafka
+      protocol: TLS
+    tls:
+      mode: PASSTHROUGH
+    hosts:
+    - bootstrap.kafka.example.com
+    - broker-0.kafka.example.com
+    - broker-1.kafka.example.com
+status: {}
+"#,
+    );
+    for b in 0..2 {
+        yaml += &format!(
+            r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: kafka-broker-{b}
+  namespace: kafka
+spec:
+  hosts:
+  - broker-{b}.kafka.example.com
+  gateways:
+  - kafka-gateway
+  tls:
+  - match:
+    - port: 9093
+      sniHosts:
+      - broker-{b}.kafka.example.com
+    route:
+    - destination:
+        host: my-cluster-kafka-{b}.my-cluster-kafka-brokers.kafka.svc.cluster.local
+        port:
+          number: 9093
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: kafka-broker-{b}
+  namespace: kafka
+spec:
+  hosts:
+  - my-cluster-kafka-{b}.my-cluster-kafka-brokers.kafka.svc.cluster.local
+  location: MESH_INTERNAL
+  ports:
+  - number: 9093
+    name: tcp-kafka-tls
+    protocol: TCP
+  resolution: DNS
+"#
+        );
+    }
+    let c = load(&yaml);
+    assert_eq!(c.virtual_services.len(), 2);
+    assert_eq!(c.service_entries.len(), 2);
+    let r = c
+        .resolve_destination(&c.virtual_services[1].tls[0].route[0].destination, "kafka")
+        .unwrap();
+    assert_eq!(
+        r.endpoints,
+        vec![(
+            Endpoint::Dns {
+                host: "my-cluster-kafka-1.my-cluster-kafka-brokers.kafka.svc.cluster.local".into(),
+                port: 9093
+            },
+            1
+        )]
+    );
+    assert!(
+        c.warnings.is_empty(),
+        "clean manifests give no warnings: {:#?}",
+        c.warnings
+    );
+}
+
+/// StreamNative-style Pulsar (6651) and Kafka-on-Pulsar (9093) passthrough
+/// with a wildcard server host and a custom gateway selector label.
+#[test]
+fn streamnative_style_manifests_load() {
+    let c = load(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: pulsar-gateway
+  namespace: pulsar
+spec:
+  selector:
+    cloud.streamnative.io/role: istio-ingressgateway
+  servers:
+  - port: {number: 6651, name: tls-pulsar, protocol: TLS}
+    hosts: ["*.pulsar.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 9093, name: tls-kafka, protocol: TLS}
+    hosts: ["*.pulsar.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: pulsar-broker, namespace: pulsar}
+spec:
+  hosts: ["broker.pulsar.example.com", "*.broker.pulsar.example.com"]
+  gateways: [pulsar/pulsar-gateway]
+  exportTo: ["*"]
+  tls:
+  - match:
+    - {port: 6651, sniHosts: [broker.pulsar.example.com]}
+    route:
+    - destination: {host: pulsar-broker.pulsar.svc.cluster.local, port: {number: 6651}}
+  - match:
+    - {port: 9093, sniHosts: ["*.broker.pulsar.example.com"]}
+    route:
+    - destination: {host: pulsar-broker.pulsar.svc.cluster.local, port: {number: 9093}}
+"#,
+    );
+    let g = &c.gateways[0];
+    assert!(g.selects(
+        &[(
+            "cloud.streamnative.io/role".into(),
+            "istio-ingressgateway".into()
+        )]
+        .into()
+    ));
+    assert_eq!(c.virtual_services[0].tls.len(), 2);
+}
+
+// ---------------------------------------------------------------- errors and warnings
+
+const GW: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: edge}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n";
+
+#[test]
+fn unknown_fields_are_located() {
+    let e = one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH, modee: SIMPLE}}\n"),
+        "spec.servers[0].tls.modee",
+        "unknown field \"modee\"",
+    );
+    let d = e.document.unwrap();
+    assert_eq!(d.kind.as_deref(), Some("Gateway"));
+    assert_eq!(d.name.as_deref(), Some("edge/gw"));
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a.example.com]\n  tls:\n  - match: [{sniHosts: [a.example.com], snihosts: [x]}]\n    route: [{destination: {host: a}}]\n",
+        "spec.tls[0].match[0].snihosts",
+        "unknown field",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 1, name: x}], endpoints: [{address: 1.2.3.4, prots: {}}]}\n",
+        "spec.endpoints[0].prots",
+        "unknown field",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec: {host: a, subsets: [{name: v1, label: {}}]}\n",
+        "spec.subsets[0].label",
+        "unknown field",
+    );
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: a}, ports: [{port: 1}], clusterIp: None}\n",
+        "spec.clusterIp",
+        "unknown field",
+    );
+}
+
+#[test]
+fn what_a_tls_tcp_gateway_cannot_do_is_refused() {
+    one_error(
+        &format!("{GW}  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n"),
+        "spec.servers[0].port.protocol",
+        "weir gateways carry TLS and TCP only",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: AUTO_PASSTHROUGH}}\n"),
+        "spec.servers[0].tls.mode",
+        "AUTO_PASSTHROUGH is not supported",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: SIMPLE, credentialName: my-secret}}\n"),
+        "spec.servers[0].tls.credentialName",
+        "mounted files only",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n"),
+        "spec.servers[0].tls",
+        "needs tls.mode",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}}\n"),
+        "spec.servers[0].tls.caCertificates",
+        "MUTUAL needs caCertificates",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: SIMPLE, privateKey: /k.pem}}\n"),
+        "spec.servers[0].tls.serverCertificate",
+        "needs serverCertificate and privateKey",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: SIMPLE, serverCertificate: /c, privateKey: /k, caCrl: /crl}}\n"),
+        "spec.servers[0].tls.caCrl",
+        "revocation",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 70000, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n"),
+        "spec.servers[0].port.number",
+        "not a port number",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['a/b/c']\n    tls: {{mode: PASSTHROUGH}}\n"),
+        "spec.servers[0].hosts[0]",
+        "is not a host",
+    );
+    one_error(
+        &format!("{GW}  - port: {{number: 443, name: a, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: 443, name: b, protocol: TCP}}\n    hosts: ['*']\n"),
+        "spec.servers[1].port",
+        "different protocol",
+    );
+}
+
+#[test]
+fn virtual_service_rules_follow_istio_validation() {
+    let vs = |tls: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: x}}\nspec:\n  hosts: [a.example.com]\n  gateways: [gw]\n  tls:\n{tls}")
+    };
+    one_error(
+        &vs("  - match: [{port: 443}]\n    route: [{destination: {host: a}}]\n"),
+        "spec.tls[0].match[0].sniHosts",
+        "at least one SNI host",
+    );
+    one_error(
+        &vs("  - route: [{destination: {host: a}}]\n"),
+        "spec.tls[0].match",
+        "at least one match",
+    );
+    one_error(
+        &vs("  - match: [{sniHosts: [b.example.com]}]\n    route: [{destination: {host: a}}]\n"),
+        "spec.tls[0].match[0].sniHosts[0]",
+        "none of the VirtualService's hosts",
+    );
+    one_error(
+        &vs("  - match: [{sniHosts: [a.example.com], sourceLabels: {app: x}}]\n    route: [{destination: {host: a}}]\n"),
+        "spec.tls[0].match[0].sourceLabels",
+        "not supported",
+    );
+    one_error(
+        &vs("  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: a}, weight: 50}, {destination: {host: b}, weight: -1}]\n"),
+        "spec.tls[0].route[1].weight",
+        "not a weight",
+    );
+    one_error(
+        &vs("  - match: [{sniHosts: [a.example.com]}]\n    route: []\n"),
+        "spec.tls[0].route",
+        "at least one destination",
+    );
+    one_error(
+        &vs("  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: '*.x.com'}}]\n"),
+        "spec.tls[0].route[0].destination.host",
+        "concrete host",
+    );
+    // http routes are accepted with a warning.
+    let c = load(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a.example.com]\n  http:\n  - route: [{destination: {host: a}}]\n",
+    );
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.field.as_deref() == Some("spec.http")
+            && w.message.contains("does not route HTTP")));
+}
+
+#[test]
+fn destination_rule_upstream_tls_is_ignored_with_a_warning() {
+    let c = load(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: kafka\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n    portLevelSettings:\n    - port: {number: 9092}\n      tls: {mode: DISABLE}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {tls: {mode: SIMPLE}}\n",
+    );
+    let fields: Vec<_> = c.warnings.iter().filter_map(|w| w.field.clone()).collect();
+    assert!(
+        fields.contains(&"spec.trafficPolicy.tls".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"spec.trafficPolicy.portLevelSettings[0].tls".to_owned()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"spec.subsets[0].trafficPolicy.tls".to_owned()),
+        "{fields:?}"
+    );
+    assert!(c.destination_rules[0].traffic_policy.is_some());
+}
+
+#[test]
+fn service_entry_validation() {
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 1, name: x}], resolution: STATIC}\n",
+        "spec.endpoints",
+        "needs endpoints",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 1, name: x}], resolution: STATIC, endpoints: [{address: a.b.c}]}\n",
+        "spec.endpoints[0].address",
+        "IP addresses",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 1}]}\n",
+        "spec.ports[0].name",
+        "needs a name",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.b], ports: [{number: 1, name: x}], resolution: MAGIC}\n",
+        "spec.resolution",
+        "not a resolution",
+    );
+}
+
+#[test]
+fn service_validation() {
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 1}]}\n",
+        "spec.selector",
+        "needs a selector",
+    );
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 1, targetPort: kafka}]}\n",
+        "spec.ports[0].targetPort",
+        "named target ports",
+    );
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 1, name: a}, {port: 2}]}\n",
+        "spec.ports",
+        "every port needs a name",
+    );
+    let e = one_error(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 1}]}\n",
+        "apiVersion",
+        "weir.dev/v1alpha1",
+    );
+    assert!(e.message.contains("Service is not served"), "{}", e.message);
+}
+
+// ---------------------------------------------------------------- resolution
+
+fn mesh() -> String {
+    workload("kafka-0", "data", "198.18.0.10", "app: kafka, version: v1")
+        + &workload("kafka-1", "data", "198.18.0.11", "app: kafka, version: v2")
+        + &workload("other", "data", "198.18.0.12", "app: other")
+        + "---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: kafka, namespace: data}\nspec:\n  selector: {app: kafka}\n  ports:\n  - {name: tls, port: 9093, targetPort: 19093}\n  - {name: plain, port: 9092}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: kafka, namespace: data}\nspec:\n  host: kafka.data.svc.cluster.local\n  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+}
+
+fn dest(host: &str, port: Option<u16>, subset: Option<&str>) -> Destination {
+    Destination {
+        host: host.into(),
+        port,
+        subset: subset.map(Into::into),
+    }
+}
+
+fn addrs(r: &ResolvedDestination) -> Vec<String> {
+    r.endpoints.iter().map(|(e, _)| e.to_string()).collect()
+}
+
+#[test]
+fn service_names_resolve_like_kubernetes_dns() {
+    let c = load(&mesh());
+    let both = vec![
+        "198.18.0.10:19093 (workload data/kafka-0)".to_owned(),
+        "198.18.0.11:19093 (workload data/kafka-1)".to_owned(),
+    ];
+    for (host, ns) in [
+        ("kafka", "data"),
+        ("kafka.data", "edge"),
+        ("kafka.data.svc", "edge"),
+        ("kafka.data.svc.cluster.local", "edge"),
+    ] {
+        let r = c
+            .resolve_destination(&dest(host, Some(9093), None), ns)
+            .unwrap_or_else(|e| panic!("{host} from {ns}: {e}"));
+        assert_eq!(addrs(&r), both, "{host} from {ns}");
+        assert_eq!(r.host, "kafka.data.svc.cluster.local");
+        assert_eq!(r.port, 9093);
+        assert!(
+            matches!(&r.endpoints[0].0, Endpoint::Workload { identity, .. } if identity.to_string() == "spiffe://cluster.local/ns/data/sa/kafka-0")
+        );
+    }
+    // A bare name is relative to the VirtualService's namespace.
+    assert_eq!(
+        c.resolve_destination(&dest("kafka", Some(9093), None), "edge"),
+        Err(ResolveError::UnknownHost("kafka".into()))
+    );
+    // The per-pod name of a headless service.
+    let r = c
+        .resolve_destination(
+            &dest("kafka-1.kafka.data.svc.cluster.local", Some(9092), None),
+            "edge",
+        )
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.0.11:9092 (workload data/kafka-1)"]);
+    // Subsets from the DestinationRule, found through the short name too.
+    let r = c
+        .resolve_destination(&dest("kafka", Some(9092), Some("v1")), "data")
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.0.10:9092 (workload data/kafka-0)"]);
+    assert!(matches!(
+        c.resolve_destination(&dest("kafka", Some(9092), Some("v9")), "data"),
+        Err(ResolveError::UnknownSubset { .. })
+    ));
+    // Ports.
+    assert!(matches!(
+        c.resolve_destination(&dest("kafka.data", None, None), "x"),
+        Err(ResolveError::PortRequired { .. })
+    ));
+    let e = c
+        .resolve_destination(&dest("kafka.data", Some(1), None), "x")
+        .unwrap_err();
+    assert!(e.to_string().contains("9093, 9092"), "{e}");
+    // An IP address.
+    let r = c
+        .resolve_destination(&dest("198.18.0.12", Some(80), None), "x")
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.0.12:80 (workload data/other)"]);
+    let r = c
+        .resolve_destination(&dest("198.18.1.1", Some(80), None), "x")
+        .unwrap();
+    assert_eq!(
+        r.endpoints[0].0,
+        Endpoint::Address {
+            address: "198.18.1.1:80".parse().unwrap()
+        }
+    );
+}
+
+#[test]
+fn service_entries_resolve_to_mesh_plain_or_dns_endpoints() {
+    let c = load(&(mesh()
+        + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: brokers, namespace: data}\nspec:\n  hosts: [b0.kafka.internal]\n  location: MESH_INTERNAL\n  ports: [{number: 9093, name: tls, targetPort: 19093}]\n  resolution: STATIC\n  endpoints:\n  - {address: 198.18.0.10}\n  - {address: 198.18.5.5, ports: {tls: 29093}}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: by-label, namespace: data}\nspec:\n  hosts: [all.kafka.internal]\n  ports: [{number: 9092, name: plain}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: kafka}}\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: data}\nspec:\n  hosts: [broker.example.net]\n  ports: [{number: 9093, name: tls}]\n  resolution: DNS\n"
+        + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: none, namespace: data}\nspec:\n  hosts: [vip.example.net]\n  addresses: [198.18.7.7]\n  ports: [{number: 1883, name: mqtt}]\n"));
+    let r = c
+        .resolve_destination(&dest("b0.kafka.internal", None, None), "edge")
+        .unwrap();
+    assert_eq!(
+        addrs(&r),
+        vec![
+            "198.18.0.10:19093 (workload data/kafka-0)",
+            "198.18.5.5:29093"
+        ]
+    );
+    assert!(matches!(
+        r.source,
+        DestinationSource::ServiceEntry {
+            location: Location::MeshInternal,
+            ..
+        }
+    ));
+    let r = c
+        .resolve_destination(&dest("all.kafka.internal", Some(9092), None), "edge")
+        .unwrap();
+    assert_eq!(r.endpoints.len(), 2);
+    let r = c
+        .resolve_destination(&dest("broker.example.net", Some(9093), None), "edge")
+        .unwrap();
+    assert_eq!(
+        r.endpoints,
+        vec![(
+            Endpoint::Dns {
+                host: "broker.example.net".into(),
+                port: 9093
+            },
+            1
+        )]
+    );
+    let r = c
+        .resolve_destination(&dest("vip.example.net", None, None), "edge")
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.7.7:1883"]);
+}
+
+#[test]
+fn config_lists_gateways_selecting_an_instance() {
+    let c = load(&format!(
+        "{GW}  - port: {{number: 8883, name: tls-mqtt, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: other}}\nspec:\n  selector: {{app: egress}}\n  servers:\n  - port: {{number: 1, name: t, protocol: TCP}}\n    hosts: ['*']\n"
+    ));
+    let labels: BTreeMap<String, String> = [("istio".into(), "ingressgateway".into())].into();
+    let names: Vec<_> = c
+        .gateways_selecting(&labels)
+        .map(|g| g.metadata.key())
+        .collect();
+    assert_eq!(names, vec!["edge/gw"]);
+    let summary = c.summary();
+    assert!(summary.contains(&("Gateway", 2)), "{summary:?}");
+}

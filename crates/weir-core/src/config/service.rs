@@ -1,0 +1,161 @@
+//! `weir.dev/v1alpha1` `Service`: the local-mode stand-in for a Kubernetes
+//! Service, so that a route destination such as `kafka.data.svc.cluster.local`
+//! resolves to the Workloads it selects.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::load::DocCtx;
+use super::meta::ObjectMeta;
+
+/// A service: a name for the Workloads (in its namespace) whose labels
+/// match `selector`, and the ports it exposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    /// Labels a Workload must all have (Kubernetes' `spec.selector`, a plain
+    /// map). An empty selector selects no Workload, as in Kubernetes.
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// Whether a Workload with `labels` backs this service.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The port clients (routes) name.
+    pub port: u16,
+    /// The Workloads' port; defaults to `port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ServiceSpec {
+    #[serde(default)]
+    selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    ports: Option<Vec<RawServicePort>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawServicePort {
+    #[serde(default)]
+    port: Option<u64>,
+    #[serde(default)]
+    target_port: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+fn port(ctx: &mut DocCtx<'_>, field: String, n: u64) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            ctx.error(Some(field), format!("{n} is not a port number (1-65535)"));
+            None
+        }
+    }
+}
+
+pub(crate) fn service(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: ServiceSpec) -> Service {
+    let selector = spec.selector.unwrap_or_default();
+    if selector.is_empty() {
+        ctx.error(
+            Some("spec.selector".to_owned()),
+            "missing: a Service needs a selector (the labels of the Workloads it names)",
+        );
+    }
+    let raw = spec.ports.unwrap_or_default();
+    if raw.is_empty() {
+        ctx.error(
+            Some("spec.ports".to_owned()),
+            "a Service needs at least one port",
+        );
+    }
+    let mut ports: Vec<ServicePort> = Vec::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        if let Some(proto) = p.protocol.as_deref() {
+            if !proto.eq_ignore_ascii_case("TCP") {
+                ctx.error(
+                    Some(format!("{f}.protocol")),
+                    format!("{proto:?}: weir carries TCP only"),
+                );
+            }
+        }
+        let Some(number) = p.port else {
+            ctx.error(Some(format!("{f}.port")), "missing: a port number");
+            continue;
+        };
+        let Some(number) = port(ctx, format!("{f}.port"), number) else {
+            continue;
+        };
+        let target_port = match p.target_port {
+            None => None,
+            Some(serde_yaml_ng::Value::Number(n)) => match n.as_u64() {
+                Some(n) => port(ctx, format!("{f}.targetPort"), n),
+                None => {
+                    ctx.error(
+                        Some(format!("{f}.targetPort")),
+                        format!("{n} is not a port number (1-65535)"),
+                    );
+                    None
+                }
+            },
+            Some(serde_yaml_ng::Value::String(s)) => match s.parse::<u64>() {
+                Ok(n) => port(ctx, format!("{f}.targetPort"), n),
+                Err(_) => {
+                    ctx.error(
+                        Some(format!("{f}.targetPort")),
+                        format!("{s:?}: named target ports refer to container ports, which Workloads do not declare; use a number"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                ctx.error(
+                    Some(format!("{f}.targetPort")),
+                    format!("{other:?} is not a port number"),
+                );
+                None
+            }
+        };
+        if ports.iter().any(|q| q.port == number) {
+            ctx.error(
+                Some(format!("{f}.port")),
+                format!("duplicate port {number}"),
+            );
+            continue;
+        }
+        ports.push(ServicePort {
+            port: number,
+            target_port,
+            name: p.name.filter(|n| !n.is_empty()),
+        });
+    }
+    if ports.len() > 1 && ports.iter().any(|p| p.name.is_none()) {
+        ctx.error(
+            Some("spec.ports".to_owned()),
+            "with several ports every port needs a name (as in Kubernetes)",
+        );
+    }
+    Service {
+        metadata,
+        selector,
+        ports,
+    }
+}

@@ -1,0 +1,368 @@
+//! Kafka topic authorization at a KafkaGateway: [`KafkaAuthorizationPolicy`]
+//! evaluated for one request (principal, resource, operation). Pure; the
+//! policies that apply to a gateway are compiled once per config snapshot
+//! ([`KafkaAuthorizer::for_gateway`]), and [`KafkaAuthorizer::authorize`]
+//! allocates nothing.
+//!
+//! Semantics (`docs/kafka-authorization.md` has the table):
+//! 1. The policies that apply to gateway `ns/name`: those in `ns` whose
+//!    `gateways` is unset or names it, and those in the root namespace
+//!    (whose `gateways`, if set, names it).
+//! 2. If a rule of an applicable **DENY** policy matches → deny. A DENY
+//!    rule's operation denies only itself (`All` denies everything): Kafka
+//!    applies no implications to DENY.
+//! 3. If no **ALLOW** policy applies → allow.
+//! 4. If a rule of an applicable ALLOW policy matches → allow, with Kafka's
+//!    implications (`Read`/`Write`/`Delete`/`Alter` grant `Describe`,
+//!    `AlterConfigs` grants `DescribeConfigs`, `All` grants everything);
+//!    otherwise deny. An ALLOW policy without rules allows nothing.
+//!
+//! Policies are tried in config order and rules in written order; the first
+//! match is reported.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::kafka::{KafkaRule, PrincipalMatcher, PrincipalPattern, ResourcePattern};
+use crate::config::{Action, Config, KafkaAuthorizationPolicy, StringMatch};
+use crate::kafka::{Operation, Principal, ResourceType};
+use crate::spiffe::SpiffeId;
+
+#[cfg(test)]
+mod tests;
+
+/// What decided a [`KafkaDecision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KafkaBasis {
+    /// A rule of a DENY policy matched.
+    DenyRule,
+    /// A rule of an ALLOW policy matched.
+    AllowRule,
+    /// No ALLOW policy applies to the gateway, and no DENY rule matched.
+    NoAllowPolicy,
+    /// ALLOW policies apply, and none of their rules matched.
+    NoAllowRuleMatched,
+}
+
+impl KafkaBasis {
+    /// A short label, e.g. for a metric (`deny_rule`, `allow_rule`,
+    /// `no_allow_policy`, `no_allow_rule_matched`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaBasis::DenyRule => "deny_rule",
+            KafkaBasis::AllowRule => "allow_rule",
+            KafkaBasis::NoAllowPolicy => "no_allow_policy",
+            KafkaBasis::NoAllowRuleMatched => "no_allow_rule_matched",
+        }
+    }
+
+    /// The reason in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            KafkaBasis::DenyRule => "a DENY rule matched",
+            KafkaBasis::AllowRule => "an ALLOW rule matched",
+            KafkaBasis::NoAllowPolicy => {
+                "no ALLOW KafkaAuthorizationPolicy applies to the gateway, so it is allowed unless denied"
+            }
+            KafkaBasis::NoAllowRuleMatched => {
+                "ALLOW KafkaAuthorizationPolicies apply to the gateway but none of their rules matched"
+            }
+        }
+    }
+
+    pub fn allowed(self) -> bool {
+        matches!(self, KafkaBasis::AllowRule | KafkaBasis::NoAllowPolicy)
+    }
+}
+
+/// The decision for one request, with what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaDecision {
+    pub allowed: bool,
+    /// `namespace/name` of the deciding policy: the matching DENY or ALLOW
+    /// policy, or the single applicable ALLOW policy none of whose rules
+    /// matched; `None` when the default decided (or several ALLOW policies
+    /// applied and none matched).
+    pub policy: Option<Arc<str>>,
+    /// Index of the matching rule in that policy's `rules`.
+    pub rule: Option<usize>,
+    /// [`KafkaBasis::reason`].
+    pub reason: &'static str,
+    pub basis: KafkaBasis,
+}
+
+impl fmt::Display for KafkaDecision {
+    /// One sentence: `denied by DENY KafkaAuthorizationPolicy kafka/x (rule 0)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.basis, &self.policy, self.rule) {
+            (KafkaBasis::DenyRule, Some(p), Some(r)) => {
+                write!(f, "denied by DENY KafkaAuthorizationPolicy {p} (rule {r})")
+            }
+            (KafkaBasis::AllowRule, Some(p), Some(r)) => {
+                write!(f, "allowed by ALLOW KafkaAuthorizationPolicy {p} (rule {r})")
+            }
+            (KafkaBasis::NoAllowRuleMatched, Some(p), _) => write!(
+                f,
+                "ALLOW KafkaAuthorizationPolicy {p} applies to the gateway but none of its rules matched"
+            ),
+            _ => f.write_str(self.reason),
+        }
+    }
+}
+
+/// The policies that apply to one KafkaGateway, compiled for fast evaluation.
+/// Cheap to share (`Send + Sync`); rebuild it when the config changes.
+#[derive(Debug, Clone)]
+pub struct KafkaAuthorizer {
+    gateway: Arc<str>,
+    deny: Vec<CompiledPolicy>,
+    allow: Vec<CompiledPolicy>,
+    /// `spiffe://<trust-domain>/`: SANs of external certificates in the
+    /// mesh's own trust domain are never matched (an external CA cannot
+    /// assert a mesh identity).
+    mesh_san_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    key: Arc<str>,
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    index: usize,
+    /// The requested operations the rule covers, as [`Operation::bit`]s.
+    ops: u16,
+    resources: Vec<ResourcePattern>,
+    principals: Vec<PrincipalMatcher>,
+    not_principals: Vec<PrincipalMatcher>,
+}
+
+fn op_mask(ops: &[Operation], covers: fn(Operation, Operation) -> bool) -> u16 {
+    if ops.is_empty() {
+        return u16::MAX;
+    }
+    Operation::ALL
+        .into_iter()
+        .filter(|&requested| ops.iter().any(|&granted| covers(granted, requested)))
+        .fold(0, |m, op| m | op.bit())
+}
+
+fn matchers(ps: &[PrincipalPattern]) -> Vec<PrincipalMatcher> {
+    ps.iter().map(|p| p.matcher.clone()).collect()
+}
+
+impl CompiledRule {
+    fn new(index: usize, r: &KafkaRule, action: Action) -> Self {
+        let covers = match action {
+            Action::Allow => Operation::covers,
+            Action::Deny => Operation::covers_for_deny,
+        };
+        Self {
+            index,
+            ops: op_mask(&r.operations, covers),
+            resources: r.resources.clone(),
+            principals: matchers(&r.principals),
+            not_principals: matchers(&r.not_principals),
+        }
+    }
+
+    fn matches(&self, req: &Request<'_>) -> bool {
+        self.ops & req.operation.bit() != 0
+            && (self.resources.is_empty()
+                || self
+                    .resources
+                    .iter()
+                    .any(|r| r.matches(req.resource_type, req.name)))
+            && (self.principals.is_empty() || self.principals.iter().any(|m| req.is(m)))
+            && !self.not_principals.iter().any(|m| req.is(m))
+    }
+}
+
+impl CompiledPolicy {
+    fn new(p: &KafkaAuthorizationPolicy) -> Self {
+        Self {
+            key: p.metadata.key().into(),
+            rules: p
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| CompiledRule::new(i, r, p.action))
+                .collect(),
+        }
+    }
+
+    fn first_match(&self, req: &Request<'_>) -> Option<usize> {
+        self.rules.iter().find(|r| r.matches(req)).map(|r| r.index)
+    }
+}
+
+struct Request<'a> {
+    principal: &'a Principal,
+    resource_type: ResourceType,
+    name: &'a str,
+    operation: Operation,
+    mesh_san_prefix: &'a str,
+}
+
+impl Request<'_> {
+    /// Whether the request's principal matches `m`.
+    fn is(&self, m: &PrincipalMatcher) -> bool {
+        match (m, self.principal) {
+            (PrincipalMatcher::Any, _) => true,
+            (PrincipalMatcher::Anonymous, p) => p.is_anonymous(),
+            (PrincipalMatcher::Name { .. }, Principal::Anonymous) => false,
+            (PrincipalMatcher::Name { mesh, .. }, Principal::Spiffe(id)) => {
+                spiffe_matches(mesh, id)
+            }
+            (
+                PrincipalMatcher::Name { san, subject, .. },
+                Principal::Certificate { subject: s, sans },
+            ) => {
+                subject.matches(s)
+                    || sans
+                        .iter()
+                        .any(|x| !x.starts_with(self.mesh_san_prefix) && san.matches(x))
+            }
+        }
+    }
+}
+
+/// [`StringMatch::matches`] against [`SpiffeId::principal`]
+/// (`td/ns/x/sa/y`), without building the string.
+pub(crate) fn spiffe_matches(m: &StringMatch, id: &SpiffeId) -> bool {
+    let parts = [
+        id.trust_domain().as_str(),
+        "/ns/",
+        id.namespace(),
+        "/sa/",
+        id.service_account(),
+    ];
+    match m {
+        StringMatch::Exact(e) => {
+            parts.iter().map(|p| p.len()).sum::<usize>() == e.len() && starts_with(&parts, e)
+        }
+        StringMatch::Prefix(p) => starts_with(&parts, p),
+        StringMatch::Suffix(s) => ends_with(&parts, s),
+        StringMatch::Presence => true,
+    }
+}
+
+/// Whether the concatenation of `parts` starts with `prefix`.
+fn starts_with(parts: &[&str], prefix: &str) -> bool {
+    let mut rest = prefix.as_bytes();
+    for p in parts {
+        let p = p.as_bytes();
+        if rest.len() <= p.len() {
+            return p.starts_with(rest);
+        }
+        if !rest.starts_with(p) {
+            return false;
+        }
+        rest = &rest[p.len()..];
+    }
+    rest.is_empty()
+}
+
+/// Whether the concatenation of `parts` ends with `suffix`.
+fn ends_with(parts: &[&str], suffix: &str) -> bool {
+    let mut rest = suffix.as_bytes();
+    for p in parts.iter().rev() {
+        let p = p.as_bytes();
+        if rest.len() <= p.len() {
+            return p.ends_with(rest);
+        }
+        if !rest.ends_with(p) {
+            return false;
+        }
+        rest = &rest[..rest.len() - p.len()];
+    }
+    rest.is_empty()
+}
+
+impl KafkaAuthorizer {
+    /// Compiles the KafkaAuthorizationPolicies that apply to KafkaGateway
+    /// `namespace/name` in `config` (the gateway itself need not exist).
+    pub fn for_gateway(config: &Config, namespace: &str, name: &str) -> Self {
+        let root = config.settings.root_namespace.as_str();
+        let mut deny = Vec::new();
+        let mut allow = Vec::new();
+        for p in config
+            .kafka_authorization_policies
+            .iter()
+            .filter(|p| p.applies_to(namespace, name, root))
+        {
+            match p.action {
+                Action::Deny => deny.push(CompiledPolicy::new(p)),
+                Action::Allow => allow.push(CompiledPolicy::new(p)),
+            }
+        }
+        Self {
+            gateway: format!("{namespace}/{name}").into(),
+            deny,
+            allow,
+            mesh_san_prefix: format!("spiffe://{}/", config.settings.trust_domain),
+        }
+    }
+
+    /// `namespace/name` of the gateway.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    /// Whether any policy applies (with none, every request is allowed).
+    pub fn has_policies(&self) -> bool {
+        !self.deny.is_empty() || !self.allow.is_empty()
+    }
+
+    /// The applicable policies (`namespace/name`, action): DENY first, each
+    /// group in config order.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, Action)> + '_ {
+        self.deny
+            .iter()
+            .map(|p| (&*p.key, Action::Deny))
+            .chain(self.allow.iter().map(|p| (&*p.key, Action::Allow)))
+    }
+
+    /// The decision for `principal` doing `operation` on the resource
+    /// `resource_type` `name` (for [`ResourceType::Cluster`], `name` is
+    /// ignored). Allocation-free.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        name: &str,
+        operation: Operation,
+    ) -> KafkaDecision {
+        let req = Request {
+            principal,
+            resource_type,
+            name,
+            operation,
+            mesh_san_prefix: &self.mesh_san_prefix,
+        };
+        let decide = |basis: KafkaBasis, policy: Option<&CompiledPolicy>, rule| KafkaDecision {
+            allowed: basis.allowed(),
+            policy: policy.map(|p| p.key.clone()),
+            rule,
+            reason: basis.reason(),
+            basis,
+        };
+        for p in &self.deny {
+            if let Some(i) = p.first_match(&req) {
+                return decide(KafkaBasis::DenyRule, Some(p), Some(i));
+            }
+        }
+        if self.allow.is_empty() {
+            return decide(KafkaBasis::NoAllowPolicy, None, None);
+        }
+        for p in &self.allow {
+            if let Some(i) = p.first_match(&req) {
+                return decide(KafkaBasis::AllowRule, Some(p), Some(i));
+            }
+        }
+        let blame = (self.allow.len() == 1).then(|| &self.allow[0]);
+        decide(KafkaBasis::NoAllowRuleMatched, blame, None)
+    }
+}

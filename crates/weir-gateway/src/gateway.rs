@@ -1,0 +1,703 @@
+//! The gateway's lifecycle: load config and identity, open the listeners of
+//! the Gateways that select this instance, reload on change (refusing
+//! invalid config, adding and removing listeners while open connections
+//! continue), serve the admin endpoints, drain on shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+use weir_core::config::{read_sources, ServerTls, SourceFile, TlsMode};
+use weir_core::{Config, MeshSettings, SpiffeId};
+use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
+use weir_node::admin::{Reply, JSON, OPENMETRICS, TEXT};
+use weir_node::drain::Drain;
+
+use crate::listener::{handle, TerminatedListener, TerminatedListeners};
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::tls::{server_config, TlsFiles};
+use crate::upstream::Upstreams;
+use crate::Error;
+
+/// Istio's default ingress gateway labels.
+pub const DEFAULT_LABELS: &[(&str, &str)] = &[("istio", "ingressgateway")];
+
+/// Everything `weir gateway` is configured with (dumped by `/config_dump`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayOptions {
+    /// Config files or directories.
+    pub config_paths: Vec<PathBuf>,
+    /// This instance's labels: it serves the Gateways whose `spec.selector`
+    /// they match (Istio's rule for gateway pods).
+    pub labels: BTreeMap<String, String>,
+    /// The gateway's namespace and service account: its SPIFFE identity
+    /// `spiffe://<td>/ns/<namespace>/sa/<service_account>`.
+    pub namespace: String,
+    pub service_account: String,
+    /// Address the listeners bind to.
+    pub listen_address: IpAddr,
+    pub settings: MeshSettings,
+    /// Where the mesh CA lives when it is not given as files.
+    pub state_dir: PathBuf,
+    /// `--ca-cert` and `--ca-key`.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of the gateway's mesh certificate; renewed at half-life.
+    #[serde(with = "secs")]
+    pub cert_ttl: Duration,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    #[serde(with = "secs")]
+    pub reload_interval: Duration,
+    /// How long open connections may finish after shutdown starts.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    /// Bound on connecting to an upstream (TCP, HBONE, DNS).
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Bound on receiving a client's ClientHello, and on a terminated
+    /// handshake.
+    #[serde(with = "secs")]
+    pub client_hello_timeout: Duration,
+    /// Protocol-aware listeners (e.g. the Kafka gateway).
+    #[serde(skip)]
+    pub extensions: Vec<Arc<dyn TerminatedListeners>>,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl GatewayOptions {
+    pub fn new(config_paths: Vec<PathBuf>) -> Self {
+        Self {
+            config_paths,
+            labels: DEFAULT_LABELS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            namespace: "istio-system".to_owned(),
+            service_account: "weir-gateway".to_owned(),
+            listen_address: IpAddr::from([0, 0, 0, 0]),
+            settings: MeshSettings::default(),
+            state_dir: PathBuf::from("/var/lib/weir"),
+            ca_files: None,
+            cert_ttl: weir_identity::DEFAULT_CERT_TTL,
+            admin_addr: ([127, 0, 0, 1], 15000).into(),
+            metrics_addr: ([0, 0, 0, 0], 15020).into(),
+            readiness_addr: ([0, 0, 0, 0], 15021).into(),
+            reload_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(10),
+            extensions: Vec::new(),
+        }
+    }
+}
+
+/// A terminating server's (or extension listener's) TLS config, with the
+/// file contents it was built from.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsEntry {
+    pub tls: ServerTls,
+    pub files: Option<TlsFiles>,
+    pub config: Option<Arc<rustls::ServerConfig>>,
+    pub error: Option<String>,
+}
+
+/// An extension listener and its TLS config.
+#[derive(Debug, Clone)]
+pub(crate) struct ExtensionEntry {
+    pub listener: TerminatedListener,
+    pub config: Option<Arc<rustls::ServerConfig>>,
+    pub error: Option<String>,
+    files: Option<TlsFiles>,
+}
+
+/// Everything a connection needs, swapped whole on a change.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub config: Arc<Config>,
+    pub table: RouteTable,
+    /// Keyed by (Gateway `namespace/name`, server index).
+    pub tls: HashMap<(String, usize), TlsEntry>,
+    pub extensions: BTreeMap<u16, ExtensionEntry>,
+}
+
+impl Snapshot {
+    fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self
+            .table
+            .listeners
+            .keys()
+            .chain(self.extensions.keys())
+            .copied()
+            .collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// Whether a certificate file of a terminating listener changed on disk.
+    fn tls_files_changed(&self) -> bool {
+        self.tls
+            .values()
+            .map(|t| (&t.tls, &t.files))
+            .chain(
+                self.extensions
+                    .values()
+                    .map(|e| (&e.listener.tls, &e.files)),
+            )
+            .any(|(tls, files)| TlsFiles::read(tls).ok().as_ref() != files.as_ref())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut out = self.table.problems.clone();
+        for ((gw, i), t) in &self.tls {
+            if let Some(e) = &t.error {
+                out.push(format!("Gateway {gw} server {i}: TLS: {e}"));
+            }
+        }
+        for (port, e) in &self.extensions {
+            if let Some(err) = &e.error {
+                out.push(format!(
+                    "listener {} (port {port}): TLS: {err}",
+                    e.listener.name
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ReloadStatus {
+    pub reloads: u64,
+    pub last_error: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_at_unix: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ListenerStatus {
+    pub address: SocketAddr,
+    pub listening: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What every connection handler shares.
+pub(crate) struct Ctx {
+    pub options: GatewayOptions,
+    pub id: SpiffeId,
+    pub identity: Arc<IdentityManager>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    snapshot: RwLock<Arc<Snapshot>>,
+    ready: AtomicBool,
+    status: Mutex<BTreeMap<u16, ListenerStatus>>,
+    reload: Mutex<ReloadStatus>,
+}
+
+impl Ctx {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, s: Arc<Snapshot>) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+fn load_ca(o: &GatewayOptions) -> Result<CertificateAuthority, Error> {
+    let td = o.settings.trust_domain.clone();
+    Ok(match &o.ca_files {
+        Some((cert, key)) => CertificateAuthority::from_pem_files(cert, key, td)?,
+        None => CertificateAuthority::load_or_create(&o.state_dir, td)?,
+    })
+}
+
+/// A previous build's settings, files and config, to reuse when unchanged.
+type PrevTls<'a> = (
+    &'a ServerTls,
+    &'a Option<TlsFiles>,
+    &'a Option<Arc<rustls::ServerConfig>>,
+);
+
+/// Builds the snapshot for `config`: route table, TLS configs (reusing
+/// those of `prev` whose settings and files are unchanged), extension
+/// listeners.
+fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Snapshot {
+    let table = RouteTable::build(&config, &ctx.options.labels);
+    let build = |tls: &ServerTls, old: Option<PrevTls<'_>>| {
+        let files = match TlsFiles::read(tls) {
+            Ok(f) => f,
+            Err(e) => return (None, None, Some(e.to_string())),
+        };
+        if let Some((t, Some(f), Some(c))) = old {
+            if t == tls && *f == files {
+                return (Some(files), Some(c.clone()), None);
+            }
+        }
+        match server_config(tls, &files, &ctx.identity, &ctx.id) {
+            Ok(c) => (Some(files), Some(c), None),
+            Err(e) => (Some(files), None, Some(e.to_string())),
+        }
+    };
+    let mut tls = HashMap::new();
+    for l in table.listeners.values() {
+        for s in &l.servers {
+            let Some(t) = s.terminating_tls() else {
+                continue;
+            };
+            let key = (s.gateway.clone(), s.index);
+            let old = prev
+                .and_then(|p| p.tls.get(&key))
+                .map(|e| (&e.tls, &e.files, &e.config));
+            let (files, config, error) = build(t, old);
+            tls.insert(
+                key,
+                TlsEntry {
+                    tls: t.clone(),
+                    files,
+                    config,
+                    error,
+                },
+            );
+        }
+    }
+    let mut extensions = BTreeMap::new();
+    for ext in &ctx.options.extensions {
+        for l in ext.listeners(&config, &ctx.options.labels) {
+            if table.listeners.contains_key(&l.port) || extensions.contains_key(&l.port) {
+                warn!(target: "weir::gateway", port = l.port, listener = %l.name, "port already used by a Gateway server or another listener; ignoring this listener");
+                continue;
+            }
+            let (files, cfg, error) = if l.tls.mode == TlsMode::Passthrough {
+                (None, None, Some("PASSTHROUGH cannot hand plaintext to a protocol handler; use SIMPLE, MUTUAL or ISTIO_MUTUAL".to_owned()))
+            } else {
+                let old = prev
+                    .and_then(|p| p.extensions.get(&l.port))
+                    .map(|e| (&e.listener.tls, &e.files, &e.config));
+                build(&l.tls, old)
+            };
+            extensions.insert(
+                l.port,
+                ExtensionEntry {
+                    listener: l,
+                    config: cfg,
+                    error,
+                    files,
+                },
+            );
+        }
+    }
+    Snapshot {
+        config,
+        table,
+        tls,
+        extensions,
+    }
+}
+
+/// Runs the gateway until `shutdown` completes, then drains.
+pub async fn run(
+    options: GatewayOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut reload_now: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    let sources =
+        read_sources(&options.config_paths).map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
+    let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+    for w in &config.warnings {
+        warn!("config: {w}");
+    }
+    let id = SpiffeId::new(
+        options.settings.trust_domain.clone(),
+        &options.namespace,
+        &options.service_account,
+    )?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let ca = Arc::new(load_ca(&options)?);
+    let identity = Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?);
+    // Issue the gateway's certificate now: a CA problem fails start-up.
+    identity.certificate(&id)?;
+    let _rotation = identity.clone().spawn_rotation();
+    let upstreams = Arc::new(Upstreams::new(
+        identity.clone(),
+        id.clone(),
+        options.connect_timeout,
+    ));
+
+    let ctx = Arc::new(Ctx {
+        options: options.clone(),
+        id: id.clone(),
+        identity,
+        upstreams,
+        metrics,
+        drain: Drain::default(),
+        snapshot: RwLock::new(Arc::new(Snapshot {
+            config: config.clone(),
+            table: RouteTable::default(),
+            tls: HashMap::new(),
+            extensions: BTreeMap::new(),
+        })),
+        ready: AtomicBool::new(false),
+        status: Mutex::new(BTreeMap::new()),
+        reload: Mutex::new(ReloadStatus::default()),
+    });
+    let first = Arc::new(build_snapshot(&ctx, config, None));
+    let mut problems = first.problems();
+    for p in &problems {
+        error!(target: "weir::gateway", "{p}");
+    }
+    ctx.replace(first);
+    let admin_tasks = spawn_admin(ctx.clone(), Arc::new(registry)).await?;
+
+    let labels: Vec<String> = options
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    info!(target: "weir::gateway", identity = %id, labels = %labels.join(","), ports = ?ctx.snapshot().ports(), "gateway starting");
+    if ctx.snapshot().ports().is_empty() {
+        warn!(target: "weir::gateway", labels = %labels.join(","), "no Gateway selects this instance's labels: nothing to listen on (check spec.selector and --labels)");
+    }
+    let mut running: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    reconcile(&ctx, &mut running).await;
+
+    let mut last_sources = sources;
+    let mut tick = tokio::time::interval(options.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let forced = tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => false,
+            Some(()) = reload_now.recv() => true,
+        };
+        let current = ctx.snapshot();
+        let new_config = reload(&ctx, &mut last_sources, forced);
+        if new_config.is_some() || current.tls_files_changed() {
+            let config = new_config.unwrap_or_else(|| current.config.clone());
+            let next = Arc::new(build_snapshot(&ctx, config, Some(&current)));
+            let now = next.problems();
+            if now != problems {
+                for p in &now {
+                    error!(target: "weir::gateway", "{p}");
+                }
+                problems = now;
+            }
+            info!(target: "weir::gateway", ports = ?next.ports(), "listeners updated");
+            ctx.replace(next);
+        }
+        reconcile(&ctx, &mut running).await;
+    }
+
+    info!(target: "weir::gateway", open = ctx.drain.open(), drain_timeout = ?options.drain_timeout, "shutting down: no new connections; draining");
+    ctx.ready.store(false, Ordering::Release);
+    for (_, t) in std::mem::take(&mut running) {
+        t.abort();
+    }
+    let left = ctx.drain.wait(options.drain_timeout).await;
+    if left > 0 {
+        warn!(
+            target: "weir::gateway",
+            open = left,
+            "drain deadline passed; closing the remaining connections"
+        );
+    }
+    for t in admin_tasks {
+        t.abort();
+    }
+    info!(target: "weir::gateway", "gateway stopped");
+    Ok(())
+}
+
+/// Opens listeners for new ports (retrying failed binds every tick) and
+/// closes those of removed ports; open connections are not touched.
+async fn reconcile(ctx: &Arc<Ctx>, running: &mut BTreeMap<u16, tokio::task::JoinHandle<()>>) {
+    let ports = ctx.snapshot().ports();
+    let stale: Vec<u16> = running
+        .keys()
+        .filter(|p| !ports.contains(p))
+        .copied()
+        .collect();
+    for p in stale {
+        if let Some(t) = running.remove(&p) {
+            t.abort();
+            info!(target: "weir::gateway", port = p, "listener closed (no longer configured)");
+        }
+        ctx.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&p);
+    }
+    let mut all_ok = true;
+    for port in ports {
+        if running.contains_key(&port) {
+            continue;
+        }
+        let addr = SocketAddr::new(ctx.options.listen_address, port);
+        let status = match TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(target: "weir::gateway", %addr, "listening");
+                running.insert(port, tokio::spawn(accept_loop(ctx.clone(), port, l)));
+                ListenerStatus {
+                    address: addr,
+                    listening: true,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                all_ok = false;
+                let msg = format!("cannot listen on {addr}: {e}");
+                let previous = ctx
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&port)
+                    .and_then(|s| s.error.clone());
+                if previous.as_deref() != Some(msg.as_str()) {
+                    error!(target: "weir::gateway", "{msg} (retrying)");
+                }
+                ListenerStatus {
+                    address: addr,
+                    listening: false,
+                    error: Some(msg),
+                }
+            }
+        };
+        ctx.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port, status);
+    }
+    ctx.metrics.set_listeners(running.len());
+    ctx.ready.store(all_ok, Ordering::Release);
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, port: u16, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, peer)) => {
+                tokio::spawn(handle(ctx.clone(), port, s, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(target: "weir::gateway", port, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Re-reads the config files; returns a new config when they changed and
+/// are valid. An invalid change is logged and counted; the old config stays.
+fn reload(ctx: &Ctx, last: &mut Vec<SourceFile>, forced: bool) -> Option<Arc<Config>> {
+    let record_error = |errors: Vec<String>| {
+        let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
+        r.last_error = Some(errors);
+        r.last_error_at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+    };
+    let sources = match read_sources(&ctx.options.config_paths) {
+        Ok(s) => s,
+        Err(e) => {
+            let first = ctx
+                .reload
+                .lock()
+                .map(|r| r.last_error.is_none())
+                .unwrap_or(true);
+            if forced || first {
+                error!(target: "weir::gateway", "config reload refused, keeping the previous config: {e}");
+                ctx.metrics.reload(false);
+                record_error(vec![e.to_string()]);
+            }
+            return None;
+        }
+    };
+    if !forced && sources == *last {
+        return None;
+    }
+    *last = sources;
+    match Config::from_sources(last, ctx.options.settings.clone()) {
+        Ok(c) => {
+            for w in &c.warnings {
+                warn!("config: {w}");
+            }
+            ctx.metrics.reload(true);
+            let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
+            r.reloads += 1;
+            r.last_error = None;
+            info!(
+                target: "weir::gateway",
+                gateways = c.gateways.len(),
+                virtual_services = c.virtual_services.len(),
+                "config reloaded"
+            );
+            Some(Arc::new(c))
+        }
+        Err(errors) => {
+            error!(
+                target: "weir::gateway",
+                errors = errors.0.len(),
+                "config reload refused, keeping the previous config"
+            );
+            for e in &errors.0 {
+                error!("config: {e}");
+            }
+            ctx.metrics.reload(false);
+            record_error(errors.0.iter().map(ToString::to_string).collect());
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------- admin
+
+async fn spawn_admin(
+    ctx: Arc<Ctx>,
+    registry: Arc<Registry>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Admin { what, addr, source })
+    };
+    let o = &ctx.options;
+    let admin = bind("admin", o.admin_addr).await?;
+    let metrics = bind("metrics", o.metrics_addr).await?;
+    let ready = bind("readiness", o.readiness_addr).await?;
+    info!(target: "weir::gateway", admin = %o.admin_addr, metrics = %o.metrics_addr, readiness = %o.readiness_addr, "admin endpoints listening");
+    let c = ctx.clone();
+    let admin = tokio::spawn(weir_node::admin::serve(
+        admin,
+        Arc::new(move |path: &str| admin_route(&c, path)),
+    ));
+    let metrics = tokio::spawn(weir_node::admin::serve(
+        metrics,
+        Arc::new(move |path: &str| match path {
+            "/metrics" | "/stats/prometheus" => {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &registry) {
+                    Ok(()) => (StatusCode::OK, OPENMETRICS, out),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        TEXT,
+                        format!("encoding metrics failed: {e}\n"),
+                    ),
+                }
+            }
+            _ => (StatusCode::NOT_FOUND, TEXT, "try /metrics\n".to_owned()),
+        }),
+    ));
+    let c = ctx;
+    let ready = tokio::spawn(weir_node::admin::serve(
+        ready,
+        Arc::new(move |path: &str| match path {
+            "/healthz/ready" => {
+                if c.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, TEXT, "ready\n".to_owned())
+                } else {
+                    let status = c.status.lock().unwrap_or_else(|p| p.into_inner());
+                    let waiting: Vec<String> =
+                        status.values().filter_map(|s| s.error.clone()).collect();
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        TEXT,
+                        format!("not ready\n{}\n", waiting.join("\n")),
+                    )
+                }
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "try /healthz/ready\n".to_owned(),
+            ),
+        }),
+    ));
+    Ok(vec![admin, metrics, ready])
+}
+
+fn admin_route(ctx: &Ctx, path: &str) -> Reply {
+    match path {
+        "/config_dump" => {
+            let snap = ctx.snapshot();
+            let secs = |t: SystemTime| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            };
+            let cert = ctx.identity.certificate(&ctx.id).ok().map(|c| {
+                serde_json::json!({
+                    "identity": c.id.to_string(),
+                    "not_before_unix": secs(c.not_before),
+                    "not_after_unix": secs(c.not_after),
+                    "refresh_at_unix": secs(c.refresh_at()),
+                })
+            });
+            let extensions: BTreeMap<u16, serde_json::Value> = snap
+                .extensions
+                .iter()
+                .map(|(p, e)| {
+                    (
+                        *p,
+                        serde_json::json!({
+                            "name": e.listener.name,
+                            "tls": e.listener.tls,
+                            "error": e.error,
+                        }),
+                    )
+                })
+                .collect();
+            let dump = serde_json::json!({
+                "identity": ctx.id.to_string(),
+                "options": ctx.options,
+                "ready": ctx.ready.load(Ordering::Acquire),
+                "listeners": *ctx.status.lock().unwrap_or_else(|p| p.into_inner()),
+                "routes": snap.table,
+                "extension_listeners": extensions,
+                "problems": snap.problems(),
+                "certificate": cert,
+                "reload": *ctx.reload.lock().unwrap_or_else(|p| p.into_inner()),
+                "active_connections": ctx.drain.open(),
+                "config": *snap.config,
+            });
+            (
+                StatusCode::OK,
+                JSON,
+                serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n",
+            )
+        }
+        "/" => (
+            StatusCode::OK,
+            TEXT,
+            "weir gateway admin: /config_dump\n".to_owned(),
+        ),
+        _ => (StatusCode::NOT_FOUND, TEXT, "try /config_dump\n".to_owned()),
+    }
+}

@@ -1,0 +1,467 @@
+//! The route table of one gateway instance, built from a config snapshot:
+//! which ports it listens on (the servers of the Gateways whose selector
+//! matches its labels), and for a connection on a port with a given SNI,
+//! which server handles it and which VirtualService route it takes.
+//!
+//! Pure: no I/O, rebuilt whole on every config reload.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use weir_core::config::{
+    Gateway, HostPattern, ObjectMeta, RouteDestination, Server, ServerProtocol, ServerTls, TlsMode,
+    VirtualService,
+};
+use weir_core::Config;
+
+/// What kind of listener a port is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ListenerKind {
+    /// Reads the ClientHello first; the SNI picks the server.
+    Tls,
+    /// Plain TCP: the port picks the route.
+    Tcp,
+}
+
+/// One Gateway server on a port, with the routes bound to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerEntry {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    /// Index in the Gateway's `spec.servers`.
+    pub index: usize,
+    pub server: Server,
+    /// Candidate routes in precedence order (VirtualServices oldest first,
+    /// then by namespace/name; routes in document order).
+    pub routes: Vec<Candidate>,
+}
+
+impl ServerEntry {
+    /// The TLS mode (`None` for a plain TCP server).
+    pub fn mode(&self) -> Option<TlsMode> {
+        self.server.tls.as_ref().map(|t| t.mode)
+    }
+
+    /// The `mode` label of this server's connections.
+    pub fn mode_label(&self) -> &'static str {
+        self.mode().map_or("TCP", TlsMode::as_str)
+    }
+
+    /// TLS settings of a terminating server.
+    pub fn terminating_tls(&self) -> Option<&ServerTls> {
+        self.server.tls.as_ref().filter(|t| t.mode.terminates())
+    }
+}
+
+/// A VirtualService route that may apply to a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// `namespace/name#tls[i]` or `namespace/name#tcp[i]`: the `route` label.
+    pub name: String,
+    /// The VirtualService's namespace (destination short names are relative to it).
+    pub namespace: String,
+    pub kind: CandidateKind,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CandidateKind {
+    /// A `tls` route: any of these (SNI patterns, port) pairs.
+    Tls(Vec<(Vec<HostPattern>, Option<u16>)>),
+    /// A `tcp` route: any of these ports (`None` = any port); no match
+    /// entries at all means every connection.
+    Tcp(Vec<Option<u16>>),
+}
+
+/// The route a connection takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub namespace: String,
+    pub route: Vec<RouteDestination>,
+}
+
+/// Every listener of this instance.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteTable {
+    pub listeners: BTreeMap<u16, Listener>,
+    /// Problems found while building (conflicting servers): logged on change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    pub port: u16,
+    pub kind: ListenerKind,
+    pub servers: Vec<ServerEntry>,
+}
+
+/// Whether a VirtualService may attach to a server: it names the Gateway,
+/// one of its hosts intersects one of the server's hosts, and that host
+/// admits the VirtualService's namespace.
+fn attaches(vs: &VirtualService, gw: &ObjectMeta, server: &Server) -> bool {
+    vs.binds(gw)
+        && server.hosts.iter().any(|h| {
+            h.admits_namespace(&vs.metadata.namespace, &gw.namespace)
+                && vs.hosts.iter().any(|vh| vh.intersects(&h.host))
+        })
+}
+
+fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> {
+    let mut vss: Vec<&VirtualService> = config
+        .virtual_services
+        .iter()
+        .filter(|vs| attaches(vs, &gw.metadata, server))
+        .collect();
+    vss.sort_by(|a, b| {
+        (
+            &a.metadata.creation_timestamp,
+            &a.metadata.namespace,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                &b.metadata.creation_timestamp,
+                &b.metadata.namespace,
+                &b.metadata.name,
+            ))
+    });
+    let bound_here = |gateways: &[weir_core::config::GatewayRef]| {
+        gateways.is_empty() || gateways.iter().any(|g| g.is(&gw.metadata))
+    };
+    let mut out = Vec::new();
+    for vs in vss {
+        let key = vs.metadata.key();
+        for (i, r) in vs.tls.iter().enumerate() {
+            let matches: Vec<_> = r
+                .matches
+                .iter()
+                .filter(|m| bound_here(&m.gateways))
+                .map(|m| (m.sni_hosts.clone(), m.port))
+                .collect();
+            if !matches.is_empty() {
+                out.push(Candidate {
+                    name: format!("{key}#tls[{i}]"),
+                    namespace: vs.metadata.namespace.clone(),
+                    kind: CandidateKind::Tls(matches),
+                    route: r.route.clone(),
+                });
+            }
+        }
+        for (i, r) in vs.tcp.iter().enumerate() {
+            let ports: Vec<_> = r
+                .matches
+                .iter()
+                .filter(|m| bound_here(&m.gateways))
+                .map(|m| m.port)
+                .collect();
+            if r.matches.is_empty() || !ports.is_empty() {
+                out.push(Candidate {
+                    name: format!("{key}#tcp[{i}]"),
+                    namespace: vs.metadata.namespace.clone(),
+                    kind: CandidateKind::Tcp(ports),
+                    route: r.route.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+impl RouteTable {
+    /// The listeners of a gateway instance with `labels`.
+    pub fn build(config: &Config, labels: &BTreeMap<String, String>) -> RouteTable {
+        let mut table = RouteTable::default();
+        let mut gateways: Vec<&Gateway> = config.gateways_selecting(labels).collect();
+        gateways.sort_by(|a, b| {
+            (
+                &a.metadata.creation_timestamp,
+                &a.metadata.namespace,
+                &a.metadata.name,
+            )
+                .cmp(&(
+                    &b.metadata.creation_timestamp,
+                    &b.metadata.namespace,
+                    &b.metadata.name,
+                ))
+        });
+        for gw in gateways {
+            for (index, server) in gw.servers.iter().enumerate() {
+                let kind = if server.tls.is_some() {
+                    ListenerKind::Tls
+                } else {
+                    debug_assert_eq!(server.port.protocol, ServerProtocol::Tcp);
+                    ListenerKind::Tcp
+                };
+                let port = server.port.number;
+                let listener = table.listeners.entry(port).or_insert_with(|| Listener {
+                    port,
+                    kind,
+                    servers: Vec::new(),
+                });
+                let conflict = listener.kind != kind
+                    || (kind == ListenerKind::Tcp && !listener.servers.is_empty());
+                if conflict {
+                    table.problems.push(format!(
+                        "Gateway {} server {index} (port {port}) conflicts with Gateway {} on the same port and is ignored: a port carries either TLS servers told apart by SNI host or one TCP server",
+                        gw.metadata.key(),
+                        listener.servers.first().map_or("?", |s| s.gateway.as_str()),
+                    ));
+                    continue;
+                }
+                listener.servers.push(ServerEntry {
+                    gateway: gw.metadata.key(),
+                    index,
+                    server: server.clone(),
+                    routes: candidates(config, gw, server),
+                });
+            }
+        }
+        table
+    }
+
+    /// The server of `port` that handles a connection with `sni`: the one
+    /// whose host matches most specifically (first Gateway on a tie); for a
+    /// TCP listener, its server.
+    pub fn server(&self, port: u16, sni: Option<&str>) -> Option<&ServerEntry> {
+        let l = self.listeners.get(&port)?;
+        if l.kind == ListenerKind::Tcp {
+            return l.servers.first();
+        }
+        let mut best: Option<(&ServerEntry, usize)> = None;
+        for s in &l.servers {
+            if let Some((_, spec)) = s.server.best_host(sni) {
+                if best.is_none_or(|(_, b)| spec > b) {
+                    best = Some((s, spec));
+                }
+            }
+        }
+        best.map(|(s, _)| s)
+    }
+}
+
+/// The route for a connection on `port` with `sni` handled by `server`:
+/// the `tls` route whose SNI pattern matches most specifically (earliest on
+/// a tie), else the first `tcp` route for the port. The SNI must also be
+/// one of the server's hosts (already true when `server` came from
+/// [`RouteTable::server`]).
+pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route> {
+    let mut best: Option<(&Candidate, usize)> = None;
+    for c in &server.routes {
+        let CandidateKind::Tls(matches) = &c.kind else {
+            continue;
+        };
+        for (hosts, p) in matches {
+            if p.is_some_and(|p| p != port) {
+                continue;
+            }
+            for h in hosts {
+                let ok = match sni {
+                    Some(s) => h.matches(s),
+                    None => *h == HostPattern::Any,
+                };
+                let spec = h.specificity();
+                if ok && best.is_none_or(|(_, b)| spec > b) {
+                    best = Some((c, spec));
+                }
+            }
+        }
+    }
+    let chosen = best.map(|(c, _)| c).or_else(|| {
+        server.routes.iter().find(|c| match &c.kind {
+            CandidateKind::Tcp(ports) => {
+                ports.is_empty() || ports.iter().any(|p| p.is_none_or(|p| p == port))
+            }
+            CandidateKind::Tls(_) => false,
+        })
+    })?;
+    Some(Route {
+        name: chosen.name.clone(),
+        namespace: chosen.namespace.clone(),
+        route: chosen.route.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_core::config::SourceFile;
+    use weir_core::MeshSettings;
+
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        Config::from_sources(&[SourceFile::new("r.yaml", yaml)], MeshSettings::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn labels(s: &[(&str, &str)]) -> BTreeMap<String, String> {
+        s.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    const YAML: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8883, name: tls-mqtt, protocol: TLS}
+    hosts: ["mqtt/*.mqtt.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8883, name: tls-term, protocol: TLS}
+    hosts: ["secure.mqtt.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 6651, name: tls-pulsar, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 1883, name: mqtt, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other, namespace: x}
+spec:
+  selector: {app: elsewhere}
+  servers:
+  - port: {number: 9999, name: tls, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: brokers, namespace: mqtt}
+spec:
+  hosts: ["*.mqtt.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: ["*.mqtt.example.com"], port: 8883}]
+    route: [{destination: {host: fallback.mqtt.svc.cluster.local, port: {number: 8883}}}]
+  - match: [{sniHosts: [a.mqtt.example.com]}]
+    route: [{destination: {host: a.mqtt.svc.cluster.local, port: {number: 8883}}}]
+  - match: [{sniHosts: [b.mqtt.example.com], port: 9999}]
+    route: [{destination: {host: b.mqtt.svc.cluster.local, port: {number: 8883}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wrong-namespace, namespace: apps}
+spec:
+  hosts: ["c.mqtt.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: [c.mqtt.example.com]}]
+    route: [{destination: {host: c.apps.svc.cluster.local, port: {number: 8883}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pulsar, namespace: pulsar}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge, mesh]
+  tls:
+  - match: [{sniHosts: [pulsar.example.com], gateways: [mesh]}]
+    route: [{destination: {host: not-for-gateways, port: {number: 6651}}}]
+  - match: [{sniHosts: [pulsar.example.com]}]
+    route: [{destination: {host: broker.pulsar.svc.cluster.local, port: {number: 6651}}}]
+  tcp:
+  - match: [{port: 1883}]
+    route: [{destination: {host: plain.mqtt.svc.cluster.local, port: {number: 1883}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: unbound, namespace: mqtt}
+spec:
+  hosts: ["*.mqtt.example.com"]
+  tls:
+  - match: [{sniHosts: [z.mqtt.example.com]}]
+    route: [{destination: {host: z, port: {number: 1}}}]
+"#;
+
+    fn dest(r: &Route) -> &str {
+        &r.route[0].destination.host
+    }
+
+    #[test]
+    fn listeners_come_from_selected_gateways_only() {
+        let c = config(YAML);
+        let t = RouteTable::build(&c, &labels(&[("istio", "ingressgateway"), ("x", "y")]));
+        assert_eq!(
+            t.listeners.keys().copied().collect::<Vec<_>>(),
+            vec![1883, 6651, 8883]
+        );
+        assert_eq!(t.listeners[&8883].kind, ListenerKind::Tls);
+        assert_eq!(t.listeners[&8883].servers.len(), 2);
+        assert_eq!(t.listeners[&1883].kind, ListenerKind::Tcp);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let t = RouteTable::build(&c, &labels(&[("app", "elsewhere")]));
+        assert_eq!(t.listeners.keys().copied().collect::<Vec<_>>(), vec![9999]);
+        assert!(RouteTable::build(&c, &labels(&[])).listeners.is_empty());
+    }
+
+    #[test]
+    fn sni_picks_the_most_specific_server_then_route() {
+        let c = config(YAML);
+        let t = RouteTable::build(&c, &labels(&[("istio", "ingressgateway")]));
+        // The exact server host beats the wildcard one.
+        let s = t.server(8883, Some("secure.mqtt.example.com")).unwrap();
+        assert_eq!(s.mode(), Some(TlsMode::Simple));
+        let s = t.server(8883, Some("a.mqtt.example.com")).unwrap();
+        assert_eq!(s.mode(), Some(TlsMode::Passthrough));
+        // The exact sniHost beats the earlier wildcard route.
+        let r = route(s, 8883, Some("a.mqtt.example.com")).unwrap();
+        assert_eq!(dest(&r), "a.mqtt.svc.cluster.local");
+        assert_eq!(r.name, "mqtt/brokers#tls[1]");
+        // b's route is for port 9999 only: the wildcard route takes it here.
+        let r = route(s, 8883, Some("b.mqtt.example.com")).unwrap();
+        assert_eq!(dest(&r), "fallback.mqtt.svc.cluster.local");
+        // Unknown SNI: no server host matches.
+        assert!(t.server(8883, Some("kafka.example.com")).is_none());
+        assert!(t.server(8883, None).is_none());
+        // c's VirtualService is in a namespace the server host does not admit.
+        let s = t.server(8883, Some("c.mqtt.example.com")).unwrap();
+        assert_eq!(
+            dest(&route(s, 8883, Some("c.mqtt.example.com")).unwrap()),
+            "fallback.mqtt.svc.cluster.local"
+        );
+        // z's VirtualService is not bound to any gateway.
+        assert_eq!(
+            dest(&route(s, 8883, Some("z.mqtt.example.com")).unwrap()),
+            "fallback.mqtt.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn match_level_gateways_and_tcp_routes() {
+        let c = config(YAML);
+        let t = RouteTable::build(&c, &labels(&[("istio", "ingressgateway")]));
+        let s = t.server(6651, Some("pulsar.example.com")).unwrap();
+        // The match restricted to `mesh` is skipped; the next one applies.
+        assert_eq!(
+            dest(&route(s, 6651, Some("pulsar.example.com")).unwrap()),
+            "broker.pulsar.svc.cluster.local"
+        );
+        assert!(route(s, 6651, Some("other.example.com")).is_none());
+        assert!(
+            route(s, 6651, None).is_none(),
+            "no SNI, no tls route with sniHosts *"
+        );
+        let s = t.server(1883, None).unwrap();
+        assert_eq!(s.mode_label(), "TCP");
+        assert_eq!(
+            dest(&route(s, 1883, None).unwrap()),
+            "plain.mqtt.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn conflicting_servers_are_reported() {
+        let c = config(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: a}\nspec:\n  servers:\n  - port: {number: 9000, name: t, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: b}\nspec:\n  servers:\n  - port: {number: 9000, name: t, protocol: TCP}\n    hosts: ['*']\n",
+        );
+        let t = RouteTable::build(&c, &labels(&[]));
+        assert_eq!(t.listeners[&9000].servers.len(), 1);
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+        assert!(t.problems[0].contains("default/b"), "{:?}", t.problems);
+    }
+}

@@ -1,0 +1,201 @@
+//! rustls server configurations for terminating servers, built from a
+//! server's `tls` settings: SIMPLE and MUTUAL from file-mounted PEM files
+//! (TLS 1.2 and 1.3 for external clients, ring), ISTIO_MUTUAL from the
+//! gateway's own mesh certificate and the mesh CA.
+//!
+//! Certificates are read when a listener's config is built and again
+//! whenever the files change (the gateway checks on every reload tick), so
+//! a rotated certificate (cert-manager, a re-mounted Secret) is served to new
+//! connections without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use weir_core::config::{ServerTls, TlsMode, TlsVersion};
+use weir_core::SpiffeId;
+use weir_identity::IdentityManager;
+
+/// Why a terminating server's TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("{what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {message}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("caCertificates: {0}")]
+    Verifier(String),
+    #[error("mesh identity: {0}")]
+    Identity(#[from] weir_identity::Error),
+    #[error("tls.mode {0} does not terminate TLS")]
+    NotTerminating(TlsMode),
+}
+
+/// The files a config was built from, with their contents, so a change on
+/// disk can be noticed cheaply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles(Vec<(PathBuf, Vec<u8>)>);
+
+impl TlsFiles {
+    /// Reads the files `tls` names (none for PASSTHROUGH and ISTIO_MUTUAL).
+    pub fn read(tls: &ServerTls) -> Result<TlsFiles, TlsConfigError> {
+        let mut out = Vec::new();
+        for (what, p) in [
+            ("serverCertificate", &tls.server_certificate),
+            ("privateKey", &tls.private_key),
+            ("caCertificates", &tls.ca_certificates),
+        ] {
+            if !matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual) {
+                break;
+            }
+            if what == "caCertificates" && tls.mode != TlsMode::Mutual {
+                continue;
+            }
+            if let Some(p) = p {
+                let bytes = std::fs::read(p).map_err(|source| TlsConfigError::Read {
+                    what,
+                    path: p.clone(),
+                    source,
+                })?;
+                out.push((p.clone(), bytes));
+            }
+        }
+        Ok(TlsFiles(out))
+    }
+
+    fn get(&self, p: &Option<PathBuf>) -> Option<(&Path, &[u8])> {
+        let p = p.as_ref()?;
+        self.0
+            .iter()
+            .find(|(q, _)| q == p)
+            .map(|(q, b)| (q.as_path(), b.as_slice()))
+    }
+}
+
+/// The provider for external clients: ring with its TLS 1.2 and 1.3 suites
+/// (the mesh's own provider is TLS 1.3 only).
+fn external_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn versions(tls: &ServerTls) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let mut v = Vec::new();
+    if tls.min_protocol_version <= TlsVersion::V1_3 && tls.max_protocol_version >= TlsVersion::V1_3
+    {
+        v.push(&rustls::version::TLS13);
+    }
+    if tls.min_protocol_version <= TlsVersion::V1_2 && tls.max_protocol_version >= TlsVersion::V1_2
+    {
+        v.push(&rustls::version::TLS12);
+    }
+    v
+}
+
+fn certs(
+    what: &'static str,
+    (path, pem): (&Path, &[u8]),
+) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsConfigError::Pem {
+            what,
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::Pem {
+            what,
+            path: path.to_owned(),
+            message: "no PEM CERTIFICATE block".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Builds the server config of a terminating server. `files` must come from
+/// [`TlsFiles::read`] of the same settings.
+pub fn server_config(
+    tls: &ServerTls,
+    files: &TlsFiles,
+    identity: &IdentityManager,
+    gateway_id: &SpiffeId,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    match tls.mode {
+        TlsMode::Passthrough => Err(TlsConfigError::NotTerminating(tls.mode)),
+        TlsMode::IstioMutual => {
+            // The mesh server config (gateway certificate, rotated in place;
+            // mesh client certificates required), without HBONE's ALPN.
+            let mut c = (*identity.server_config(gateway_id)?).clone();
+            c.alpn_protocols.clear();
+            Ok(Arc::new(c))
+        }
+        TlsMode::Simple | TlsMode::Mutual => {
+            let missing = |what| TlsConfigError::Pem {
+                what,
+                path: PathBuf::new(),
+                message: "not set".to_owned(),
+            };
+            let chain = certs(
+                "serverCertificate",
+                files
+                    .get(&tls.server_certificate)
+                    .ok_or_else(|| missing("serverCertificate"))?,
+            )?;
+            let (key_path, key_pem) = files
+                .get(&tls.private_key)
+                .ok_or_else(|| missing("privateKey"))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsConfigError::Pem {
+                what: "privateKey",
+                path: key_path.to_owned(),
+                message: e.to_string(),
+            })?;
+            let provider = external_provider();
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&versions(tls))?;
+            let builder = if tls.mode == TlsMode::Mutual {
+                let ca = files
+                    .get(&tls.ca_certificates)
+                    .ok_or_else(|| missing("caCertificates"))?;
+                let mut roots = RootCertStore::empty();
+                for c in certs("caCertificates", ca)? {
+                    roots.add(c)?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_no_client_auth()
+            };
+            Ok(Arc::new(builder.with_single_cert(chain, key)?))
+        }
+    }
+}
+
+/// Whether a MUTUAL client's certificate carries one of `allowed` SANs
+/// (an empty list allows any certificate the CA signed).
+pub fn san_allowed(principal: &weir_core::kafka::Principal, allowed: &[String]) -> bool {
+    use weir_core::kafka::Principal;
+    if allowed.is_empty() {
+        return true;
+    }
+    match principal {
+        Principal::Spiffe(id) => allowed.iter().any(|a| *a == id.to_string()),
+        Principal::Certificate { sans, .. } => sans.iter().any(|s| allowed.contains(s)),
+        Principal::Anonymous => false,
+    }
+}

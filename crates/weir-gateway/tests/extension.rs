@@ -1,0 +1,193 @@
+//! The extension point for protocol-aware listeners, in process: a
+//! [`TerminatedListeners`] source gets an ISTIO_MUTUAL listener; a mesh
+//! client connects with its SPIFFE certificate; the handler receives the
+//! decrypted stream, the client's principal and the SNI. A plaintext client
+//! on the same port is refused and counted, and the listener keeps serving.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use weir_core::config::{ServerTls, TlsMode};
+use weir_core::{Config, SpiffeId};
+use weir_gateway::{
+    GatewayOptions, TerminatedConnection, TerminatedHandler, TerminatedListener,
+    TerminatedListeners,
+};
+use weir_hbone::BoxFuture;
+use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
+
+#[derive(Debug)]
+struct Echo {
+    port: u16,
+}
+
+struct EchoHandler;
+
+impl TerminatedHandler for EchoHandler {
+    fn handle(&self, conn: TerminatedConnection) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let TerminatedConnection {
+                stream,
+                principal,
+                sni,
+                ..
+            } = conn;
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = format!(
+                "principal={principal} sni={} said={}\n",
+                sni.unwrap_or_default(),
+                line.trim()
+            );
+            let _ = stream.get_mut().write_all(reply.as_bytes()).await;
+            let _ = stream.get_mut().shutdown().await;
+        })
+    }
+}
+
+impl TerminatedListeners for Echo {
+    fn listeners(
+        &self,
+        _config: &Config,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<TerminatedListener> {
+        assert_eq!(
+            labels.get("istio").map(String::as_str),
+            Some("ingressgateway")
+        );
+        let mut tls = ServerTls::passthrough();
+        tls.mode = TlsMode::IstioMutual;
+        vec![TerminatedListener {
+            name: "test/echo".to_owned(),
+            port: self.port,
+            tls,
+            handler: Arc::new(EchoHandler),
+        }]
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_listener_gets_stream_principal_and_sni() {
+    let dir = Dir(std::env::temp_dir().join(format!("weir-gw-ext-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("empty.yaml"), "---\n").unwrap();
+    let port = free_port();
+    let metrics_port = free_port();
+    let mut options = GatewayOptions::new(vec![dir.0.join("empty.yaml")]);
+    options.listen_address = [127, 0, 0, 1].into();
+    options.state_dir = dir.0.join("ca");
+    options.admin_addr = ([127, 0, 0, 1], free_port()).into();
+    options.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
+    options.readiness_addr = ([127, 0, 0, 1], free_port()).into();
+    options.client_hello_timeout = Duration::from_secs(5);
+    options.extensions.push(Arc::new(Echo { port }));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let gateway = tokio::spawn(weir_gateway::run(
+        options,
+        async {
+            let _ = stop_rx.await;
+        },
+        reload_rx,
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the extension listener never opened");
+
+    // A mesh client with its own SPIFFE certificate from the same CA.
+    let ca = Arc::new(
+        CertificateAuthority::load_or_create(&dir.0.join("ca"), Default::default()).unwrap(),
+    );
+    let ids = IdentityManager::new(ca, Duration::from_secs(3600), TlsMetrics::default()).unwrap();
+    let client_id: SpiffeId = "spiffe://cluster.local/ns/apps/sa/client".parse().unwrap();
+    let gateway_id: SpiffeId = "spiffe://cluster.local/ns/istio-system/sa/weir-gateway"
+        .parse()
+        .unwrap();
+    let connect = |payload: &'static str| {
+        let config = ids
+            .client_config(&client_id, Some(gateway_id.clone()))
+            .unwrap();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from("ext.example.com").unwrap(), tcp)
+                .await
+                .expect("mesh TLS handshake with the gateway");
+            tls.write_all(format!("{payload}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            let _ = tls.read_to_string(&mut reply).await;
+            reply
+        }
+    };
+    let reply = connect("hello").await;
+    assert_eq!(
+        reply,
+        "principal=spiffe://cluster.local/ns/apps/sa/client sni=ext.example.com said=hello\n"
+    );
+
+    // Plaintext on the same port: refused and counted; the listener carries on.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty(), "a plaintext client got {buf:?}");
+    assert_eq!(connect("again").await.lines().count(), 1);
+
+    let mut m = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).await.unwrap();
+    assert!(
+        text.contains(&format!(
+            "weir_gateway_connection_errors_total{{listener=\"{port}\",reason=\"not_tls\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "weir_gateway_connections_total{{listener=\"{port}\",route=\"test/echo\",mode=\"ISTIO_MUTUAL\"}} 2"
+        )),
+        "{text}"
+    );
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gateway)
+        .await
+        .expect("the gateway stops")
+        .unwrap()
+        .unwrap();
+}

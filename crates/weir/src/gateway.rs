@@ -1,0 +1,77 @@
+//! `weir gateway`: runtime, logging and signal wiring around `weir_gateway::run`.
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+use crate::cli::GatewayArgs;
+use crate::node::init_logging;
+
+pub fn run(args: GatewayArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let settings = match args.mesh.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = weir_gateway::GatewayOptions::new(args.config.clone());
+    options.labels = args.labels.clone();
+    options.namespace = args.namespace.clone();
+    options.service_account = args.service_account.clone();
+    options.listen_address = args.listen_address;
+    options.settings = settings;
+    options.state_dir = args.state_dir.clone();
+    options.ca_files = args.ca_cert.clone().zip(args.ca_key.clone());
+    options.cert_ttl = args.cert_ttl;
+    options.admin_addr = args.admin_addr;
+    options.metrics_addr = args.metrics_addr;
+    options.readiness_addr = args.readiness_addr;
+    options.reload_interval = args.reload_interval;
+    options.drain_timeout = args.drain_timeout;
+    options.connect_timeout = args.connect_timeout;
+    options.client_hello_timeout = args.client_hello_timeout;
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("weir-worker");
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading config");
+                let _ = reload_tx.try_send(());
+            }
+        });
+        let shutdown = async {
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+        };
+        weir_gateway::run(options, shutdown, reload_rx).await
+    });
+    // Connections still open after the drain deadline are closed with the runtime.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
