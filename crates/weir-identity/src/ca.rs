@@ -4,12 +4,14 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -227,7 +229,7 @@ impl CertificateAuthority {
         }
         let issuer = Issuer::from_ca_cert_der(&root_der, key_pair)
             .map_err(|e| invalid_cert(e.to_string()))?;
-        let root_pem = String::from_utf8_lossy(&pem_encode("CERTIFICATE", &root_der)).into_owned();
+        let root_pem = certificate_pem(&root_der);
         Ok(Self {
             trust_domain,
             issuer,
@@ -270,14 +272,14 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<WorkloadCertificate> {
-        if id.trust_domain() != &self.trust_domain {
-            return Err(Error::ForeignTrustDomain {
-                id: id.clone(),
-                ca_trust_domain: self.trust_domain.clone(),
-            });
-        }
+        self.check_trust_domain(id)?;
         let (not_before, not_after) = (truncate(not_before), truncate(not_after));
-        let raw = self.sign_leaf(&id.to_string(), vec![id.to_string()], not_before, not_after)?;
+        let raw = self.sign_leaf(
+            &id.to_string(),
+            to_uri_sans(vec![id.to_string()])?,
+            not_before,
+            not_after,
+        )?;
         Ok(WorkloadCertificate {
             id: id.clone(),
             chain: raw.chain,
@@ -298,50 +300,181 @@ impl CertificateAuthority {
     ) -> Result<RawCertificate> {
         self.sign_leaf(
             "a test certificate",
-            uri_sans,
+            to_uri_sans(uri_sans)?,
             truncate(not_before),
             truncate(not_after),
         )
     }
 
+    /// Issues a leaf for `id` that also names `dns_names` and `ips` in its
+    /// SAN: for mesh services that non-mesh-aware clients reach by name, such
+    /// as the control plane's own serving certificate. Same profile as
+    /// [`issue`](Self::issue) otherwise.
+    pub fn issue_with_names(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ips: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<WorkloadCertificate> {
+        self.check_trust_domain(id)?;
+        let now = SystemTime::now();
+        let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 4);
+        let (not_before, not_after) = (truncate(now - backdate), truncate(now + ttl));
+        let gen_err = |source| Error::Generate {
+            what: format!("a certificate for {id}"),
+            source,
+        };
+        let mut sans = vec![SanType::URI(id.to_string().try_into().map_err(gen_err)?)];
+        for name in dns_names {
+            sans.push(SanType::DnsName(name.clone().try_into().map_err(gen_err)?));
+        }
+        sans.extend(ips.iter().copied().map(SanType::IpAddress));
+        let raw = self.sign_leaf(&id.to_string(), sans, not_before, not_after)?;
+        Ok(WorkloadCertificate {
+            id: id.clone(),
+            chain: raw.chain,
+            key: raw.key,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Signs a certificate signing request (PEM PKCS#10) for `id`, valid for
+    /// `ttl` from now (backdated as in [`issue`](Self::issue)), with exactly the
+    /// leaf profile of [`issue`](Self::issue): only the request's public key
+    /// is used. The request's signature must verify, its key must be ECDSA
+    /// P-256, and its SAN, if any, must be exactly `id`. The caller decides
+    /// whether the requester may have `id`; this only signs.
+    pub fn sign_csr(&self, csr_pem: &str, id: &SpiffeId, ttl: Duration) -> Result<SignedLeaf> {
+        self.check_trust_domain(id)?;
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::InvalidCsr {
+                reason: match e {
+                    rcgen::Error::InvalidCertificationRequestSignature => {
+                        "its signature does not verify".to_owned()
+                    }
+                    rcgen::Error::CouldNotParseCertificationRequest => {
+                        "not a PEM PKCS#10 certificate signing request".to_owned()
+                    }
+                    other => other.to_string(),
+                },
+            })?;
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(Error::InvalidCsr {
+                reason: "its key is not ECDSA P-256 (the only key type mesh certificates use)"
+                    .to_owned(),
+            });
+        }
+        let wanted = id.to_string();
+        for san in &csr.params.subject_alt_names {
+            let matches = matches!(san, SanType::URI(uri) if uri.as_str() == wanted);
+            if !matches {
+                return Err(Error::CsrIdentityMismatch {
+                    id: id.clone(),
+                    in_csr: format!("{san:?}"),
+                });
+            }
+        }
+        let now = SystemTime::now();
+        let backdate = CLOCK_SKEW_ALLOWANCE.min(ttl / 4);
+        let (not_before, not_after) = (truncate(now - backdate), truncate(now + ttl));
+        let gen_err = |source| Error::Generate {
+            what: format!("a certificate for {id}"),
+            source,
+        };
+        let sans = vec![SanType::URI(wanted.try_into().map_err(gen_err)?)];
+        let params = leaf_params(sans, not_before, not_after)?;
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(gen_err)?;
+        Ok(SignedLeaf {
+            leaf: cert.der().clone(),
+            not_before,
+            not_after,
+        })
+    }
+
+    fn check_trust_domain(&self, id: &SpiffeId) -> Result<()> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(Error::ForeignTrustDomain {
+                id: id.clone(),
+                ca_trust_domain: self.trust_domain.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn sign_leaf(
         &self,
         what: &str,
-        uri_sans: Vec<String>,
+        sans: Vec<SanType>,
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<RawCertificate> {
-        if not_after <= not_before {
-            return Err(Error::EmptyValidity);
-        }
         let gen_err = |source| Error::Generate {
             what: format!("a certificate for {what}"),
             source,
         };
+        let params = leaf_params(sans, not_before, not_after)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-        let mut params = CertificateParams::default();
-        // Empty subject, identity in the (then critical) SAN, as Istio does.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = uri_sans
-            .into_iter()
-            .map(|u| u.try_into().map(SanType::URI))
-            .collect::<Result<_, _>>()
-            .map_err(gen_err)?;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = OffsetDateTime::from(not_before);
-        params.not_after = OffsetDateTime::from(not_after);
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok(RawCertificate {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
+}
+
+/// A leaf signed from a certificate signing request (the requester holds the key).
+#[derive(Debug, Clone)]
+pub struct SignedLeaf {
+    /// The leaf certificate.
+    pub leaf: CertificateDer<'static>,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+/// The mesh leaf profile: empty subject, the identity in the (then critical)
+/// SAN as Istio does, not a CA, digitalSignature, server and client auth.
+fn leaf_params(
+    sans: Vec<SanType>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams> {
+    if not_after <= not_before {
+        return Err(Error::EmptyValidity);
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::from(not_before);
+    params.not_after = OffsetDateTime::from(not_after);
+    Ok(params)
+}
+
+fn to_uri_sans(uris: Vec<String>) -> Result<Vec<SanType>> {
+    uris.into_iter()
+        .map(|u| u.try_into().map(SanType::URI))
+        .collect::<Result<_, _>>()
+        .map_err(|source| Error::Generate {
+            what: "a certificate's URI SAN".to_owned(),
+            source,
+        })
+}
+
+/// PEM encoding of a certificate (64-column base64), e.g. for a CSR response.
+pub fn certificate_pem(der: &CertificateDer<'_>) -> String {
+    String::from_utf8_lossy(&pem_encode("CERTIFICATE", der)).into_owned()
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> Vec<u8> {
@@ -530,5 +663,93 @@ mod tests {
             ca.issue_with_validity(&wanted, now, now),
             Err(Error::EmptyValidity)
         ));
+    }
+
+    #[test]
+    fn sign_csr_checks_the_request_and_uses_the_leaf_profile() {
+        let ca = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let wanted = id("spiffe://cluster.local/ns/kafka/sa/broker");
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = |sans: Vec<SanType>| {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = sans;
+            p.serialize_request(&key).unwrap().pem().unwrap()
+        };
+        // No SAN in the request: the identity asked for is used.
+        let signed = ca
+            .sign_csr(&csr(vec![]), &wanted, DEFAULT_CERT_TTL)
+            .unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&signed.leaf).unwrap();
+        assert_eq!(
+            x509.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        assert!(!x509.is_ca());
+        let san = x509.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical);
+        assert_eq!(
+            san.value.general_names,
+            vec![x509_parser::extensions::GeneralName::URI(
+                "spiffe://cluster.local/ns/kafka/sa/broker"
+            )]
+        );
+        // The same SAN: fine. Another one: refused.
+        let same = vec![SanType::URI(wanted.to_string().try_into().unwrap())];
+        ca.sign_csr(&csr(same), &wanted, DEFAULT_CERT_TTL).unwrap();
+        let other = vec![SanType::URI(
+            "spiffe://cluster.local/ns/kafka/sa/admin"
+                .try_into()
+                .unwrap(),
+        )];
+        let err = ca
+            .sign_csr(&csr(other), &wanted, DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(matches!(err, Error::CsrIdentityMismatch { .. }), "{err}");
+        let dns = vec![SanType::DnsName("kafka.example".try_into().unwrap())];
+        let err = ca
+            .sign_csr(&csr(dns), &wanted, DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(matches!(err, Error::CsrIdentityMismatch { .. }), "{err}");
+        // Not a CSR, or a foreign trust domain.
+        let err = ca.sign_csr("hello", &wanted, DEFAULT_CERT_TTL).unwrap_err();
+        assert!(matches!(err, Error::InvalidCsr { .. }), "{err}");
+        let err = ca
+            .sign_csr(
+                &csr(vec![]),
+                &id("spiffe://other.td/ns/a/sa/b"),
+                DEFAULT_CERT_TTL,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::ForeignTrustDomain { .. }), "{err}");
+    }
+
+    #[test]
+    fn issue_with_names_adds_dns_and_ip_sans() {
+        let ca = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let control = id("spiffe://cluster.local/ns/istio-system/sa/weir-control");
+        let cert = ca
+            .issue_with_names(
+                &control,
+                &["weir-control.istio-system.svc".to_owned()],
+                &["127.0.0.1".parse().unwrap()],
+                DEFAULT_CERT_TTL,
+            )
+            .unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(cert.leaf()).unwrap();
+        let names = x509
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .clone();
+        use x509_parser::extensions::GeneralName;
+        assert!(names.contains(&GeneralName::URI(
+            "spiffe://cluster.local/ns/istio-system/sa/weir-control"
+        )));
+        assert!(names.contains(&GeneralName::DNSName("weir-control.istio-system.svc")));
+        assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
+        // Still a mesh certificate: exactly one SPIFFE id.
+        assert_eq!(crate::spiffe_id_of(cert.leaf()).unwrap(), control);
     }
 }

@@ -98,6 +98,48 @@ pub enum Error {
     /// rustls refused a key or configuration.
     #[error("TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
+    /// A certificate signing request cannot be signed.
+    #[error("certificate signing request refused: {reason}; send a PEM PKCS#10 request signed by a P-256 key")]
+    InvalidCsr {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate signing request names another identity than the one asked for.
+    #[error("certificate signing request for {id} carries SAN {in_csr}; its SAN must be empty or exactly that SPIFFE id")]
+    CsrIdentityMismatch {
+        /// The identity asked for.
+        id: SpiffeId,
+        /// The SAN found in the request.
+        in_csr: String,
+    },
+    /// A manager whose certificates come from a remote CA has none yet for this identity.
+    #[error("no certificate for {id} yet: with a remote CA (the control plane) certificates are requested when a workload starts (IdentityManager::prepare)")]
+    NotPrepared {
+        /// The identity.
+        id: SpiffeId,
+    },
+    /// A synchronous issuance was asked of a manager whose CA is remote.
+    #[error("cannot issue a certificate for {id} synchronously: this manager's certificates are signed by the control plane; use IdentityManager::prepare or renew_due")]
+    RemoteIssuer {
+        /// The identity.
+        id: SpiffeId,
+    },
+    /// The remote CA (the control plane) did not sign.
+    #[error("the control plane did not sign a certificate for {id}: {source}")]
+    Remote {
+        /// The identity.
+        id: SpiffeId,
+        /// What went wrong (transport, refusal).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The remote CA returned a certificate this manager cannot use.
+    #[error("the certificate the control plane returned for {id} is not usable: {reason}; does --control-ca hold the mesh root the control plane signs with?")]
+    InvalidIssued {
+        /// The identity.
+        id: SpiffeId,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -114,6 +156,12 @@ impl Error {
             Error::EmptyValidity => "empty_validity",
             Error::Generate { .. } => "generate",
             Error::Tls(_) => "tls",
+            Error::InvalidCsr { .. } => "invalid_csr",
+            Error::CsrIdentityMismatch { .. } => "csr_identity_mismatch",
+            Error::NotPrepared { .. } => "not_prepared",
+            Error::RemoteIssuer { .. } => "remote_issuer",
+            Error::Remote { .. } => "remote",
+            Error::InvalidIssued { .. } => "invalid_issued",
         }
     }
 }

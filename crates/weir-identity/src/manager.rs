@@ -1,6 +1,14 @@
 //! The per-process secret cache (ztunnel's SecretManager): one certificate per
 //! workload identity, issued lazily, renewed at half-life, served to rustls
 //! through [`CertSlot`]s so that rotation never touches established connections.
+//!
+//! Certificates are signed either in-process by the mesh CA
+//! ([`IdentityManager::new`]) or by a remote CA, the control plane, from a
+//! certificate signing request ([`IdentityManager::with_remote_signer`]). With
+//! a remote CA the private keys never leave this process, certificates are
+//! fetched asynchronously ([`IdentityManager::prepare`]) before a workload is
+//! served, and a failed renewal keeps the current certificate until it
+//! expires (fail-static), retrying every [`ROTATION_RETRY`].
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -8,12 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
-use weir_core::SpiffeId;
+use weir_core::{SpiffeId, TrustDomain};
 
 use crate::ca::{CertificateAuthority, WorkloadCertificate};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::TlsMetrics;
+use crate::remote::{self, CsrSigner};
 use crate::tls::{certified_key, mesh_client_config, mesh_server_config, CertSlot};
 use crate::verify::{MeshClientVerifier, MeshServerVerifier};
 
@@ -40,10 +50,20 @@ struct State {
     client_configs: HashMap<(SpiffeId, Option<SpiffeId>), Arc<ClientConfig>>,
 }
 
+/// Who signs this manager's certificates.
+enum Issuer {
+    /// The mesh CA, in-process.
+    Local(Arc<CertificateAuthority>),
+    /// A remote CA (the control plane), from certificate signing requests.
+    Remote(Arc<dyn CsrSigner>),
+}
+
 /// Issues, caches and renews workload certificates, and hands out rustls
 /// configs that serve them.
 pub struct IdentityManager {
-    ca: Arc<CertificateAuthority>,
+    issuer: Issuer,
+    root: CertificateDer<'static>,
+    trust_domain: TrustDomain,
     ttl: Duration,
     metrics: TlsMetrics,
     client_verifier: Arc<MeshClientVerifier>,
@@ -54,7 +74,14 @@ pub struct IdentityManager {
 impl std::fmt::Debug for IdentityManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityManager")
-            .field("trust_domain", self.ca.trust_domain())
+            .field("trust_domain", &self.trust_domain)
+            .field(
+                "issuer",
+                &match self.issuer {
+                    Issuer::Local(_) => "local CA",
+                    Issuer::Remote(_) => "remote CA",
+                },
+            )
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
@@ -65,13 +92,43 @@ impl IdentityManager {
     /// `ttl` (usually [`DEFAULT_CERT_TTL`](crate::DEFAULT_CERT_TTL)), counting
     /// refused handshakes in `metrics`.
     pub fn new(ca: Arc<CertificateAuthority>, ttl: Duration, metrics: TlsMetrics) -> Result<Self> {
+        let root = ca.root_cert_der().clone();
+        let trust_domain = ca.trust_domain().clone();
+        Self::build(Issuer::Local(ca), root, trust_domain, ttl, metrics)
+    }
+
+    /// A manager whose certificates are signed by a remote CA through
+    /// `signer` (the control plane): it generates each key locally, sends a
+    /// CSR, and checks that what comes back chains to `root`, names the
+    /// identity asked for and matches the key. Certificates must be fetched
+    /// with [`prepare`](Self::prepare) before the synchronous accessors can
+    /// serve them; renewals go through the same signer.
+    pub fn with_remote_signer(
+        root: CertificateDer<'static>,
+        trust_domain: TrustDomain,
+        ttl: Duration,
+        metrics: TlsMetrics,
+        signer: Arc<dyn CsrSigner>,
+    ) -> Result<Self> {
+        Self::build(Issuer::Remote(signer), root, trust_domain, ttl, metrics)
+    }
+
+    fn build(
+        issuer: Issuer,
+        root: CertificateDer<'static>,
+        trust_domain: TrustDomain,
+        ttl: Duration,
+        metrics: TlsMetrics,
+    ) -> Result<Self> {
         let client_verifier = Arc::new(MeshClientVerifier::new(
-            ca.root_cert_der(),
-            ca.trust_domain().clone(),
+            &root,
+            trust_domain.clone(),
             metrics.clone(),
         )?);
         Ok(Self {
-            ca,
+            issuer,
+            root,
+            trust_domain,
             ttl,
             metrics,
             client_verifier,
@@ -80,9 +137,28 @@ impl IdentityManager {
         })
     }
 
-    /// The CA this manager signs with.
-    pub fn ca(&self) -> &Arc<CertificateAuthority> {
-        &self.ca
+    /// The in-process CA this manager signs with; `None` when certificates
+    /// come from a remote CA.
+    pub fn ca(&self) -> Option<&Arc<CertificateAuthority>> {
+        match &self.issuer {
+            Issuer::Local(ca) => Some(ca),
+            Issuer::Remote(_) => None,
+        }
+    }
+
+    /// Whether certificates are signed by a remote CA (the control plane).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.issuer, Issuer::Remote(_))
+    }
+
+    /// The mesh root certificate peers are verified against.
+    pub fn root_cert_der(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// The mesh trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
     }
 
     /// The lifetime of issued certificates.
@@ -101,17 +177,79 @@ impl IdentityManager {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Issues synchronously with the local CA.
     fn issue(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
-        let cert = Arc::new(self.ca.issue(id, self.ttl)?);
+        let Issuer::Local(ca) = &self.issuer else {
+            return Err(Error::RemoteIssuer { id: id.clone() });
+        };
+        let cert = Arc::new(ca.issue(id, self.ttl)?);
         tracing::debug!(identity = %id, not_after = ?cert.not_after, "issued workload certificate");
         Ok(cert)
     }
 
-    /// Returns the slot for `id`, issuing its first certificate if needed.
+    /// Obtains a new certificate for `id` from whichever CA this manager uses.
+    async fn obtain(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        match &self.issuer {
+            Issuer::Local(_) => self.issue(id),
+            Issuer::Remote(signer) => {
+                if id.trust_domain() != &self.trust_domain {
+                    return Err(Error::ForeignTrustDomain {
+                        id: id.clone(),
+                        ca_trust_domain: self.trust_domain.clone(),
+                    });
+                }
+                let request = remote::CertificateRequest::new(id)?;
+                let chain = signer
+                    .sign(id, request.csr_pem.clone(), self.ttl)
+                    .await
+                    .map_err(|source| Error::Remote {
+                        id: id.clone(),
+                        source,
+                    })?;
+                let cert = request.accept(chain, &self.root, &self.trust_domain)?;
+                tracing::debug!(identity = %id, not_after = ?cert.not_after, "control plane signed workload certificate");
+                Ok(Arc::new(cert))
+            }
+        }
+    }
+
+    /// Installs `cert` as `id`'s current certificate (new handshakes only).
+    fn install(
+        &self,
+        state: &mut State,
+        id: &SpiffeId,
+        cert: Arc<WorkloadCertificate>,
+    ) -> Result<()> {
+        let key = certified_key(cert.chain.clone(), cert.key.clone_key())?;
+        match state.identities.get_mut(id) {
+            Some(identity) => {
+                identity.slot.replace(key);
+                identity.cert = cert;
+            }
+            None => {
+                state.identities.insert(
+                    id.clone(),
+                    Identity {
+                        slot: Arc::new(CertSlot::new(key)),
+                        cert,
+                    },
+                );
+            }
+        }
+        // Wake the rotation task: the earliest refresh time may have changed.
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Returns the slot for `id`, issuing its first certificate if needed
+    /// (local CA only; with a remote CA it must have been prepared).
     fn ensure<'a>(&self, state: &'a mut State, id: &SpiffeId) -> Result<&'a Identity> {
         match state.identities.entry(id.clone()) {
             Entry::Occupied(entry) => Ok(entry.into_mut()),
             Entry::Vacant(entry) => {
+                if self.is_remote() {
+                    return Err(Error::NotPrepared { id: id.clone() });
+                }
                 let cert = self.issue(id)?;
                 let key = certified_key(cert.chain.clone(), cert.key.clone_key())?;
                 let identity = entry.insert(Identity {
@@ -125,10 +263,52 @@ impl IdentityManager {
         }
     }
 
-    /// The current certificate of `id` (issued now if this is its first use).
+    /// Makes sure `id` has a certificate, fetching it from the remote CA if
+    /// needed (with a local CA this is [`certificate`](Self::certificate)).
+    /// Call it before serving a workload; afterwards the synchronous
+    /// accessors serve `id` and the rotation task renews it.
+    pub async fn prepare(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        if let Some(identity) = self.state().identities.get(id) {
+            return Ok(identity.cert.clone());
+        }
+        if !self.is_remote() {
+            return self.certificate(id);
+        }
+        let cert = self.obtain(id).await?;
+        let mut state = self.state();
+        if let Some(identity) = state.identities.get(id) {
+            // Prepared concurrently: keep the one already served.
+            return Ok(identity.cert.clone());
+        }
+        self.install(&mut state, id, cert.clone())?;
+        Ok(cert)
+    }
+
+    /// The current certificate of `id` (with a local CA, issued now if this is
+    /// its first use; with a remote CA, [`Error::NotPrepared`] until
+    /// [`prepare`](Self::prepare) fetched it).
     pub fn certificate(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
         let mut state = self.state();
         Ok(self.ensure(&mut state, id)?.cert.clone())
+    }
+
+    /// Forgets every identity for which `keep` is false (its certificate,
+    /// and the configs that serve it): it is no longer renewed. Connections
+    /// already established with it are untouched. The node proxy calls this
+    /// when a workload leaves it, so that a certificate the control plane
+    /// would no longer sign is not retried forever.
+    pub fn retain(&self, keep: impl Fn(&SpiffeId) -> bool) {
+        let mut state = self.state();
+        let before = state.identities.len();
+        state.identities.retain(|id, _| keep(id));
+        state.server_configs.retain(|id, _| keep(id));
+        state.client_configs.retain(|(id, _), _| keep(id));
+        if state.identities.len() != before {
+            tracing::debug!(
+                dropped = before - state.identities.len(),
+                "forgot certificates of identities no longer served"
+            );
+        }
     }
 
     /// The identities that have certificates.
@@ -167,8 +347,8 @@ impl IdentityManager {
         }
         let slot = self.ensure(&mut state, id)?.slot.clone();
         let verifier = Arc::new(MeshServerVerifier::new(
-            self.ca.root_cert_der(),
-            self.ca.trust_domain().clone(),
+            &self.root,
+            self.trust_domain.clone(),
             cache_key.1.clone(),
             self.metrics.clone(),
         )?);
@@ -179,40 +359,44 @@ impl IdentityManager {
 
     fn rotate_locked(&self, state: &mut State, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
         let cert = self.issue(id)?;
-        let key = certified_key(cert.chain.clone(), cert.key.clone_key())?;
-        match state.identities.get_mut(id) {
-            Some(identity) => {
-                identity.slot.replace(key);
-                identity.cert = cert.clone();
-            }
-            None => {
-                state.identities.insert(
-                    id.clone(),
-                    Identity {
-                        slot: Arc::new(CertSlot::new(key)),
-                        cert: cert.clone(),
-                    },
-                );
-            }
-        }
+        self.install(state, id, cert.clone())?;
         tracing::info!(identity = %id, refresh_at = ?cert.refresh_at(), "rotated workload certificate");
         Ok(cert)
     }
 
     /// Replaces `id`'s certificate now (issuing one if it had none). New
     /// handshakes present the new certificate; established connections keep
-    /// theirs.
+    /// theirs. Local CA only ([`Error::RemoteIssuer`] otherwise; see
+    /// [`renew`](Self::renew)).
     pub fn force_rotate(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
         let mut state = self.state();
-        let cert = self.rotate_locked(&mut state, id)?;
-        self.changed.notify_one();
+        self.rotate_locked(&mut state, id)
+    }
+
+    /// Replaces `id`'s certificate now with one from this manager's CA, local
+    /// or remote. On failure the current certificate stays.
+    pub async fn renew(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
+        let cert = self.obtain(id).await?;
+        let mut state = self.state();
+        self.install(&mut state, id, cert.clone())?;
+        tracing::info!(identity = %id, refresh_at = ?cert.refresh_at(), "rotated workload certificate");
         Ok(cert)
+    }
+
+    fn due(&self, now: SystemTime) -> Vec<SpiffeId> {
+        self.state()
+            .identities
+            .iter()
+            .filter(|(_, identity)| identity.cert.refresh_at() <= now)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Renews every certificate whose [`refresh_at`](WorkloadCertificate::refresh_at)
     /// is at or before `now`. Returns how many were renewed; if any renewal
     /// failed, the others are still done, the failed ones keep their current
-    /// certificate, and the first error is returned.
+    /// certificate, and the first error is returned. Local CA only
+    /// ([`Error::RemoteIssuer`] otherwise; see [`renew_due`](Self::renew_due)).
     pub fn rotate_due(&self, now: SystemTime) -> Result<usize> {
         let mut state = self.state();
         let due: Vec<SpiffeId> = state
@@ -228,6 +412,29 @@ impl IdentityManager {
                 Ok(_) => rotated += 1,
                 Err(e) => {
                     tracing::warn!(identity = %id, error = %e, "certificate renewal failed; keeping the current certificate");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(rotated),
+        }
+    }
+
+    /// [`rotate_due`](Self::rotate_due) for either kind of CA: renewals from a
+    /// remote CA are fetched one after the other, without holding any lock.
+    pub async fn renew_due(&self, now: SystemTime) -> Result<usize> {
+        if !self.is_remote() {
+            return self.rotate_due(now);
+        }
+        let mut rotated = 0;
+        let mut first_error = None;
+        for id in self.due(now) {
+            match self.renew(&id).await {
+                Ok(_) => rotated += 1,
+                Err(e) => {
+                    tracing::warn!(identity = %id, error = %e, "certificate renewal failed; keeping the current certificate until it expires, retrying");
                     first_error.get_or_insert(e);
                 }
             }
@@ -264,10 +471,10 @@ impl IdentityManager {
                         return;
                     };
                     let now = SystemTime::now();
-                    match this.rotate_due(now) {
+                    match this.renew_due(now).await {
                         Ok(_) => this
                             .next_refresh_at()
-                            .map(|at| at.duration_since(now).unwrap_or_default())
+                            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
                             .unwrap_or(MAX_ROTATION_SLEEP),
                         Err(_) => ROTATION_RETRY,
                     }
@@ -315,6 +522,21 @@ mod tests {
         assert!(Arc::ptr_eq(&plain, &m.client_config(&a, None).unwrap()));
         assert!(!Arc::ptr_eq(&plain, &m.client_config(&a, Some(b)).unwrap()));
         assert_eq!(m.identities(), vec![a]);
+    }
+
+    #[test]
+    fn retain_forgets_identities_and_their_configs() {
+        let m = manager(DEFAULT_CERT_TTL);
+        let a = id("spiffe://cluster.local/ns/a/sa/a");
+        let b = id("spiffe://cluster.local/ns/b/sa/b");
+        let a_server = m.server_config(&a).unwrap();
+        m.client_config(&b, None).unwrap();
+        m.retain(|i| i == &a);
+        assert_eq!(m.identities(), vec![a.clone()]);
+        assert!(Arc::ptr_eq(&a_server, &m.server_config(&a).unwrap()));
+        // b comes back only if asked for again (a new certificate).
+        m.client_config(&b, None).unwrap();
+        assert_eq!(m.identities().len(), 2);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod metrics;
 mod node;
 mod proxy;
 
-pub use node::{run, NodeOptions};
+pub use node::{run, run_with, NodeOptions, NodeSources};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +55,9 @@ pub enum Error {
     },
     #[error("state directory {0}: {1}")]
     StateDir(PathBuf, std::io::Error),
+    /// Wiring of the proxy's sources (e.g. `--control` flags).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl Error {
@@ -67,6 +70,7 @@ impl Error {
             Error::Capture(_) => "capture",
             Error::Admin { .. } => "admin",
             Error::StateDir(..) => "state_dir",
+            Error::Setup(_) => "setup",
         }
     }
 }

@@ -48,6 +48,10 @@ pub struct NodeOptions {
     pub connect_timeout: Duration,
     /// Install iptables capture rules (off only for tests of the listeners).
     pub capture: bool,
+    /// The control plane config and certificates come from (`--control`),
+    /// instead of `config_paths` and a local CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
 }
 
 mod secs {
@@ -75,7 +79,34 @@ impl NodeOptions {
             drain_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             capture: true,
+            control: None,
         }
+    }
+}
+
+/// Where the node's config and certificates come from, when not from
+/// `config_paths` and the local CA (the control plane's client provides them).
+#[derive(Default)]
+pub struct NodeSources {
+    /// The metrics registry; the node registers its own metrics in it, next
+    /// to whatever the caller registered (e.g. the control-plane client's).
+    pub registry: prometheus_client::registry::Registry,
+    /// Certificates from elsewhere (a manager signing through the control
+    /// plane); `None`: the local CA of `state_dir`/`ca_files`. The caller
+    /// registers its `TlsMetrics`.
+    pub identity: Option<Arc<IdentityManager>>,
+    /// Config snapshots pushed to the node (`None` inside until the first
+    /// arrives); `None`: read `config_paths`. The last value stays in force
+    /// while no newer one comes (fail-static).
+    pub config: Option<tokio::sync::watch::Receiver<Option<Arc<Config>>>>,
+}
+
+impl std::fmt::Debug for NodeSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSources")
+            .field("identity", &self.identity)
+            .field("pushed_config", &self.config.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,24 +186,55 @@ fn load_ca(o: &NodeOptions) -> Result<CertificateAuthority, Error> {
 }
 
 /// Runs the node proxy until `shutdown` completes, then drains and removes
-/// every capture rule it installed.
+/// every capture rule it installed. Config from `config_paths`, certificates
+/// from the local CA.
 pub async fn run(
     options: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
+    reload_now: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    run_with(options, NodeSources::default(), shutdown, reload_now).await
+}
+
+/// [`run`] with config and certificates from `sources` (the control plane).
+pub async fn run_with(
+    options: NodeOptions,
+    sources: NodeSources,
+    shutdown: impl std::future::Future<Output = ()>,
     mut reload_now: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
-    let sources =
-        read_sources(&options.config_paths).map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
-    let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+    let NodeSources {
+        mut registry,
+        identity,
+        config: mut pushed,
+    } = sources;
+    let (initial, mut last_sources) = match &mut pushed {
+        None => {
+            let sources = read_sources(&options.config_paths)
+                .map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
+            let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+            (Some(config), sources)
+        }
+        Some(rx) => (rx.borrow_and_update().clone(), Vec::new()),
+    };
+    let config = initial.clone().unwrap_or_else(|| {
+        let mut empty = Config::default();
+        empty.settings = options.settings.clone();
+        Arc::new(empty)
+    });
     for w in &config.warnings {
         warn!("config: {w}");
     }
 
-    let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let tls_metrics = TlsMetrics::register(&mut registry);
-    let ca = Arc::new(load_ca(&options)?);
-    let identity = Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?);
+    let identity = match identity {
+        Some(identity) => identity,
+        None => {
+            let tls_metrics = TlsMetrics::register(&mut registry);
+            let ca = Arc::new(load_ca(&options)?);
+            Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?)
+        }
+    };
     let _rotation = identity.clone().spawn_rotation();
 
     let ctx = Arc::new(Ctx {
@@ -189,25 +251,62 @@ pub async fn run(
     let registry = Arc::new(registry);
     let admin_tasks = admin::spawn(ctx.clone(), registry).await?;
 
-    info!(node = %options.node, workloads = config.workloads_on_node(&options.node).count(), "node proxy starting");
+    let mut synced = initial.is_some();
+    match &options.control {
+        Some(control) if !synced => {
+            info!(node = %options.node, control_plane = %control, "node proxy starting; waiting for config from the control plane")
+        }
+        _ => {
+            info!(node = %options.node, workloads = config.workloads_on_node(&options.node).count(), "node proxy starting")
+        }
+    }
     let mut proxies: HashMap<(String, String), WorkloadProxy> = HashMap::new();
-    reconcile(&ctx, &mut proxies, &config).await;
+    if synced {
+        reconcile(&ctx, &mut proxies, &config).await;
+    }
 
-    let mut last_sources = sources;
     let mut tick = tokio::time::interval(options.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let pushed_changed = async {
+            match pushed.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         let forced = tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => false,
             Some(()) = reload_now.recv() => true,
+            alive = pushed_changed => {
+                if alive {
+                    let latest = pushed.as_mut().and_then(|rx| rx.borrow_and_update().clone());
+                    if let Some(c) = latest {
+                        for w in &c.warnings {
+                            warn!("config: {w}");
+                        }
+                        ctx.metrics.reload(true);
+                        ctx.reload.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
+                        ctx.store.replace(c);
+                        synced = true;
+                    }
+                } else {
+                    warn!("the control-plane client stopped; keeping the last config");
+                    pushed = None;
+                }
+                false
+            }
         };
-        if let Some(new) = reload(&ctx, &mut last_sources, forced) {
-            ctx.store.replace(new);
+        if pushed.is_none() && options.control.is_none() {
+            if let Some(new) = reload(&ctx, &mut last_sources, forced) {
+                ctx.store.replace(new);
+            }
         }
-        let current = ctx.store.current();
-        reconcile(&ctx, &mut proxies, &current).await;
+        if synced {
+            let current = ctx.store.current();
+            reconcile(&ctx, &mut proxies, &current).await;
+        }
     }
 
     info!(open = ctx.drain.open(), drain_timeout = ?options.drain_timeout, "shutting down: no new connections; draining");
@@ -328,6 +427,13 @@ async fn reconcile(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&format!("{}/{}", k.0, k.1));
     }
+    // Certificates of workloads no longer here are not renewed (the control
+    // plane would refuse them now).
+    let identities: std::collections::HashSet<weir_core::SpiffeId> = desired
+        .values()
+        .map(|w| w.identity(&ctx.settings.trust_domain))
+        .collect();
+    ctx.identity.retain(|id| identities.contains(id));
     let mut all_ok = true;
     for (k, w) in &desired {
         if proxies.contains_key(k) {
@@ -341,7 +447,15 @@ async fn reconcile(
             serving: false,
             error: None,
         };
-        match WorkloadProxy::start(ctx.clone(), (*w).clone()).await {
+        let started = match ctx
+            .identity
+            .prepare(&w.identity(&ctx.settings.trust_domain))
+            .await
+        {
+            Ok(_) => WorkloadProxy::start(ctx.clone(), (*w).clone()).await,
+            Err(e) => Err(Error::Identity(e)),
+        };
+        match started {
             Ok(p) => {
                 proxies.insert(k.clone(), p);
                 status.serving = true;

@@ -37,6 +37,10 @@ pub enum Command {
     /// Run a TLS/SNI ingress gateway (Istio's ingress gateway role) for the
     /// Gateways whose spec.selector matches --labels.
     Gateway(Box<GatewayArgs>),
+    /// Run the control plane (istiod's role): the mesh CA, signing node
+    /// proxies' certificate requests for their own workloads only, and the
+    /// config, pushed to every node proxy as a snapshot then deltas.
+    Control(Box<ControlArgs>),
     /// Run the whole mesh on this machine (needs root, Linux): network-namespace
     /// pods on a bridge, two node proxies, a real Kafka-protocol broker and
     /// real clients, with checks of mTLS, policy and metrics.
@@ -110,8 +114,30 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub struct NodeArgs {
     /// Files or directories of YAML documents; re-read every --reload-interval
     /// and on SIGHUP. An invalid change is refused and the last good config stays.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
+    /// Get config and certificates from the control plane at HOST:PORT
+    /// (`weir control`) instead of --config files and a local CA. When it is
+    /// unreachable the proxy keeps serving with what it has and reconnects.
+    #[arg(long, env = "WEIR_CONTROL", value_name = "HOST:PORT")]
+    pub control: Option<String>,
+    /// File holding this node's bootstrap token for --control.
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_TOKEN_FILE",
+        requires = "control",
+        value_name = "FILE"
+    )]
+    pub control_token_file: Option<PathBuf>,
+    /// PEM file of the mesh root: the control plane's certificate must chain
+    /// to it, and so must every peer's (Istio's istio-ca-root-cert).
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_CA",
+        requires = "control",
+        value_name = "PEM"
+    )]
+    pub control_ca: Option<PathBuf>,
     /// This node's name: the proxy serves Workloads whose spec.node equals it.
     #[arg(long, env = "WEIR_NODE_NAME")]
     pub node: String,
@@ -154,6 +180,49 @@ pub struct NodeArgs {
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long, env = "WEIR_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Files or directories of YAML documents; re-read every
+    /// --reload-interval. An invalid change is refused and the last good
+    /// config stays in force.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// The gRPC endpoint for node proxies and gateways (CA and config).
+    #[arg(long, env = "WEIR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: std::net::SocketAddr,
+    /// /metrics, /healthz/ready and /version.
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// YAML file of the nodes' (and gateways') bootstrap tokens:
+    /// `nodes: {NODE: TOKEN}`, `gateways: {NAME: {token: TOKEN, identities: [SPIFFE-ID]}}`.
+    #[arg(long, env = "WEIR_NODE_TOKENS", value_name = "FILE")]
+    pub node_tokens: Option<PathBuf>,
+    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+    /// PEM file of the mesh root CA certificate (instead of --state-dir).
+    #[arg(long, requires = "ca_key", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
+    #[arg(long, requires = "ca_cert", value_name = "PEM")]
+    pub ca_key: Option<PathBuf>,
+    /// A DNS name or IP address for the control plane's serving certificate,
+    /// besides its SPIFFE id (repeatable).
+    #[arg(long = "san", value_name = "NAME|IP")]
+    pub sans: Vec<String>,
+    /// Longest lifetime of the workload certificates it signs (and the default).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: std::time::Duration,
+    /// How often the config paths are re-read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: std::time::Duration,
+    /// Log format on stderr; RUST_LOG filters (default info).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }

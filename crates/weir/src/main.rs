@@ -3,6 +3,7 @@
 
 mod check;
 mod cli;
+mod control;
 mod demo;
 mod explain;
 mod gateway;
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         cli::Command::Explain(args) => explain::run(&args),
         cli::Command::Node(args) => node::run(*args),
         cli::Command::Gateway(args) => gateway::run(*args),
+        cli::Command::Control(args) => control::run(*args),
         cli::Command::Demo(args) => demo::run(args),
     }
 }

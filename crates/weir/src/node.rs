@@ -42,6 +42,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
     options.drain_timeout = args.drain_timeout;
     options.connect_timeout = args.connect_timeout;
     options.capture = !args.no_capture;
+    options.control = args.control.clone();
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");
@@ -72,7 +73,14 @@ pub fn run(args: NodeArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        weir_node::run(options, shutdown, reload_rx).await
+        match &args.control {
+            Some(address) => {
+                let sources = crate::control::node_sources(&args, address, &options.settings)
+                    .map_err(weir_node::Error::Setup)?;
+                weir_node::run_with(options, sources, shutdown, reload_rx).await
+            }
+            None => weir_node::run(options, shutdown, reload_rx).await,
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,125 @@
+//! `weir control` (runtime, logging, signals around `weir_control::run`), and
+//! the `--control` wiring of `weir node`: the control-plane client, the
+//! identity manager that signs through it, and the pushed config.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use weir_control::metrics::ClientMetrics;
+use weir_control::{ClientOptions, ControlClient, ControlOptions};
+use weir_core::MeshSettings;
+use weir_identity::{IdentityManager, TlsMetrics};
+use weir_node::NodeSources;
+
+use crate::cli::{ControlArgs, NodeArgs};
+use crate::node::init_logging;
+
+pub fn run(args: ControlArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let settings = match args.mesh.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = ControlOptions::new(args.config.clone());
+    options.settings = settings;
+    options.listen = args.listen;
+    options.metrics_addr = args.metrics_addr;
+    options.state_dir = args.state_dir.clone();
+    options.ca_files = args.ca_cert.clone().zip(args.ca_key.clone());
+    options.node_tokens = args.node_tokens.clone();
+    options.sans = args.sans.clone();
+    options.cert_ttl = args.cert_ttl;
+    options.reload_interval = args.reload_interval;
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-control")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = async {
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+        };
+        weir_control::run(options, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `weir node --control` runs with: config pushed by the control plane,
+/// certificates signed by it from CSRs, and the client's metrics next to the
+/// node's. Must be called inside the runtime (it starts the config stream).
+pub fn node_sources(
+    args: &NodeArgs,
+    address: &str,
+    settings: &MeshSettings,
+) -> Result<NodeSources, String> {
+    let token_file = args.control_token_file.as_ref().ok_or(
+        "--control needs --control-token-file: the file holding this node's bootstrap token",
+    )?;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("--control-token-file {}: {e}", token_file.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "--control-token-file {}: the file is empty",
+            token_file.display()
+        ));
+    }
+    let root_file = args.control_ca.as_ref().ok_or(
+        "--control needs --control-ca: the PEM file of the mesh root (the control plane's ca-cert.pem)",
+    )?;
+    let root = CertificateDer::from_pem_file(root_file).map_err(|e| {
+        format!(
+            "--control-ca {}: no PEM certificate ({e}); pass the mesh root the control plane signs with",
+            root_file.display()
+        )
+    })?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let client_metrics = ClientMetrics::register(&mut registry);
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let client = ControlClient::new(
+        ClientOptions::new(address, &args.node, token, root.clone(), settings.clone()),
+        client_metrics,
+    )
+    .map_err(|e| e.to_string())?;
+    let identity = IdentityManager::with_remote_signer(
+        root,
+        settings.trust_domain.clone(),
+        args.cert_ttl,
+        tls_metrics,
+        client.clone(),
+    )
+    .map_err(|e| format!("identity: {e}"))?;
+    let (config, _task) = client.spawn_config_watch();
+    Ok(NodeSources {
+        registry,
+        identity: Some(Arc::new(identity)),
+        config: Some(config),
+    })
+}
