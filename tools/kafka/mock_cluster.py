@@ -14,9 +14,16 @@ workload per address.
   mock_cluster.py --broker 1=198.18.0.31:9092@kafka-0 --broker 2=198.18.0.32:9092@kafka-1 \\
                   --topic orders:3 [--topic ...]
 
+Or, with --loopback N, N brokers (ids 1..N) advertised at their own
+loopback listeners (no relays, no namespaces):
+
+  mock_cluster.py --loopback 3 --topic orders:3
+
 Prints one JSON line ({"brokers": [...]}) when ready, then serves until
 stdin closes or SIGTERM. Commands on stdin:
   add ID=ADDR:PORT@NETNS   add a broker to the running cluster
+  add ID                   (--loopback) add broker ID at its loopback listener
+  leader TOPIC PARTITION ID  make broker ID the partition's leader
 """
 
 import argparse
@@ -56,6 +63,8 @@ def load_librdkafka():
                                                ctypes.c_int]
     lib.rd_kafka_mock_broker_add.restype = ctypes.c_int
     lib.rd_kafka_mock_broker_add.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+    lib.rd_kafka_mock_partition_set_leader.restype = ctypes.c_int
+    lib.rd_kafka_mock_partition_set_leader.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
     return lib
 
 
@@ -66,6 +75,24 @@ def setns(fd):
     if LIBC.setns(fd, CLONE_NEWNET) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+def loopback_listeners():
+    """Ports listening on 127.0.0.1 in this process's network namespace.
+
+    A broker added to a running mock cluster listens on a new loopback port
+    that rd_kafka_mock_cluster_bootstraps() does not report; comparing the
+    listening sockets before and after the add finds it."""
+    ports = set()
+    with open("/proc/self/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            addr, port = local.split(":")
+            if state == "0A" and addr == "0100007F":
+                ports.add(int(port, 16))
+    return ports
 
 
 def listen_in_netns(netns, port):
@@ -162,13 +189,21 @@ class Cluster:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--broker", action="append", required=True, help="ID=ADDR:PORT[@NETNS]")
+    ap.add_argument("--broker", action="append", default=[], help="ID=ADDR:PORT[@NETNS]")
+    ap.add_argument("--loopback", type=int, default=0,
+                    help="N brokers advertised at their own loopback listeners (instead of --broker)")
     ap.add_argument("--topic", action="append", default=[], help="NAME[:PARTITIONS]")
     args = ap.parse_args()
+    if bool(args.broker) == bool(args.loopback):
+        ap.error("give either --broker (one or more) or --loopback N")
     specs = [parse_broker(b) for b in args.broker]
     lib = load_librdkafka()
-    cluster = Cluster(lib, len(specs))
+    cluster = Cluster(lib, len(specs) or args.loopback)
     ports = cluster.loopback_ports()
+    if args.loopback:
+        for bid, loop_port in enumerate(ports, start=1):
+            cluster.brokers.append({"id": bid, "advertised": f"127.0.0.1:{loop_port}",
+                                    "loopback": f"127.0.0.1:{loop_port}"})
     for (bid, host, port, netns), loop_port in zip(sorted(specs), ports):
         cluster.expose(bid, host, port, netns, loop_port)
     for t in args.topic:
@@ -181,16 +216,41 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     for line in sys.stdin:
         cmd = line.split()
-        if len(cmd) == 2 and cmd[0] == "add":
-            bid, host, port, netns = parse_broker(cmd[1])
-            known = set(cluster.loopback_ports())
+        if len(cmd) == 2 and cmd[0] == "add" and args.loopback and cmd[1].isdigit():
+            bid = int(cmd[1])
+            known = loopback_listeners()
             err = lib.rd_kafka_mock_broker_add(cluster.mc, bid)
             if err:
                 print(json.dumps({"error": f"adding broker {bid} failed: error {err}"}), flush=True)
                 continue
-            new = [p for p in cluster.loopback_ports() if p not in known]
+            new = sorted(loopback_listeners() - known)
+            if not new:
+                print(json.dumps({"error": f"broker {bid} added but its listener is not known "
+                                           "(this librdkafka does not list it in the bootstraps)"}), flush=True)
+                continue
+            info = {"id": bid, "advertised": f"127.0.0.1:{new[0]}", "loopback": f"127.0.0.1:{new[0]}"}
+            cluster.brokers.append(info)
+            print(json.dumps({"added": info}), flush=True)
+        elif len(cmd) == 2 and cmd[0] == "add":
+            bid, host, port, netns = parse_broker(cmd[1])
+            known = loopback_listeners()
+            err = lib.rd_kafka_mock_broker_add(cluster.mc, bid)
+            if err:
+                print(json.dumps({"error": f"adding broker {bid} failed: error {err}"}), flush=True)
+                continue
+            new = sorted(loopback_listeners() - known)
+            if not new:
+                print(json.dumps({"error": f"broker {bid} added but no new loopback listener was found"}), flush=True)
+                continue
             info = cluster.expose(bid, host, port, netns, new[0])
             print(json.dumps({"added": info}), flush=True)
+        elif len(cmd) == 4 and cmd[0] == "leader" and cmd[2].isdigit() and cmd[3].isdigit():
+            topic, part, bid = cmd[1], int(cmd[2]), int(cmd[3])
+            err = lib.rd_kafka_mock_partition_set_leader(cluster.mc, topic.encode(), part, bid)
+            if err:
+                print(json.dumps({"error": f"setting the leader of {topic}/{part} failed: error {err}"}), flush=True)
+                continue
+            print(json.dumps({"leader": {"topic": topic, "partition": part, "id": bid}}), flush=True)
         elif cmd:
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
     os._exit(0)

@@ -246,6 +246,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let mut registry = Registry::default();
     let metrics = ControlMetrics::register(&mut registry);
+    source.register_metrics(&mut registry);
 
     let what = source.describe();
     let catalog = match source.next().await {

@@ -51,6 +51,10 @@ pub trait ConfigSource: Send {
 
     /// What the source reads, for logs.
     fn describe(&self) -> String;
+
+    /// Registers the source's own metrics in the control plane's registry
+    /// (served on its `/metrics`); called once, before the first `next`.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// Files and directories of YAML documents, re-read every `interval`.

@@ -23,6 +23,8 @@ pub mod kafka;
 mod load;
 mod meta;
 mod networking;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod service;
 mod workload;
 

@@ -339,6 +339,9 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let tls_metrics = TlsMetrics::register(&mut registry);
+    for ext in &options.extensions {
+        ext.register_metrics(&mut registry);
+    }
     let ca = Arc::new(load_ca(&options)?);
     let identity = Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?);
     // Issue the gateway's certificate now: a CA problem fails start-up.

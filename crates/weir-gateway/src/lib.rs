@@ -22,6 +22,7 @@
 
 mod gateway;
 mod io;
+pub mod kafka;
 mod listener;
 pub mod metrics;
 pub mod principal;

@@ -105,6 +105,10 @@ impl std::fmt::Debug for TerminatedListener {
 /// matches `Gateway.spec.selector`). A port it returns that a Gateway server
 /// also uses stays with the Gateway (and the conflict is logged).
 pub trait TerminatedListeners: Send + Sync + std::fmt::Debug + 'static {
+    /// Registers the extension's own metrics in the gateway's registry
+    /// (served on `/metrics`); called once, before the first `listeners`.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     fn listeners(
         &self,
         config: &Config,

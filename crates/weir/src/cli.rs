@@ -41,6 +41,10 @@ pub enum Command {
     /// proxies' certificate requests for their own workloads only, and the
     /// config, pushed to every node proxy as a snapshot then deltas.
     Control(Box<ControlArgs>),
+    /// Print the CustomResourceDefinitions of weir's own kinds (Workload,
+    /// Service, KafkaGateway, KafkaAuthorizationPolicy) as YAML, generated
+    /// from weir's types: `weir crds | kubectl apply -f -`.
+    Crds,
     /// Run the whole mesh on this machine (needs root, Linux): network-namespace
     /// pods on a bridge, two node proxies, a real Kafka-protocol broker and
     /// real clients, with checks of mTLS, policy and metrics.
@@ -189,8 +193,37 @@ pub struct ControlArgs {
     /// Files or directories of YAML documents; re-read every
     /// --reload-interval. An invalid change is refused and the last good
     /// config stays in force.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes",
+        num_args = 1..,
+        value_name = "PATH"
+    )]
     pub config: Vec<PathBuf>,
+    /// Cluster mode: read Namespaces, Pods, Services, the Istio kinds and
+    /// weir's CRDs from the Kubernetes API (in-cluster service account or
+    /// KUBECONFIG) instead of --config, and authenticate node proxies and
+    /// gateways by their ServiceAccount tokens (TokenReview) instead of
+    /// --node-tokens. Invalid resources are skipped, logged and counted.
+    #[arg(long, conflicts_with = "node_tokens")]
+    pub kubernetes: bool,
+    /// Cluster mode: the audience node-proxy tokens must be bound to
+    /// (repeatable; none: the API server's default audiences).
+    #[arg(
+        long = "token-audience",
+        requires = "kubernetes",
+        value_name = "AUDIENCE"
+    )]
+    pub token_audiences: Vec<String>,
+    /// Cluster mode: a ServiceAccount (namespace/name) node proxies run as
+    /// (repeatable). A token of any other account is refused.
+    #[arg(long = "node-service-account", requires = "kubernetes", value_name = "NS/NAME", value_parser = parse_service_account)]
+    pub node_service_accounts: Vec<String>,
+    /// Cluster mode: a ServiceAccount (namespace/name) gateways run as
+    /// (repeatable); a gateway may have its own identity signed.
+    #[arg(long = "gateway-service-account", requires = "kubernetes", value_name = "NS/NAME", value_parser = parse_service_account)]
+    pub gateway_service_accounts: Vec<String>,
     /// The gRPC endpoint for node proxies and gateways (CA and config).
     #[arg(long, env = "WEIR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
     pub listen: std::net::SocketAddr,
@@ -228,6 +261,18 @@ pub struct ControlArgs {
 }
 
 /// Parses `k=v,k2=v2` into labels.
+/// `namespace/name` of a ServiceAccount.
+pub fn parse_service_account(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "{s:?} is not a ServiceAccount as namespace/name (e.g. weir-system/weir-node)"
+        )),
+    }
+}
+
 pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
     let mut out = std::collections::BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -58,7 +58,11 @@ pub fn run(args: ControlArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        weir_control::run(options, shutdown).await
+        if args.kubernetes {
+            run_kubernetes(options, &args, shutdown).await
+        } else {
+            weir_control::run(options, shutdown).await
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,6 +71,52 @@ pub fn run(args: ControlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `weir control --kubernetes`: the cluster as the config source and
+/// TokenReview as the node authenticator.
+async fn run_kubernetes(
+    options: ControlOptions,
+    args: &ControlArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), weir_control::Error> {
+    use weir_kube::{
+        ClusterAuthenticator, KubeAuthenticator, KubeConfigSource, KubeMetrics, KubeSourceOptions,
+        ServiceAccountRef, TokenReviewer,
+    };
+    let client = kube::Client::try_default().await.map_err(|e| {
+        weir_control::Error::Setup(format!(
+            "cannot reach the Kubernetes API (in-cluster service account or KUBECONFIG): {e}"
+        ))
+    })?;
+    let accounts = |v: &[String]| -> Vec<ServiceAccountRef> {
+        v.iter()
+            .filter_map(|s| ServiceAccountRef::parse(s))
+            .collect()
+    };
+    let audiences: Vec<String> = args
+        .token_audiences
+        .iter()
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .collect();
+    let auth = KubeAuthenticator::new(
+        ClusterAuthenticator::new(
+            TokenReviewer::new(client.clone(), audiences),
+            accounts(&args.node_service_accounts),
+            accounts(&args.gateway_service_accounts),
+        ),
+        options.settings.trust_domain.clone(),
+    );
+    let source = KubeConfigSource::start(
+        client,
+        KubeSourceOptions {
+            settings: options.settings.clone(),
+            ..KubeSourceOptions::default()
+        },
+        KubeMetrics::default(),
+    );
+    weir_control::server::run_with(options, Box::new(source), Arc::new(auth), shutdown).await
 }
 
 /// What `weir node --control` runs with: config pushed by the control plane,

@@ -33,6 +33,10 @@ pub fn run(args: GatewayArgs) -> ExitCode {
     options.drain_timeout = args.drain_timeout;
     options.connect_timeout = args.connect_timeout;
     options.client_hello_timeout = args.client_hello_timeout;
+    // KafkaGateway listeners: Kafka-aware sessions behind terminated TLS.
+    options.extensions.push(std::sync::Arc::new(
+        weir_gateway::kafka::KafkaListeners::new(),
+    ));
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");

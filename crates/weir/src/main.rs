@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod control;
+mod crds;
 mod demo;
 mod explain;
 mod gateway;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         cli::Command::Node(args) => node::run(*args),
         cli::Command::Gateway(args) => gateway::run(*args),
         cli::Command::Control(args) => control::run(*args),
+        cli::Command::Crds => crds::run(),
         cli::Command::Demo(args) => demo::run(args),
     }
 }

@@ -292,6 +292,7 @@ fn is_host_name(s: &str) -> bool {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct KafkaGatewaySpec {
     #[serde(default)]
@@ -311,6 +312,7 @@ struct KafkaGatewaySpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawTls {
     #[serde(default)]
@@ -322,10 +324,12 @@ struct RawTls {
     #[serde(default)]
     ca_certificates: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     credential_name: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawUpstream {
     #[serde(default)]
@@ -744,6 +748,7 @@ impl From<PrincipalPattern> for String {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct KafkaAuthorizationPolicySpec {
     #[serde(default)]
@@ -755,6 +760,7 @@ struct KafkaAuthorizationPolicySpec {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawKafkaRule {
     #[serde(default)]
@@ -768,6 +774,7 @@ struct RawKafkaRule {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawResource {
     #[serde(default, rename = "type")]
@@ -1216,6 +1223,19 @@ pub(super) fn cross_check(
                 }
             }
         }
+    }
+}
+
+/// JSON schemas of the Kafka kinds' `spec` (for weir's CRDs).
+#[cfg(feature = "schema")]
+pub(crate) fn spec_schema(
+    kind: &str,
+    g: &mut schemars::SchemaGenerator,
+) -> Option<schemars::Schema> {
+    match kind {
+        "KafkaGateway" => Some(g.root_schema_for::<KafkaGatewaySpec>()),
+        "KafkaAuthorizationPolicy" => Some(g.root_schema_for::<KafkaAuthorizationPolicySpec>()),
+        _ => None,
     }
 }
 

@@ -40,6 +40,7 @@ pub struct ServicePort {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ServiceSpec {
     #[serde(default)]
@@ -49,11 +50,16 @@ pub(crate) struct ServiceSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawServicePort {
     #[serde(default)]
     port: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "super::schema::int_or_string")
+    )]
     target_port: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     name: Option<String>,

@@ -42,6 +42,7 @@ impl Workload {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct WorkloadSpec {
     #[serde(default = "default_sa")]

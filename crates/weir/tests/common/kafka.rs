@@ -39,9 +39,36 @@ pub struct Service {
     pub child: HostChild,
     pub log: PathBuf,
     pub _dir: TempDir,
+    /// Lines the service printed on stdout (services that answer commands).
+    pub out: Option<mpsc::Receiver<String>>,
 }
 
 impl Service {
+    /// Sends one command line on stdin and returns the JSON line it prints
+    /// in answer (mock_cluster.py's `add`, `leader`).
+    pub fn command(&mut self, line: &str) -> serde_json::Value {
+        use std::io::Write as _;
+        let stdin = self.child.child_mut().stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{line}").expect("write command");
+        stdin.flush().expect("flush command");
+        let out = self.out.as_ref().expect("service without command output");
+        let answer = out
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: no answer to {line:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                )
+            });
+        serde_json::from_str(answer.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{}: answer to {line:?} is not JSON ({e}): {answer}",
+                self.name
+            )
+        })
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -86,15 +113,19 @@ pub fn start_mock_cluster(cluster: &Host, brokers: &[Host], topics: &[&str]) -> 
     let stdout = child.child_mut().stdout.take().expect("stdout piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
     let mut svc = Service {
         name: "mock_cluster.py".into(),
         child,
         log,
         _dir: dir,
+        out: None,
     };
     let line = rx
         .recv_timeout(Duration::from_secs(30))
@@ -116,6 +147,7 @@ pub fn start_mock_cluster(cluster: &Host, brokers: &[Host], topics: &[&str]) -> 
         Some(brokers.len()),
         "mock_cluster.py: {v}"
     );
+    svc.out = Some(rx);
     svc
 }
 
@@ -172,6 +204,7 @@ pub fn start_tansu(host: &Host, bin: &Path, topics: &[(&str, u32)]) -> Service {
         child,
         log,
         _dir: dir,
+        out: None,
     };
     let port = format!("sport = :{KAFKA_PORT}");
     let listening = wait_for(Duration::from_secs(30), || {

@@ -10,6 +10,7 @@
 //! - [`TempDir`]: a directory removed on drop.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod kafka;
 
 use std::ffi::OsString;

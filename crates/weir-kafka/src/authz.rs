@@ -1,0 +1,185 @@
+//! The authorization interface the gateway enforces, and a per-session
+//! cache of its answers.
+//!
+//! The gateway asks Kafka's questions — may this principal do operation X
+//! on resource Y — the way Kafka's own authorizer is asked for each request
+//! (see `docs/kafka-gateway-protocol.md` for the API → ACL table). The
+//! policy engine behind the trait lives elsewhere (weir-core's
+//! KafkaAuthorizationPolicy engine); tests use small fakes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use weir_core::kafka::{Operation, Principal, ResourceType};
+
+/// Kafka's name of the cluster resource (`kafka-cluster`).
+pub const CLUSTER_RESOURCE: &str = "kafka-cluster";
+
+/// An authorization answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the operation is allowed.
+    pub allowed: bool,
+    /// Why: the deciding rule or policy, for logs.
+    pub reason: String,
+}
+
+impl Decision {
+    /// Allowed, because of `reason`.
+    pub fn allow(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: true,
+            reason: reason.into(),
+        }
+    }
+
+    /// Denied, because of `reason`.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Decides Kafka operations for principals.
+pub trait Authorizer: Send + Sync {
+    /// May `principal` do `op` on the `resource` named `name`? (The cluster
+    /// resource is named [`CLUSTER_RESOURCE`].)
+    fn authorize(
+        &self,
+        principal: &Principal,
+        resource: ResourceType,
+        name: &str,
+        op: Operation,
+    ) -> Decision;
+
+    /// True if every question is answered "allowed": the gateway then skips
+    /// authorization work (and forwards request versions it cannot read).
+    fn allows_everything(&self) -> bool {
+        false
+    }
+
+    /// A number that changes whenever answers may change (a policy reload).
+    /// Sessions cache answers and drop the cache when it changes.
+    fn epoch(&self) -> u64 {
+        0
+    }
+}
+
+/// Allows everything (no authorization configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &Principal, _: ResourceType, _: &str, _: Operation) -> Decision {
+        Decision::allow("no authorization policy")
+    }
+
+    fn allows_everything(&self) -> bool {
+        true
+    }
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+/// One session's view of an [`Authorizer`]: its principal, and the answers
+/// it has had, so that the produce path asks once per topic, not per request.
+pub(crate) struct SessionAuthz {
+    authorizer: Arc<dyn Authorizer>,
+    pub(crate) principal: Principal,
+    pub(crate) principal_label: String,
+    epoch: u64,
+    cache: HashMap<(ResourceType, Operation), HashMap<Box<str>, bool>>,
+    cached: usize,
+}
+
+impl SessionAuthz {
+    pub(crate) fn new(authorizer: Arc<dyn Authorizer>, principal: Principal) -> Self {
+        let epoch = authorizer.epoch();
+        SessionAuthz {
+            authorizer,
+            principal_label: principal.label(),
+            principal,
+            epoch,
+            cache: HashMap::new(),
+            cached: 0,
+        }
+    }
+
+    pub(crate) fn enforcing(&self) -> bool {
+        !self.authorizer.allows_everything()
+    }
+
+    /// Whether `op` on `resource` `name` is allowed.
+    pub(crate) fn allowed(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
+        let epoch = self.authorizer.epoch();
+        if epoch != self.epoch || self.cached >= CACHE_LIMIT {
+            self.cache.clear();
+            self.cached = 0;
+            self.epoch = epoch;
+        }
+        if let Some(a) = self.cache.get(&(resource, op)).and_then(|m| m.get(name)) {
+            return *a;
+        }
+        let d = self
+            .authorizer
+            .authorize(&self.principal, resource, name, op);
+        if !d.allowed {
+            tracing::debug!(
+                principal = %self.principal_label, resource = %resource, name, operation = %op,
+                reason = %d.reason, "Kafka operation denied"
+            );
+        }
+        self.cache
+            .entry((resource, op))
+            .or_default()
+            .insert(Box::from(name), d.allowed);
+        self.cached += 1;
+        d.allowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    struct Counting {
+        calls: AtomicUsize,
+        epoch: AtomicU64,
+    }
+
+    impl Authorizer for Counting {
+        fn authorize(&self, _: &Principal, _: ResourceType, name: &str, _: Operation) -> Decision {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if name.starts_with("ok") {
+                Decision::allow("rule ok")
+            } else {
+                Decision::deny("default deny")
+            }
+        }
+        fn epoch(&self) -> u64 {
+            self.epoch.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn answers_are_cached_until_the_epoch_changes() {
+        let a = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            epoch: AtomicU64::new(1),
+        });
+        let mut s = SessionAuthz::new(a.clone(), Principal::Anonymous);
+        assert!(s.enforcing());
+        for _ in 0..3 {
+            assert!(s.allowed(ResourceType::Topic, "ok-1", Operation::Write));
+            assert!(!s.allowed(ResourceType::Topic, "no", Operation::Write));
+        }
+        assert_eq!(a.calls.load(Ordering::SeqCst), 2);
+        a.epoch.store(2, Ordering::SeqCst);
+        assert!(s.allowed(ResourceType::Topic, "ok-1", Operation::Write));
+        assert_eq!(a.calls.load(Ordering::SeqCst), 3);
+        assert!(!SessionAuthz::new(Arc::new(AllowAll), Principal::Anonymous).enforcing());
+    }
+}

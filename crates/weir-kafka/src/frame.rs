@@ -1,0 +1,276 @@
+//! Kafka framing: every request and response is a 4-byte big-endian size
+//! followed by that many bytes. Frames are cut out of one read buffer as
+//! [`Bytes`] (no copy), size prefix included, so a frame that needs no
+//! change is forwarded as it came.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{SessionError, Side};
+
+/// Kafka's own default for `socket.request.max.bytes`: 100 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 104_857_600;
+
+/// How much the read buffer grows by when it needs room (large reads keep
+/// the produce path at few syscalls per megabyte).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// One complete frame, size prefix included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Wraps the bytes of a frame whose first four bytes are its size.
+    pub(crate) fn from_wire(bytes: Bytes) -> Self {
+        Frame(bytes)
+    }
+
+    /// Builds a frame from a body (prefixes the size).
+    pub fn from_body(body: &[u8]) -> Self {
+        let mut b = BytesMut::with_capacity(4 + body.len());
+        b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        b.extend_from_slice(body);
+        Frame(b.freeze())
+    }
+
+    /// The frame as sent on the wire, size prefix included.
+    pub fn wire(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The frame as sent on the wire, size prefix included.
+    pub fn into_wire(self) -> Bytes {
+        self.0
+    }
+
+    /// The bytes after the size prefix.
+    pub fn body(&self) -> &[u8] {
+        &self.0[4..]
+    }
+
+    /// The bytes after the size prefix, sharing the frame's buffer.
+    pub fn body_bytes(&self) -> Bytes {
+        self.0.slice(4..)
+    }
+}
+
+/// Reads frames from one side of a session.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    max: usize,
+    side: Side,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader of frames of at most `max` bytes (size prefix excluded).
+    pub fn new(io: R, side: Side, max: usize) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            max,
+            side,
+        }
+    }
+
+    /// A complete frame already buffered, without reading.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, SessionError> {
+        let Some(size) = self.declared_size()? else {
+            return Ok(None);
+        };
+        if self.buf.len() < 4 + size {
+            return Ok(None);
+        }
+        Ok(Some(Frame(self.buf.split_to(4 + size).freeze())))
+    }
+
+    /// Whether a complete frame is buffered (checks the size limit).
+    pub fn has_buffered_frame(&self) -> Result<bool, SessionError> {
+        Ok(self
+            .declared_size()?
+            .is_some_and(|size| self.buf.len() >= 4 + size))
+    }
+
+    /// The next frame; `None` when the peer closed the connection between
+    /// frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, SessionError> {
+        loop {
+            if let Some(frame) = self.buffered()? {
+                return Ok(Some(frame));
+            }
+            let needed = match self.declared_size()? {
+                Some(size) => 4 + size - self.buf.len(),
+                None => 4 - self.buf.len(),
+            };
+            self.buf.reserve(needed.max(READ_CHUNK));
+            let n = self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| SessionError::Io {
+                    side: self.side,
+                    source,
+                })?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let expected = match self.declared_size()? {
+                    Some(size) => 4 + size,
+                    None => 4,
+                };
+                return Err(SessionError::TruncatedFrame {
+                    side: self.side,
+                    received: self.buf.len(),
+                    expected,
+                });
+            }
+        }
+    }
+
+    /// The size in the buffered frame's prefix, checked against the limit.
+    fn declared_size(&self) -> Result<Option<usize>, SessionError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let size = (&self.buf[..4]).get_i32();
+        if size < 0 {
+            return Err(SessionError::MalformedFrame {
+                side: self.side,
+                detail: format!("negative frame size {size}"),
+            });
+        }
+        let size = size as usize;
+        if size > self.max {
+            return Err(SessionError::FrameTooLarge {
+                side: self.side,
+                size,
+                max: self.max,
+            });
+        }
+        Ok(Some(size))
+    }
+}
+
+/// Writes `chunks` in order with as few syscalls as the writer allows
+/// (vectored writes), then flushes. Empties `chunks`.
+pub(crate) async fn write_chunks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    chunks: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| std::io::IoSlice::new(c))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    chunks.clear();
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(input: Vec<u8>, max: usize) -> Result<Vec<Frame>, SessionError> {
+        let mut r = FrameReader::new(&input[..], Side::Client, max);
+        let mut out = Vec::new();
+        while let Some(f) = r.next().await? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        Frame::from_body(body).into_wire().to_vec()
+    }
+
+    #[tokio::test]
+    async fn frames_are_cut_at_their_size() {
+        let mut input = framed(b"hello");
+        input.extend(framed(b""));
+        input.extend(framed(&[7u8; 1000]));
+        let frames = read_all(input, 1 << 20).await.unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].body(), b"hello");
+        assert_eq!(frames[0].wire().len(), 9);
+        assert!(frames[1].body().is_empty());
+        assert_eq!(frames[2].body(), &[7u8; 1000][..]);
+    }
+
+    #[tokio::test]
+    async fn frame_over_the_limit_is_refused_before_it_is_read() {
+        // Only the size prefix is sent: the reader must not wait for the body.
+        let err = read_all(200u32.to_be_bytes().to_vec(), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "frame_too_large");
+        assert!(err.to_string().contains("200 bytes"), "{err}");
+        // Exactly at the limit is fine.
+        assert_eq!(read_all(framed(&[0; 100]), 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn negative_size_is_malformed() {
+        let err = read_all((-1i32).to_be_bytes().to_vec(), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "malformed_frame");
+        assert!(err.to_string().contains("negative frame size -1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_truncation() {
+        let mut input = framed(b"complete");
+        input.extend(10u32.to_be_bytes());
+        input.extend(b"abc");
+        let err = read_all(input, 100).await.unwrap_err();
+        assert_eq!(err.reason(), "truncated_frame");
+        assert!(err.to_string().contains("7 of 14 bytes"), "{err}");
+        // EOF inside the size prefix too.
+        let err = read_all(vec![0, 0], 100).await.unwrap_err();
+        assert_eq!(err.reason(), "truncated_frame");
+    }
+
+    #[tokio::test]
+    async fn default_limit_is_kafkas() {
+        assert_eq!(DEFAULT_MAX_FRAME_SIZE, 100 * 1024 * 1024);
+        let err = read_all(
+            ((DEFAULT_MAX_FRAME_SIZE + 1) as u32).to_be_bytes().to_vec(),
+            DEFAULT_MAX_FRAME_SIZE,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "frame_too_large");
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_deliver_everything_in_order() {
+        let mut out: Vec<u8> = Vec::new();
+        let mut chunks: Vec<Bytes> = (0..200u32).map(|i| Bytes::from(format!("<{i}>"))).collect();
+        write_chunks(&mut out, &mut chunks).await.unwrap();
+        let expected: String = (0..200u32).map(|i| format!("<{i}>")).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert!(chunks.is_empty());
+    }
+}

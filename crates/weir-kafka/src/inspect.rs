@@ -1,0 +1,593 @@
+//! Zero-copy walks of the requests the gateway authorizes: what resources a
+//! request names, and where each filterable entry (a topic, a group, a
+//! config resource, a coordinator key) lies in the body, so denied entries
+//! can be cut out without decoding and re-encoding the rest (record data is
+//! never copied or parsed beyond batch headers).
+//!
+//! Only the part of a body up to the end of its entry array is walked; what
+//! follows is copied as it is. Every length is checked before use.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use weir_core::kafka::{Operation, ResourceType};
+
+use crate::error::Malformed;
+use crate::records::{count_records, RecordCount};
+use crate::wire::{put_array_len, Reader};
+
+/// Kafka error codes the gateway answers with.
+pub mod codes {
+    /// UNSUPPORTED_VERSION
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    /// TOPIC_AUTHORIZATION_FAILED
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    /// GROUP_AUTHORIZATION_FAILED
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    /// CLUSTER_AUTHORIZATION_FAILED
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    /// UNKNOWN_TOPIC_ID
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}
+
+/// The error code a broker answers when `resource` is not authorized.
+pub fn denial_code(resource: ResourceType) -> i16 {
+    match resource {
+        ResourceType::Topic => codes::TOPIC_AUTHORIZATION_FAILED,
+        ResourceType::Group => codes::GROUP_AUTHORIZATION_FAILED,
+        ResourceType::TransactionalId => codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        ResourceType::Cluster => codes::CLUSTER_AUTHORIZATION_FAILED,
+    }
+}
+
+/// A resource name in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NameRef {
+    /// A string at this range of the frame body.
+    Body(Range<usize>),
+    /// A topic id (named by id in newer versions).
+    TopicId([u8; 16]),
+    /// The cluster.
+    Cluster,
+}
+
+/// One authorization question of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Check {
+    pub resource: ResourceType,
+    pub name: NameRef,
+    pub op: Operation,
+}
+
+/// A filterable element of a request's main array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// The element's bytes in the frame body.
+    pub range: Range<usize>,
+    /// What must be allowed for the element to pass (one or two checks on
+    /// the same name).
+    pub check: Check,
+    /// Partition indexes in the element (for per-partition error entries).
+    pub partitions: Vec<i32>,
+    /// Produce: the records the element carries.
+    pub records: RecordCount,
+    /// DescribeConfigs: resource type; FindCoordinator: key type.
+    pub kind: i8,
+}
+
+/// A request's main array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entries {
+    /// The encoded element count.
+    pub count_at: Range<usize>,
+    pub flexible: bool,
+    pub items: Vec<Entry>,
+}
+
+impl Entries {
+    fn new(count_at: Range<usize>, flexible: bool) -> Self {
+        Entries {
+            count_at,
+            flexible,
+            items: Vec::new(),
+        }
+    }
+
+    fn end(&self) -> usize {
+        self.items.last().map_or(self.count_at.end, |e| e.range.end)
+    }
+}
+
+/// Metadata request facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetadataFacts {
+    /// Null topics (or an empty array in v0): every topic.
+    pub all_topics: bool,
+    /// Where allow_auto_topic_creation is, if the version has it and it is true.
+    pub auto_create_at: Option<usize>,
+}
+
+/// What a request asks, for authorization.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Inspection {
+    /// Checks the whole request depends on (the group of a JoinGroup, the
+    /// transactional id of a Produce).
+    pub whole: Vec<Check>,
+    /// The filterable elements.
+    pub entries: Option<Entries>,
+    /// Produce acks (-1 unless Produce).
+    pub acks: i16,
+    /// Fetch: not part of an incremental fetch session.
+    pub sessionless: bool,
+    /// Metadata facts.
+    pub metadata: Option<MetadataFacts>,
+}
+
+impl Inspection {
+    fn with_acks() -> Self {
+        Inspection {
+            acks: -1,
+            ..Default::default()
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Malformed>;
+
+fn body_name(r: &mut Reader<'_>, flexible: bool, what: &'static str) -> Result<NameRef> {
+    Ok(NameRef::Body(r.required_string(flexible, what)?))
+}
+
+fn check(resource: ResourceType, name: NameRef, op: Operation) -> Check {
+    Check { resource, name, op }
+}
+
+/// Walks the body (starting at `start` in the frame body `body`) of a
+/// request of `api` at `version`. Only called for inspected versions.
+pub(crate) fn inspect(
+    api: ApiKey,
+    version: i16,
+    flexible: bool,
+    body: &[u8],
+    start: usize,
+) -> Result<Inspection> {
+    let mut r = Reader::new(body, start);
+    let f = flexible;
+    let v = version;
+    let mut ins = Inspection::with_acks();
+    match api {
+        ApiKey::Produce => {
+            if let Some(txn) = r.string(f, "transactional_id")? {
+                ins.whole.push(check(
+                    ResourceType::TransactionalId,
+                    NameRef::Body(txn),
+                    Operation::Write,
+                ));
+            }
+            ins.acks = r.i16("acks")?;
+            r.i32("timeout_ms")?;
+            ins.entries = Some(entries(&mut r, f, "topic_data", |r| {
+                let name = if v <= 12 {
+                    body_name(r, f, "topic name")?
+                } else {
+                    NameRef::TopicId(r.uuid("topic_id")?)
+                };
+                let mut partitions = Vec::new();
+                let mut records = RecordCount::default();
+                let n = r.required_array(f, "partition_data")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition index")?);
+                    if let Some(range) = r.bytes(f, "records")? {
+                        records += count_records(&body[range]);
+                    }
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Write),
+                    partitions,
+                    records,
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::Fetch => {
+            if v <= 14 {
+                r.i32("replica_id")?;
+            }
+            r.i32("max_wait_ms")?;
+            r.i32("min_bytes")?;
+            r.i32("max_bytes")?;
+            r.i8("isolation_level")?;
+            ins.sessionless = true;
+            if v >= 7 {
+                let session_id = r.i32("session_id")?;
+                let epoch = r.i32("session_epoch")?;
+                ins.sessionless = session_id == 0 && (epoch == -1 || epoch == 0);
+            }
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = if v <= 12 {
+                    body_name(r, f, "topic name")?
+                } else {
+                    NameRef::TopicId(r.uuid("topic_id")?)
+                };
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition")?);
+                    if v >= 9 {
+                        r.i32("current_leader_epoch")?;
+                    }
+                    r.i64("fetch_offset")?;
+                    if v >= 12 {
+                        r.i32("last_fetched_epoch")?;
+                    }
+                    if v >= 5 {
+                        r.i64("log_start_offset")?;
+                    }
+                    r.i32("partition_max_bytes")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Read),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::ListOffsets => {
+            r.i32("replica_id")?;
+            if v >= 2 {
+                r.i8("isolation_level")?;
+            }
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition_index")?);
+                    if v >= 4 {
+                        r.i32("current_leader_epoch")?;
+                    }
+                    r.i64("timestamp")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Describe),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::Metadata => {
+            let count_start = r.pos();
+            let n = r.array(f, "topics")?;
+            let mut list = Entries::new(count_start..r.pos(), f);
+            for _ in 0..n.unwrap_or(0) {
+                let s = r.pos();
+                let id = if v >= 10 {
+                    r.uuid("topic_id")?
+                } else {
+                    [0; 16]
+                };
+                let name = if v >= 10 {
+                    r.string(f, "topic name")?
+                } else {
+                    Some(r.required_string(f, "topic name")?)
+                };
+                r.skip_tags(f)?;
+                let name = match name {
+                    Some(range) => NameRef::Body(range),
+                    None => NameRef::TopicId(id),
+                };
+                list.items.push(Entry {
+                    range: s..r.pos(),
+                    check: check(ResourceType::Topic, name, Operation::Describe),
+                    partitions: Vec::new(),
+                    records: RecordCount::default(),
+                    kind: 0,
+                });
+            }
+            let all_topics = n.is_none() || (v == 0 && n == Some(0));
+            let mut auto_create_at = None;
+            if v >= 4 {
+                let at = r.pos();
+                if r.i8("allow_auto_topic_creation")? != 0 {
+                    auto_create_at = Some(at);
+                }
+            }
+            ins.metadata = Some(MetadataFacts {
+                all_topics,
+                auto_create_at,
+            });
+            ins.entries = Some(list);
+        }
+        ApiKey::OffsetCommit => {
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Read));
+            r.i32("generation_id")?;
+            r.string(f, "member_id")?;
+            if v >= 7 {
+                r.string(f, "group_instance_id")?;
+            }
+            if v <= 4 {
+                r.i64("retention_time_ms")?;
+            }
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition_index")?);
+                    r.i64("committed_offset")?;
+                    if v >= 6 {
+                        r.i32("committed_leader_epoch")?;
+                    }
+                    r.string(f, "committed_metadata")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Read),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::OffsetFetch => {
+            if v <= 7 {
+                let group = body_name(&mut r, f, "group_id")?;
+                ins.whole
+                    .push(check(ResourceType::Group, group, Operation::Describe));
+            } else {
+                ins.entries = Some(entries(&mut r, f, "groups", |r| {
+                    let group = body_name(r, f, "group_id")?;
+                    if v >= 9 {
+                        r.string(f, "member_id")?;
+                        r.i32("member_epoch")?;
+                    }
+                    let mut partitions = Vec::new();
+                    if let Some(n) = r.array(f, "topics")? {
+                        for _ in 0..n {
+                            r.required_string(f, "topic name")?;
+                            partitions.extend(r.i32_array(f, "partition_indexes")?);
+                            r.skip_tags(f)?;
+                        }
+                    }
+                    r.skip_tags(f)?;
+                    Ok((
+                        check(ResourceType::Group, group, Operation::Describe),
+                        Vec::new(),
+                        RecordCount::default(),
+                        0,
+                    ))
+                })?);
+            }
+        }
+        ApiKey::FindCoordinator => {
+            if v <= 3 {
+                let key = body_name(&mut r, f, "key")?;
+                let key_type = if v >= 1 { r.i8("key_type")? } else { 0 };
+                ins.whole.push(coordinator_check(key_type, key));
+            } else {
+                let key_type = r.i8("key_type")?;
+                ins.entries = Some(entries(&mut r, f, "coordinator_keys", |r| {
+                    let key = body_name(r, f, "coordinator key")?;
+                    Ok((
+                        coordinator_check(key_type, key),
+                        Vec::new(),
+                        RecordCount::default(),
+                        key_type,
+                    ))
+                })?);
+            }
+        }
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::ConsumerGroupHeartbeat => {
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Read));
+        }
+        ApiKey::DescribeGroups | ApiKey::DeleteGroups => {
+            let op = if api == ApiKey::DescribeGroups {
+                Operation::Describe
+            } else {
+                Operation::Delete
+            };
+            ins.entries = Some(entries(&mut r, f, "groups", |r| {
+                let group = body_name(r, f, "group id")?;
+                Ok((
+                    check(ResourceType::Group, group, op),
+                    Vec::new(),
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::CreateTopics => {
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                r.i32("num_partitions")?;
+                r.i16("replication_factor")?;
+                let n = r.required_array(f, "assignments")?;
+                for _ in 0..n {
+                    r.i32("partition_index")?;
+                    r.i32_array(f, "broker_ids")?;
+                    r.skip_tags(f)?;
+                }
+                let n = r.required_array(f, "configs")?;
+                for _ in 0..n {
+                    r.required_string(f, "config name")?;
+                    r.string(f, "config value")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Create),
+                    Vec::new(),
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::DeleteTopics => {
+            if v <= 5 {
+                ins.entries = Some(entries(&mut r, f, "topic_names", |r| {
+                    let name = body_name(r, f, "topic name")?;
+                    Ok((
+                        check(ResourceType::Topic, name, Operation::Delete),
+                        Vec::new(),
+                        RecordCount::default(),
+                        0,
+                    ))
+                })?);
+            } else {
+                ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                    let name = r.string(f, "topic name")?;
+                    let id = r.uuid("topic_id")?;
+                    r.skip_tags(f)?;
+                    let name = match name {
+                        Some(range) => NameRef::Body(range),
+                        None => NameRef::TopicId(id),
+                    };
+                    Ok((
+                        check(ResourceType::Topic, name, Operation::Delete),
+                        Vec::new(),
+                        RecordCount::default(),
+                        0,
+                    ))
+                })?);
+            }
+        }
+        ApiKey::InitProducerId => match r.string(f, "transactional_id")? {
+            Some(txn) => ins.whole.push(check(
+                ResourceType::TransactionalId,
+                NameRef::Body(txn),
+                Operation::Write,
+            )),
+            None => ins.whole.push(check(
+                ResourceType::Cluster,
+                NameRef::Cluster,
+                Operation::IdempotentWrite,
+            )),
+        },
+        ApiKey::DescribeConfigs => {
+            ins.entries = Some(entries(&mut r, f, "resources", |r| {
+                let kind = r.i8("resource_type")?;
+                let name = r.required_string(f, "resource_name")?;
+                if let Some(n) = r.array(f, "configuration_keys")? {
+                    for _ in 0..n {
+                        r.required_string(f, "configuration key")?;
+                    }
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    config_check(kind, name, Operation::DescribeConfigs),
+                    Vec::new(),
+                    RecordCount::default(),
+                    kind,
+                ))
+            })?);
+        }
+        _ => {}
+    }
+    Ok(ins)
+}
+
+/// FindCoordinator key type 0 is a group, 1 a transactional id.
+fn coordinator_check(key_type: i8, key: NameRef) -> Check {
+    let resource = if key_type == 1 {
+        ResourceType::TransactionalId
+    } else {
+        ResourceType::Group
+    };
+    check(resource, key, Operation::Describe)
+}
+
+/// Config resource types: 2 topic, 16 group, others (4 broker, 8 broker
+/// logger, 32 client metrics) are cluster-level.
+fn config_check(kind: i8, name: Range<usize>, op: Operation) -> Check {
+    match kind {
+        2 => check(ResourceType::Topic, NameRef::Body(name), op),
+        16 => check(ResourceType::Group, NameRef::Body(name), op),
+        _ => check(ResourceType::Cluster, NameRef::Cluster, op),
+    }
+}
+
+type Walked = (Check, Vec<i32>, RecordCount, i8);
+
+fn entries(
+    r: &mut Reader<'_>,
+    flexible: bool,
+    what: &'static str,
+    mut item: impl FnMut(&mut Reader<'_>) -> Result<Walked>,
+) -> Result<Entries> {
+    let start = r.pos();
+    let n = r.required_array(flexible, what)?;
+    let mut list = Entries::new(start..r.pos(), flexible);
+    list.items.reserve(n.min(64));
+    for _ in 0..n {
+        let s = r.pos();
+        let (check, partitions, records, kind) = item(r)?;
+        list.items.push(Entry {
+            range: s..r.pos(),
+            check,
+            partitions,
+            records,
+            kind,
+        });
+    }
+    Ok(list)
+}
+
+/// A new request frame: `frame_body` with only the entries for which
+/// `keep` holds, the array count re-encoded, everything else as it was.
+pub(crate) fn filter_request(
+    frame_body: &Bytes,
+    entries: &Entries,
+    keep: &[bool],
+    patch_false_at: Option<usize>,
+) -> Bytes {
+    let end = entries.end();
+    let kept = keep.iter().filter(|k| **k).count();
+    let mut out = BytesMut::with_capacity(frame_body.len() + 4);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&frame_body[..entries.count_at.start]);
+    put_array_len(&mut out, entries.flexible, kept);
+    for (e, k) in entries.items.iter().zip(keep) {
+        if *k {
+            out.extend_from_slice(&frame_body[e.range.clone()]);
+        }
+    }
+    let tail_at = out.len();
+    out.extend_from_slice(&frame_body[end..]);
+    if let Some(at) = patch_false_at.filter(|at| *at >= end) {
+        out[tail_at + (at - end)] = 0;
+    }
+    let size = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    out.freeze()
+}
+
+/// A request frame with one boolean byte set to false.
+pub(crate) fn patch_false(frame_body: &[u8], at: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame_body.len() + 4);
+    out.extend_from_slice(&(frame_body.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame_body);
+    if at < frame_body.len() {
+        out[4 + at] = 0;
+    }
+    out.freeze()
+}

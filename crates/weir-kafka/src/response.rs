@@ -1,0 +1,707 @@
+//! Responses: broker-address rewriting, discovery, ApiVersions capping,
+//! response-side authorization (Metadata listings, OffsetFetch topics,
+//! ListGroups), per-topic fetch metrics, and the error entries for what the
+//! gateway denied — merged into the broker's response, or making up the
+//! whole response when nothing was forwarded.
+//!
+//! Responses come from the broker and are decoded with kafka-protocol.
+//! Only responses that change are re-encoded; the rest are forwarded as
+//! they came.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use weir_core::kafka::{Operation, ResourceType};
+
+use crate::authz::SessionAuthz;
+use crate::inspect::codes;
+use crate::mapper::HostMapper;
+use crate::metrics::TopicMeter;
+use crate::records::count_records;
+use crate::registry::BrokerRegistry;
+use crate::versions::cap_api_versions;
+
+/// An element the gateway kept from the broker, answered with an error.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Denied {
+    /// The resource name (empty for a topic named by id only).
+    pub name: StrBytes,
+    /// The topic id, for versions that name topics by id.
+    pub id: [u8; 16],
+    /// Partitions to answer for.
+    pub partitions: Vec<i32>,
+    /// The Kafka error code.
+    pub code: i16,
+    /// DescribeConfigs resource type / FindCoordinator key type.
+    pub kind: i8,
+}
+
+/// What the gateway must do to the response of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ResponseWork {
+    pub api: ApiKey,
+    pub version: i16,
+    /// Elements denied at request time.
+    pub denied: Vec<Denied>,
+    /// The whole request was denied with this code (top-level error).
+    pub whole: Option<i16>,
+    /// Apply response-side authorization (Metadata listing, OffsetFetch
+    /// topics, ListGroups).
+    pub enforce: bool,
+    /// Metadata: the request asked for every topic.
+    pub all_topics: bool,
+    /// Metadata v0: denied topics were forwarded; drop them from the
+    /// response before adding their error entries.
+    pub drop_denied: bool,
+}
+
+impl ResponseWork {
+    pub(crate) fn new(api: ApiKey, version: i16) -> Self {
+        ResponseWork {
+            api,
+            version,
+            denied: Vec::new(),
+            whole: None,
+            enforce: false,
+            all_topics: false,
+            drop_denied: false,
+        }
+    }
+
+    /// Whether the response must be decoded at all.
+    pub(crate) fn needs_decoding(&self) -> bool {
+        if !self.denied.is_empty() || self.whole.is_some() {
+            return true;
+        }
+        match self.api {
+            ApiKey::Metadata
+            | ApiKey::FindCoordinator
+            | ApiKey::DescribeCluster
+            | ApiKey::ApiVersions
+            | ApiKey::Fetch => true,
+            ApiKey::Produce => self.version >= 10,
+            ApiKey::OffsetFetch | ApiKey::ListGroups => self.enforce,
+            _ => false,
+        }
+    }
+}
+
+/// What response processing uses from its session.
+pub(crate) struct ResponseCtx<'a> {
+    pub mapper: &'a HostMapper,
+    pub registry: &'a BrokerRegistry,
+    pub authz: &'a mut SessionAuthz,
+    pub fetched: &'a mut TopicMeter,
+}
+
+/// Decodes `body` (or starts from an empty response when `body` is
+/// `None`), lets `f` change it, and re-encodes it if `f` says it changed
+/// (always when synthesized).
+fn transcode<T: Decodable + Encodable + Default>(
+    body: Option<Bytes>,
+    version: i16,
+    f: impl FnOnce(&mut T) -> bool,
+) -> Result<Option<BytesMut>, String> {
+    let synthesized = body.is_none();
+    let mut msg = match body {
+        Some(mut b) => T::decode(&mut b, version).map_err(|e| e.to_string())?,
+        None => T::default(),
+    };
+    let changed = f(&mut msg);
+    if !changed && !synthesized {
+        return Ok(None);
+    }
+    let mut out = BytesMut::new();
+    msg.encode(&mut out, version).map_err(|e| e.to_string())?;
+    Ok(Some(out))
+}
+
+fn rewrite(mapper: &HostMapper, id: i32, host: &mut StrBytes, port: &mut i32) {
+    *host = StrBytes::from_string(mapper.broker_host(id));
+    *port = i32::from(mapper.advertised_port());
+}
+
+fn uuid(id: [u8; 16]) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(id)
+}
+
+const AUTH_FAILED: &str = "Authorization failed.";
+
+/// Processes one response body (after its header). `None` for `body`
+/// means the gateway answers alone. Returns the new body, or `None` to
+/// forward the broker's bytes unchanged.
+pub(crate) fn process(
+    w: &ResponseWork,
+    body: Option<Bytes>,
+    ctx: &mut ResponseCtx<'_>,
+) -> Result<Option<BytesMut>, String> {
+    // Produce and Fetch responses are read for metrics and node endpoints
+    // only (hints): one kafka-protocol cannot read (Tansu sends Fetch v12
+    // with a v16 tagged field) is forwarded as it came, uncounted.
+    let tolerant =
+        matches!(w.api, ApiKey::Produce | ApiKey::Fetch) && w.denied.is_empty() && body.is_some();
+    match process_strict(w, body, ctx) {
+        Err(e) if tolerant => {
+            tracing::debug!(api = ?w.api, version = w.version, error = %e, "forwarding a response the gateway cannot read");
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+fn process_strict(
+    w: &ResponseWork,
+    body: Option<Bytes>,
+    ctx: &mut ResponseCtx<'_>,
+) -> Result<Option<BytesMut>, String> {
+    let v = w.version;
+    let denied = &w.denied;
+    match w.api {
+        ApiKey::ApiVersions => api_versions(body, v),
+        ApiKey::Metadata => transcode::<MetadataResponse>(body, v, |r| {
+            ctx.registry.learn_metadata(r);
+            for b in &mut r.brokers {
+                rewrite(ctx.mapper, b.node_id.0, &mut b.host, &mut b.port);
+            }
+            if w.drop_denied {
+                r.topics.retain(|t| {
+                    !denied
+                        .iter()
+                        .any(|d| t.name.as_ref().is_some_and(|n| n.0 == d.name))
+                });
+            }
+            if w.enforce && w.all_topics {
+                let authz = &mut *ctx.authz;
+                r.topics.retain(|t| match &t.name {
+                    Some(n) => authz.allowed(ResourceType::Topic, n, Operation::Describe),
+                    None => false,
+                });
+            }
+            for d in denied {
+                let mut t = metadata_response::MetadataResponseTopic::default();
+                t.error_code = d.code;
+                t.name = Some(TopicName(d.name.clone()));
+                t.topic_id = uuid(d.id);
+                t.topic_authorized_operations = i32::MIN;
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::FindCoordinator => transcode::<FindCoordinatorResponse>(body, v, |r| {
+            if let Some(code) = w.whole {
+                r.error_code = code;
+                r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                r.node_id = BrokerId(-1);
+                r.host = StrBytes::new();
+                r.port = -1;
+                return true;
+            }
+            if v <= 3 {
+                if r.error_code == 0 && r.node_id.0 >= 0 {
+                    ctx.registry.learn_broker(r.node_id.0, &r.host, r.port);
+                    rewrite(ctx.mapper, r.node_id.0, &mut r.host, &mut r.port);
+                }
+            } else {
+                for c in &mut r.coordinators {
+                    if c.error_code == 0 && c.node_id.0 >= 0 {
+                        ctx.registry.learn_broker(c.node_id.0, &c.host, c.port);
+                        rewrite(ctx.mapper, c.node_id.0, &mut c.host, &mut c.port);
+                    }
+                }
+                for d in denied {
+                    let mut c = find_coordinator_response::Coordinator::default();
+                    c.key = d.name.clone();
+                    c.node_id = BrokerId(-1);
+                    c.host = StrBytes::new();
+                    c.port = -1;
+                    c.error_code = d.code;
+                    c.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                    r.coordinators.push(c);
+                }
+            }
+            true
+        }),
+        ApiKey::DescribeCluster => transcode::<DescribeClusterResponse>(body, v, |r| {
+            for b in &mut r.brokers {
+                ctx.registry.learn_broker(b.broker_id.0, &b.host, b.port);
+                rewrite(ctx.mapper, b.broker_id.0, &mut b.host, &mut b.port);
+            }
+            true
+        }),
+        ApiKey::Produce => transcode::<ProduceResponse>(body, v, |r| {
+            let mut changed = false;
+            for e in &mut r.node_endpoints {
+                ctx.registry.learn_broker(e.node_id.0, &e.host, e.port);
+                rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
+                changed = true;
+            }
+            for d in denied {
+                let mut t = produce_response::TopicProduceResponse::default();
+                t.name = TopicName(d.name.clone());
+                t.topic_id = uuid(d.id);
+                t.partition_responses = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr = produce_response::PartitionProduceResponse::default();
+                        pr.index = *p;
+                        pr.error_code = d.code;
+                        pr.base_offset = -1;
+                        pr.log_append_time_ms = -1;
+                        pr.log_start_offset = -1;
+                        pr.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                        pr
+                    })
+                    .collect();
+                r.responses.push(t);
+                changed = true;
+            }
+            changed
+        }),
+        ApiKey::Fetch => transcode::<FetchResponse>(body, v, |r| {
+            for t in &r.responses {
+                let name: Option<std::borrow::Cow<'_, str>> = if v <= 12 {
+                    Some(std::borrow::Cow::Borrowed(&t.topic.0))
+                } else {
+                    ctx.registry
+                        .topic_name(t.topic_id.as_bytes())
+                        .map(|n| std::borrow::Cow::Owned(n.to_string()))
+                };
+                let mut count = crate::records::RecordCount::default();
+                for p in &t.partitions {
+                    if let Some(recs) = &p.records {
+                        count += count_records(recs);
+                    }
+                }
+                match name {
+                    Some(n) => ctx.fetched.add(&n, count),
+                    None => ctx.fetched.add(&t.topic_id.to_string(), count),
+                }
+            }
+            let mut changed = false;
+            for e in &mut r.node_endpoints {
+                ctx.registry.learn_broker(e.node_id.0, &e.host, e.port);
+                rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
+                changed = true;
+            }
+            for d in denied {
+                let mut t = fetch_response::FetchableTopicResponse::default();
+                t.topic = TopicName(d.name.clone());
+                t.topic_id = uuid(d.id);
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pd = fetch_response::PartitionData::default();
+                        pd.partition_index = *p;
+                        pd.error_code = d.code;
+                        pd.high_watermark = -1;
+                        pd.last_stable_offset = -1;
+                        pd.log_start_offset = -1;
+                        pd.records = Some(Bytes::new());
+                        pd
+                    })
+                    .collect();
+                r.responses.push(t);
+                changed = true;
+            }
+            changed
+        }),
+        ApiKey::ListOffsets => transcode::<ListOffsetsResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = list_offsets_response::ListOffsetsTopicResponse::default();
+                t.name = TopicName(d.name.clone());
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr = list_offsets_response::ListOffsetsPartitionResponse::default();
+                        pr.partition_index = *p;
+                        pr.error_code = d.code;
+                        pr.timestamp = -1;
+                        pr.offset = -1;
+                        pr.leader_epoch = -1;
+                        pr
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::OffsetCommit => transcode::<OffsetCommitResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = offset_commit_response::OffsetCommitResponseTopic::default();
+                t.name = TopicName(d.name.clone());
+                t.topic_id = uuid(d.id);
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr =
+                            offset_commit_response::OffsetCommitResponsePartition::default();
+                        pr.partition_index = *p;
+                        pr.error_code = d.code;
+                        pr
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::OffsetFetch => transcode::<OffsetFetchResponse>(body, v, |r| {
+            if let Some(code) = w.whole {
+                r.error_code = code;
+                r.topics.clear();
+                return true;
+            }
+            let mut changed = false;
+            if w.enforce {
+                let authz = &mut *ctx.authz;
+                for t in &mut r.topics {
+                    if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
+                        for p in &mut t.partitions {
+                            p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                            p.committed_offset = -1;
+                            p.metadata = None;
+                        }
+                        changed = true;
+                    }
+                }
+                for g in &mut r.groups {
+                    for t in &mut g.topics {
+                        if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
+                            for p in &mut t.partitions {
+                                p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                                p.committed_offset = -1;
+                                p.metadata = None;
+                            }
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            for d in denied {
+                let mut g = offset_fetch_response::OffsetFetchResponseGroup::default();
+                g.group_id = GroupId(d.name.clone());
+                g.error_code = d.code;
+                r.groups.push(g);
+                changed = true;
+            }
+            changed
+        }),
+        ApiKey::ListGroups => transcode::<ListGroupsResponse>(body, v, |r| {
+            let authz = &mut *ctx.authz;
+            if !w.enforce
+                || authz.allowed(
+                    ResourceType::Cluster,
+                    crate::authz::CLUSTER_RESOURCE,
+                    Operation::Describe,
+                )
+            {
+                return false;
+            }
+            let before = r.groups.len();
+            r.groups
+                .retain(|g| authz.allowed(ResourceType::Group, &g.group_id, Operation::Describe));
+            r.groups.len() != before
+        }),
+        ApiKey::JoinGroup => whole_only::<JoinGroupResponse>(body, v, w.whole, |r, code| {
+            r.error_code = code;
+            r.generation_id = -1;
+        }),
+        ApiKey::SyncGroup => {
+            whole_only::<SyncGroupResponse>(body, v, w.whole, |r, code| r.error_code = code)
+        }
+        ApiKey::Heartbeat => {
+            whole_only::<HeartbeatResponse>(body, v, w.whole, |r, code| r.error_code = code)
+        }
+        ApiKey::LeaveGroup => {
+            whole_only::<LeaveGroupResponse>(body, v, w.whole, |r, code| r.error_code = code)
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            whole_only::<ConsumerGroupHeartbeatResponse>(body, v, w.whole, |r, code| {
+                r.error_code = code;
+                r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+            })
+        }
+        ApiKey::InitProducerId => {
+            whole_only::<InitProducerIdResponse>(body, v, w.whole, |r, code| {
+                r.error_code = code;
+                r.producer_id = ProducerId(-1);
+                r.producer_epoch = -1;
+            })
+        }
+        ApiKey::DescribeGroups => transcode::<DescribeGroupsResponse>(body, v, |r| {
+            for d in denied {
+                let mut g = describe_groups_response::DescribedGroup::default();
+                g.error_code = d.code;
+                g.group_id = GroupId(d.name.clone());
+                g.authorized_operations = i32::MIN;
+                r.groups.push(g);
+            }
+            true
+        }),
+        ApiKey::DeleteGroups => transcode::<DeleteGroupsResponse>(body, v, |r| {
+            for d in denied {
+                let mut g = delete_groups_response::DeletableGroupResult::default();
+                g.group_id = GroupId(d.name.clone());
+                g.error_code = d.code;
+                r.results.push(g);
+            }
+            true
+        }),
+        ApiKey::CreateTopics => transcode::<CreateTopicsResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = create_topics_response::CreatableTopicResult::default();
+                t.name = TopicName(d.name.clone());
+                t.error_code = d.code;
+                t.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                t.num_partitions = -1;
+                t.replication_factor = -1;
+                t.configs = None;
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::DeleteTopics => transcode::<DeleteTopicsResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = delete_topics_response::DeletableTopicResult::default();
+                t.name = if d.name.is_empty() {
+                    None
+                } else {
+                    Some(TopicName(d.name.clone()))
+                };
+                t.topic_id = uuid(d.id);
+                t.error_code = d.code;
+                t.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                r.responses.push(t);
+            }
+            true
+        }),
+        ApiKey::DescribeConfigs => transcode::<DescribeConfigsResponse>(body, v, |r| {
+            for d in denied {
+                let mut res = describe_configs_response::DescribeConfigsResult::default();
+                res.error_code = d.code;
+                res.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                res.resource_type = d.kind;
+                res.resource_name = d.name.clone();
+                r.results.push(res);
+            }
+            true
+        }),
+        _ => Ok(None),
+    }
+}
+
+fn whole_only<T: Decodable + Encodable + Default>(
+    body: Option<Bytes>,
+    version: i16,
+    whole: Option<i16>,
+    f: impl FnOnce(&mut T, i16),
+) -> Result<Option<BytesMut>, String> {
+    match whole {
+        Some(code) => transcode::<T>(None, version, |r| {
+            f(r, code);
+            true
+        }),
+        None => match body {
+            Some(_) => Ok(None),
+            None => Err("nothing to answer".into()),
+        },
+    }
+}
+
+/// ApiVersions: capped to what the gateway reads. A broker that does not
+/// support the request's version answers v0 with UNSUPPORTED_VERSION.
+fn api_versions(body: Option<Bytes>, version: i16) -> Result<Option<BytesMut>, String> {
+    let Some(body) = body else {
+        return unsupported_api_versions().map(Some);
+    };
+    // An error response (UNSUPPORTED_VERSION: the client retries with a
+    // version from it) has no versions to narrow: pass it on. Brokers write
+    // it in v0 format, some (librdkafka's mock) in their own.
+    if body.len() >= 2 && i16::from_be_bytes([body[0], body[1]]) != 0 {
+        return Ok(None);
+    }
+    let mut resp =
+        ApiVersionsResponse::decode(&mut body.clone(), version).map_err(|e| e.to_string())?;
+    if !cap_api_versions(&mut resp) {
+        return Ok(None);
+    }
+    let mut out = BytesMut::new();
+    resp.encode(&mut out, version).map_err(|e| e.to_string())?;
+    Ok(Some(out))
+}
+
+/// What a broker answers an ApiVersions request of a version it does not
+/// know: v0, UNSUPPORTED_VERSION, and the ApiVersions versions it knows.
+pub(crate) fn unsupported_api_versions() -> Result<BytesMut, String> {
+    let mut resp = ApiVersionsResponse::default();
+    resp.error_code = codes::UNSUPPORTED_VERSION;
+    let mut k = api_versions_response::ApiVersion::default();
+    k.api_key = ApiKey::ApiVersions as i16;
+    let range = crate::versions::inspected_versions(ApiKey::ApiVersions)
+        .unwrap_or(kafka_protocol::protocol::VersionRange { min: 0, max: 0 });
+    k.min_version = range.min;
+    k.max_version = range.max;
+    resp.api_keys.push(k);
+    let mut out = BytesMut::new();
+    resp.encode(&mut out, 0).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::AllowAll;
+    use crate::metrics::KafkaMetrics;
+    use std::sync::Arc;
+    use weir_core::kafka::Principal;
+
+    struct Env {
+        mapper: HostMapper,
+        registry: BrokerRegistry,
+        authz: SessionAuthz,
+        fetched: TopicMeter,
+    }
+
+    fn env() -> Env {
+        Env {
+            mapper: HostMapper::new("kafka.example.com", "b{id}-kafka.example.com", 9093).unwrap(),
+            registry: BrokerRegistry::new(vec![]),
+            authz: SessionAuthz::new(Arc::new(AllowAll), Principal::Anonymous),
+            fetched: TopicMeter::fetched(Arc::new(KafkaMetrics::unregistered())),
+        }
+    }
+
+    /// Encodes `msg` at `version`, runs it through `process`, decodes the result.
+    fn run<T: Encodable + Decodable>(e: &mut Env, api: ApiKey, version: i16, msg: &T) -> Option<T> {
+        let mut b = BytesMut::new();
+        msg.encode(&mut b, version).unwrap();
+        let mut ctx = ResponseCtx {
+            mapper: &e.mapper,
+            registry: &e.registry,
+            authz: &mut e.authz,
+            fetched: &mut e.fetched,
+        };
+        let out = process(&ResponseWork::new(api, version), Some(b.freeze()), &mut ctx).unwrap()?;
+        Some(T::decode(&mut out.freeze(), version).unwrap())
+    }
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_owned())
+    }
+
+    #[test]
+    fn find_coordinator_old_and_new_versions() {
+        let mut e = env();
+        for v in [0, 3] {
+            let mut r = FindCoordinatorResponse::default();
+            r.node_id = BrokerId(5);
+            r.host = s("10.0.0.5");
+            r.port = 9092;
+            let out = run(&mut e, ApiKey::FindCoordinator, v, &r).unwrap();
+            assert_eq!(
+                (out.host.as_str(), out.port),
+                ("b5-kafka.example.com", 9093)
+            );
+        }
+        // An error answer (no coordinator yet) is left alone.
+        let mut r = FindCoordinatorResponse::default();
+        r.error_code = 15;
+        r.node_id = BrokerId(-1);
+        r.host = s("");
+        r.port = -1;
+        let out = run(&mut e, ApiKey::FindCoordinator, 2, &r).unwrap();
+        assert_eq!((out.host.as_str(), out.port), ("", -1));
+        let mut r = FindCoordinatorResponse::default();
+        let mut c = find_coordinator_response::Coordinator::default();
+        c.key = s("g");
+        c.node_id = BrokerId(7);
+        c.host = s("10.0.0.7");
+        c.port = 9092;
+        r.coordinators.push(c);
+        let out = run(&mut e, ApiKey::FindCoordinator, 4, &r).unwrap();
+        assert_eq!(out.coordinators[0].host.as_str(), "b7-kafka.example.com");
+        assert_eq!(e.registry.broker(5).unwrap().to_string(), "10.0.0.5:9092");
+        assert_eq!(e.registry.broker(7).unwrap().to_string(), "10.0.0.7:9092");
+    }
+
+    #[test]
+    fn describe_cluster_brokers() {
+        let mut e = env();
+        let mut r = DescribeClusterResponse::default();
+        let mut b = describe_cluster_response::DescribeClusterBroker::default();
+        b.broker_id = BrokerId(2);
+        b.host = s("10.0.0.2");
+        b.port = 9094;
+        b.rack = Some(s("rack-a"));
+        r.brokers.push(b);
+        let out = run(&mut e, ApiKey::DescribeCluster, 1, &r).unwrap();
+        let b = &out.brokers[0];
+        assert_eq!(
+            (b.host.as_str(), b.port, b.rack.as_deref()),
+            ("b2-kafka.example.com", 9093, Some("rack-a"))
+        );
+        assert_eq!(e.registry.broker(2).unwrap().port, 9094);
+    }
+
+    #[test]
+    fn produce_and_fetch_node_endpoints() {
+        let mut e = env();
+        let mut r = ProduceResponse::default();
+        let mut n = produce_response::NodeEndpoint::default();
+        n.node_id = BrokerId(3);
+        n.host = s("10.0.0.3");
+        n.port = 9092;
+        r.node_endpoints.push(n);
+        let out = run(&mut e, ApiKey::Produce, 10, &r).unwrap();
+        assert_eq!(out.node_endpoints[0].host.as_str(), "b3-kafka.example.com");
+        assert_eq!(out.node_endpoints[0].port, 9093);
+        // Nothing to rewrite: forwarded as it came.
+        assert!(run(&mut e, ApiKey::Produce, 10, &ProduceResponse::default()).is_none());
+
+        let mut r = FetchResponse::default();
+        let mut n = fetch_response::NodeEndpoint::default();
+        n.node_id = BrokerId(4);
+        n.host = s("10.0.0.4");
+        n.port = 9092;
+        r.node_endpoints.push(n);
+        let out = run(&mut e, ApiKey::Fetch, 16, &r).unwrap();
+        assert_eq!(out.node_endpoints[0].host.as_str(), "b4-kafka.example.com");
+        assert!(run(&mut e, ApiKey::Fetch, 12, &FetchResponse::default()).is_none());
+        assert_eq!(e.registry.brokers().len(), 2);
+    }
+
+    #[test]
+    fn fetched_records_are_counted_per_topic() {
+        use prometheus_client::registry::Registry;
+        let mut reg = Registry::default();
+        let metrics = KafkaMetrics::register(&mut reg);
+        let mut e = env();
+        e.fetched = TopicMeter::fetched(metrics);
+        // One v2 batch header claiming 7 records, 61 bytes plus 9 of records.
+        let mut batch = vec![0u8; 70];
+        batch[8..12].copy_from_slice(&58i32.to_be_bytes());
+        batch[16] = 2;
+        batch[57..61].copy_from_slice(&7i32.to_be_bytes());
+        let mut r = FetchResponse::default();
+        let mut t = fetch_response::FetchableTopicResponse::default();
+        t.topic = TopicName(s("orders"));
+        let mut p = fetch_response::PartitionData::default();
+        p.records = Some(Bytes::from(batch));
+        t.partitions.push(p);
+        r.responses.push(t);
+        assert!(run(&mut e, ApiKey::Fetch, 11, &r).is_none());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(
+            text.contains(r#"weir_kafka_fetched_records_total{topic="orders"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weir_kafka_fetched_bytes_total{topic="orders"} 70"#),
+            "{text}"
+        );
+    }
+}

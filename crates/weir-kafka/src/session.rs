@@ -1,0 +1,590 @@
+//! One client connection ↔ one broker connection.
+//!
+//! Two loops run concurrently in the connection's task. The request loop
+//! reads client frames, authorizes them, and forwards them (as they came,
+//! or with denied elements cut out) or answers them itself; for every
+//! request that has a response it queues an in-flight entry. The response
+//! loop takes entries in order: for a forwarded request it reads the
+//! broker's next response (checking the correlation id), for a request the
+//! gateway answers it makes the response, so answers stay in request order.
+//! Produce with acks=0 has no response and queues nothing. Frames that
+//! arrive together are written together.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use weir_core::kafka::{Operation, Principal, ResourceType};
+
+use crate::authz::{SessionAuthz, CLUSTER_RESOURCE};
+use crate::error::{SessionError, Side};
+use crate::frame::{write_chunks, Frame, FrameReader};
+use crate::header::{parse_request_header, parse_response_header, RequestHeader};
+use crate::inspect::{codes, denial_code, filter_request, inspect, patch_false, NameRef};
+use crate::metrics::TopicMeter;
+use crate::proxy::KafkaProxy;
+use crate::response::{process, Denied, ResponseCtx, ResponseWork};
+use crate::versions::{inspected_versions, is_inspected};
+use crate::wire::Reader;
+
+/// Requests in flight per connection before the gateway stops reading the
+/// client (librdkafka defaults to 1 000 000, Java to 5).
+const MAX_IN_FLIGHT: usize = 1024;
+/// Frames handled before their output is written (must stay well under
+/// [`MAX_IN_FLIGHT`]: a batch's entries are queued before it is written).
+const BATCH_FRAMES: usize = 64;
+/// Bytes gathered before they are written.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// How the response to a request is made.
+enum Reply {
+    /// Read the broker's response; change it as `work` says (None: forward as is).
+    Upstream(Option<Box<ResponseWork>>),
+    /// The gateway answers alone.
+    Gateway(Box<ResponseWork>),
+}
+
+struct InFlight {
+    correlation_id: i32,
+    api_name: &'static str,
+    header_version: i16,
+    started: Instant,
+    reply: Reply,
+}
+
+/// What to do with one request.
+enum Plan {
+    /// Forward these bytes; expect a response unless `reply` is None.
+    Forward(Bytes, Option<Reply>),
+    /// Answer without forwarding.
+    Answer(Box<ResponseWork>),
+    /// acks=0 produce with denied topics: forward the rest, then close.
+    ForwardThenClose(Option<Bytes>, String),
+}
+
+/// Runs a session between `client` and `upstream` until either closes.
+pub(crate) async fn run<C, U>(
+    proxy: &KafkaProxy,
+    client: C,
+    upstream: U,
+    principal: Principal,
+) -> Result<(), SessionError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (upstream_r, mut upstream_w) = tokio::io::split(upstream);
+    let max = proxy.config().max_frame_size;
+    let mut client_frames = FrameReader::new(client_r, Side::Client, max);
+    let mut upstream_frames = FrameReader::new(upstream_r, Side::Upstream, max);
+    let (tx, rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT);
+
+    let mut requests = RequestSide {
+        proxy,
+        authz: SessionAuthz::new(proxy.authorizer().clone(), principal.clone()),
+        produced: TopicMeter::produced(proxy.metrics().clone()),
+    };
+    let mut responses = ResponseSide {
+        proxy,
+        authz: SessionAuthz::new(proxy.authorizer().clone(), principal),
+        fetched: TopicMeter::fetched(proxy.metrics().clone()),
+    };
+
+    let req = requests.run(&mut client_frames, &mut upstream_w, tx);
+    let resp = responses.run(&mut upstream_frames, &mut client_w, rx);
+    tokio::pin!(req);
+    tokio::pin!(resp);
+    tokio::select! {
+        r = &mut req => {
+            r?;
+            // The client finished sending: deliver what is still in flight.
+            resp.await
+        }
+        r = &mut resp => r,
+    }
+}
+
+struct RequestSide<'a> {
+    proxy: &'a KafkaProxy,
+    authz: SessionAuthz,
+    produced: TopicMeter,
+}
+
+impl RequestSide<'_> {
+    async fn run<R, W>(
+        &mut self,
+        frames: &mut FrameReader<R>,
+        upstream: &mut W,
+        tx: mpsc::Sender<InFlight>,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out: Vec<Bytes> = Vec::with_capacity(BATCH_FRAMES);
+        loop {
+            let Some(frame) = frames.next().await? else {
+                let _ = upstream.shutdown().await;
+                return Ok(());
+            };
+            let mut close = self.handle(frame, &mut out, &tx).await?;
+            let mut n = 1;
+            while close.is_none()
+                && n < BATCH_FRAMES
+                && out.iter().map(Bytes::len).sum::<usize>() < BATCH_BYTES
+            {
+                let Some(frame) = frames.buffered()? else {
+                    break;
+                };
+                close = self.handle(frame, &mut out, &tx).await?;
+                n += 1;
+            }
+            write_chunks(upstream, &mut out)
+                .await
+                .map_err(|source| SessionError::Io {
+                    side: Side::Upstream,
+                    source,
+                })?;
+            if let Some(e) = close {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Handles one request: bytes to forward go to `out`, entries to `tx`.
+    /// Returns an error to close with after `out` is written.
+    async fn handle(
+        &mut self,
+        frame: Frame,
+        out: &mut Vec<Bytes>,
+        tx: &mpsc::Sender<InFlight>,
+    ) -> Result<Option<SessionError>, SessionError> {
+        let started = Instant::now();
+        let hdr = parse_request_header(frame.body())
+            .map_err(|m| SessionError::malformed(Side::Client, m))?;
+        let api_name = hdr.api_name();
+        self.produced.request(api_name, hdr.api_version);
+        let plan = self.plan(&hdr, frame).await?;
+        let entry = |reply| InFlight {
+            correlation_id: hdr.correlation_id,
+            api_name,
+            header_version: hdr.response_header_version(),
+            started,
+            reply,
+        };
+        let queued = match plan {
+            Plan::Forward(bytes, reply) => {
+                out.push(bytes);
+                reply.map(entry)
+            }
+            Plan::Answer(work) => Some(entry(Reply::Gateway(work))),
+            Plan::ForwardThenClose(bytes, topic) => {
+                out.extend(bytes);
+                return Ok(Some(SessionError::DeniedWithoutResponse { topic }));
+            }
+        };
+        if let Some(e) = queued {
+            // The response side has ended (it returns the reason itself).
+            if tx.send(e).await.is_err() {
+                return Err(SessionError::UpstreamClosed { pending: 0 });
+            }
+        }
+        Ok(None)
+    }
+
+    async fn plan(&mut self, hdr: &RequestHeader, frame: Frame) -> Result<Plan, SessionError> {
+        let v = hdr.api_version;
+        let enforcing = self.authz.enforcing();
+        let (Some(api), Some(start)) = (hdr.api, hdr.body_offset) else {
+            // Unknown API key: pass through.
+            return Ok(Plan::Forward(
+                frame.into_wire(),
+                Some(Reply::Upstream(None)),
+            ));
+        };
+        let Some(range) = inspected_versions(api) else {
+            return Ok(Plan::Forward(
+                frame.into_wire(),
+                Some(Reply::Upstream(None)),
+            ));
+        };
+        if !is_inspected(api, v) {
+            if api == ApiKey::ApiVersions && v > range.max {
+                // As a broker does: v0 UNSUPPORTED_VERSION with the versions it has.
+                let mut work = ResponseWork::new(api, 0);
+                work.whole = Some(codes::UNSUPPORTED_VERSION);
+                return Ok(Plan::Answer(Box::new(work)));
+            }
+            if enforcing && authorized_api(api) {
+                return Err(SessionError::UnsupportedVersion {
+                    api: hdr.api_name(),
+                    version: v,
+                    min: range.min,
+                    max: range.max,
+                });
+            }
+            if api == ApiKey::Produce
+                && produce_acks(v, hdr.flexible(), frame.body(), start) == Some(0)
+            {
+                return Ok(Plan::Forward(frame.into_wire(), None));
+            }
+            return Ok(Plan::Forward(
+                frame.into_wire(),
+                Some(Reply::Upstream(None)),
+            ));
+        }
+
+        let mut work = ResponseWork::new(api, v);
+        work.enforce = enforcing;
+        if !enforcing && api != ApiKey::Produce {
+            let reply = work.needs_decoding().then(|| Box::new(work));
+            return Ok(Plan::Forward(
+                frame.into_wire(),
+                Some(Reply::Upstream(reply)),
+            ));
+        }
+
+        let body = frame.body_bytes();
+        let ins = inspect(api, v, hdr.flexible(), &body, start)
+            .map_err(|m| SessionError::malformed(Side::Client, m))?;
+        if let Some(m) = &ins.metadata {
+            work.all_topics = m.all_topics;
+        }
+        let no_response = api == ApiKey::Produce && ins.acks == 0;
+
+        // Whole-request checks.
+        let mut whole_code = None;
+        if enforcing {
+            for c in &ins.whole {
+                let name = self.name_of(&body, &c.name, enforcing).await;
+                if !self.check(c.resource, &name, c.op) {
+                    whole_code = Some(denial_code(c.resource));
+                    break;
+                }
+            }
+        }
+        let Some(entries) = &ins.entries else {
+            return Ok(match whole_code {
+                Some(code) => {
+                    work.whole = Some(code);
+                    Plan::Answer(Box::new(work))
+                }
+                None => Plan::Forward(frame.into_wire(), Some(reply_for(work))),
+            });
+        };
+        if let (Some(code), false) = (
+            whole_code,
+            matches!(api, ApiKey::Produce | ApiKey::OffsetCommit),
+        ) {
+            work.whole = Some(code);
+            return Ok(Plan::Answer(Box::new(work)));
+        }
+
+        // Per-element checks.
+        let mut keep = vec![true; entries.items.len()];
+        let mut patch_auto_create = None;
+        for (i, e) in entries.items.iter().enumerate() {
+            let name = self.name_of(&body, &e.check.name, enforcing).await;
+            let code = if let Some(code) = whole_code {
+                Some(code)
+            } else if !enforcing {
+                None
+            } else if name.is_empty() && matches!(e.check.name, NameRef::TopicId(_)) {
+                Some(codes::UNKNOWN_TOPIC_ID)
+            } else if !self.check(e.check.resource, &name, e.check.op) {
+                Some(denial_code(e.check.resource))
+            } else {
+                if let Some(at) = ins.metadata.as_ref().and_then(|m| m.auto_create_at) {
+                    if patch_auto_create.is_none()
+                        && !self
+                            .authz
+                            .allowed(ResourceType::Topic, &name, Operation::Create)
+                    {
+                        patch_auto_create = Some(at);
+                    }
+                }
+                None
+            };
+            if let Some(code) = code {
+                keep[i] = false;
+                work.denied.push(Denied {
+                    name: name.clone(),
+                    id: match e.check.name {
+                        NameRef::TopicId(id) => id,
+                        _ => [0; 16],
+                    },
+                    partitions: e.partitions.clone(),
+                    code,
+                    kind: e.kind,
+                });
+            } else if api == ApiKey::Produce {
+                if name.is_empty() {
+                    self.produced.add(&topic_id_label(&e.check.name), e.records);
+                } else {
+                    self.produced.add(&name, e.records);
+                }
+            }
+        }
+        let kept = keep.iter().filter(|k| **k).count();
+
+        if kept == entries.items.len() {
+            let bytes = match patch_auto_create {
+                Some(at) => patch_false(&body, at),
+                None => frame.into_wire(),
+            };
+            return Ok(Plan::Forward(
+                bytes,
+                (!no_response).then(|| reply_for(work)),
+            ));
+        }
+        if no_response {
+            let topic = work
+                .denied
+                .first()
+                .map(|d| d.name.to_string())
+                .unwrap_or_default();
+            let rest = (kept > 0).then(|| filter_request(&body, entries, &keep, None));
+            return Ok(Plan::ForwardThenClose(rest, topic));
+        }
+        let v0_metadata = api == ApiKey::Metadata && v == 0;
+        let must_forward = (api == ApiKey::Fetch && !ins.sessionless) || (api == ApiKey::Metadata);
+        if kept == 0 && !must_forward {
+            return Ok(Plan::Answer(Box::new(work)));
+        }
+        if v0_metadata {
+            // An empty v0 topic list means every topic: forward as it is
+            // and drop the denied topics from the response instead.
+            work.all_topics = false;
+            work.drop_denied = true;
+            return Ok(Plan::Forward(frame.into_wire(), Some(reply_for(work))));
+        }
+        let bytes = filter_request(&body, entries, &keep, patch_auto_create);
+        Ok(Plan::Forward(bytes, Some(reply_for(work))))
+    }
+
+    /// A name as a string: from the body, the registry (topic ids; with
+    /// `refresh`, refreshed once if unknown), or the cluster's name. Empty
+    /// if an id is unknown.
+    async fn name_of(&self, body: &Bytes, name: &NameRef, refresh: bool) -> StrBytes {
+        match name {
+            NameRef::Body(r) => StrBytes::from_utf8(body.slice(r.clone())).unwrap_or_default(),
+            NameRef::Cluster => StrBytes::from_static_str(CLUSTER_RESOURCE),
+            NameRef::TopicId(id) => {
+                let registry = self.proxy.registry();
+                if refresh && registry.topic_name(id).is_none() {
+                    let cfg = self.proxy.config();
+                    if let Err(e) = registry
+                        .refresh(
+                            self.proxy.connector().as_ref(),
+                            true,
+                            cfg.refresh_timeout,
+                            |r| r.topic_name(id).is_some(),
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "metadata refresh for an unknown topic id failed");
+                    }
+                }
+                registry
+                    .topic_name(id)
+                    .map(|n| StrBytes::from_string(n.to_string()))
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    fn check(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
+        let ok = self.authz.allowed(resource, name, op);
+        if !ok {
+            self.proxy
+                .metrics()
+                .denial(resource, name, &self.authz.principal_label, op);
+        }
+        ok
+    }
+}
+
+fn reply_for(work: ResponseWork) -> Reply {
+    Reply::Upstream(work.needs_decoding().then(|| Box::new(work)))
+}
+
+fn topic_id_label(name: &NameRef) -> String {
+    match name {
+        NameRef::TopicId(id) => uuid::Uuid::from_bytes(*id).to_string(),
+        _ => String::new(),
+    }
+}
+
+/// APIs whose requests the gateway authorizes.
+fn authorized_api(api: ApiKey) -> bool {
+    !matches!(api, ApiKey::ApiVersions | ApiKey::DescribeCluster)
+}
+
+/// The acks of a Produce request of any version (v3+ start with the
+/// transactional id), without decoding the rest.
+fn produce_acks(version: i16, flexible: bool, body: &[u8], start: usize) -> Option<i16> {
+    let mut r = Reader::new(body, start);
+    if version >= 3 {
+        r.string(flexible, "transactional_id").ok()?;
+    }
+    r.i16("acks").ok()
+}
+
+struct ResponseSide<'a> {
+    proxy: &'a KafkaProxy,
+    authz: SessionAuthz,
+    fetched: TopicMeter,
+}
+
+impl ResponseSide<'_> {
+    async fn run<R, W>(
+        &mut self,
+        frames: &mut FrameReader<R>,
+        client: &mut W,
+        mut rx: mpsc::Receiver<InFlight>,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out: Vec<Bytes> = Vec::with_capacity(BATCH_FRAMES);
+        let mut next: Option<InFlight> = None;
+        loop {
+            let entry = match next.take() {
+                Some(e) => e,
+                None => {
+                    // Biased: an entry is queued before its request is
+                    // written, so a response never arrives before its entry.
+                    tokio::select! {
+                        biased;
+                        e = rx.recv() => match e {
+                            Some(e) => e,
+                            None => {
+                                let _ = client.shutdown().await;
+                                return Ok(());
+                            }
+                        },
+                        // Idle: the broker should not send anything, but may close.
+                        f = frames.next() => return match f? {
+                            None => Ok(()),
+                            Some(_) => Err(SessionError::MalformedFrame {
+                                side: Side::Upstream,
+                                detail: "a response with no request in flight".into(),
+                            }),
+                        },
+                    }
+                }
+            };
+            let pending = rx.len() + 1;
+            out.push(self.answer(entry, frames, pending).await?);
+            // Gather what is ready without waiting.
+            while out.len() < BATCH_FRAMES {
+                let Ok(e) = rx.try_recv() else { break };
+                let ready = matches!(e.reply, Reply::Gateway(_)) || frames_ready(frames)?;
+                if !ready {
+                    next = Some(e);
+                    break;
+                }
+                let pending = rx.len() + 1;
+                out.push(self.answer(e, frames, pending).await?);
+            }
+            write_chunks(client, &mut out)
+                .await
+                .map_err(|source| SessionError::Io {
+                    side: Side::Client,
+                    source,
+                })?;
+        }
+    }
+
+    async fn answer<R: AsyncRead + Unpin>(
+        &mut self,
+        e: InFlight,
+        frames: &mut FrameReader<R>,
+        pending: usize,
+    ) -> Result<Bytes, SessionError> {
+        let bytes = match e.reply {
+            Reply::Gateway(work) => {
+                let body = self.process(&work, None)?.unwrap_or_default();
+                response_frame(e.correlation_id, e.header_version, &body)
+            }
+            Reply::Upstream(work) => {
+                let frame = frames
+                    .next()
+                    .await?
+                    .ok_or(SessionError::UpstreamClosed { pending })?;
+                let (corr, at) = parse_response_header(frame.body(), e.header_version)
+                    .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
+                if corr != e.correlation_id {
+                    return Err(SessionError::CorrelationMismatch {
+                        expected: e.correlation_id,
+                        got: corr,
+                    });
+                }
+                match work {
+                    None => frame.into_wire(),
+                    Some(work) => {
+                        match self.process(&work, Some(frame.body_bytes().slice(at..)))? {
+                            None => frame.into_wire(),
+                            Some(body) => {
+                                let mut b = BytesMut::with_capacity(4 + at + body.len());
+                                b.extend_from_slice(&((at + body.len()) as u32).to_be_bytes());
+                                b.extend_from_slice(&frame.body()[..at]);
+                                b.extend_from_slice(&body);
+                                b.freeze()
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.fetched
+            .observe_duration(e.api_name, e.started.elapsed().as_secs_f64());
+        Ok(bytes)
+    }
+
+    fn process(
+        &mut self,
+        work: &ResponseWork,
+        body: Option<Bytes>,
+    ) -> Result<Option<BytesMut>, SessionError> {
+        let mut ctx = ResponseCtx {
+            mapper: &self.proxy.config().mapper,
+            registry: self.proxy.registry(),
+            authz: &mut self.authz,
+            fetched: &mut self.fetched,
+        };
+        process(work, body, &mut ctx).map_err(|detail| SessionError::MalformedFrame {
+            side: Side::Upstream,
+            detail: format!("{:?} v{} response: {detail}", work.api, work.version),
+        })
+    }
+}
+
+fn frames_ready<R: AsyncRead + Unpin>(frames: &mut FrameReader<R>) -> Result<bool, SessionError> {
+    frames.has_buffered_frame()
+}
+
+/// A response frame: size, correlation id, tagged fields (header v1), body.
+pub(crate) fn response_frame(correlation_id: i32, header_version: i16, body: &[u8]) -> Bytes {
+    let header = if header_version >= 1 { 5 } else { 4 };
+    let mut b = BytesMut::with_capacity(4 + header + body.len());
+    b.extend_from_slice(&((header + body.len()) as u32).to_be_bytes());
+    b.extend_from_slice(&correlation_id.to_be_bytes());
+    if header_version >= 1 {
+        b.extend_from_slice(&[0]);
+    }
+    b.extend_from_slice(body);
+    b.freeze()
+}
+
+#[allow(dead_code)]
+fn _assert_send(p: &KafkaProxy, c: tokio::net::TcpStream, u: tokio::net::TcpStream) {
+    fn is_send<T: Send>(_: &T) {}
+    let f = run(p, c, u, Principal::Anonymous);
+    is_send(&f);
+}

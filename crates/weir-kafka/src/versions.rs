@@ -1,0 +1,139 @@
+//! Which API versions the gateway reads, and the ApiVersions rewrite that
+//! keeps clients within them.
+//!
+//! The gateway decodes the bodies of the APIs it rewrites (broker
+//! addresses) or authorizes. For those, the ApiVersions response a client
+//! sees offers the intersection of the broker's range and the range this
+//! build can decode (kafka-protocol's request and response types), and
+//! drops a key whose intersection is empty, so the gateway never negotiates
+//! a version neither side supports. Every other API key passes unchanged.
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Message, VersionRange};
+
+macro_rules! inspected_apis {
+    ($($key:ident => $req:ty, $resp:ty;)*) => {
+        /// The versions of `api` whose requests and responses the gateway
+        /// reads and writes, or `None` if it does not inspect `api` (then
+        /// the API passes through unchanged).
+        pub fn inspected_versions(api: ApiKey) -> Option<VersionRange> {
+            match api {
+                $(ApiKey::$key => Some(<$req as Message>::VERSIONS.intersect(&<$resp as Message>::VERSIONS)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+inspected_apis! {
+    Produce => ProduceRequest, ProduceResponse;
+    Fetch => FetchRequest, FetchResponse;
+    ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    Metadata => MetadataRequest, MetadataResponse;
+    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
+    FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
+    JoinGroup => JoinGroupRequest, JoinGroupResponse;
+    Heartbeat => HeartbeatRequest, HeartbeatResponse;
+    LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
+    SyncGroup => SyncGroupRequest, SyncGroupResponse;
+    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    ListGroups => ListGroupsRequest, ListGroupsResponse;
+    ApiVersions => ApiVersionsRequest, ApiVersionsResponse;
+    CreateTopics => CreateTopicsRequest, CreateTopicsResponse;
+    DeleteTopics => DeleteTopicsRequest, DeleteTopicsResponse;
+    InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
+    DescribeConfigs => DescribeConfigsRequest, DescribeConfigsResponse;
+    DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
+    DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
+    ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse;
+}
+
+/// Whether the gateway reads requests of `api` at `version`.
+pub fn is_inspected(api: ApiKey, version: i16) -> bool {
+    inspected_versions(api).is_some_and(|r| r.min <= version && version <= r.max)
+}
+
+/// Narrows a broker's ApiVersions response to what the gateway can read.
+/// Returns whether anything changed.
+pub fn cap_api_versions(resp: &mut ApiVersionsResponse) -> bool {
+    let before = resp.api_keys.len();
+    let mut changed = false;
+    resp.api_keys.retain_mut(|k| {
+        let Ok(api) = ApiKey::try_from(k.api_key) else {
+            return true;
+        };
+        let Some(ours) = inspected_versions(api) else {
+            return true;
+        };
+        let min = k.min_version.max(ours.min);
+        let max = k.max_version.min(ours.max);
+        if min > max {
+            return false;
+        }
+        if (min, max) != (k.min_version, k.max_version) {
+            k.min_version = min;
+            k.max_version = max;
+            changed = true;
+        }
+        true
+    });
+    changed || resp.api_keys.len() != before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+    fn key(api: i16, min: i16, max: i16) -> ApiVersion {
+        let mut k = ApiVersion::default();
+        k.api_key = api;
+        k.min_version = min;
+        k.max_version = max;
+        k
+    }
+
+    #[test]
+    fn intersects_inspected_keys_and_leaves_the_rest() {
+        let mut resp = ApiVersionsResponse::default();
+        resp.api_keys = vec![
+            key(ApiKey::Produce as i16, 0, 20),      // capped both ends: 3..13
+            key(ApiKey::Metadata as i16, 0, 12),     // within: unchanged
+            key(ApiKey::OffsetCommit as i16, 0, 10), // request side decodes to 9
+            key(ApiKey::Fetch as i16, 0, 3),         // nothing in common: dropped
+            key(ApiKey::ElectLeaders as i16, 0, 99), // not inspected: unchanged
+            key(9999, 0, 5),                         // unknown key: unchanged
+        ];
+        assert!(cap_api_versions(&mut resp));
+        let got: Vec<(i16, i16, i16)> = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 3, 13),
+                (3, 0, 12),
+                (8, 2, 9),
+                (ApiKey::ElectLeaders as i16, 0, 99),
+                (9999, 0, 5),
+            ]
+        );
+        // Idempotent.
+        assert!(!cap_api_versions(&mut resp));
+    }
+
+    #[test]
+    fn inspection_ranges() {
+        assert!(is_inspected(ApiKey::Produce, 9));
+        assert!(!is_inspected(ApiKey::Produce, 2));
+        assert!(!is_inspected(ApiKey::Produce, 14));
+        assert!(!is_inspected(ApiKey::ElectLeaders, 0));
+        assert_eq!(
+            inspected_versions(ApiKey::ApiVersions).map(|r| r.max),
+            Some(4)
+        );
+    }
+}

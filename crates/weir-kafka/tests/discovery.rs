@@ -1,0 +1,142 @@
+//! Routing by SNI and discovery of brokers added to the cluster, against a
+//! scripted bootstrap server (librdkafka's mock cluster cannot report where
+//! a broker added at run time listens).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use weir_kafka::frame::FrameReader;
+use weir_kafka::{AllowAll, BrokerAddr, Side, SniTarget};
+
+use common::{proxy_with, response_frame};
+
+/// A bootstrap server that answers ApiVersions v0 and Metadata with the
+/// brokers in `brokers`; counts Metadata requests.
+async fn bootstrap_server(
+    brokers: Arc<Mutex<Vec<i32>>>,
+    metadata_requests: Arc<Mutex<Vec<bool>>>,
+) -> BrokerAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let brokers = brokers.clone();
+            let metadata_requests = metadata_requests.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut frames = FrameReader::new(r, Side::Client, 1 << 20);
+                while let Ok(Some(f)) = frames.next().await {
+                    let b = f.body();
+                    let (key, version) = (
+                        i16::from_be_bytes([b[0], b[1]]),
+                        i16::from_be_bytes([b[2], b[3]]),
+                    );
+                    let corr = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    let out: Bytes = if key == ApiKey::ApiVersions as i16 {
+                        let mut resp = ApiVersionsResponse::default();
+                        let mut k = api_versions_response::ApiVersion::default();
+                        k.api_key = ApiKey::Metadata as i16;
+                        k.max_version = 12;
+                        resp.api_keys.push(k);
+                        let mut body = bytes::BytesMut::new();
+                        resp.encode(&mut body, 0).unwrap();
+                        let mut out = ((4 + body.len()) as u32).to_be_bytes().to_vec();
+                        out.extend(corr.to_be_bytes());
+                        out.extend(body);
+                        out.into()
+                    } else {
+                        assert_eq!((key, version), (ApiKey::Metadata as i16, 12));
+                        let mut body = Bytes::copy_from_slice(b);
+                        let _ = RequestHeader::decode(&mut body, 2).unwrap();
+                        let req = MetadataRequest::decode(&mut body, 12).unwrap();
+                        metadata_requests.lock().unwrap().push(req.topics.is_none());
+                        let mut resp = MetadataResponse::default();
+                        for id in brokers.lock().unwrap().iter() {
+                            let mut b = metadata_response::MetadataResponseBroker::default();
+                            b.node_id = BrokerId(*id);
+                            b.host = StrBytes::from_string(format!("10.9.0.{id}"));
+                            b.port = 9092;
+                            resp.brokers.push(b);
+                        }
+                        response_frame(12, corr, &resp)
+                    };
+                    if w.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    BrokerAddr {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+#[tokio::test]
+async fn a_broker_added_to_the_cluster_is_found_without_config_changes() {
+    let brokers = Arc::new(Mutex::new(vec![1, 2]));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let bootstrap = bootstrap_server(brokers.clone(), requests.clone()).await;
+    let (proxy, _) = proxy_with(Arc::new(AllowAll), vec![bootstrap.clone()]);
+
+    // The bootstrap name goes to the bootstrap servers.
+    let route = proxy.resolve("kafka.example.com").await.unwrap();
+    assert_eq!(route.target, SniTarget::Bootstrap);
+    assert_eq!(route.candidates, vec![bootstrap.clone()]);
+
+    // Broker 2 is unknown until metadata is seen: one refresh finds it.
+    let route = proxy.resolve("b2-kafka.example.com").await.unwrap();
+    assert_eq!(route.target, SniTarget::Broker(2));
+    assert_eq!(route.candidates[0].to_string(), "10.9.0.2:9092");
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    // Known now: no new refresh.
+    proxy.resolve("b1-kafka.example.com").await.unwrap();
+    assert_eq!(requests.lock().unwrap().len(), 1);
+
+    // Broker 3 joins the cluster; a client dials its name.
+    brokers.lock().unwrap().push(3);
+    let route = proxy.resolve("B3-Kafka.Example.Com").await.unwrap();
+    assert_eq!(route.candidates[0].to_string(), "10.9.0.3:9092");
+    // A brokers-only refresh (empty topic list, not every topic).
+    assert_eq!(*requests.lock().unwrap(), vec![false, false]);
+
+    // A broker that does not exist, and a name that is not ours.
+    let err = proxy.resolve("b9-kafka.example.com").await.unwrap_err();
+    assert_eq!(err.reason(), "unknown_broker");
+    let err = proxy.resolve("other.example.com").await.unwrap_err();
+    assert_eq!(err.reason(), "unknown_host");
+}
+
+#[tokio::test]
+async fn unreachable_bootstrap_servers_are_reported() {
+    // A port nothing listens on.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let dead = BrokerAddr {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let (proxy, metrics) = proxy_with(Arc::new(AllowAll), vec![dead]);
+    let (client, _peer) = tokio::io::duplex(64);
+    let err = proxy
+        .serve(
+            client,
+            "kafka.example.com",
+            weir_core::kafka::Principal::Anonymous,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "upstream_unreachable");
+    let err = proxy.resolve("b1-kafka.example.com").await.unwrap_err();
+    assert_eq!(err.reason(), "unknown_broker");
+    drop(metrics);
+}

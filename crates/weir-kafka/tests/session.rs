@@ -1,0 +1,639 @@
+//! The session against a scripted broker: ordering, pipelining, address
+//! rewriting, ApiVersions capping, authorization (filtered, merged and
+//! synthesized responses), bad input.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use weir_core::kafka::{Operation, ResourceType};
+use weir_kafka::{AllowAll, DEFAULT_MAX_FRAME_SIZE};
+
+fn allow_all() -> Arc<weir_kafka::KafkaProxy> {
+    proxy_with(Arc::new(AllowAll), vec![]).0
+}
+
+fn deny(list: Vec<(ResourceType, &'static str, Operation)>) -> Arc<weir_kafka::KafkaProxy> {
+    proxy_with(Arc::new(TestAuthz { deny: list }), vec![]).0
+}
+
+fn metadata_response(topics: &[&'static str]) -> MetadataResponse {
+    let mut r = MetadataResponse::default();
+    for (id, port) in [(1, 19092), (2, 19093)] {
+        let mut b = metadata_response::MetadataResponseBroker::default();
+        b.node_id = BrokerId(id);
+        b.host = StrBytes::from_string(format!("10.1.0.{id}"));
+        b.port = port;
+        r.brokers.push(b);
+    }
+    r.controller_id = BrokerId(1);
+    for name in topics {
+        let mut t = metadata_response::MetadataResponseTopic::default();
+        t.name = Some(topic(name));
+        let mut p = metadata_response::MetadataResponsePartition::default();
+        p.leader_id = BrokerId(2);
+        t.partitions.push(p);
+        r.topics.push(t);
+    }
+    r
+}
+
+fn metadata_request(topics: Option<&[&'static str]>) -> MetadataRequest {
+    let mut m = MetadataRequest::default();
+    m.topics = topics.map(|ts| {
+        ts.iter()
+            .map(|n| {
+                let mut t = metadata_request::MetadataRequestTopic::default();
+                t.name = Some(topic(n));
+                t
+            })
+            .collect()
+    });
+    m.allow_auto_topic_creation = true;
+    m
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_rewritten_brokers() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    // Three requests back to back, before any response.
+    send(
+        &mut h.client,
+        &request_frame(12, 1, &metadata_request(None)),
+    )
+    .await;
+    let mut av = ApiVersionsRequest::default();
+    av.client_software_name = StrBytes::from_static_str("test");
+    av.client_software_version = StrBytes::from_static_str("1");
+    send(&mut h.client, &request_frame(3, 2, &av)).await;
+    // An API key kafka-protocol does not know: passes byte for byte.
+    let unknown = Bytes::from_static(&[
+        0, 0, 0, 12, 0x03, 0xe7, 0, 0, 0, 0, 0, 3, 0xde, 0xad, 0xbe, 0xef,
+    ]);
+    send(&mut h.client, &unknown).await;
+
+    for expect in [1, 2, 3] {
+        let f = next(&mut h.broker_frames).await;
+        let corr = i32::from_be_bytes(f.body()[4..8].try_into().unwrap());
+        assert_eq!(corr, expect);
+        if expect == 3 {
+            assert_eq!(f.wire(), &unknown);
+        }
+    }
+    send(
+        &mut h.broker,
+        &response_frame(12, 1, &metadata_response(&["orders"])),
+    )
+    .await;
+    let mut avr = ApiVersionsResponse::default();
+    for (k, min, max) in [(0, 0, 11), (1, 0, 17), (3, 0, 12), (32, 0, 4), (60, 0, 1)] {
+        let mut a = api_versions_response::ApiVersion::default();
+        a.api_key = k;
+        a.min_version = min;
+        a.max_version = max;
+        avr.api_keys.push(a);
+    }
+    // ApiVersions response headers are always v0.
+    let mut frame = bytes::BytesMut::new();
+    let mut body = bytes::BytesMut::new();
+    kafka_protocol::protocol::Encodable::encode(&avr, &mut body, 3).unwrap();
+    frame.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(&2i32.to_be_bytes());
+    frame.extend_from_slice(&body);
+    send(&mut h.broker, &frame.freeze()).await;
+    let unknown_resp = Bytes::from_static(&[0, 0, 0, 6, 0, 0, 0, 3, 0xca, 0xfe]);
+    send(&mut h.broker, &unknown_resp).await;
+
+    let f = next(&mut h.client_frames).await;
+    let (corr, md): (i32, MetadataResponse) = decode_response(f.body(), 12);
+    assert_eq!(corr, 1);
+    let brokers: Vec<(i32, String, i32)> = md
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, b.host.to_string(), b.port))
+        .collect();
+    assert_eq!(
+        brokers,
+        vec![
+            (1, "b1-kafka.example.com".to_string(), PORT as i32),
+            (2, "b2-kafka.example.com".to_string(), PORT as i32)
+        ]
+    );
+    assert_eq!(md.topics.len(), 1);
+
+    let f = next(&mut h.client_frames).await;
+    let corr = i32::from_be_bytes(f.body()[..4].try_into().unwrap());
+    assert_eq!(corr, 2);
+    let mut b = Bytes::copy_from_slice(&f.body()[4..]);
+    let avr: ApiVersionsResponse = kafka_protocol::protocol::Decodable::decode(&mut b, 3).unwrap();
+    let got: Vec<(i16, i16, i16)> = avr
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, k.min_version, k.max_version))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 3, 11), (1, 4, 17), (3, 0, 12), (32, 1, 4), (60, 0, 1)]
+    );
+
+    let f = next(&mut h.client_frames).await;
+    assert_eq!(f.wire(), &unknown_resp);
+}
+
+#[tokio::test]
+async fn api_versions_above_what_the_gateway_reads_is_answered_v0_unsupported() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(
+        &mut h.client,
+        &request_frame(4, 7, &ApiVersionsRequest::default()),
+    )
+    .await;
+    // Hand-made v9 request: header v2 (client id, no tags), empty body.
+    let v9 = Bytes::from_static(&[0, 0, 0, 11, 0, 18, 0, 9, 0, 0, 0, 8, 0xff, 0xff, 0]);
+    send(&mut h.client, &v9).await;
+    // v4 is forwarded; answer it.
+    let f = next(&mut h.broker_frames).await;
+    assert_eq!(&f.body()[..4], &[0, 18, 0, 4]);
+    let mut avr = ApiVersionsResponse::default();
+    avr.error_code = 0;
+    let mut frame = bytes::BytesMut::new();
+    let mut body = bytes::BytesMut::new();
+    kafka_protocol::protocol::Encodable::encode(&avr, &mut body, 4).unwrap();
+    frame.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(&7i32.to_be_bytes());
+    frame.extend_from_slice(&body);
+    send(&mut h.broker, &frame.freeze()).await;
+    let _ = next(&mut h.client_frames).await;
+    let f = next(&mut h.client_frames).await;
+    assert_eq!(i32::from_be_bytes(f.body()[..4].try_into().unwrap()), 8);
+    let mut b = Bytes::copy_from_slice(&f.body()[4..]);
+    let r: ApiVersionsResponse = kafka_protocol::protocol::Decodable::decode(&mut b, 0).unwrap();
+    assert_eq!(r.error_code, 35);
+    assert_eq!((r.api_keys[0].api_key, r.api_keys[0].max_version), (18, 4));
+}
+
+#[tokio::test]
+async fn metadata_listing_leaves_out_denied_topics_and_errors_requested_ones() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    // Full listing.
+    send(
+        &mut h.client,
+        &request_frame(12, 1, &metadata_request(None)),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(12, 1, &metadata_response(&["orders", "secret-a", "logs"])),
+    )
+    .await;
+    let f = next(&mut h.client_frames).await;
+    let (_, md): (i32, MetadataResponse) = decode_response(f.body(), 12);
+    let names: Vec<String> = md
+        .topics
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["orders", "logs"]);
+
+    // Explicit request for an allowed and a denied topic: the broker sees
+    // only the allowed one, the client gets 29 for the other.
+    send(
+        &mut h.client,
+        &request_frame(12, 2, &metadata_request(Some(&["orders", "secret-b"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    let asked: Vec<String> = req
+        .topics
+        .unwrap()
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(asked, vec!["orders"]);
+    send(
+        &mut h.broker,
+        &response_frame(12, 2, &metadata_response(&["orders"])),
+    )
+    .await;
+    let f = next(&mut h.client_frames).await;
+    let (corr, md): (i32, MetadataResponse) = decode_response(f.body(), 12);
+    assert_eq!(corr, 2);
+    let got: Vec<(String, i16)> = md
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0), ("secret-b".into(), 29)]);
+}
+
+#[tokio::test]
+async fn auto_creation_is_switched_off_without_create_permission() {
+    let mut h = harness(
+        deny(vec![(ResourceType::Topic, "new-topic", Operation::Create)]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(9, 1, &metadata_request(Some(&["new-topic"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert!(!req.allow_auto_topic_creation);
+    assert_eq!(req.topics.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn mixed_produce_is_split_and_merged() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let recs = records(3, 50);
+    let req = produce(-1, &[("orders", &[0, 1]), ("secret", &[0, 2])], &recs);
+    send(&mut h.client, &request_frame(9, 11, &req)).await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, fwd): (RequestHeader, ProduceRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 11);
+    assert_eq!(hdr.client_id.as_deref(), Some("test-client"));
+    assert_eq!(fwd.topic_data.len(), 1);
+    assert_eq!(fwd.topic_data[0].name.0.as_str(), "orders");
+    assert_eq!(
+        fwd.topic_data[0].partition_data[1].records.as_ref(),
+        Some(&recs)
+    );
+
+    let mut resp = ProduceResponse::default();
+    let mut t = produce_response::TopicProduceResponse::default();
+    t.name = topic("orders");
+    for p in [0, 1] {
+        let mut pr = produce_response::PartitionProduceResponse::default();
+        pr.index = p;
+        pr.base_offset = 100;
+        t.partition_responses.push(pr);
+    }
+    resp.responses.push(t);
+    send(&mut h.broker, &response_frame(9, 11, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (corr, got): (i32, ProduceResponse) = decode_response(f.body(), 9);
+    assert_eq!(corr, 11);
+    let flat: Vec<(String, i32, i16)> = got
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.index, p.error_code))
+        })
+        .collect();
+    assert_eq!(
+        flat,
+        vec![
+            ("orders".into(), 0, 0),
+            ("orders".into(), 1, 0),
+            ("secret".into(), 0, 29),
+            ("secret".into(), 2, 29)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn fully_denied_requests_are_answered_in_order_without_the_broker() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let recs = records(1, 10);
+    send(
+        &mut h.client,
+        &request_frame(7, 1, &produce(1, &[("orders", &[0])], &recs)),
+    )
+    .await;
+    send(
+        &mut h.client,
+        &request_frame(7, 2, &produce(1, &[("secret", &[0, 1])], &recs)),
+    )
+    .await;
+    send(
+        &mut h.client,
+        &request_frame(1, 3, &metadata_request(Some(&["orders"]))),
+    )
+    .await;
+    // The broker sees 1 and 3 only.
+    let f1 = next(&mut h.broker_frames).await;
+    let f3 = next(&mut h.broker_frames).await;
+    assert_eq!(i32::from_be_bytes(f1.body()[4..8].try_into().unwrap()), 1);
+    assert_eq!(i32::from_be_bytes(f3.body()[4..8].try_into().unwrap()), 3);
+    // Answer 1 late: response 2 (made by the gateway) must wait for it.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut pr = ProduceResponse::default();
+    let mut t = produce_response::TopicProduceResponse::default();
+    t.name = topic("orders");
+    t.partition_responses.push(Default::default());
+    pr.responses.push(t);
+    send(&mut h.broker, &response_frame(7, 1, &pr)).await;
+    send(
+        &mut h.broker,
+        &response_frame(1, 3, &metadata_response(&["orders"])),
+    )
+    .await;
+
+    let (c1, _): (i32, ProduceResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 7);
+    let (c2, denied): (i32, ProduceResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 7);
+    let (c3, _): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 1);
+    assert_eq!((c1, c2, c3), (1, 2, 3));
+    let codes: Vec<(i32, i16)> = denied.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| (p.index, p.error_code))
+        .collect();
+    assert_eq!(codes, vec![(0, 29), (1, 29)]);
+    assert_eq!(denied.responses[0].name.0.as_str(), "secret");
+}
+
+#[tokio::test]
+async fn acks_zero_produce_queues_no_response() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    let recs = records(2, 10);
+    send(
+        &mut h.client,
+        &request_frame(8, 1, &produce(0, &[("orders", &[0])], &recs)),
+    )
+    .await;
+    send(
+        &mut h.client,
+        &request_frame(8, 2, &metadata_request(Some(&[]))),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(8, 2, &metadata_response(&[])),
+    )
+    .await;
+    let (corr, _): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 8);
+    assert_eq!(corr, 2);
+}
+
+#[tokio::test]
+async fn acks_zero_produce_to_a_denied_topic_closes_like_a_broker() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let recs = records(2, 10);
+    send(
+        &mut h.client,
+        &request_frame(
+            8,
+            1,
+            &produce(0, &[("orders", &[0]), ("secret", &[0])], &recs),
+        ),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, fwd): (RequestHeader, ProduceRequest) = decode_request(f.body());
+    assert_eq!(fwd.topic_data.len(), 1);
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "denied_acks0");
+}
+
+#[tokio::test]
+async fn group_and_cluster_denials_use_their_codes() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Group, "g-denied", Operation::Read),
+            (
+                ResourceType::Cluster,
+                "kafka-cluster",
+                Operation::IdempotentWrite,
+            ),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(StrBytes::from_static_str("g-denied"));
+    send(&mut h.client, &request_frame(5, 1, &join)).await;
+    let mut commit = OffsetCommitRequest::default();
+    commit.group_id = GroupId(StrBytes::from_static_str("g-denied"));
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = topic("orders");
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.partition_index = 4;
+    t.partitions.push(p);
+    commit.topics.push(t);
+    send(&mut h.client, &request_frame(8, 2, &commit)).await;
+    send(
+        &mut h.client,
+        &request_frame(4, 3, &{
+            let mut r = InitProducerIdRequest::default();
+            r.transactional_id = None;
+            r
+        }),
+    )
+    .await;
+    let mut fc = FindCoordinatorRequest::default();
+    fc.key_type = 0;
+    fc.coordinator_keys = vec![
+        StrBytes::from_static_str("g-ok"),
+        StrBytes::from_static_str("secret-g"),
+    ];
+    send(&mut h.client, &request_frame(4, 4, &fc)).await;
+
+    let (c, r): (i32, JoinGroupResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 5);
+    assert_eq!((c, r.error_code), (1, 30));
+    let (c, r): (i32, OffsetCommitResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 8);
+    assert_eq!(
+        (
+            c,
+            r.topics[0].name.0.as_str(),
+            r.topics[0].partitions[0].partition_index,
+            r.topics[0].partitions[0].error_code
+        ),
+        (2, "orders", 4, 30)
+    );
+    let (c, r): (i32, InitProducerIdResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 4);
+    assert_eq!((c, r.error_code, r.producer_id.0), (3, 31, -1));
+
+    // FindCoordinator v4 with one allowed and one denied key: split and merged.
+    let f = next(&mut h.broker_frames).await;
+    let (_, fwd): (RequestHeader, FindCoordinatorRequest) = decode_request(f.body());
+    assert_eq!(
+        fwd.coordinator_keys,
+        vec![StrBytes::from_static_str("g-ok")]
+    );
+    let mut resp = FindCoordinatorResponse::default();
+    let mut c = find_coordinator_response::Coordinator::default();
+    c.key = StrBytes::from_static_str("g-ok");
+    c.node_id = BrokerId(2);
+    c.host = StrBytes::from_static_str("10.1.0.2");
+    c.port = 19093;
+    resp.coordinators.push(c);
+    send(&mut h.broker, &response_frame(4, 4, &resp)).await;
+    let (c, r): (i32, FindCoordinatorResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 4);
+    assert_eq!(c, 4);
+    let got: Vec<(String, i32, String, i32, i16)> = r
+        .coordinators
+        .iter()
+        .map(|c| {
+            (
+                c.key.to_string(),
+                c.node_id.0,
+                c.host.to_string(),
+                c.port,
+                c.error_code,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "g-ok".into(),
+                2,
+                "b2-kafka.example.com".into(),
+                PORT as i32,
+                0
+            ),
+            ("secret-g".into(), -1, "".into(), -1, 30)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn transactional_produce_denied_by_transactional_id() {
+    let mut h = harness(
+        deny(vec![(
+            ResourceType::TransactionalId,
+            "tx-1",
+            Operation::Write,
+        )]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut req = produce(-1, &[("orders", &[0, 1])], &records(1, 10));
+    req.transactional_id = Some(TransactionalId(StrBytes::from_static_str("tx-1")));
+    send(&mut h.client, &request_frame(9, 5, &req)).await;
+    let (c, r): (i32, ProduceResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 9);
+    assert_eq!(c, 5);
+    let codes: Vec<i16> = r.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, vec![53, 53]);
+}
+
+#[tokio::test]
+async fn fetch_of_a_denied_topic_is_answered_per_partition() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.session_epoch = -1;
+    for name in ["orders", "secret"] {
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = topic(name);
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = 3;
+        t.partitions.push(p);
+        req.topics.push(t);
+    }
+    send(&mut h.client, &request_frame(11, 9, &req)).await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, fwd): (RequestHeader, FetchRequest) = decode_request(f.body());
+    assert_eq!(fwd.topics.len(), 1);
+    let mut resp = FetchResponse::default();
+    let mut t = fetch_response::FetchableTopicResponse::default();
+    t.topic = topic("orders");
+    let mut p = fetch_response::PartitionData::default();
+    p.partition_index = 3;
+    p.records = Some(records(4, 20));
+    t.partitions.push(p);
+    resp.responses.push(t);
+    send(&mut h.broker, &response_frame(11, 9, &resp)).await;
+    let (_, r): (i32, FetchResponse) = decode_response(next(&mut h.client_frames).await.body(), 11);
+    let got: Vec<(String, i16)> = r
+        .responses
+        .iter()
+        .map(|t| (t.topic.0.to_string(), t.partitions[0].error_code))
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0), ("secret".into(), 29)]);
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_closes_the_session() {
+    let (proxy, _) = proxy_with_max_frame(Arc::new(AllowAll), 1000);
+    let mut h = harness(proxy, 1000);
+    send(&mut h.client, &Bytes::from_static(&[0, 0, 0x10, 0])).await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "frame_too_large");
+}
+
+#[tokio::test]
+async fn a_malformed_request_closes_the_session() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    // Produce v7 whose topic array claims two billion entries.
+    let mut body = vec![0, 0, 0, 7, 0, 0, 0, 1, 0xff, 0xff];
+    body.extend_from_slice(&[0xff, 0xff, 0, 1, 0, 0, 0x03, 0xe8, 0x7f, 0xff, 0xff, 0xff]);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend(body);
+    send(&mut h.client, &Bytes::from(frame)).await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "malformed_frame");
+    assert!(err.to_string().contains("topic_data"), "{err}");
+}
+
+#[tokio::test]
+async fn versions_the_gateway_cannot_read_pass_without_enforcement_only() {
+    // Produce v2 (below what kafka-protocol reads): acks at the start of the body.
+    let v2 = Bytes::from_static(&[
+        0, 0, 0, 20, 0, 0, 0, 2, 0, 0, 0, 1, 0xff, 0xff, 0, 1, 0, 0, 0x03, 0xe8, 0, 0, 0, 0,
+    ]);
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &v2).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &v2);
+
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &v2).await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "unsupported_version");
+}
+
+#[tokio::test]
+async fn a_response_for_another_request_closes_the_session() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(
+        &mut h.client,
+        &request_frame(1, 1, &metadata_request(Some(&[]))),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(1, 99, &metadata_response(&[])),
+    )
+    .await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "correlation_mismatch");
+}
+
+#[tokio::test]
+async fn upstream_closing_with_requests_in_flight_is_reported() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(
+        &mut h.client,
+        &request_frame(1, 1, &metadata_request(Some(&[]))),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    drop(h.broker);
+    drop(h.broker_frames);
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "upstream_closed");
+}
