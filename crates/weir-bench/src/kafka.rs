@@ -38,10 +38,10 @@ use crate::{
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const BROKER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-const KAFKA_PORT: u16 = 9092;
+pub(crate) const KAFKA_PORT: u16 = 9092;
 /// Value size of every record.
-const RECORD_SIZE: usize = 1024;
-const LINGER_MS: u32 = 5;
+pub(crate) const RECORD_SIZE: usize = 1024;
+pub(crate) const LINGER_MS: u32 = 5;
 
 // Targets of issue 3.
 const TARGET_TPUT_RATIO: f64 = 0.9;
@@ -94,44 +94,61 @@ pub struct KafkaArgs {
     node_arg: Vec<String>,
 }
 
-struct Plan {
-    rounds: usize,
-    produce: usize,
-    consume: usize,
-    lat_warmup: usize,
-    lat_count: usize,
-    warmup_produce: usize,
+/// Rounds and record counts of a Kafka benchmark run.
+pub(crate) struct Plan {
+    pub(crate) rounds: usize,
+    pub(crate) produce: usize,
+    pub(crate) consume: usize,
+    pub(crate) lat_warmup: usize,
+    pub(crate) lat_count: usize,
+    pub(crate) warmup_produce: usize,
 }
 
 impl Plan {
     fn new(a: &KafkaArgs) -> Plan {
-        let q = a.quick;
-        let produce = a
-            .produce_records
-            .unwrap_or(if q { 200_000 } else { 1_000_000 });
+        Plan::with(
+            a.quick,
+            a.rounds,
+            a.produce_records,
+            a.consume_records,
+            a.latency_records,
+        )
+    }
+
+    /// The defaults of `weir-bench kafka` (smaller with `quick`), each
+    /// overridden by the `Some` arguments.
+    pub(crate) fn with(
+        quick: bool,
+        rounds: Option<usize>,
+        produce: Option<usize>,
+        consume: Option<usize>,
+        latency: Option<usize>,
+    ) -> Plan {
+        let q = quick;
+        let produce = produce.unwrap_or(if q { 200_000 } else { 1_000_000 });
         Plan {
-            rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+            rounds: rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
             produce,
-            consume: a
-                .consume_records
+            consume: consume
                 .unwrap_or(if q { 50_000 } else { 200_000 })
                 .min(produce),
             lat_warmup: if q { 200 } else { 500 },
-            lat_count: a.latency_records.unwrap_or(if q { 2_000 } else { 5_000 }),
+            lat_count: latency.unwrap_or(if q { 2_000 } else { 5_000 }),
             warmup_produce: produce.min(200_000),
         }
     }
 }
 
+/// One kind of Kafka measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Produce,
     Consume,
     Latency,
 }
 
 impl Op {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Produce => "produce",
             Op::Consume => "consume",
@@ -167,7 +184,7 @@ struct Cpu {
 }
 
 /// (busy, total) jiffies of all CPUs, from the first line of /proc/stat.
-fn machine_jiffies() -> Option<(u64, u64)> {
+pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let v: Vec<u64> = stat
         .lines()
@@ -185,29 +202,114 @@ fn machine_jiffies() -> Option<(u64, u64)> {
     Some((total - v[3] - v[4], total))
 }
 
-fn busy_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+/// Share of the CPUs busy between two [`machine_jiffies`] readings, 0..1.
+pub(crate) fn busy_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
     let ((b0, t0), (b1, t1)) = (before?, after?);
     (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
 }
 
 /// Everything a measurement needs.
-struct Ctx<'a> {
-    python: PathBuf,
-    client_py: PathBuf,
-    tansu: PathBuf,
-    client: &'a Host,
-    broker: &'a Host,
-    broker_pid: u32,
-    plan: Plan,
+pub(crate) struct Ctx<'a> {
+    pub(crate) python: PathBuf,
+    pub(crate) client_py: PathBuf,
+    pub(crate) tansu: PathBuf,
+    pub(crate) client: &'a Host,
+    pub(crate) broker: &'a Host,
+    pub(crate) broker_pid: u32,
+    pub(crate) plan: Plan,
 }
 
 impl Ctx<'_> {
     fn bootstrap(&self) -> String {
-        format!("{BROKER_IP}:{KAFKA_PORT}")
+        format!("{}:{KAFKA_PORT}", self.broker.addr)
     }
 
     fn broker_url(&self) -> String {
-        format!("tcp://{BROKER_IP}:{KAFKA_PORT}")
+        format!("tcp://{}:{KAFKA_PORT}", self.broker.addr)
+    }
+
+    /// The broker itself, plaintext.
+    pub(crate) fn direct(&self) -> Endpoint {
+        Endpoint {
+            bootstrap: self.bootstrap(),
+            tls: Vec::new(),
+        }
+    }
+}
+
+/// Where `client.py` connects: its bootstrap address and the TLS arguments
+/// (`--tls-ca ...`) it needs there, if any.
+pub(crate) struct Endpoint {
+    pub(crate) bootstrap: String,
+    pub(crate) tls: Vec<String>,
+}
+
+/// The Kafka tools of a benchmark run, found and checked.
+pub(crate) struct Tools {
+    pub(crate) tansu: PathBuf,
+    pub(crate) tansu_version: String,
+    pub(crate) python: PathBuf,
+    pub(crate) client_py: PathBuf,
+    /// confluent-kafka's version.
+    pub(crate) py_version: String,
+    /// librdkafka's version.
+    pub(crate) lib_version: String,
+}
+
+impl Tools {
+    /// Finds Tansu, the Python interpreter (which must import
+    /// confluent_kafka) and `client.py`: the explicit paths, else the
+    /// defaults described in [`KafkaArgs`].
+    pub(crate) fn find(
+        tansu: Option<&Path>,
+        python: Option<&Path>,
+        client_py: Option<&Path>,
+    ) -> Result<Tools> {
+        let tansu = find_tansu(tansu)?;
+        let python = python.map_or_else(find_python, Path::to_path_buf);
+        let client_py = client_py.map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/kafka/client.py"),
+            Path::to_path_buf,
+        );
+        if !client_py.is_file() {
+            bail!(
+                "the Kafka client script {} does not exist; pass --client-py PATH \
+                 (tools/kafka/client.py of the weir source tree)",
+                client_py.display()
+            );
+        }
+        let versions = Command::new(&python)
+            .args([
+                "-c",
+                "import confluent_kafka as c; v = c.version(); \
+                 print(v[0] if isinstance(v, tuple) else v, c.libversion()[0])",
+            ])
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        if !versions.status.success() {
+            bail!(
+                "{} cannot import confluent_kafka ({}): install it with \
+                 `python3 -m pip install confluent-kafka`, or pass --python PATH",
+                python.display(),
+                String::from_utf8_lossy(&versions.stderr).trim()
+            );
+        }
+        let versions = String::from_utf8_lossy(&versions.stdout).trim().to_string();
+        let (py_version, lib_version) = versions.split_once(' ').unwrap_or((&versions, "?"));
+        let client_py = client_py.canonicalize().unwrap_or(client_py);
+        let tansu_version = Command::new(&tansu)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Ok(Tools {
+            tansu,
+            tansu_version,
+            python,
+            client_py,
+            py_version: py_version.to_string(),
+            lib_version: lib_version.to_string(),
+        })
     }
 }
 
@@ -217,45 +319,18 @@ pub fn run(args: &KafkaArgs) -> Result<()> {
     }
     let plan = Plan::new(args);
     let weir = weir_binary(args.weir.as_deref(), args.direct_only)?;
-    let tansu = find_tansu(args.tansu.as_deref())?;
-    let python = match &args.python {
-        Some(p) => p.clone(),
-        None => find_python(),
-    };
-    let client_py = args.client_py.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/kafka/client.py")
-    });
-    if !client_py.is_file() {
-        bail!(
-            "the Kafka client script {} does not exist; pass --client-py PATH \
-             (tools/kafka/client.py of the weir source tree)",
-            client_py.display()
-        );
-    }
-    let versions = Command::new(&python)
-        .args([
-            "-c",
-            "import confluent_kafka as c; v = c.version(); \
-             print(v[0] if isinstance(v, tuple) else v, c.libversion()[0])",
-        ])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !versions.status.success() {
-        bail!(
-            "{} cannot import confluent_kafka ({}): install it with \
-             `python3 -m pip install confluent-kafka`, or pass --python PATH",
-            python.display(),
-            String::from_utf8_lossy(&versions.stderr).trim()
-        );
-    }
-    let versions = String::from_utf8_lossy(&versions.stdout).trim().to_string();
-    let (py_version, lib_version) = versions.split_once(' ').unwrap_or((&versions, "?"));
-    let client_py = client_py.canonicalize().unwrap_or(client_py);
-    let tansu_version = Command::new(&tansu)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let Tools {
+        tansu,
+        tansu_version,
+        python,
+        client_py,
+        py_version,
+        lib_version,
+    } = Tools::find(
+        args.tansu.as_deref(),
+        args.python.as_deref(),
+        args.client_py.as_deref(),
+    )?;
 
     println!(
         "weir-bench kafka{}",
@@ -307,7 +382,7 @@ pub fn run(args: &KafkaArgs) -> Result<()> {
     // Warm the broker (allocations, first connections) up on the direct
     // path before anything is recorded, so round 1's direct figures are not
     // the only cold ones.
-    warm_up(&ctx)?;
+    warm_up(&ctx, &ctx.direct(), "direct")?;
     println!();
 
     let mut notes = Vec::new();
@@ -454,7 +529,7 @@ fn find_python() -> PathBuf {
 
 /// Starts Tansu (memory storage) in `host` on port 9092 and waits until it
 /// listens.
-fn start_tansu(host: &Host, bin: &Path, log: &Path) -> Result<HostChild> {
+pub(crate) fn start_tansu(host: &Host, bin: &Path, log: &Path) -> Result<HostChild> {
     let url = format!("tcp://{}:{KAFKA_PORT}", host.addr);
     let file = std::fs::File::create(log)?;
     let mut cmd = host.command(&bin.to_string_lossy());
@@ -496,7 +571,7 @@ fn start_tansu(host: &Host, bin: &Path, log: &Path) -> Result<HostChild> {
 
 /// `tansu topic create|delete NAME` inside the broker's namespace (only
 /// called while no node proxy runs).
-fn topic(ctx: &Ctx<'_>, action: &str, name: &str) -> Result<()> {
+pub(crate) fn topic(ctx: &Ctx<'_>, action: &str, name: &str) -> Result<()> {
     let tansu = ctx.tansu.to_string_lossy();
     let url = ctx.broker_url();
     let mut args = vec!["30", &*tansu, "topic", action, name, "--broker", &url];
@@ -515,7 +590,7 @@ fn topic(ctx: &Ctx<'_>, action: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn redirect_rules(host: &Host) -> usize {
+pub(crate) fn redirect_rules(host: &Host) -> usize {
     let out = host.exec("iptables-save", &["-t", "nat"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -526,15 +601,15 @@ fn redirect_rules(host: &Host) -> usize {
 // ---------------------------------------------------------------- client
 
 /// A finished `client.py` run.
-struct ClientRun {
-    json: Value,
+pub(crate) struct ClientRun {
+    pub(crate) json: Value,
     /// CPU seconds of the client process (read before it was reaped).
-    cpu: Option<f64>,
+    pub(crate) cpu: Option<f64>,
 }
 
 /// Runs `client.py ARGS` in the client namespace; fails unless it printed a
 /// JSON result without an `error`. `limit` bounds the whole run.
-fn run_client(ctx: &Ctx<'_>, args: &[String], limit: Duration) -> Result<ClientRun> {
+pub(crate) fn run_client(ctx: &Ctx<'_>, args: &[String], limit: Duration) -> Result<ClientRun> {
     let mut cmd = ctx.client.command(&ctx.python.to_string_lossy());
     cmd.arg("-u")
         .arg(&ctx.client_py)
@@ -572,6 +647,10 @@ fn run_client(ctx: &Ctx<'_>, args: &[String], limit: Duration) -> Result<ClientR
             child.kill();
             bail!("client.py {} timed out after {limit:?}", args.join(" "));
         }
+        if sys::interrupted() {
+            child.kill();
+            bail!("interrupted");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     let status = child.child_mut().wait()?;
@@ -597,15 +676,15 @@ fn run_client(ctx: &Ctx<'_>, args: &[String], limit: Duration) -> Result<ClientR
     Ok(ClientRun { json, cpu })
 }
 
-fn num(v: &Value, key: &str) -> f64 {
+pub(crate) fn num(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
-fn client_args(ctx: &Ctx<'_>, op: &str, topic: &str, rest: &[String]) -> Vec<String> {
+fn client_args(ep: &Endpoint, op: &str, topic: &str, rest: &[String]) -> Vec<String> {
     let mut v: Vec<String> = [
         op,
         "--bootstrap",
-        &ctx.bootstrap(),
+        &ep.bootstrap,
         "--topic",
         topic,
         "--client",
@@ -617,12 +696,15 @@ fn client_args(ctx: &Ctx<'_>, op: &str, topic: &str, rest: &[String]) -> Vec<Str
     .map(|s| s.to_string())
     .collect();
     v.extend(rest.iter().cloned());
+    v.extend(ep.tls.iter().cloned());
     v
 }
 
-fn produce_args(ctx: &Ctx<'_>, topic: &str, n: usize) -> Vec<String> {
+/// `client.py produce`: `n` records of [`RECORD_SIZE`] bytes, acks=all,
+/// linger [`LINGER_MS`].
+pub(crate) fn produce_args(ep: &Endpoint, topic: &str, n: usize) -> Vec<String> {
     client_args(
-        ctx,
+        ep,
         "produce",
         topic,
         &[
@@ -640,9 +722,25 @@ fn produce_args(ctx: &Ctx<'_>, topic: &str, n: usize) -> Vec<String> {
     )
 }
 
-fn latency_args(ctx: &Ctx<'_>, topic: &str, warmup: usize, n: usize) -> Vec<String> {
+/// `client.py consume`: the first `n` records of `topic`, fresh consumer.
+pub(crate) fn consume_args(ep: &Endpoint, topic: &str, n: usize) -> Vec<String> {
     client_args(
-        ctx,
+        ep,
+        "consume",
+        topic,
+        &[
+            "--count".into(),
+            n.to_string(),
+            "--timeout".into(),
+            "120".into(),
+        ],
+    )
+}
+
+/// `client.py latency`: `n` records one at a time after `warmup`.
+pub(crate) fn latency_args(ep: &Endpoint, topic: &str, warmup: usize, n: usize) -> Vec<String> {
+    client_args(
+        ep,
         "latency",
         topic,
         &[
@@ -658,14 +756,17 @@ fn latency_args(ctx: &Ctx<'_>, topic: &str, warmup: usize, n: usize) -> Vec<Stri
     )
 }
 
-fn warm_up(ctx: &Ctx<'_>) -> Result<()> {
-    let t = "weir-bench-warmup";
+/// Produces `plan.warmup_produce` records and 200 latency records to
+/// `ep`, not recorded, on a topic of its own (deleted after).
+pub(crate) fn warm_up(ctx: &Ctx<'_>, ep: &Endpoint, label: &str) -> Result<()> {
+    let t = format!("weir-bench-warmup-{label}");
+    let t = t.as_str();
     topic(ctx, "create", t)?;
     let n = ctx.plan.warmup_produce;
-    let p = run_client(ctx, &produce_args(ctx, t, n), Duration::from_secs(180))?;
-    let l = run_client(ctx, &latency_args(ctx, t, 0, 200), Duration::from_secs(120))?;
+    let p = run_client(ctx, &produce_args(ep, t, n), Duration::from_secs(180))?;
+    let l = run_client(ctx, &latency_args(ep, t, 0, 200), Duration::from_secs(120))?;
     println!(
-        "== warm-up (direct, not recorded): produce {n} records {:.1} MB/s; 200 sequential \
+        "== warm-up ({label}, not recorded): produce {n} records {:.1} MB/s; 200 sequential \
          records p50 {:.0} µs",
         num(&p.json, "mb_per_s"),
         l.json["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN) * 1e3
@@ -677,7 +778,7 @@ fn warm_up(ctx: &Ctx<'_>) -> Result<()> {
 
 /// Sum of `istio_tcp_connections_opened_total` over the label sets with
 /// `connection_security_policy="mutual_tls"`.
-fn mtls_opened(node: &Node) -> Option<f64> {
+pub(crate) fn mtls_opened(node: &Node) -> Option<f64> {
     let (code, body) = http_get(node.metrics, "/metrics").ok()?;
     (code == 200).then(|| mtls_sum(&body))
 }
@@ -792,27 +893,18 @@ fn measure(
     notes: &mut Vec<String>,
 ) {
     let plan = &ctx.plan;
+    let ep = ctx.direct();
     let (args, limit) = match op {
         Op::Produce => (
-            produce_args(ctx, topic, plan.produce),
+            produce_args(&ep, topic, plan.produce),
             Duration::from_secs(180),
         ),
         Op::Consume => (
-            client_args(
-                ctx,
-                "consume",
-                topic,
-                &[
-                    "--count".into(),
-                    plan.consume.to_string(),
-                    "--timeout".into(),
-                    "120".into(),
-                ],
-            ),
+            consume_args(&ep, topic, plan.consume),
             Duration::from_secs(180),
         ),
         Op::Latency => (
-            latency_args(ctx, topic, plan.lat_warmup, plan.lat_count),
+            latency_args(&ep, topic, plan.lat_warmup, plan.lat_count),
             Duration::from_secs(120),
         ),
     };
@@ -1075,7 +1167,8 @@ fn cpu_report(cpus: &[(Op, &'static str, Cpu)]) -> String {
     )
 }
 
-fn tail(text: &str, n: usize) -> String {
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -19,10 +19,14 @@
 //! `weir-bench kafka [--quick]` measures Kafka instead: a Tansu broker and
 //! real clients, direct and through the mesh (see `kafka.rs`).
 //!
+//! `weir-bench gateway [--quick]` measures the same broker directly and
+//! through `weir gateway`'s Kafka-aware TLS listener (see `gateway.rs`).
+//!
 //! `weir-bench control` measures the control plane's snapshot and delta
 //! computation in-process (see `control.rs`).
 
 mod control;
+mod gateway;
 mod kafka;
 mod load;
 mod sys;
@@ -88,6 +92,10 @@ enum Sub {
     /// Kafka through the mesh: produce/consume throughput and produce
     /// latency of a Tansu broker, direct vs mesh (run as root).
     Kafka(kafka::KafkaArgs),
+    /// Kafka through `weir gateway` (a KafkaGateway, TLS terminated there):
+    /// produce/consume throughput, produce latency and gateway CPU per MB,
+    /// direct vs gateway, same Tansu broker (run as root).
+    Gateway(gateway::GatewayArgs),
     /// The control plane at scale, in-process (no root needed): snapshot
     /// and delta computation for 10 000 workloads, 1 000 policies, 100 nodes.
     Control(control::ControlArgs),
@@ -146,6 +154,7 @@ fn main() {
         Some(Sub::Serve { port }) => load::serve(port),
         Some(Sub::Client { test }) => run_client(test),
         Some(Sub::Kafka(ref args)) => kafka::run(args),
+        Some(Sub::Gateway(ref args)) => gateway::run(args),
         Some(Sub::Control(ref args)) => control::run(args),
         None => run_bench(&cli, nofile.ok()),
     };

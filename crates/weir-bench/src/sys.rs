@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Raises the soft `RLIMIT_NOFILE` to `want` (or to the hard limit if that
 /// is lower; root may also raise the hard limit, which is tried first).
@@ -72,4 +73,36 @@ pub fn exited_unreaped(pid: u32) -> io::Result<bool> {
     // SAFETY: waitid filled (or left zeroed) `info`; si_pid is valid to read
     // for SIGCHLD information.
     Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Set by the SIGINT/SIGTERM handler of [`catch_interrupts`].
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From now on, SIGINT and SIGTERM only set a flag ([`interrupted`]), so
+/// the benchmark can stop its children and remove its namespaces and files
+/// on the way out. The handler is reset after the first signal: a second
+/// Ctrl-C ends the process at once.
+pub fn catch_interrupts() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction is plain data (all zeroes valid); the handler
+        // only stores to an atomic, which is async-signal-safe.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+        // SAFETY: `act` is a valid sigaction; the old action is not wanted.
+        if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
