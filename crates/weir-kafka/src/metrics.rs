@@ -7,7 +7,7 @@
 //! | `weir_kafka_request_duration_seconds` (histogram) | `api_key` |
 //! | `weir_kafka_produced_bytes_total`, `weir_kafka_produced_records_total` | `topic` |
 //! | `weir_kafka_fetched_bytes_total`, `weir_kafka_fetched_records_total` | `topic` |
-//! | `weir_kafka_authorization_denials_total` | `resource_type` (`topic`, `group`, `transactionalId`, `cluster`), `resource`, `principal`, `operation` |
+//! | `weir_kafka_authorization_denials_total` | `topic` (the topic, or empty for other resources), `resource_type` (`topic`, `group`, `transactionalId`, `cluster`), `resource`, `principal`, `operation` |
 //! | `weir_kafka_connections_closed_total` | `reason` (see [`crate::SessionError::reason`]) |
 //!
 //! Bytes are record-batch bytes (the records fields, batch headers
@@ -43,6 +43,9 @@ struct TopicLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DenialLabels {
+    /// The topic's name for topic resources, empty otherwise (so the metric
+    /// reads "denials per topic and principal" directly).
+    topic: String,
     resource_type: &'static str,
     resource: String,
     principal: String,
@@ -162,6 +165,11 @@ impl KafkaMetrics {
     ) {
         self.denials
             .get_or_create(&DenialLabels {
+                topic: if resource_type == ResourceType::Topic {
+                    resource.to_owned()
+                } else {
+                    String::new()
+                },
                 resource_type: resource_type.as_str(),
                 resource: resource.to_owned(),
                 principal: principal.to_owned(),
@@ -312,7 +320,7 @@ mod tests {
             r#"weir_kafka_produced_records_total{topic="orders"} 5"#,
             r#"weir_kafka_fetched_bytes_total{topic="orders"} 150"#,
             r#"weir_kafka_fetched_records_total{topic="orders"} 5"#,
-            r#"weir_kafka_authorization_denials_total{resource_type="topic",resource="secret",principal="spiffe://td/ns/a/sa/b",operation="Write"} 1"#,
+            r#"weir_kafka_authorization_denials_total{topic="secret",resource_type="topic",resource="secret",principal="spiffe://td/ns/a/sa/b",operation="Write"} 1"#,
             r#"weir_kafka_connections_closed_total{reason="frame_too_large"} 1"#,
             r#"weir_kafka_request_duration_seconds_count{api_key="Produce"} 1"#,
         ] {

@@ -517,7 +517,7 @@ spec:
         gateway_metric(
             &gw,
             "weir_kafka_authorization_denials_total",
-            &[("resource", "secret")]
+            &[("topic", "secret"), ("resource_type", "topic")]
         ) >= 1.0,
         "denials per topic and principal:\n{}",
         metric_lines(&gw.metrics_text(), "weir_kafka_authorization_denials_total")
