@@ -318,15 +318,72 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
     }
 }
 
+/// Where a gateway gets its config and certificate when they do not come
+/// from `config_paths` and a local CA: the control plane (`--control`).
+#[derive(Default)]
+pub struct GatewaySources {
+    /// The metrics registry, with whatever the caller registered in it
+    /// (e.g. the control-plane client's metrics and the `TlsMetrics` of
+    /// `identity`); the gateway adds its own.
+    pub registry: Option<Registry>,
+    /// Certificates signed elsewhere (through the control plane).
+    pub identity: Option<Arc<IdentityManager>>,
+    /// Config snapshots pushed to the gateway (`None` inside until the
+    /// first arrives). The last one stays in force while no newer one comes
+    /// (fail-static).
+    pub config: Option<tokio::sync::watch::Receiver<Option<Arc<Config>>>>,
+}
+
+impl std::fmt::Debug for GatewaySources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySources")
+            .field("identity", &self.identity.is_some())
+            .field("pushed_config", &self.config.is_some())
+            .finish()
+    }
+}
+
 /// Runs the gateway until `shutdown` completes, then drains.
 pub async fn run(
     options: GatewayOptions,
     shutdown: impl std::future::Future<Output = ()>,
+    reload_now: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    run_with(options, GatewaySources::default(), shutdown, reload_now).await
+}
+
+/// [`run`] with config and certificates from `sources` where given.
+pub async fn run_with(
+    options: GatewayOptions,
+    sources_from: GatewaySources,
+    shutdown: impl std::future::Future<Output = ()>,
     mut reload_now: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), Error> {
-    let sources =
-        read_sources(&options.config_paths).map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
-    let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+    let GatewaySources {
+        registry: given_registry,
+        identity: given_identity,
+        config: mut pushed,
+    } = sources_from;
+    tokio::pin!(shutdown);
+    let (sources, config) = match pushed.as_mut() {
+        None => {
+            let sources = read_sources(&options.config_paths)
+                .map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
+            let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+            (sources, config)
+        }
+        Some(rx) => {
+            info!(target: "weir::gateway", "waiting for the first config from the control plane");
+            let first = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                c = rx.wait_for(|c| c.is_some()) => c.map(|c| c.clone()).ok().flatten(),
+            };
+            match first {
+                Some(c) => (Vec::new(), c),
+                None => return Err(Error::ControlEnded),
+            }
+        }
+    };
     for w in &config.warnings {
         warn!("config: {w}");
     }
@@ -336,16 +393,22 @@ pub async fn run(
         &options.service_account,
     )?;
 
-    let mut registry = Registry::default();
+    let mut registry = given_registry.unwrap_or_default();
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let tls_metrics = TlsMetrics::register(&mut registry);
     for ext in &options.extensions {
         ext.register_metrics(&mut registry);
     }
-    let ca = Arc::new(load_ca(&options)?);
-    let identity = Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?);
-    // Issue the gateway's certificate now: a CA problem fails start-up.
-    identity.certificate(&id)?;
+    let identity = match given_identity {
+        Some(identity) => identity,
+        None => {
+            let tls_metrics = TlsMetrics::register(&mut registry);
+            let ca = Arc::new(load_ca(&options)?);
+            Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?)
+        }
+    };
+    // Issue (or, with --control, have the control plane sign) the gateway's
+    // certificate now: a CA problem fails start-up.
+    identity.prepare(&id).await?;
     let _rotation = identity.clone().spawn_rotation();
     let upstreams = Arc::new(Upstreams::new(
         identity.clone(),
@@ -393,15 +456,26 @@ pub async fn run(
     let mut last_sources = sources;
     let mut tick = tokio::time::interval(options.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     loop {
-        let forced = tokio::select! {
+        let (forced, pushed_config) = tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => false,
-            Some(()) = reload_now.recv() => true,
+            _ = tick.tick() => (false, None),
+            Some(()) = reload_now.recv() => (true, None),
+            Ok(()) = async {
+                match pushed.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => (false, pushed.as_ref().and_then(|rx| rx.borrow().clone())),
         };
         let current = ctx.snapshot();
-        let new_config = reload(&ctx, &mut last_sources, forced);
+        let new_config = if pushed.is_some() {
+            // Pushed config was validated by the control plane and the
+            // client; TLS files are still re-read on ticks below.
+            pushed_config
+        } else {
+            reload(&ctx, &mut last_sources, forced)
+        };
         if new_config.is_some() || current.tls_files_changed() {
             let config = new_config.unwrap_or_else(|| current.config.clone());
             let next = Arc::new(build_snapshot(&ctx, config, Some(&current)));

@@ -31,7 +31,7 @@ pub mod sni;
 pub mod tls;
 pub mod upstream;
 
-pub use gateway::{run, GatewayOptions, DEFAULT_LABELS};
+pub use gateway::{run, run_with, GatewayOptions, GatewaySources, DEFAULT_LABELS};
 pub use io::PrefixedStream;
 pub use listener::{
     TerminatedConnection, TerminatedHandler, TerminatedListener, TerminatedListeners,
@@ -57,6 +57,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the control-plane config stream ended before the first config arrived")]
+    ControlEnded,
 }
 
 impl Error {
@@ -67,6 +69,7 @@ impl Error {
             Error::Identity(_) => "identity",
             Error::Id(_) => "identity",
             Error::Admin { .. } => "admin",
+            Error::ControlEnded => "control",
         }
     }
 }

@@ -291,8 +291,34 @@ pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String
 pub struct GatewayArgs {
     /// Files or directories of YAML documents; re-read every --reload-interval
     /// and on SIGHUP. An invalid change is refused and the last good config stays.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
+    /// Get config and the gateway's certificate from the control plane at
+    /// HOST:PORT (`weir control`) instead of --config files and a local CA.
+    /// When it is unreachable the gateway keeps serving with what it has.
+    #[arg(long, env = "WEIR_CONTROL", value_name = "HOST:PORT")]
+    pub control: Option<String>,
+    /// File holding this gateway's token for --control (local mode: its
+    /// entry under `gateways:` in the control plane's --node-tokens file).
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_TOKEN_FILE",
+        requires = "control",
+        value_name = "FILE"
+    )]
+    pub control_token_file: Option<PathBuf>,
+    /// PEM file of the mesh root the control plane's certificate must chain to.
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_CA",
+        requires = "control",
+        value_name = "PEM"
+    )]
+    pub control_ca: Option<PathBuf>,
+    /// The name this gateway registers under with --control (its entry
+    /// under `gateways:` in the token file).
+    #[arg(long, env = "WEIR_GATEWAY_NAME", default_value = "ingress")]
+    pub gateway_name: String,
     /// This gateway's labels (Istio's gateway pod labels): it serves the
     /// Gateways whose spec.selector they match.
     #[arg(long, env = "WEIR_GATEWAY_LABELS", default_value = "istio=ingressgateway", value_parser = parse_labels, value_name = "K=V,...")]

@@ -15,7 +15,7 @@ use weir_core::MeshSettings;
 use weir_identity::{IdentityManager, TlsMetrics};
 use weir_node::NodeSources;
 
-use crate::cli::{ControlArgs, NodeArgs};
+use crate::cli::{ControlArgs, GatewayArgs, NodeArgs};
 use crate::node::init_logging;
 
 pub fn run(args: ControlArgs) -> ExitCode {
@@ -127,8 +127,64 @@ pub fn node_sources(
     address: &str,
     settings: &MeshSettings,
 ) -> Result<NodeSources, String> {
-    let token_file = args.control_token_file.as_ref().ok_or(
-        "--control needs --control-token-file: the file holding this node's bootstrap token",
+    let c = connect(
+        address,
+        &args.node,
+        weir_control::Role::Node,
+        args.control_token_file.as_deref(),
+        args.control_ca.as_deref(),
+        args.cert_ttl,
+        settings,
+    )?;
+    Ok(NodeSources {
+        registry: c.registry,
+        identity: Some(c.identity),
+        config: Some(c.config),
+    })
+}
+
+/// What `weir gateway --control` runs with (the gateway role: the whole
+/// config, and the identities registered for it).
+pub fn gateway_sources(
+    args: &GatewayArgs,
+    address: &str,
+    settings: &MeshSettings,
+) -> Result<weir_gateway::GatewaySources, String> {
+    let c = connect(
+        address,
+        &args.gateway_name,
+        weir_control::Role::Gateway,
+        args.control_token_file.as_deref(),
+        args.control_ca.as_deref(),
+        args.cert_ttl,
+        settings,
+    )?;
+    Ok(weir_gateway::GatewaySources {
+        registry: Some(c.registry),
+        identity: Some(c.identity),
+        config: Some(c.config),
+    })
+}
+
+struct Connected {
+    registry: prometheus_client::registry::Registry,
+    identity: Arc<IdentityManager>,
+    config: tokio::sync::watch::Receiver<Option<Arc<weir_core::Config>>>,
+}
+
+/// A control-plane client for `name` in `role`, an identity manager signing
+/// through it, and the pushed config stream.
+fn connect(
+    address: &str,
+    name: &str,
+    role: weir_control::Role,
+    token_file: Option<&std::path::Path>,
+    root_file: Option<&std::path::Path>,
+    cert_ttl: std::time::Duration,
+    settings: &MeshSettings,
+) -> Result<Connected, String> {
+    let token_file = token_file.ok_or(
+        "--control needs --control-token-file: the file holding this proxy's bootstrap token",
     )?;
     let token = std::fs::read_to_string(token_file)
         .map_err(|e| format!("--control-token-file {}: {e}", token_file.display()))?
@@ -140,7 +196,7 @@ pub fn node_sources(
             token_file.display()
         ));
     }
-    let root_file = args.control_ca.as_ref().ok_or(
+    let root_file = root_file.ok_or(
         "--control needs --control-ca: the PEM file of the mesh root (the control plane's ca-cert.pem)",
     )?;
     let root = CertificateDer::from_pem_file(root_file).map_err(|e| {
@@ -153,23 +209,21 @@ pub fn node_sources(
     let mut registry = prometheus_client::registry::Registry::default();
     let client_metrics = ClientMetrics::register(&mut registry);
     let tls_metrics = TlsMetrics::register(&mut registry);
-    let client = ControlClient::new(
-        ClientOptions::new(address, &args.node, token, root.clone(), settings.clone()),
-        client_metrics,
-    )
-    .map_err(|e| e.to_string())?;
+    let mut options = ClientOptions::new(address, name, token, root.clone(), settings.clone());
+    options.role = role;
+    let client = ControlClient::new(options, client_metrics).map_err(|e| e.to_string())?;
     let identity = IdentityManager::with_remote_signer(
         root,
         settings.trust_domain.clone(),
-        args.cert_ttl,
+        cert_ttl,
         tls_metrics,
         client.clone(),
     )
     .map_err(|e| format!("identity: {e}"))?;
     let (config, _task) = client.spawn_config_watch();
-    Ok(NodeSources {
+    Ok(Connected {
         registry,
-        identity: Some(Arc::new(identity)),
-        config: Some(config),
+        identity: Arc::new(identity),
+        config,
     })
 }

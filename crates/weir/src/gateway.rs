@@ -67,13 +67,29 @@ pub fn run(args: GatewayArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        weir_gateway::run(options, shutdown, reload_rx).await
+        let sources = match &args.control {
+            Some(address) => {
+                match crate::control::gateway_sources(&args, address, &options.settings) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("{e}");
+                        return Err(None);
+                    }
+                }
+            }
+            None => weir_gateway::GatewaySources::default(),
+        };
+        weir_gateway::run_with(options, sources, shutdown, reload_rx)
+            .await
+            .map_err(Some)
     });
     // Connections still open after the drain deadline are closed with the runtime.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // A --control flag problem: already explained, a usage error.
+        Err(None) => ExitCode::from(2),
+        Err(Some(e)) => {
             error!("{e}");
             ExitCode::FAILURE
         }

@@ -728,3 +728,176 @@ fn nodes_fail_static_while_the_control_plane_is_down() {
     );
     step(t0, "long-running connection never broke");
 }
+
+/// `GET http://127.0.0.1:<port><path>` from inside `host`: (status, body).
+fn get_in(host: &Host, port: u16, path: &str) -> (u16, String) {
+    const GET_PY: &str = "import sys, urllib.request, urllib.error\n\
+try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); code, body = r.status, r.read()\n\
+except urllib.error.HTTPError as e:\n    code, body = e.code, e.read()\n\
+except Exception as e:\n    code, body = 0, repr(e).encode()\n\
+sys.stdout.write(str(code) + '\\n' + body.decode(errors='replace'))\n";
+    let out = host.exec(
+        python(),
+        &["-c", GET_PY, &format!("http://127.0.0.1:{port}{path}")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn gateway_docs(ports: &[u16]) -> String {
+    let mut docs = String::new();
+    for p in ports {
+        docs += &format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp-{p}, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {p}, name: tcp-{p}, protocol: TCP}}
+    hosts: [\"*\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: to-server-{p}, namespace: istio-system}}
+spec:
+  hosts: [\"*\"]
+  gateways: [tcp-{p}]
+  tcp:
+  - match: [{{port: {p}}}]
+    route: [{{destination: {{host: \"{SERVER_IP}\", port: {{number: {APP_PORT}}}}}}}]
+"
+        );
+    }
+    docs
+}
+
+/// `weir gateway --control`: the gateway's config (Gateway, VirtualService)
+/// and its certificate come from the control plane, and a change pushed
+/// later opens a new listener. The control plane and the gateway run in
+/// one network namespace ("infra"), the client and the (non-mesh) backend
+/// in their own.
+#[test]
+fn gateway_gets_config_and_certificate_from_the_control_plane() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let t0 = Instant::now();
+    let net = TestNet::new("cpgw");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server = net.add_host("server", SERVER_IP);
+    let infra = net.add_host("infra", Ipv4Addr::new(198, 18, 0, 6));
+    let _servers = start_servers(&server, &[(APP_PORT, "SERVER-REPLY")]);
+    let dir = TempDir::new("cpgw-files");
+    let cfg = TempDir::new("cpgw-cfg");
+    let state = TempDir::new("cpgw-ca");
+    cfg.write("gateway.yaml", &gateway_docs(&[9443]));
+    const GW_TOKEN: &str = "gateway-bootstrap-token-5be07c";
+    let tokens = dir.write(
+        "tokens.yaml",
+        &format!(
+            "nodes:\n  node-a: {TOKEN_A}\ngateways:\n  ingress:\n    token: {GW_TOKEN}\n    identities: [{}]\n",
+            spiffe("istio-system", "weir-gateway")
+        ),
+    );
+    let gw_token = dir.write("gw-token", GW_TOKEN);
+
+    let log = |name: &str| File::create(dir.join(&format!("{name}.log"))).unwrap();
+    let mut cmd = infra.command(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["control", "--config"])
+        .arg(cfg.path())
+        .args([
+            "--listen",
+            "127.0.0.1:15012",
+            "--metrics-addr",
+            "127.0.0.1:15014",
+        ])
+        .arg("--node-tokens")
+        .arg(&tokens)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--reload-interval", "200ms"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log("control"))
+        .stderr(log("control"));
+    let _control = infra.spawn_command(cmd);
+    let dump = |what: &str| {
+        format!(
+            "{what}\n--- control log:\n{}\n--- gateway log:\n{}",
+            std::fs::read_to_string(dir.join("control.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || get_in(
+            &infra,
+            15014,
+            "/healthz/ready"
+        )
+        .0 == 200),
+        "{}",
+        dump("control plane not ready")
+    );
+    step(t0, "control plane ready");
+
+    let mut cmd = infra.command(env!("CARGO_BIN_EXE_weir"));
+    cmd.args([
+        "gateway",
+        "--control",
+        "127.0.0.1:15012",
+        "--control-token-file",
+    ])
+    .arg(&gw_token)
+    .arg("--control-ca")
+    .arg(state.join("ca-cert.pem"))
+    // No CA here: with --control the gateway never reads one.
+    .arg("--state-dir")
+    .arg(dir.join("gateway-no-ca"))
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(log("gateway"))
+    .stderr(log("gateway"));
+    let _gateway = infra.spawn_command(cmd);
+    assert!(
+        wait_for(Duration::from_secs(20), || get_in(
+            &infra,
+            15021,
+            "/healthz/ready"
+        )
+        .0 == 200),
+        "{}",
+        dump("gateway not ready")
+    );
+    step(t0, "gateway ready");
+
+    let r = client(&client_host, infra.addr, 9443, "hello");
+    assert!(
+        r.reply.contains("SERVER-REPLY"),
+        "{}",
+        dump(&format!("through the pushed route: {r:?}"))
+    );
+    let (_, cp_metrics) = get_in(&infra, 15014, "/metrics");
+    assert!(
+        metric_sum(&cp_metrics, CSR, &[("result", "signed")]) >= 1.0,
+        "the gateway's certificate was signed by the control plane:\n{}",
+        metric_lines(&cp_metrics, CSR)
+    );
+    assert!(!dir.join("gateway-no-ca").join("ca-key.pem").exists());
+
+    // A change to the control plane's config reaches the gateway.
+    cfg.write("gateway.yaml", &gateway_docs(&[9443, 9444]));
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            client(&client_host, infra.addr, 9444, "hello")
+                .reply
+                .contains("SERVER-REPLY")
+        }),
+        "{}",
+        dump("the pushed second listener")
+    );
+    step(t0, "done");
+}
