@@ -145,27 +145,13 @@ pub struct NodeArgs {
     /// This node's name: the proxy serves Workloads whose spec.node equals it.
     #[arg(long, env = "WEIR_NODE_NAME")]
     pub node: String,
-    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
-    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
-    pub state_dir: PathBuf,
-    /// PEM file of the mesh root CA certificate (instead of --state-dir).
-    #[arg(long, requires = "ca_key", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
-    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
-    #[arg(long, requires = "ca_cert", value_name = "PEM")]
-    pub ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: CaArgs,
     /// Lifetime of workload certificates; they are renewed at half-life.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_ttl: std::time::Duration,
-    /// Admin endpoint (/config_dump); keep it on localhost.
-    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
-    pub admin_addr: std::net::SocketAddr,
-    /// Prometheus endpoint (/metrics).
-    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
-    pub metrics_addr: std::net::SocketAddr,
-    /// Readiness endpoint (/healthz/ready).
-    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
-    pub readiness_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// How often the config paths are re-read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: std::time::Duration,
@@ -234,15 +220,8 @@ pub struct ControlArgs {
     /// `nodes: {NODE: TOKEN}`, `gateways: {NAME: {token: TOKEN, identities: [SPIFFE-ID]}}`.
     #[arg(long, env = "WEIR_NODE_TOKENS", value_name = "FILE")]
     pub node_tokens: Option<PathBuf>,
-    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
-    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
-    pub state_dir: PathBuf,
-    /// PEM file of the mesh root CA certificate (instead of --state-dir).
-    #[arg(long, requires = "ca_key", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
-    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
-    #[arg(long, requires = "ca_cert", value_name = "PEM")]
-    pub ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: CaArgs,
     /// A DNS name or IP address for the control plane's serving certificate,
     /// besides its SPIFFE id (repeatable).
     #[arg(long = "san", value_name = "NAME|IP")]
@@ -336,27 +315,13 @@ pub struct GatewayArgs {
     /// Address the Gateway servers' ports are opened on.
     #[arg(long, env = "WEIR_GATEWAY_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
-    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
-    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
-    pub state_dir: PathBuf,
-    /// PEM file of the mesh root CA certificate (instead of --state-dir).
-    #[arg(long, requires = "ca_key", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
-    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
-    #[arg(long, requires = "ca_cert", value_name = "PEM")]
-    pub ca_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: CaArgs,
     /// Lifetime of the gateway's mesh certificate; renewed at half-life.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub cert_ttl: std::time::Duration,
-    /// Admin endpoint (/config_dump); keep it on localhost.
-    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
-    pub admin_addr: std::net::SocketAddr,
-    /// Prometheus endpoint (/metrics).
-    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
-    pub metrics_addr: std::net::SocketAddr,
-    /// Readiness endpoint (/healthz/ready).
-    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
-    pub readiness_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// How often the config paths (and terminating servers' certificate files) are re-read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: std::time::Duration,
@@ -377,6 +342,41 @@ pub struct GatewayArgs {
     pub worker_threads: Option<usize>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+/// Where the mesh CA comes from (node proxy, gateway and control plane).
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// Directory holding the mesh CA (ca-cert.pem, ca-key.pem), created on first use.
+    #[arg(long, env = "WEIR_STATE_DIR", default_value = "/var/lib/weir")]
+    pub state_dir: PathBuf,
+    /// PEM file of the mesh root CA certificate (instead of --state-dir).
+    #[arg(long, requires = "ca_key", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
+    #[arg(long, requires = "ca_cert", value_name = "PEM")]
+    pub ca_key: Option<PathBuf>,
+}
+
+impl CaArgs {
+    /// `--ca-cert` and `--ca-key`, when both are given.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.ca_cert.clone().zip(self.ca_key.clone())
+    }
+}
+
+/// The admin, metrics and readiness endpoints (node proxy and gateway).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Admin endpoint (/config_dump); keep it on localhost.
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Prometheus endpoint (/metrics).
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Readiness endpoint (/healthz/ready).
+    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    pub readiness_addr: std::net::SocketAddr,
 }
 
 /// Settings shared by every command that reads mesh configuration.

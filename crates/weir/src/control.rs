@@ -31,8 +31,8 @@ pub fn run(args: ControlArgs) -> ExitCode {
     options.settings = settings;
     options.listen = args.listen;
     options.metrics_addr = args.metrics_addr;
-    options.state_dir = args.state_dir.clone();
-    options.ca_files = args.ca_cert.clone().zip(args.ca_key.clone());
+    options.state_dir = args.ca.state_dir.clone();
+    options.ca_files = args.ca.files();
     options.node_tokens = args.node_tokens.clone();
     options.sans = args.sans.clone();
     options.cert_ttl = args.cert_ttl;

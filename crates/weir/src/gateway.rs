@@ -23,12 +23,12 @@ pub fn run(args: GatewayArgs) -> ExitCode {
     options.service_account = args.service_account.clone();
     options.listen_address = args.listen_address;
     options.settings = settings;
-    options.state_dir = args.state_dir.clone();
-    options.ca_files = args.ca_cert.clone().zip(args.ca_key.clone());
+    options.state_dir = args.ca.state_dir.clone();
+    options.ca_files = args.ca.files();
     options.cert_ttl = args.cert_ttl;
-    options.admin_addr = args.admin_addr;
-    options.metrics_addr = args.metrics_addr;
-    options.readiness_addr = args.readiness_addr;
+    options.admin_addr = args.admin.admin_addr;
+    options.metrics_addr = args.admin.metrics_addr;
+    options.readiness_addr = args.admin.readiness_addr;
     options.reload_interval = args.reload_interval;
     options.drain_timeout = args.drain_timeout;
     options.connect_timeout = args.connect_timeout;
