@@ -1248,24 +1248,15 @@ fn check_counters(gw: &GatewayProc, op: Op, topic: &str, ctx: &Ctx<'_>, notes: &
 }
 
 fn print_cpu(c: &Cpu) {
-    let mut line = String::new();
-    for (name, v) in [
-        ("client", c.client),
-        ("broker", c.broker),
-        ("gateway", c.gateway),
-        ("node-b", c.node),
-    ] {
-        if let Some(v) = v {
-            let _ = write!(line, " {name} {v:.2}");
-        }
-    }
-    let busy = c.machine.map_or(String::new(), |m| {
-        format!("; machine {:.0}% busy", m * 100.0)
-    });
-    println!(
-        "      cpu s:{line} (wall {:.2} s, 2 cores = {:.2} cpu s{busy})",
+    kafka::print_cpu_line(
+        &[
+            ("client", c.client),
+            ("broker", c.broker),
+            ("gateway", c.gateway),
+            ("node-b", c.node),
+        ],
         c.wall,
-        c.wall * 2.0
+        c.machine,
     );
 }
 

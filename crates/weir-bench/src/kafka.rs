@@ -1015,24 +1015,34 @@ fn measure(
 }
 
 fn print_cpu(c: &Cpu) {
+    print_cpu_line(
+        &[
+            ("client", c.client),
+            ("broker", c.broker),
+            ("node-a", c.node_a),
+            ("node-b", c.node_b),
+        ],
+        c.wall,
+        c.machine,
+    );
+}
+
+/// One measurement's CPU seconds per process (those measured), its wall
+/// time and how busy the whole machine was.
+pub(crate) fn print_cpu_line(parts: &[(&str, Option<f64>)], wall: f64, machine: Option<f64>) {
     let mut line = String::new();
-    for (name, v) in [
-        ("client", c.client),
-        ("broker", c.broker),
-        ("node-a", c.node_a),
-        ("node-b", c.node_b),
-    ] {
+    for (name, v) in parts {
         if let Some(v) = v {
             let _ = write!(line, " {name} {v:.2}");
         }
     }
-    let busy = c.machine.map_or(String::new(), |m| {
+    let busy = machine.map_or(String::new(), |m| {
         format!("; machine {:.0}% busy", m * 100.0)
     });
     println!(
         "      cpu s:{line} (wall {:.2} s, 2 cores = {:.2} cpu s{busy})",
-        c.wall,
-        c.wall * 2.0
+        wall,
+        wall * 2.0
     );
 }
 
