@@ -85,11 +85,11 @@ impl ControlOptions {
 }
 
 fn load_ca(o: &ControlOptions) -> Result<CertificateAuthority, Error> {
-    let td = o.settings.trust_domain.clone();
-    Ok(match &o.ca_files {
-        Some((cert, key)) => CertificateAuthority::from_pem_files(cert, key, td)?,
-        None => CertificateAuthority::load_or_create(&o.state_dir, td)?,
-    })
+    Ok(CertificateAuthority::load(
+        o.ca_files.as_ref(),
+        &o.state_dir,
+        o.settings.trust_domain.clone(),
+    )?)
 }
 
 /// A served TLS connection, with its peer address for tonic.

@@ -228,11 +228,11 @@ impl Ctx {
 }
 
 fn load_ca(o: &GatewayOptions) -> Result<CertificateAuthority, Error> {
-    let td = o.settings.trust_domain.clone();
-    Ok(match &o.ca_files {
-        Some((cert, key)) => CertificateAuthority::from_pem_files(cert, key, td)?,
-        None => CertificateAuthority::load_or_create(&o.state_dir, td)?,
-    })
+    Ok(CertificateAuthority::load(
+        o.ca_files.as_ref(),
+        &o.state_dir,
+        o.settings.trust_domain.clone(),
+    )?)
 }
 
 /// A previous build's settings, files and config, to reuse when unchanged.

@@ -129,6 +129,20 @@ fn truncate(t: SystemTime) -> SystemTime {
 }
 
 impl CertificateAuthority {
+    /// The CA a process was told to use: the PEM files `files` (`--ca-cert`,
+    /// `--ca-key`) when given, otherwise the one in `state_dir` (created on
+    /// first use, see [`Self::load_or_create`]).
+    pub fn load(
+        files: Option<&(PathBuf, PathBuf)>,
+        state_dir: &Path,
+        trust_domain: TrustDomain,
+    ) -> Result<Self> {
+        match files {
+            Some((cert, key)) => Self::from_pem_files(cert, key, trust_domain),
+            None => Self::load_or_create(state_dir, trust_domain),
+        }
+    }
+
     /// Loads the root from `state_dir`, or creates it (and the directory) on
     /// first use: an ECDSA P-256 self-signed root valid for 10 years, written as
     /// [`CA_CERT_FILE`] and [`CA_KEY_FILE`] (mode 0600).

@@ -178,11 +178,11 @@ pub(crate) struct Ctx {
 }
 
 fn load_ca(o: &NodeOptions) -> Result<CertificateAuthority, Error> {
-    let td = o.settings.trust_domain.clone();
-    Ok(match &o.ca_files {
-        Some((cert, key)) => CertificateAuthority::from_pem_files(cert, key, td)?,
-        None => CertificateAuthority::load_or_create(&o.state_dir, td)?,
-    })
+    Ok(CertificateAuthority::load(
+        o.ca_files.as_ref(),
+        &o.state_dir,
+        o.settings.trust_domain.clone(),
+    )?)
 }
 
 /// Runs the node proxy until `shutdown` completes, then drains and removes
