@@ -52,6 +52,14 @@ pub struct PoolConfig {
     /// At most this many concurrent tunnels share one connection; the next
     /// one opens another connection. Default 100, as in ztunnel.
     pub max_streams_per_connection: usize,
+    /// Busy tunnels of one key are spread over up to this many connections
+    /// before they share one: a new tunnel opens another connection while
+    /// every open one already carries a tunnel and there are fewer than this.
+    /// Each connection is one TLS session driven by one task, so one
+    /// connection moves at most one core's worth of bytes; spreading lets
+    /// parallel tunnels to one destination use several cores. Idle
+    /// connections are reused first. Default: the number of cores, at most 4.
+    pub parallel_connections: usize,
     /// Bound on TCP connect + TLS handshake + HTTP/2 handshake.
     pub connect_timeout: Duration,
     /// Bound on waiting for the answer to a `CONNECT` (the destination
@@ -66,6 +74,9 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             max_streams_per_connection: 100,
+            parallel_connections: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(300),
@@ -142,6 +153,7 @@ impl Pool {
     pub fn new(config: PoolConfig, connector: Arc<dyn Connector>) -> Self {
         let mut config = config;
         config.max_streams_per_connection = config.max_streams_per_connection.max(1);
+        config.parallel_connections = config.parallel_connections.max(1);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -201,7 +213,10 @@ impl Pool {
         let dial_lock = {
             let mut entries = lock(&self.inner.entries);
             let entry = entries.entry(key.clone()).or_default();
-            if let Some((c, slot)) = self.reserve(entry) {
+            // While another caller dials, take a busy connection rather
+            // than queue behind the dial only to spread.
+            let dialing = entry.dial_lock.try_lock().is_err();
+            if let Some((c, slot)) = self.reserve(entry, !dialing) {
                 return Ok((c, slot, true));
             }
             entry.dial_lock.clone()
@@ -211,7 +226,7 @@ impl Pool {
         {
             let mut entries = lock(&self.inner.entries);
             let entry = entries.entry(key.clone()).or_default();
-            if let Some((c, slot)) = self.reserve(entry) {
+            if let Some((c, slot)) = self.reserve(entry, true) {
                 return Ok((c, slot, true));
             }
         }
@@ -223,13 +238,23 @@ impl Pool {
         Ok((conn, slot, false))
     }
 
-    /// Reserves a slot on a live connection with room. Called with the map
-    /// locked: slots are only taken under the lock, so check-then-increment
-    /// cannot overshoot (releases only ever lower the count).
-    fn reserve(&self, entry: &mut Entry) -> Option<(Arc<Conn>, ActiveStreamGuard)> {
+    /// Reserves a slot on the least-loaded live connection with room, or
+    /// returns `None` when the caller should dial: no connection has room,
+    /// or (with `spread`) all are busy and there are fewer than
+    /// `parallel_connections`. Called with the map locked: slots are only
+    /// taken under the lock, so check-then-increment cannot overshoot
+    /// (releases only ever lower the count).
+    fn reserve(&self, entry: &mut Entry, spread: bool) -> Option<(Arc<Conn>, ActiveStreamGuard)> {
         entry.conns.retain(|c| !c.closed.load(Ordering::Acquire));
-        let max = self.inner.config.max_streams_per_connection;
-        let c = entry.conns.iter().find(|c| c.usable(max))?;
+        let cfg = &self.inner.config;
+        let c = entry
+            .conns
+            .iter()
+            .filter(|c| c.usable(cfg.max_streams_per_connection))
+            .min_by_key(|c| c.streams.active())?;
+        if spread && c.streams.active() > 0 && entry.conns.len() < cfg.parallel_connections {
+            return None;
+        }
         Some((c.clone(), c.streams.acquire()))
     }
 

@@ -68,9 +68,12 @@ fn key(source: &str, addr: SocketAddr) -> PoolKey {
     }
 }
 
+/// A pool that shares one connection until `max_streams` (no spreading,
+/// so connection counts do not depend on the machine's cores).
 fn pool(ca: &TestCa, max_streams: usize) -> Pool {
     let config = PoolConfig {
         max_streams_per_connection: max_streams,
+        parallel_connections: 1,
         connect_timeout: Duration::from_secs(5),
         ..PoolConfig::default()
     };
@@ -298,7 +301,7 @@ async fn the_stream_cap_opens_more_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn by_default_streams_share_one_connection() {
+async fn without_spreading_streams_share_one_connection() {
     let ca = TestCa::new();
     let srv = start_server(&ca, proxy).await;
     let target = echo_server().await;
@@ -313,6 +316,52 @@ async fn by_default_streams_share_one_connection() {
         1
     );
     assert_eq!(pool.connection_count(&k), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_tunnels_spread_over_parallel_connections() {
+    let ca = TestCa::new();
+    let srv = start_server(&ca, proxy).await;
+    let target = echo_server().await;
+    let config = PoolConfig {
+        parallel_connections: 3,
+        connect_timeout: Duration::from_secs(5),
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(config, TestConnector::new(&ca, &[CLIENT]));
+    let k = key(CLIENT, srv.addr);
+    let dialed = || {
+        srv.server
+            .stats()
+            .connections_established
+            .load(Ordering::Relaxed)
+    };
+    // One tunnel at a time: the idle connection is reused, never a second.
+    for _ in 0..3 {
+        let mut s = pool.connect(&k, target).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+    }
+    assert_eq!(dialed(), 1);
+    // Held tunnels: each busy connection makes the next tunnel dial, up to
+    // three connections; past that, the least-loaded one is shared.
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        held.push(pool.connect(&k, target).await.unwrap());
+    }
+    assert_eq!(dialed(), 3);
+    assert_eq!(pool.connection_count(&k), 3);
+    for (i, s) in held.iter_mut().enumerate() {
+        let msg = format!("tunnel {i}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0; msg.len()];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    drop(held);
+    let _again = pool.connect(&k, target).await.unwrap();
+    assert_eq!(dialed(), 3, "a freed connection is reused");
 }
 
 #[tokio::test]
