@@ -24,10 +24,7 @@ pub const NONE: &str = "none";
 /// Annotation Istio's sidecar injector sets on Pods that have a sidecar;
 /// such Pods are left to their sidecar (Istio does the same).
 pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
-/// Annotation carrying the Pod's UID on Workloads that come from Pods: the
-/// key a node proxy uses to find the Pod's network namespace (see
-/// [`workload_from_pod`]).
-pub const POD_UID_ANNOTATION: &str = "weir.dev/pod-uid";
+pub use weir_core::config::POD_UID_ANNOTATION;
 /// The service account of a Pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 

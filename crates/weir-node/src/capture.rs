@@ -14,11 +14,13 @@
 //!   in one that creates listeners and sockets for the async runtime.
 //! - [`CaptureRules`] installs and removes the iptables rules (see
 //!   [`rules`] for the exact rule set and why each rule exists).
+//! - [`pod_netns`] finds a Kubernetes Pod's namespace from its UID.
 //! - [`orig_dst`] reads `SO_ORIGINAL_DST` from an accepted connection.
 //!
 //! All `unsafe` (the `setns` call) is in the private `sys` module.
 
 mod netns;
+mod pod;
 pub mod rules;
 mod sys;
 
@@ -27,6 +29,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 pub use netns::{Netns, NetnsWorker, NAMED_NETNS_DIR};
+pub use pod::{pod_netns, POD_UID_ANNOTATION};
 pub use rules::{CaptureRules, Error, PROXY_MARK, PROXY_MARK_MASK};
 
 /// The destination the client asked for before an iptables `REDIRECT`

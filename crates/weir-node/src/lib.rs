@@ -39,6 +39,12 @@ pub enum Error {
         netns: String,
         source: std::io::Error,
     },
+    #[error("workload {workload}: network namespace of pod {uid}: {source}")]
+    PodNetns {
+        workload: String,
+        uid: String,
+        source: std::io::Error,
+    },
     #[error("workload {workload}: cannot listen on port {port} in its network namespace: {source}; is another proxy already serving it?")]
     Bind {
         workload: String,
@@ -65,7 +71,7 @@ impl Error {
         match self {
             Error::Config(_) => "config",
             Error::Identity(_) => "identity",
-            Error::Netns { .. } => "netns",
+            Error::Netns { .. } | Error::PodNetns { .. } => "netns",
             Error::Bind { .. } => "bind",
             Error::Capture(_) => "capture",
             Error::Admin { .. } => "admin",

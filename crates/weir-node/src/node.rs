@@ -48,6 +48,10 @@ pub struct NodeOptions {
     pub connect_timeout: Duration,
     /// Install iptables capture rules (off only for tests of the listeners).
     pub capture: bool,
+    /// The host's `/proc`: where the network namespace of a Workload made
+    /// from a Pod (annotation `weir.dev/pod-uid`) is found. `/proc` unless
+    /// the proxy runs in a container with the host's mounted elsewhere.
+    pub proc_root: PathBuf,
     /// The control plane config and certificates come from (`--control`),
     /// instead of `config_paths` and a local CA.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +83,7 @@ impl NodeOptions {
             drain_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             capture: true,
+            proc_root: PathBuf::from("/proc"),
             control: None,
         }
     }
@@ -413,6 +418,9 @@ async fn reconcile(
             desired.get(*k).is_none_or(|w| {
                 w.address != p.workload.address
                     || w.netns != p.workload.netns
+                    // A Pod re-created under the same name (a StatefulSet's)
+                    // has a new UID and a new network namespace.
+                    || w.pod_uid() != p.workload.pod_uid()
                     || w.service_account != p.workload.service_account
             })
         })

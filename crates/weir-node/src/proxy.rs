@@ -15,7 +15,7 @@ use weir_core::{Config, SpiffeId};
 use weir_hbone::{BoxFuture, Connector, Pool, PoolConfig, Shutdown, ShutdownSignal};
 use weir_identity::{Direction, FailureReason, IdentityManager};
 
-use crate::capture::{CaptureRules, Netns, NetnsWorker, PROXY_MARK};
+use crate::capture::{pod_netns, CaptureRules, Netns, NetnsWorker, PROXY_MARK};
 use crate::node::Ctx;
 use crate::Error;
 
@@ -118,12 +118,26 @@ pub(crate) struct WorkloadProxy {
 impl WorkloadProxy {
     pub async fn start(ctx: Arc<Ctx>, workload: Workload) -> Result<WorkloadProxy, Error> {
         let id = workload.identity(&ctx.settings.trust_domain);
-        let ns_err = |source| Error::Netns {
-            workload: format!("{}/{}", workload.namespace(), workload.name()),
-            netns: workload.netns.clone(),
-            source,
+        let key = || format!("{}/{}", workload.namespace(), workload.name());
+        let ns_err = |source| match workload.pod_uid() {
+            Some(uid) => Error::PodNetns {
+                workload: key(),
+                uid: uid.to_owned(),
+                source,
+            },
+            None => Error::Netns {
+                workload: key(),
+                netns: workload.netns.clone(),
+                source,
+            },
         };
-        let netns = Netns::open_named(&workload.netns).map_err(ns_err)?;
+        // A Workload made from a Pod is found by the Pod's UID (its
+        // namespace has a runtime-chosen name); others by spec.netns.
+        let netns = match workload.pod_uid() {
+            Some(uid) => pod_netns(&ctx.options.proc_root, uid),
+            None => Netns::open_named(&workload.netns),
+        }
+        .map_err(ns_err)?;
         let worker = NetnsWorker::spawn(&netns).map_err(ns_err)?;
         let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let bind = |port| {

@@ -164,6 +164,17 @@ pub struct NodeArgs {
     /// Do not install iptables capture rules (listeners only; for debugging).
     #[arg(long)]
     pub no_capture: bool,
+    /// The host's /proc. A Workload made from a Pod (annotation
+    /// weir.dev/pod-uid, set by `weir control --kubernetes`) is served in the
+    /// network namespace of the Pod's processes, found here by the Pod UID in
+    /// their cgroup paths; other Workloads in /var/run/netns/<spec.netns>.
+    #[arg(
+        long,
+        env = "WEIR_PROC_ROOT",
+        default_value = "/proc",
+        value_name = "DIR"
+    )]
+    pub proc_root: PathBuf,
     /// Log format on stderr; RUST_LOG filters (default info).
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,

@@ -42,6 +42,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
     options.drain_timeout = args.drain_timeout;
     options.connect_timeout = args.connect_timeout;
     options.capture = !args.no_capture;
+    options.proc_root = args.proc_root.clone();
     options.control = args.control.clone();
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();

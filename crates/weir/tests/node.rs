@@ -739,3 +739,103 @@ fn sighup_reloads_config() {
     );
     node_b.expect_metric_at_least(RELOADS, &[("result", "success")], 1.0);
 }
+
+/// A cgroup whose path names a Pod UID the way the kubelet's does
+/// (`...-pod<uid>`), to stand in for a Pod's cgroup on this machine.
+/// Removed on drop (after the processes in it are gone).
+struct PodCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl PodCgroup {
+    /// In the first writable cgroup hierarchy (v2 root, v2 under
+    /// /sys/fs/cgroup/unified, or v1 pids); `None` if there is none.
+    fn new(uid: &str) -> Option<PodCgroup> {
+        let name = format!("weir-test{}-pod{uid}", std::process::id());
+        [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/pids",
+        ]
+        .iter()
+        .map(Path::new)
+        .filter(|h| h.join("cgroup.procs").exists())
+        .find_map(|h| {
+            let dir = h.join(&name);
+            std::fs::create_dir(&dir).ok()?;
+            Some(PodCgroup { dir })
+        })
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("cannot move pid {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // The processes were killed first; an emptied cgroup may take a
+        // moment to be removable.
+        wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.dir).is_ok()
+        });
+    }
+}
+
+/// Cluster mode: a Workload made from a Pod carries the Pod's UID
+/// (`weir.dev/pod-uid`) and a `netns` that names nothing (the runtime's
+/// name is unknown to the API). The node proxy must find the Pod's network
+/// namespace from a process whose cgroup path names the UID, and serve it.
+#[test]
+fn pod_network_namespace_is_found_by_uid() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    const UID: &str = "7d3c1a52-9e0b-4f6d-8c21-5b4a3e2f1d09";
+    let Some(cgroup) = PodCgroup::new(UID) else {
+        eprintln!("SKIPPED: no writable cgroup hierarchy to stand in for a Pod's cgroup");
+        return;
+    };
+    let net = TestNet::new("poduid");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    // The Pod's container: the server, in the Pod's cgroup.
+    let server = start_servers(&server_host, &[(APP_PORT, "POD-UID-REPLY")]);
+    cgroup.add(server.id());
+
+    let cfg = TempDir::new("poduid-cfg");
+    let state = TempDir::new("poduid-ca");
+    let pod = format!(
+        "---\napiVersion: weir.dev/v1alpha1\nkind: Workload\n\
+         metadata: {{name: server, namespace: data, labels: {{app: server}},\n\
+         \x20 annotations: {{weir.dev/pod-uid: {UID}}}}}\n\
+         spec:\n  serviceAccount: server\n  address: {SERVER_IP}\n  node: node-b\n\
+         \x20 netns: cni-not-a-name-this-machine-has\n"
+    );
+    cfg.write(
+        "workloads.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a") + &pod),
+    );
+    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+
+    let r = client(&client_host, SERVER_IP, APP_PORT, "to-the-pod");
+    assert_reply(&r, "POD-UID-REPLY", "client -> pod found by its UID");
+    node_b.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("destination_workload", "server"),
+        ],
+        1.0,
+    );
+    // The capture rules went into the Pod's namespace.
+    assert!(
+        iptables_save(&server_host).contains("WEIR"),
+        "no capture rules in the pod's namespace:\n{}",
+        iptables_save(&server_host)
+    );
+    drop(server);
+}

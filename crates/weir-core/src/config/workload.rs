@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 use super::meta::ObjectMeta;
 use crate::spiffe::{SpiffeId, TrustDomain};
 
+/// Annotation carrying a Pod's UID on a Workload (the Kubernetes source sets
+/// it on every Workload it makes from a Pod). A node proxy finds the network
+/// namespace of such a Workload from the UID, not from `spec.netns`: a
+/// process of the Pod has a cgroup path that names it.
+pub const POD_UID_ANNOTATION: &str = "weir.dev/pod-uid";
+
 /// A mesh workload: who it is (namespace + service account), where it is
 /// (address, node) and which network namespace holds its sockets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -16,7 +22,7 @@ pub struct Workload {
     pub address: IpAddr,
     pub node: String,
     /// Network namespace name (`/var/run/netns/<netns>`); defaults to the
-    /// workload's name.
+    /// workload's name. Not used for a Workload with [`POD_UID_ANNOTATION`].
     pub netns: String,
 }
 
@@ -27,6 +33,14 @@ impl Workload {
 
     pub fn namespace(&self) -> &str {
         &self.metadata.namespace
+    }
+
+    /// The Pod UID of a Workload made from a Pod ([`POD_UID_ANNOTATION`]).
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(POD_UID_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// The workload's SPIFFE id in the given trust domain. The service account
