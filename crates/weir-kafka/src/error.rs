@@ -79,6 +79,10 @@ pub enum SessionError {
         min: i16,
         max: i16,
     },
+    /// With an authorization policy in force, a request of an API the
+    /// gateway cannot check (the gateway's ApiVersions never offers it).
+    #[error("client sent {api} (API key {key}), which the gateway cannot authorize; with a KafkaAuthorizationPolicy in force only the APIs it checks are offered and forwarded")]
+    UnauthorizableApi { api: &'static str, key: i16 },
     /// A response's correlation id is not the one of the oldest request in flight.
     #[error("upstream broker answered correlation id {got}, expected {expected}")]
     CorrelationMismatch { expected: i32, got: i32 },
@@ -106,6 +110,7 @@ impl SessionError {
             SessionError::UnknownBroker { .. } => "unknown_broker",
             SessionError::UnknownHost { .. } => "unknown_host",
             SessionError::UnsupportedVersion { .. } => "unsupported_version",
+            SessionError::UnauthorizableApi { .. } => "unauthorizable_api",
             SessionError::CorrelationMismatch { .. } => "correlation_mismatch",
             SessionError::DeniedWithoutResponse { .. } => "denied_acks0",
             SessionError::Io { side, .. } => match side {
@@ -130,6 +135,7 @@ impl SessionError {
                 side: Side::Client,
                 ..
             } | SessionError::UnsupportedVersion { .. }
+                | SessionError::UnauthorizableApi { .. }
                 | SessionError::UnknownHost { .. }
                 | SessionError::UnknownBroker { .. }
         )

@@ -29,6 +29,8 @@ pub mod codes {
     pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    /// OPERATION_NOT_ATTEMPTED
+    pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
     /// UNKNOWN_TOPIC_ID
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
 }
@@ -501,6 +503,182 @@ pub(crate) fn inspect(
                 ))
             })?);
         }
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            let incremental = api == ApiKey::IncrementalAlterConfigs;
+            ins.entries = Some(entries(&mut r, f, "resources", |r| {
+                let kind = r.i8("resource_type")?;
+                let name = r.required_string(f, "resource_name")?;
+                let n = r.required_array(f, "configs")?;
+                for _ in 0..n {
+                    r.required_string(f, "config name")?;
+                    if incremental {
+                        r.i8("config_operation")?;
+                    }
+                    r.string(f, "config value")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    config_check(kind, name, Operation::AlterConfigs),
+                    Vec::new(),
+                    RecordCount::default(),
+                    kind,
+                ))
+            })?);
+        }
+        ApiKey::DeleteRecords => {
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition_index")?);
+                    r.i64("offset")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Delete),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::CreatePartitions => {
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                r.i32("count")?;
+                if let Some(n) = r.array(f, "assignments")? {
+                    for _ in 0..n {
+                        r.i32_array(f, "broker_ids")?;
+                        r.skip_tags(f)?;
+                    }
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Alter),
+                    Vec::new(),
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::OffsetDelete => {
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Delete));
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition_index")?);
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Read),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            if v >= 3 {
+                r.i32("replica_id")?;
+            }
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition")?);
+                    r.i32("current_leader_epoch")?;
+                    r.i32("leader_epoch")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Describe),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::AddPartitionsToTxn => {
+            // v0-3, what clients send (v4+ is broker to broker and is not
+            // offered through the gateway).
+            let txn = body_name(&mut r, f, "transactional_id")?;
+            ins.whole
+                .push(check(ResourceType::TransactionalId, txn, Operation::Write));
+            r.i64("producer_id")?;
+            r.i16("producer_epoch")?;
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let partitions = r.i32_array(f, "partitions")?;
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Write),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let txn = body_name(&mut r, f, "transactional_id")?;
+            r.i64("producer_id")?;
+            r.i16("producer_epoch")?;
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::TransactionalId, txn, Operation::Write));
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Read));
+        }
+        ApiKey::EndTxn => {
+            let txn = body_name(&mut r, f, "transactional_id")?;
+            ins.whole
+                .push(check(ResourceType::TransactionalId, txn, Operation::Write));
+        }
+        ApiKey::TxnOffsetCommit => {
+            let txn = body_name(&mut r, f, "transactional_id")?;
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::TransactionalId, txn, Operation::Write));
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Read));
+            r.i64("producer_id")?;
+            r.i16("producer_epoch")?;
+            if v >= 3 {
+                r.i32("generation_id")?;
+                r.required_string(f, "member_id")?;
+                r.string(f, "group_instance_id")?;
+            }
+            ins.entries = Some(entries(&mut r, f, "topics", |r| {
+                let name = body_name(r, f, "topic name")?;
+                let mut partitions = Vec::new();
+                let n = r.required_array(f, "partitions")?;
+                for _ in 0..n {
+                    partitions.push(r.i32("partition_index")?);
+                    r.i64("committed_offset")?;
+                    if v >= 2 {
+                        r.i32("committed_leader_epoch")?;
+                    }
+                    r.string(f, "committed_metadata")?;
+                    r.skip_tags(f)?;
+                }
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Topic, name, Operation::Read),
+                    partitions,
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
         _ => {}
     }
     Ok(ins)
@@ -524,6 +702,18 @@ fn config_check(kind: i8, name: Range<usize>, op: Operation) -> Check {
         16 => check(ResourceType::Group, NameRef::Body(name), op),
         _ => check(ResourceType::Cluster, NameRef::Cluster, op),
     }
+}
+
+/// The resource name of a config resource element (DescribeConfigs,
+/// AlterConfigs, IncrementalAlterConfigs: resource type, then name).
+pub(crate) fn config_resource_name(
+    body: &[u8],
+    entry: &Entry,
+    flexible: bool,
+) -> Option<Range<usize>> {
+    let mut r = Reader::new(&body[..entry.range.end], entry.range.start);
+    r.i8("resource_type").ok()?;
+    r.required_string(flexible, "resource_name").ok()
 }
 
 type Walked = (Check, Vec<i32>, RecordCount, i8);

@@ -157,7 +157,7 @@ fn process_strict(
     let v = w.version;
     let denied = &w.denied;
     match w.api {
-        ApiKey::ApiVersions => api_versions(body, v),
+        ApiKey::ApiVersions => api_versions(body, v, w.enforce),
         ApiKey::Metadata => transcode::<MetadataResponse>(body, v, |r| {
             ctx.registry.learn_metadata(r);
             for b in &mut r.brokers {
@@ -489,6 +489,152 @@ fn process_strict(
             }
             true
         }),
+        ApiKey::AlterConfigs => transcode::<AlterConfigsResponse>(body, v, |r| {
+            for d in denied {
+                let mut res = alter_configs_response::AlterConfigsResourceResponse::default();
+                res.error_code = d.code;
+                res.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                res.resource_type = d.kind;
+                res.resource_name = d.name.clone();
+                r.responses.push(res);
+            }
+            true
+        }),
+        ApiKey::IncrementalAlterConfigs => {
+            transcode::<IncrementalAlterConfigsResponse>(body, v, |r| {
+                for d in denied {
+                    let mut res =
+                        incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+                    res.error_code = d.code;
+                    res.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                    res.resource_type = d.kind;
+                    res.resource_name = d.name.clone();
+                    r.responses.push(res);
+                }
+                true
+            })
+        }
+        ApiKey::DeleteRecords => transcode::<DeleteRecordsResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = delete_records_response::DeleteRecordsTopicResult::default();
+                t.name = TopicName(d.name.clone());
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr =
+                            delete_records_response::DeleteRecordsPartitionResult::default();
+                        pr.partition_index = *p;
+                        pr.low_watermark = -1;
+                        pr.error_code = d.code;
+                        pr
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::CreatePartitions => transcode::<CreatePartitionsResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = create_partitions_response::CreatePartitionsTopicResult::default();
+                t.name = TopicName(d.name.clone());
+                t.error_code = d.code;
+                t.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                r.results.push(t);
+            }
+            true
+        }),
+        ApiKey::OffsetDelete => transcode::<OffsetDeleteResponse>(body, v, |r| {
+            if let Some(code) = w.whole {
+                r.error_code = code;
+                r.topics.clear();
+                return true;
+            }
+            for d in denied {
+                let mut t = offset_delete_response::OffsetDeleteResponseTopic::default();
+                t.name = TopicName(d.name.clone());
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr =
+                            offset_delete_response::OffsetDeleteResponsePartition::default();
+                        pr.partition_index = *p;
+                        pr.error_code = d.code;
+                        pr
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::OffsetForLeaderEpoch => transcode::<OffsetForLeaderEpochResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
+                t.topic = TopicName(d.name.clone());
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut e = offset_for_leader_epoch_response::EpochEndOffset::default();
+                        e.partition = *p;
+                        e.error_code = d.code;
+                        e.leader_epoch = -1;
+                        e.end_offset = -1;
+                        e
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::AddPartitionsToTxn => transcode::<AddPartitionsToTxnResponse>(body, v, |r| {
+            for d in denied {
+                let mut t =
+                    add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default();
+                t.name = TopicName(d.name.clone());
+                t.results_by_partition = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr =
+                            add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default();
+                        pr.partition_index = *p;
+                        pr.partition_error_code = d.code;
+                        pr
+                    })
+                    .collect();
+                r.results_by_topic_v3_and_below.push(t);
+            }
+            true
+        }),
+        ApiKey::TxnOffsetCommit => transcode::<TxnOffsetCommitResponse>(body, v, |r| {
+            for d in denied {
+                let mut t = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+                t.name = TopicName(d.name.clone());
+                t.partitions = d
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut pr =
+                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                        pr.partition_index = *p;
+                        pr.error_code = d.code;
+                        pr
+                    })
+                    .collect();
+                r.topics.push(t);
+            }
+            true
+        }),
+        ApiKey::AddOffsetsToTxn => {
+            whole_only::<AddOffsetsToTxnResponse>(body, v, w.whole, |r, code| r.error_code = code)
+        }
+        ApiKey::EndTxn => whole_only::<EndTxnResponse>(body, v, w.whole, |r, code| {
+            r.error_code = code;
+            r.producer_id = ProducerId(-1);
+            r.producer_epoch = -1;
+        }),
         _ => Ok(None),
     }
 }
@@ -513,7 +659,11 @@ fn whole_only<T: Decodable + Encodable + Default>(
 
 /// ApiVersions: capped to what the gateway reads. A broker that does not
 /// support the request's version answers v0 with UNSUPPORTED_VERSION.
-fn api_versions(body: Option<Bytes>, version: i16) -> Result<Option<BytesMut>, String> {
+fn api_versions(
+    body: Option<Bytes>,
+    version: i16,
+    enforcing: bool,
+) -> Result<Option<BytesMut>, String> {
     let Some(body) = body else {
         return unsupported_api_versions().map(Some);
     };
@@ -525,7 +675,7 @@ fn api_versions(body: Option<Bytes>, version: i16) -> Result<Option<BytesMut>, S
     }
     let mut resp =
         ApiVersionsResponse::decode(&mut body.clone(), version).map_err(|e| e.to_string())?;
-    if !cap_api_versions(&mut resp) {
+    if !cap_api_versions(&mut resp, enforcing) {
         return Ok(None);
     }
     let mut out = BytesMut::new();

@@ -23,11 +23,13 @@ use crate::authz::{SessionAuthz, CLUSTER_RESOURCE};
 use crate::error::{SessionError, Side};
 use crate::frame::{write_chunks, Frame, FrameReader};
 use crate::header::{parse_request_header, parse_response_header, RequestHeader};
-use crate::inspect::{codes, denial_code, filter_request, inspect, patch_false, NameRef};
+use crate::inspect::{
+    codes, config_resource_name, denial_code, filter_request, inspect, patch_false, NameRef,
+};
 use crate::metrics::TopicMeter;
 use crate::proxy::KafkaProxy;
 use crate::response::{process, Denied, ResponseCtx, ResponseWork};
-use crate::versions::{inspected_versions, is_inspected};
+use crate::versions::{allowed_unchecked, inspected_versions, is_inspected};
 use crate::wire::Reader;
 
 /// Requests in flight per connection before the gateway stops reading the
@@ -199,6 +201,15 @@ impl RequestSide<'_> {
     async fn plan(&mut self, hdr: &RequestHeader, frame: Frame) -> Result<Plan, SessionError> {
         let v = hdr.api_version;
         let enforcing = self.authz.enforcing();
+        // With a policy in force, an API the gateway cannot check is
+        // refused as a broker refuses an API it does not have (the
+        // gateway's ApiVersions did not offer it): closing the connection.
+        if enforcing && !hdr.api.is_some_and(allowed_unchecked) {
+            return Err(SessionError::UnauthorizableApi {
+                api: hdr.api_name(),
+                key: hdr.api_key,
+            });
+        }
         let (Some(api), Some(start)) = (hdr.api, hdr.body_offset) else {
             // Unknown API key: pass through.
             return Ok(Plan::Forward(
@@ -276,9 +287,17 @@ impl RequestSide<'_> {
                 None => Plan::Forward(frame.into_wire(), Some(reply_for(work))),
             });
         };
+        // Where Kafka answers a whole-request denial per partition, every
+        // element gets the code; elsewhere the gateway answers alone.
         if let (Some(code), false) = (
             whole_code,
-            matches!(api, ApiKey::Produce | ApiKey::OffsetCommit),
+            matches!(
+                api,
+                ApiKey::Produce
+                    | ApiKey::OffsetCommit
+                    | ApiKey::TxnOffsetCommit
+                    | ApiKey::AddPartitionsToTxn
+            ),
         ) {
             work.whole = Some(code);
             return Ok(Plan::Answer(Box::new(work)));
@@ -311,8 +330,16 @@ impl RequestSide<'_> {
             };
             if let Some(code) = code {
                 keep[i] = false;
+                // A broker's answer names the resource as the request did
+                // (a cluster-level config resource: the broker id).
+                let answer_name = match (&e.check.name, config_api(api)) {
+                    (NameRef::Cluster, true) => config_resource_name(&body, e, entries.flexible)
+                        .map(|r| StrBytes::from_utf8(body.slice(r)).unwrap_or_default())
+                        .unwrap_or_else(|| name.clone()),
+                    _ => name.clone(),
+                };
                 work.denied.push(Denied {
-                    name: name.clone(),
+                    name: answer_name,
                     id: match e.check.name {
                         NameRef::TopicId(id) => id,
                         _ => [0; 16],
@@ -326,6 +353,22 @@ impl RequestSide<'_> {
                     self.produced.add(&topic_id_label(&e.check.name), e.records);
                 } else {
                     self.produced.add(&name, e.records);
+                }
+            }
+        }
+        if api == ApiKey::AddPartitionsToTxn && !work.denied.is_empty() {
+            // All or nothing, as Kafka: the partitions that were allowed are
+            // answered OPERATION_NOT_ATTEMPTED and nothing is added.
+            for (i, e) in entries.items.iter().enumerate() {
+                if keep[i] {
+                    keep[i] = false;
+                    work.denied.push(Denied {
+                        name: self.name_of(&body, &e.check.name, false).await,
+                        id: [0; 16],
+                        partitions: e.partitions.clone(),
+                        code: codes::OPERATION_NOT_ATTEMPTED,
+                        kind: e.kind,
+                    });
                 }
             }
         }
@@ -417,6 +460,14 @@ fn topic_id_label(name: &NameRef) -> String {
         NameRef::TopicId(id) => uuid::Uuid::from_bytes(*id).to_string(),
         _ => String::new(),
     }
+}
+
+/// The APIs whose elements are config resources (type, name, ...).
+fn config_api(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::DescribeConfigs | ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs
+    )
 }
 
 /// APIs whose requests the gateway authorizes.

@@ -13,10 +13,9 @@ use kafka_protocol::protocol::{Message, VersionRange};
 
 macro_rules! inspected_apis {
     ($($key:ident => $req:ty, $resp:ty;)*) => {
-        /// The versions of `api` whose requests and responses the gateway
-        /// reads and writes, or `None` if it does not inspect `api` (then
-        /// the API passes through unchanged).
-        pub fn inspected_versions(api: ApiKey) -> Option<VersionRange> {
+        /// The versions of `api` kafka-protocol reads and writes, for the
+        /// APIs the gateway inspects.
+        fn decodable_versions(api: ApiKey) -> Option<VersionRange> {
             match api {
                 $(ApiKey::$key => Some(<$req as Message>::VERSIONS.intersect(&<$resp as Message>::VERSIONS)),)*
                 _ => None,
@@ -47,6 +46,50 @@ inspected_apis! {
     DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
     DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
     ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse;
+    AlterConfigs => AlterConfigsRequest, AlterConfigsResponse;
+    IncrementalAlterConfigs => IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse;
+    DeleteRecords => DeleteRecordsRequest, DeleteRecordsResponse;
+    CreatePartitions => CreatePartitionsRequest, CreatePartitionsResponse;
+    OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse;
+    OffsetForLeaderEpoch => OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse;
+    AddPartitionsToTxn => AddPartitionsToTxnRequest, AddPartitionsToTxnResponse;
+    AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse;
+    EndTxn => EndTxnRequest, EndTxnResponse;
+    TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse;
+}
+
+/// The versions of `api` whose requests and responses the gateway reads
+/// and writes, or `None` if it does not inspect `api` (then the API passes
+/// through unchanged when no authorization policy is in force).
+pub fn inspected_versions(api: ApiKey) -> Option<VersionRange> {
+    let mut range = decodable_versions(api)?;
+    if api == ApiKey::AddPartitionsToTxn {
+        // v4+ batches several producers' transactions: brokers send it to
+        // each other (KIP-890), clients send v0-3.
+        range.max = range.max.min(3);
+    }
+    Some(range)
+}
+
+/// APIs a broker answers without any ACL check: version negotiation, SASL
+/// authentication and client telemetry (KIP-714). With an authorization
+/// policy in force, these and the inspected APIs are the only ones the
+/// gateway offers and forwards.
+pub fn needs_no_authorization(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::ApiVersions
+            | ApiKey::SaslHandshake
+            | ApiKey::SaslAuthenticate
+            | ApiKey::GetTelemetrySubscriptions
+            | ApiKey::PushTelemetry
+    )
+}
+
+/// Whether a request of `api` may pass while an authorization policy is in
+/// force without the gateway checking it.
+pub fn allowed_unchecked(api: ApiKey) -> bool {
+    needs_no_authorization(api) || inspected_versions(api).is_some()
 }
 
 /// Whether the gateway reads requests of `api` at `version`.
@@ -54,17 +97,19 @@ pub fn is_inspected(api: ApiKey, version: i16) -> bool {
     inspected_versions(api).is_some_and(|r| r.min <= version && version <= r.max)
 }
 
-/// Narrows a broker's ApiVersions response to what the gateway can read.
-/// Returns whether anything changed.
-pub fn cap_api_versions(resp: &mut ApiVersionsResponse) -> bool {
+/// Narrows a broker's ApiVersions response to what the gateway can read;
+/// with `enforcing` (an authorization policy in force), also leaves out the
+/// APIs it cannot authorize (unknown keys included), so clients do not use
+/// them. Returns whether anything changed.
+pub fn cap_api_versions(resp: &mut ApiVersionsResponse, enforcing: bool) -> bool {
     let before = resp.api_keys.len();
     let mut changed = false;
     resp.api_keys.retain_mut(|k| {
         let Ok(api) = ApiKey::try_from(k.api_key) else {
-            return true;
+            return !enforcing;
         };
         let Some(ours) = inspected_versions(api) else {
-            return true;
+            return !enforcing || needs_no_authorization(api);
         };
         let min = k.min_version.max(ours.min);
         let max = k.max_version.min(ours.max);
@@ -105,7 +150,8 @@ mod tests {
             key(ApiKey::ElectLeaders as i16, 0, 99), // not inspected: unchanged
             key(9999, 0, 5),                         // unknown key: unchanged
         ];
-        assert!(cap_api_versions(&mut resp));
+        let mut enforced = resp.clone();
+        assert!(cap_api_versions(&mut resp, false));
         let got: Vec<(i16, i16, i16)> = resp
             .api_keys
             .iter()
@@ -122,7 +168,30 @@ mod tests {
             ]
         );
         // Idempotent.
-        assert!(!cap_api_versions(&mut resp));
+        assert!(!cap_api_versions(&mut resp, false));
+
+        // Under a policy, what cannot be authorized is not offered.
+        enforced
+            .api_keys
+            .push(key(ApiKey::SaslHandshake as i16, 0, 1));
+        enforced.api_keys.push(key(ApiKey::CreateAcls as i16, 0, 3));
+        assert!(cap_api_versions(&mut enforced, true));
+        let got: Vec<i16> = enforced.api_keys.iter().map(|k| k.api_key).collect();
+        assert_eq!(
+            got,
+            vec![0, 3, 8, ApiKey::SaslHandshake as i16],
+            "ElectLeaders, the unknown key and CreateAcls are left out"
+        );
+    }
+
+    #[test]
+    fn add_partitions_to_txn_is_offered_in_client_versions_only() {
+        let r = inspected_versions(ApiKey::AddPartitionsToTxn).unwrap();
+        assert_eq!((r.min, r.max), (0, 3));
+        assert!(allowed_unchecked(ApiKey::DeleteRecords));
+        assert!(allowed_unchecked(ApiKey::SaslAuthenticate));
+        assert!(!allowed_unchecked(ApiKey::CreateAcls));
+        assert!(!allowed_unchecked(ApiKey::ElectLeaders));
     }
 
     #[test]

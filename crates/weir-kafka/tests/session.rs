@@ -637,3 +637,226 @@ async fn upstream_closing_with_requests_in_flight_is_reported() {
     let err = ended(h.session).await;
     assert_eq!(err.reason(), "upstream_closed");
 }
+
+fn group(name: &'static str) -> GroupId {
+    GroupId(StrBytes::from_static_str(name))
+}
+
+fn txn(name: &'static str) -> TransactionalId {
+    TransactionalId(StrBytes::from_static_str(name))
+}
+
+/// The admin and transaction APIs that change data or offsets are checked
+/// as Kafka checks them, with Kafka's answers; mixed requests are split.
+#[tokio::test]
+async fn admin_and_transaction_apis_are_authorized() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Group, "g-denied", Operation::Delete),
+            (ResourceType::Group, "g-denied", Operation::Read),
+            (
+                ResourceType::Cluster,
+                "kafka-cluster",
+                Operation::AlterConfigs,
+            ),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+
+    // DeleteRecords: "secret" is cut out, its partition answered 29.
+    let mut dr = DeleteRecordsRequest::default();
+    for (name, p) in [("orders", 0), ("secret", 1)] {
+        let mut t = delete_records_request::DeleteRecordsTopic::default();
+        t.name = topic(name);
+        let mut part = delete_records_request::DeleteRecordsPartition::default();
+        part.partition_index = p;
+        part.offset = 10;
+        t.partitions.push(part);
+        dr.topics.push(t);
+    }
+    send(&mut h.client, &request_frame(2, 1, &dr)).await;
+    let (_, fwd): (RequestHeader, DeleteRecordsRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    let names: Vec<&str> = fwd.topics.iter().map(|t| t.name.0.as_str()).collect();
+    assert_eq!(names, ["orders"]);
+    let mut resp = DeleteRecordsResponse::default();
+    let mut t = delete_records_response::DeleteRecordsTopicResult::default();
+    t.name = topic("orders");
+    t.partitions.push(Default::default());
+    resp.topics.push(t);
+    send(&mut h.broker, &response_frame(2, 1, &resp)).await;
+    let (_, got): (i32, DeleteRecordsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 2);
+    let flat: Vec<(&str, i32, i16)> = got
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.as_str(), p.partition_index, p.error_code))
+        })
+        .collect();
+    assert_eq!(flat, [("orders", 0, 0), ("secret", 1, 29)]);
+
+    // IncrementalAlterConfigs: a denied topic (29) and the broker (cluster,
+    // 31) answered by the gateway; nothing reaches the broker.
+    let mut iac = IncrementalAlterConfigsRequest::default();
+    for (kind, name) in [(2i8, "secret-t"), (4, "1")] {
+        let mut r = incremental_alter_configs_request::AlterConfigsResource::default();
+        r.resource_type = kind;
+        r.resource_name = StrBytes::from_static_str(name);
+        let mut c = incremental_alter_configs_request::AlterableConfig::default();
+        c.name = StrBytes::from_static_str("retention.ms");
+        c.value = Some(StrBytes::from_static_str("1"));
+        r.configs.push(c);
+        iac.resources.push(r);
+    }
+    send(&mut h.client, &request_frame(1, 2, &iac)).await;
+    let (c, got): (i32, IncrementalAlterConfigsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 1);
+    assert_eq!(c, 2);
+    let codes: Vec<(i8, &str, i16)> = got
+        .responses
+        .iter()
+        .map(|r| (r.resource_type, r.resource_name.as_str(), r.error_code))
+        .collect();
+    assert_eq!(codes, [(2, "secret-t", 29), (4, "1", 31)]);
+
+    // CreatePartitions of a denied topic: 29.
+    let mut cp = CreatePartitionsRequest::default();
+    let mut t = create_partitions_request::CreatePartitionsTopic::default();
+    t.name = topic("secret");
+    t.count = 6;
+    cp.topics.push(t);
+    send(&mut h.client, &request_frame(3, 3, &cp)).await;
+    let (_, got): (i32, CreatePartitionsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    assert_eq!(
+        (got.results[0].name.0.as_str(), got.results[0].error_code),
+        ("secret", 29)
+    );
+
+    // OffsetDelete with a group the principal may not Delete: 30, top level.
+    let mut od = OffsetDeleteRequest::default();
+    od.group_id = group("g-denied");
+    let mut t = offset_delete_request::OffsetDeleteRequestTopic::default();
+    t.name = topic("orders");
+    t.partitions.push(Default::default());
+    od.topics.push(t);
+    send(&mut h.client, &request_frame(0, 4, &od)).await;
+    let (_, got): (i32, OffsetDeleteResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 0);
+    assert_eq!((got.error_code, got.topics.len()), (30, 0));
+
+    // TxnOffsetCommit with a denied transactional id: every partition 53.
+    let mut toc = TxnOffsetCommitRequest::default();
+    toc.transactional_id = txn("secret-tx");
+    toc.group_id = group("g-ok");
+    let mut t = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+    t.name = topic("orders");
+    for p in [0, 1] {
+        let mut part = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+        part.partition_index = p;
+        t.partitions.push(part);
+    }
+    toc.topics.push(t);
+    send(&mut h.client, &request_frame(3, 5, &toc)).await;
+    let (_, got): (i32, TxnOffsetCommitResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    let codes: Vec<(i32, i16)> = got.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.error_code))
+        .collect();
+    assert_eq!(codes, [(0, 53), (1, 53)]);
+
+    // AddPartitionsToTxn is all or nothing: the denied topic 29, the
+    // allowed one OPERATION_NOT_ATTEMPTED, nothing forwarded.
+    let mut ap = AddPartitionsToTxnRequest::default();
+    ap.v3_and_below_transactional_id = txn("tx-ok");
+    for (name, parts) in [("orders", vec![0]), ("secret", vec![2])] {
+        let mut t = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+        t.name = topic(name);
+        t.partitions = parts;
+        ap.v3_and_below_topics.push(t);
+    }
+    send(&mut h.client, &request_frame(3, 6, &ap)).await;
+    let (_, got): (i32, AddPartitionsToTxnResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    let mut flat: Vec<(&str, i32, i16)> = got
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| {
+            t.results_by_partition
+                .iter()
+                .map(|p| (t.name.0.as_str(), p.partition_index, p.partition_error_code))
+        })
+        .collect();
+    flat.sort();
+    assert_eq!(flat, [("orders", 0, 55), ("secret", 2, 29)]);
+
+    // AddOffsetsToTxn with a group the principal may not Read: 30.
+    let mut ao = AddOffsetsToTxnRequest::default();
+    ao.transactional_id = txn("tx-ok");
+    ao.group_id = group("g-denied");
+    send(&mut h.client, &request_frame(3, 7, &ao)).await;
+    let (_, got): (i32, AddOffsetsToTxnResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    assert_eq!(got.error_code, 30);
+
+    // EndTxn with a denied transactional id: 53.
+    let mut et = EndTxnRequest::default();
+    et.transactional_id = txn("secret-tx");
+    send(&mut h.client, &request_frame(3, 8, &et)).await;
+    let (_, got): (i32, EndTxnResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    assert_eq!(got.error_code, 53);
+
+    // OffsetForLeaderEpoch needs Describe on the topic.
+    let mut oe = OffsetForLeaderEpochRequest::default();
+    oe.replica_id = BrokerId(-1);
+    let mut t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+    t.topic = topic("secret");
+    let mut part = offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+    part.partition = 3;
+    t.partitions.push(part);
+    oe.topics.push(t);
+    send(&mut h.client, &request_frame(4, 9, &oe)).await;
+    let (_, got): (i32, OffsetForLeaderEpochResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 4);
+    let p = &got.topics[0].partitions[0];
+    assert_eq!((p.partition, p.error_code, p.end_offset), (3, 29, -1));
+
+    // Allowed ones go to the broker unchanged.
+    let mut et = EndTxnRequest::default();
+    et.transactional_id = txn("tx-ok");
+    et.committed = true;
+    let frame = request_frame(3, 10, &et);
+    send(&mut h.client, &frame).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &frame);
+}
+
+/// Under a policy, an API the gateway cannot check (here CreateAcls) is
+/// refused by closing the connection, as a broker refuses an API it does
+/// not offer; without a policy it passes.
+#[tokio::test]
+async fn apis_the_gateway_cannot_authorize_are_refused_under_a_policy() {
+    let acls = request_frame(3, 1, &CreateAclsRequest::default());
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &acls).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &acls);
+
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &acls).await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "unauthorizable_api");
+    assert!(err.to_string().contains("CreateAcls"), "{err}");
+
+    // SASL needs no authorization and passes under a policy too.
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let mut sasl = SaslHandshakeRequest::default();
+    sasl.mechanism = StrBytes::from_static_str("PLAIN");
+    let frame = request_frame(1, 1, &sasl);
+    send(&mut h.client, &frame).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &frame);
+}
