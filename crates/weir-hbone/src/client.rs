@@ -230,7 +230,23 @@ impl Pool {
                 return Ok((c, slot, true));
             }
         }
-        let conn = self.dial(key).await?;
+        let conn = match self.dial(key).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // A dial made only to spread load must not fail a tunnel
+                // that a busy connection can still carry.
+                let mut entries = lock(&self.inner.entries);
+                let entry = entries.entry(key.clone()).or_default();
+                if let Some((c, slot)) = self.reserve(entry, false) {
+                    debug!(
+                        conn = c.id,
+                        "extra connection failed ({e}); sharing a busy one"
+                    );
+                    return Ok((c, slot, true));
+                }
+                return Err(e);
+            }
+        };
         let mut entries = lock(&self.inner.entries);
         let entry = entries.entry(key.clone()).or_default();
         let slot = conn.streams.acquire();

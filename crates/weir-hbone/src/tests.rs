@@ -364,6 +364,65 @@ async fn busy_tunnels_spread_over_parallel_connections() {
     assert_eq!(dialed(), 3, "a freed connection is reused");
 }
 
+/// Dials succeed `ok` times, then TCP connects are refused.
+struct FailAfter {
+    inner: Arc<TestConnector>,
+    ok: usize,
+    dials: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::Connector for FailAfter {
+    fn tls_config(
+        &self,
+        source: &weir_core::SpiffeId,
+        expected: Option<&weir_core::SpiffeId>,
+    ) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        self.inner.tls_config(source, expected)
+    }
+
+    fn tcp_connect(
+        &self,
+        _source: &weir_core::SpiffeId,
+        addr: SocketAddr,
+    ) -> crate::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> {
+        let refuse = self.dials.fetch_add(1, Ordering::Relaxed) >= self.ok;
+        Box::pin(async move {
+            if refuse {
+                return Err(std::io::ErrorKind::ConnectionRefused.into());
+            }
+            tokio::net::TcpStream::connect(addr).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extra_connection_falls_back_to_a_busy_one() {
+    let ca = TestCa::new();
+    let srv = start_server(&ca, proxy).await;
+    let target = echo_server().await;
+    let config = PoolConfig {
+        parallel_connections: 3,
+        connect_timeout: Duration::from_secs(5),
+        ..PoolConfig::default()
+    };
+    let connector = Arc::new(FailAfter {
+        inner: TestConnector::new(&ca, &[CLIENT]),
+        ok: 1,
+        dials: Default::default(),
+    });
+    let pool = Pool::new(config, connector.clone());
+    let k = key(CLIENT, srv.addr);
+    let _first = pool.connect(&k, target).await.unwrap();
+    // The spreading dial is refused: the tunnel shares the busy connection.
+    let mut second = pool.connect(&k, target).await.unwrap();
+    second.write_all(b"shared").await.unwrap();
+    let mut buf = [0u8; 6];
+    second.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"shared");
+    assert_eq!(connector.dials.load(Ordering::Relaxed), 2);
+    assert_eq!(pool.connection_count(&k), 1);
+}
+
 #[tokio::test]
 async fn source_identities_never_share_a_connection() {
     let ca = TestCa::new();
