@@ -12,6 +12,9 @@ are printed as one JSON object on stdout; progress goes to stderr.
   client.py consume  --bootstrap HOST:PORT --topic T --count N [--group G] [--timeout S]
   client.py latency  --bootstrap HOST:PORT --topic T --count N   (one record at a time, acks=all)
   client.py metadata --bootstrap HOST:PORT                       (brokers as the cluster advertises them)
+  client.py admin    --bootstrap HOST:PORT [--alter-configs T]... [--delete-records T]... [--create-acl]
+                     (confluent only: set retention.ms on topics, delete partition 0's records
+                     before offset 0, create one ACL; prints each outcome's Kafka error name)
 
 Every op takes --tls-ca CA.pem (TLS, host names verified) and, for mutual
 TLS, --tls-cert CERT.pem --tls-key KEY.pem.
@@ -175,6 +178,42 @@ def confluent_metadata(args):
             "controller": md.controller_id, "topics": sorted(md.topics)}
 
 
+def confluent_admin(args):
+    """Admin requests, each answered with Kafka's error name ("NONE" when it
+    succeeded): what an operator's tooling sees through the mesh or a gateway."""
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
+                                       AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       ResourcePatternType, ResourceType)
+
+    a = AdminClient(confluent_conf(args))
+
+    def outcome(future):
+        try:
+            future.result(timeout=args.timeout)
+            return "NONE"
+        except KafkaException as e:
+            return e.args[0].name() if e.args else repr(e)
+        except Exception as e:  # timeouts and the like
+            return f"{type(e).__name__}: {e}"
+
+    results = {}
+    for t in args.alter_configs:
+        entry = ConfigEntry("retention.ms", "86400000", incremental_operation=AlterConfigOpType.SET)
+        res = ConfigResource("topic", t, incremental_configs=[entry])
+        for f in a.incremental_alter_configs([res]).values():
+            results[f"alter_configs:{t}"] = outcome(f)
+    for t in args.delete_records:
+        for f in a.delete_records([TopicPartition(t, 0, 0)]).values():
+            results[f"delete_records:{t}"] = outcome(f)
+    if args.create_acl:
+        acl = AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, "User:weir",
+                         "*", AclOperation.READ, AclPermissionType.ALLOW)
+        for f in a.create_acls([acl]).values():
+            results["create_acls"] = outcome(f)
+    return {"op": "admin", "client": args.client, "results": results}
+
+
 # ---------------------------------------------------------------- kafka-python
 
 def kp_common(args):
@@ -306,7 +345,7 @@ def finish(op, args, start, sent, acked, errors, latency=(), unacked=0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("op", choices=["produce", "consume", "latency", "metadata"])
+    ap.add_argument("op", choices=["produce", "consume", "latency", "metadata", "admin"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", default="weir-demo")
     ap.add_argument("--count", type=int, default=1000)
@@ -324,12 +363,18 @@ def main():
     ap.add_argument("--tls-ca", default=None, help="connect over TLS, trusting this CA (PEM file)")
     ap.add_argument("--tls-cert", default=None, help="client certificate (PEM) for mutual TLS")
     ap.add_argument("--tls-key", default=None, help="client private key (PEM) for mutual TLS")
+    ap.add_argument("--alter-configs", action="append", default=[], metavar="TOPIC",
+                    help="admin: set retention.ms on TOPIC (IncrementalAlterConfigs)")
+    ap.add_argument("--delete-records", action="append", default=[], metavar="TOPIC",
+                    help="admin: delete TOPIC partition 0's records before offset 0 (DeleteRecords)")
+    ap.add_argument("--create-acl", action="store_true", help="admin: create one ACL (CreateAcls)")
     args = ap.parse_args()
     ops = {
         ("confluent", "produce"): confluent_produce,
         ("confluent", "consume"): confluent_consume,
         ("confluent", "latency"): confluent_latency,
         ("confluent", "metadata"): confluent_metadata,
+        ("confluent", "admin"): confluent_admin,
         ("kafka-python", "produce"): kp_produce,
         ("kafka-python", "consume"): kp_consume,
         ("kafka-python", "metadata"): kp_metadata,

@@ -16,7 +16,11 @@
 //!   equal what was sent; bad input (plaintext on the TLS port, an
 //!   oversized frame) closes only that connection, counted.
 //! - `tansu_with_two_client_families`: a Tansu broker, SIMPLE TLS, kafka-python
-//!   and confluent-kafka producing and consuming through the gateway.
+//!   and confluent-kafka producing and consuming through the gateway; then,
+//!   under a DENY policy on one topic's Delete and AlterConfigs, a
+//!   confluent-kafka AdminClient: IncrementalAlterConfigs passes on another
+//!   topic and is refused on that one, DeleteRecords is refused, and
+//!   CreateAcls (which the gateway cannot authorize) is not offered.
 //!
 //! Needs what `kafka.rs` needs plus kcat and openssl.
 
@@ -703,7 +707,17 @@ fn tansu_with_two_client_families() {
             &server_key,
             None,
             &bootstrap(BROKER_IPS[0]),
-        );
+        )
+        + "---
+apiVersion: weir.dev/v1alpha1
+kind: KafkaAuthorizationPolicy
+metadata: {name: no-admin-on-rd, namespace: kafka}
+spec:
+  action: DENY
+  rules:
+  - resources: [{type: topic, name: orders.rd}]
+    operations: [Delete, AlterConfigs]
+";
     dir.write("config.yaml", &docs);
     let config = dir.path().to_owned();
     let _node = NodeProxy::start_ready(
@@ -788,5 +802,71 @@ fn tansu_with_two_client_families() {
             metric_lines(&gw.metrics_text(), "weir_kafka_produced_records_total")
         );
     }
+
+    step(t0, "confluent-kafka AdminClient under the DENY policy");
+    let admin = client_py(
+        &outside,
+        &tls,
+        "admin client",
+        &[
+            "admin",
+            "--alter-configs",
+            "orders.py",
+            "--alter-configs",
+            "orders.rd",
+            "--delete-records",
+            "orders.rd",
+            "--create-acl",
+            "--timeout",
+            "20",
+        ],
+        Duration::from_secs(90),
+    );
+    let results = &admin.json["results"];
+    assert_eq!(
+        results["alter_configs:orders.py"],
+        "NONE",
+        "allowed IncrementalAlterConfigs reaches Tansu: {}",
+        admin.describe()
+    );
+    assert_eq!(
+        results["alter_configs:orders.rd"],
+        "TOPIC_AUTHORIZATION_FAILED",
+        "{}",
+        admin.describe()
+    );
+    assert_eq!(
+        results["delete_records:orders.rd"],
+        "TOPIC_AUTHORIZATION_FAILED",
+        "{}",
+        admin.describe()
+    );
+    assert_eq!(
+        results["create_acls"],
+        "_UNSUPPORTED_FEATURE",
+        "CreateAcls is not offered under a policy: {}",
+        admin.describe()
+    );
+    for op in ["AlterConfigs", "Delete"] {
+        assert_eq!(
+            gateway_metric(
+                &gw,
+                "weir_kafka_authorization_denials_total",
+                &[("topic", "orders.rd"), ("operation", op)]
+            ),
+            1.0,
+            "{}",
+            metric_lines(&gw.metrics_text(), "weir_kafka_authorization_denials_total")
+        );
+    }
+    assert_eq!(
+        gateway_metric(
+            &gw,
+            "weir_kafka_connections_closed_total",
+            &[("reason", "unauthorizable_api")]
+        ),
+        0.0,
+        "the client never sent an API the gateway did not offer"
+    );
     step(t0, "done");
 }
