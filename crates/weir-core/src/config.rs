@@ -49,7 +49,7 @@ pub use networking::{
     VirtualService, WorkloadEntry, CLUSTER_DOMAIN,
 };
 pub use service::{Service, ServicePort};
-pub use workload::{Workload, POD_UID_ANNOTATION};
+pub use workload::{is_pod_uid, Workload, POD_UID_ANNOTATION};
 
 use crate::spiffe::TrustDomain;
 

@@ -13,7 +13,7 @@ use super::istio::{
     RawCondition, RawOperation, RawRule, RawSource, Rule, Source, StringMatch,
 };
 use super::meta::ObjectMeta;
-use super::workload::{Workload, WorkloadSpec};
+use super::workload::{is_pod_uid, Workload, WorkloadSpec, POD_UID_ANNOTATION};
 use super::{Config, ConfigError, ConfigErrors, DocumentRef, MeshSettings, SourceFile};
 use crate::spiffe::SpiffeId;
 
@@ -230,6 +230,14 @@ fn load_document(
             if let Some(n) = &spec.netns {
                 if n.is_empty() || n.contains('/') || n == "." || n == ".." {
                     ctx.error(Some("spec.netns".to_owned()), format!("{n:?} is not a network namespace name (it names /var/run/netns/<netns>)"));
+                }
+            }
+            if let Some(uid) = meta.annotations.get(POD_UID_ANNOTATION) {
+                if !is_pod_uid(uid) {
+                    ctx.error(
+                        Some(format!("metadata.annotations[{POD_UID_ANNOTATION}]")),
+                        format!("{uid:?} is not a Pod UID (letters, digits and dashes, e.g. 7d3c1a52-9e0b-4f6d-8c21-5b4a3e2f1d09)"),
+                    );
                 }
             }
             if let Some((other, at)) = addresses.get(&spec.address) {
@@ -737,6 +745,36 @@ mod tests {
         );
         let text = e.to_string();
         assert!(text.starts_with("p.yaml: document 2 (index 1) AuthorizationPolicy kafka/allow-apps: field spec.rules[0].from[0].source.principalz"), "{text}");
+    }
+
+    #[test]
+    fn a_pod_uid_annotation_must_be_a_uid() {
+        let e = one("apiVersion: weir.dev/v1alpha1\nkind: Workload\n\
+             metadata: {name: a, namespace: x, annotations: {weir.dev/pod-uid: \"../1\"}}\n\
+             spec: {address: 198.18.0.1, node: n}\n");
+        assert_eq!(
+            e.field.as_deref(),
+            Some("metadata.annotations[weir.dev/pod-uid]")
+        );
+        assert!(
+            e.message.contains("\"../1\" is not a Pod UID"),
+            "{}",
+            e.message
+        );
+        let ok = Config::from_sources(
+            &[SourceFile::new(
+                "p.yaml",
+                "apiVersion: weir.dev/v1alpha1\nkind: Workload\n\
+                 metadata: {name: a, namespace: x, annotations: {weir.dev/pod-uid: 7d3c1a52-9e0b-4f6d-8c21-5b4a3e2f1d09}}\n\
+                 spec: {address: 198.18.0.1, node: n}\n",
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.workloads[0].pod_uid(),
+            Some("7d3c1a52-9e0b-4f6d-8c21-5b4a3e2f1d09")
+        );
     }
 
     #[test]

@@ -13,6 +13,13 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 /// process of the Pod has a cgroup path that names it.
 pub const POD_UID_ANNOTATION: &str = "weir.dev/pod-uid";
 
+/// Whether `uid` can be a Kubernetes object UID (a UUID in practice): a
+/// non-empty run of at most 64 ASCII letters, digits and dashes. Anything
+/// else could not appear in a cgroup path as the kubelet writes it.
+pub fn is_pod_uid(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 64 && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// A mesh workload: who it is (namespace + service account), where it is
 /// (address, node) and which network namespace holds its sockets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

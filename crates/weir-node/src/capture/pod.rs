@@ -67,10 +67,7 @@ pub fn pod_netns(proc_root: &Path, uid: &str) -> io::Result<Netns> {
 /// The strings a cgroup path of the Pod contains: `pod<uid>` (cgroupfs
 /// driver) and `pod<uid with '_' for '-'>` (systemd driver).
 fn pod_cgroup_needles(uid: &str) -> io::Result<[String; 2]> {
-    let valid = !uid.is_empty()
-        && uid.len() <= 64
-        && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !valid {
+    if !weir_core::config::is_pod_uid(uid) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{uid:?} is not a pod UID (annotation {POD_UID_ANNOTATION})"),
