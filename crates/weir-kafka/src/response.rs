@@ -235,28 +235,25 @@ fn process_strict(
                 rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
                 changed = true;
             }
-            for d in denied {
-                let mut t = produce_response::TopicProduceResponse::default();
-                t.name = TopicName(d.name.clone());
-                t.topic_id = uuid(d.id);
-                t.partition_responses = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr = produce_response::PartitionProduceResponse::default();
-                        pr.index = *p;
-                        pr.error_code = d.code;
-                        pr.base_offset = -1;
-                        pr.log_append_time_ms = -1;
-                        pr.log_start_offset = -1;
-                        pr.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
-                        pr
-                    })
-                    .collect();
-                r.responses.push(t);
-                changed = true;
-            }
-            changed
+            r.responses.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    produce_response::PartitionProduceResponse::default()
+                        .with_index(p)
+                        .with_error_code(code)
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1)
+                        .with_error_message(Some(StrBytes::from_static_str(AUTH_FAILED)))
+                },
+                |d, partitions| {
+                    produce_response::TopicProduceResponse::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_topic_id(uuid(d.id))
+                        .with_partition_responses(partitions)
+                },
+            ));
+            changed || !denied.is_empty()
         }),
         ApiKey::Fetch => transcode::<FetchResponse>(body, v, |r| {
             for t in &r.responses {
@@ -284,68 +281,60 @@ fn process_strict(
                 rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
                 changed = true;
             }
-            for d in denied {
-                let mut t = fetch_response::FetchableTopicResponse::default();
-                t.topic = TopicName(d.name.clone());
-                t.topic_id = uuid(d.id);
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pd = fetch_response::PartitionData::default();
-                        pd.partition_index = *p;
-                        pd.error_code = d.code;
-                        pd.high_watermark = -1;
-                        pd.last_stable_offset = -1;
-                        pd.log_start_offset = -1;
-                        pd.records = Some(Bytes::new());
-                        pd
-                    })
-                    .collect();
-                r.responses.push(t);
-                changed = true;
-            }
-            changed
+            r.responses.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    fetch_response::PartitionData::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_records(Some(Bytes::new()))
+                },
+                |d, partitions| {
+                    fetch_response::FetchableTopicResponse::default()
+                        .with_topic(TopicName(d.name.clone()))
+                        .with_topic_id(uuid(d.id))
+                        .with_partitions(partitions)
+                },
+            ));
+            changed || !denied.is_empty()
         }),
         ApiKey::ListOffsets => transcode::<ListOffsetsResponse>(body, v, |r| {
-            for d in denied {
-                let mut t = list_offsets_response::ListOffsetsTopicResponse::default();
-                t.name = TopicName(d.name.clone());
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr = list_offsets_response::ListOffsetsPartitionResponse::default();
-                        pr.partition_index = *p;
-                        pr.error_code = d.code;
-                        pr.timestamp = -1;
-                        pr.offset = -1;
-                        pr.leader_epoch = -1;
-                        pr
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    list_offsets_response::ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                        .with_timestamp(-1)
+                        .with_offset(-1)
+                        .with_leader_epoch(-1)
+                },
+                |d, partitions| {
+                    list_offsets_response::ListOffsetsTopicResponse::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::OffsetCommit => transcode::<OffsetCommitResponse>(body, v, |r| {
-            for d in denied {
-                let mut t = offset_commit_response::OffsetCommitResponseTopic::default();
-                t.name = TopicName(d.name.clone());
-                t.topic_id = uuid(d.id);
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr =
-                            offset_commit_response::OffsetCommitResponsePartition::default();
-                        pr.partition_index = *p;
-                        pr.error_code = d.code;
-                        pr
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    offset_commit_response::OffsetCommitResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                },
+                |d, partitions| {
+                    offset_commit_response::OffsetCommitResponseTopic::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_topic_id(uuid(d.id))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::OffsetFetch => transcode::<OffsetFetchResponse>(body, v, |r| {
@@ -515,23 +504,20 @@ fn process_strict(
             })
         }
         ApiKey::DeleteRecords => transcode::<DeleteRecordsResponse>(body, v, |r| {
-            for d in denied {
-                let mut t = delete_records_response::DeleteRecordsTopicResult::default();
-                t.name = TopicName(d.name.clone());
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr =
-                            delete_records_response::DeleteRecordsPartitionResult::default();
-                        pr.partition_index = *p;
-                        pr.low_watermark = -1;
-                        pr.error_code = d.code;
-                        pr
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    delete_records_response::DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_low_watermark(-1)
+                        .with_error_code(code)
+                },
+                |d, partitions| {
+                    delete_records_response::DeleteRecordsTopicResult::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::CreatePartitions => transcode::<CreatePartitionsResponse>(body, v, |r| {
@@ -550,81 +536,69 @@ fn process_strict(
                 r.topics.clear();
                 return true;
             }
-            for d in denied {
-                let mut t = offset_delete_response::OffsetDeleteResponseTopic::default();
-                t.name = TopicName(d.name.clone());
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr =
-                            offset_delete_response::OffsetDeleteResponsePartition::default();
-                        pr.partition_index = *p;
-                        pr.error_code = d.code;
-                        pr
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    offset_delete_response::OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                },
+                |d, partitions| {
+                    offset_delete_response::OffsetDeleteResponseTopic::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::OffsetForLeaderEpoch => transcode::<OffsetForLeaderEpochResponse>(body, v, |r| {
-            for d in denied {
-                let mut t = offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
-                t.topic = TopicName(d.name.clone());
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut e = offset_for_leader_epoch_response::EpochEndOffset::default();
-                        e.partition = *p;
-                        e.error_code = d.code;
-                        e.leader_epoch = -1;
-                        e.end_offset = -1;
-                        e
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    offset_for_leader_epoch_response::EpochEndOffset::default()
+                        .with_partition(p)
+                        .with_error_code(code)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1)
+                },
+                |d, partitions| {
+                    offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                        .with_topic(TopicName(d.name.clone()))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::AddPartitionsToTxn => transcode::<AddPartitionsToTxnResponse>(body, v, |r| {
-            for d in denied {
-                let mut t =
-                    add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default();
-                t.name = TopicName(d.name.clone());
-                t.results_by_partition = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr =
-                            add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default();
-                        pr.partition_index = *p;
-                        pr.partition_error_code = d.code;
-                        pr
-                    })
-                    .collect();
-                r.results_by_topic_v3_and_below.push(t);
-            }
+            r.results_by_topic_v3_and_below.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_partition_error_code(code)
+                },
+                |d, partitions| {
+                    add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_results_by_partition(partitions)
+                },
+            ));
             true
         }),
         ApiKey::TxnOffsetCommit => transcode::<TxnOffsetCommitResponse>(body, v, |r| {
-            for d in denied {
-                let mut t = txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
-                t.name = TopicName(d.name.clone());
-                t.partitions = d
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let mut pr =
-                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
-                        pr.partition_index = *p;
-                        pr.error_code = d.code;
-                        pr
-                    })
-                    .collect();
-                r.topics.push(t);
-            }
+            r.topics.extend(denied_partitions(
+                denied,
+                |p, code| {
+                    txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                },
+                |d, partitions| {
+                    txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                        .with_name(TopicName(d.name.clone()))
+                        .with_partitions(partitions)
+                },
+            ));
             true
         }),
         ApiKey::AddOffsetsToTxn => {
@@ -637,6 +611,24 @@ fn process_strict(
         }),
         _ => Ok(None),
     }
+}
+
+/// The error entries of denied topics in the shape most per-partition
+/// responses share: one topic entry per denied element, holding one
+/// partition entry (built by `partition` from its index and the error code)
+/// per partition the request named.
+fn denied_partitions<T, P>(
+    denied: &[Denied],
+    partition: impl Fn(i32, i16) -> P,
+    topic: impl Fn(&Denied, Vec<P>) -> T,
+) -> Vec<T> {
+    denied
+        .iter()
+        .map(|d| {
+            let partitions = d.partitions.iter().map(|p| partition(*p, d.code)).collect();
+            topic(d, partitions)
+        })
+        .collect()
 }
 
 fn whole_only<T: Decodable + Encodable + Default>(
