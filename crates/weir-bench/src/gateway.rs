@@ -43,8 +43,8 @@ use weir_testing::{require_root, Host, HostChild, TestNet};
 
 use crate::kafka::{
     self, busy_share, consume_args, latency_args, machine_jiffies, mtls_opened, num, produce_args,
-    run_client, start_tansu, tail, topic, warm_up, Ctx, Endpoint, Op, Plan, Tools, KAFKA_PORT,
-    RECORD_SIZE,
+    run_client, start_tansu, tail, topic, warm_up, Ctx, Endpoint, Op, Plan, PlanArgs, ToolArgs,
+    Tools, KAFKA_PORT, RECORD_SIZE,
 };
 use crate::{
     cpu_ticks, machine_info, markdown_table, median, start_node, sys, tune_host, weir_binary, Node,
@@ -66,44 +66,14 @@ const TARGET_ADDED_P99_US: f64 = 300.0;
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// Smaller runs, for smoke testing (figures are rougher).
-    #[arg(long)]
-    quick: bool,
-    /// Rounds (each: direct and gateway back to back, in alternating order);
-    /// the table shows medians [default: 3, 1 with --quick].
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// 1 KiB records per produce measurement
-    /// [default: 1000000, 200000 with --quick].
-    #[arg(long, value_name = "N")]
-    produce_records: Option<usize>,
-    /// Records read back per consume measurement, from the start of the
-    /// topic just produced [default: 200000, 50000 with --quick].
-    #[arg(long, value_name = "N")]
-    consume_records: Option<usize>,
-    /// Sequential acks=all records per latency measurement, after the
-    /// warm-up [default: 5000, 2000 with --quick].
-    #[arg(long, value_name = "N")]
-    latency_records: Option<usize>,
+    #[command(flatten)]
+    plan: PlanArgs,
     /// Also measure the gateway with an HBONE upstream: the broker a mesh
     /// Workload behind a `weir node`.
     #[arg(long)]
     hbone: bool,
-    /// The weir binary [default: `weir` next to this executable].
-    #[arg(long, value_name = "PATH")]
-    weir: Option<PathBuf>,
-    /// The Tansu broker [default: `tansu` on PATH, /opt/tansu/bin/tansu or
-    /// ~/.cargo/bin/tansu].
-    #[arg(long, value_name = "PATH")]
-    tansu: Option<PathBuf>,
-    /// Python interpreter with confluent-kafka [default: python3's
-    /// sys.executable].
-    #[arg(long, value_name = "PATH")]
-    python: Option<PathBuf>,
-    /// The Kafka client script [default: tools/kafka/client.py of this
-    /// source tree].
-    #[arg(long, value_name = "PATH")]
-    client_py: Option<PathBuf>,
+    #[command(flatten)]
+    tools: ToolArgs,
     /// Extra argument for the `weir gateway` processes (repeatable), e.g.
     /// `--gateway-arg=--worker-threads=1`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -209,22 +179,12 @@ pub fn run(args: &GatewayArgs) -> Result<()> {
         return Ok(());
     }
     sys::catch_interrupts().context("installing the SIGINT/SIGTERM handler")?;
-    let plan = Plan::with(
-        args.quick,
-        args.rounds,
-        args.produce_records,
-        args.consume_records,
-        args.latency_records,
-    );
-    let weir = weir_binary(args.weir.as_deref(), false)?;
-    let tools = Tools::find(
-        args.tansu.as_deref(),
-        args.python.as_deref(),
-        args.client_py.as_deref(),
-    )?;
+    let plan = Plan::new(&args.plan);
+    let weir = weir_binary(args.tools.weir.as_deref(), false)?;
+    let tools = Tools::find(&args.tools)?;
     println!(
         "weir-bench gateway{}",
-        if args.quick { " (--quick)" } else { "" }
+        if args.plan.quick { " (--quick)" } else { "" }
     );
     print!("{}", machine_info());
     println!(

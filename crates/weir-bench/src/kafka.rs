@@ -50,13 +50,14 @@ const TARGET_ADDED_P99_US: f64 = 500.0;
 const OPENED: &str = "istio_tcp_connections_opened_total";
 const MTLS_LABEL: &str = "connection_security_policy=\"mutual_tls\"";
 
+/// How much a Kafka benchmark measures (`weir-bench kafka` and `gateway`).
 #[derive(Debug, clap::Args)]
-pub struct KafkaArgs {
+pub(crate) struct PlanArgs {
     /// Smaller runs, for smoke testing (figures are rougher).
     #[arg(long)]
-    quick: bool,
-    /// Rounds (each: direct, then mesh); the table shows medians
-    /// [default: 3, 1 with --quick].
+    pub(crate) quick: bool,
+    /// Rounds (each measures the direct and the proxied path back to back);
+    /// the table shows medians [default: 3, 1 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
     /// 1 KiB records per produce measurement
@@ -71,9 +72,14 @@ pub struct KafkaArgs {
     /// warm-up [default: 5000, 2000 with --quick].
     #[arg(long, value_name = "N")]
     latency_records: Option<usize>,
+}
+
+/// The programs a Kafka benchmark runs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ToolArgs {
     /// The weir binary [default: `weir` next to this executable].
     #[arg(long, value_name = "PATH")]
-    weir: Option<PathBuf>,
+    pub(crate) weir: Option<PathBuf>,
     /// The Tansu broker [default: `tansu` on PATH, /opt/tansu/bin/tansu or
     /// ~/.cargo/bin/tansu].
     #[arg(long, value_name = "PATH")]
@@ -86,6 +92,14 @@ pub struct KafkaArgs {
     /// source tree].
     #[arg(long, value_name = "PATH")]
     client_py: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+    #[command(flatten)]
+    pub(crate) tools: ToolArgs,
     /// Only measure the direct path (no node proxies).
     #[arg(long)]
     direct_only: bool,
@@ -105,35 +119,22 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn new(a: &KafkaArgs) -> Plan {
-        Plan::with(
-            a.quick,
-            a.rounds,
-            a.produce_records,
-            a.consume_records,
-            a.latency_records,
-        )
-    }
-
-    /// The defaults of `weir-bench kafka` (smaller with `quick`), each
-    /// overridden by the `Some` arguments.
-    pub(crate) fn with(
-        quick: bool,
-        rounds: Option<usize>,
-        produce: Option<usize>,
-        consume: Option<usize>,
-        latency: Option<usize>,
-    ) -> Plan {
-        let q = quick;
-        let produce = produce.unwrap_or(if q { 200_000 } else { 1_000_000 });
+    /// The defaults (smaller with --quick), each overridden by the option
+    /// given.
+    pub(crate) fn new(a: &PlanArgs) -> Plan {
+        let q = a.quick;
+        let produce = a
+            .produce_records
+            .unwrap_or(if q { 200_000 } else { 1_000_000 });
         Plan {
-            rounds: rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
+            rounds: a.rounds.unwrap_or(if q { 1 } else { 3 }).max(1),
             produce,
-            consume: consume
+            consume: a
+                .consume_records
                 .unwrap_or(if q { 50_000 } else { 200_000 })
                 .min(produce),
             lat_warmup: if q { 200 } else { 500 },
-            lat_count: latency.unwrap_or(if q { 2_000 } else { 5_000 }),
+            lat_count: a.latency_records.unwrap_or(if q { 2_000 } else { 5_000 }),
             warmup_produce: produce.min(200_000),
         }
     }
@@ -259,15 +260,14 @@ pub(crate) struct Tools {
 impl Tools {
     /// Finds Tansu, the Python interpreter (which must import
     /// confluent_kafka) and `client.py`: the explicit paths, else the
-    /// defaults described in [`KafkaArgs`].
-    pub(crate) fn find(
-        tansu: Option<&Path>,
-        python: Option<&Path>,
-        client_py: Option<&Path>,
-    ) -> Result<Tools> {
-        let tansu = find_tansu(tansu)?;
-        let python = python.map_or_else(find_python, Path::to_path_buf);
-        let client_py = client_py.map_or_else(
+    /// defaults described in [`ToolArgs`].
+    pub(crate) fn find(a: &ToolArgs) -> Result<Tools> {
+        let tansu = find_tansu(a.tansu.as_deref())?;
+        let python = a
+            .python
+            .as_deref()
+            .map_or_else(find_python, Path::to_path_buf);
+        let client_py = a.client_py.as_deref().map_or_else(
             || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/kafka/client.py"),
             Path::to_path_buf,
         );
@@ -317,8 +317,8 @@ pub fn run(args: &KafkaArgs) -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let plan = Plan::new(args);
-    let weir = weir_binary(args.weir.as_deref(), args.direct_only)?;
+    let plan = Plan::new(&args.plan);
+    let weir = weir_binary(args.tools.weir.as_deref(), args.direct_only)?;
     let Tools {
         tansu,
         tansu_version,
@@ -326,15 +326,11 @@ pub fn run(args: &KafkaArgs) -> Result<()> {
         client_py,
         py_version,
         lib_version,
-    } = Tools::find(
-        args.tansu.as_deref(),
-        args.python.as_deref(),
-        args.client_py.as_deref(),
-    )?;
+    } = Tools::find(&args.tools)?;
 
     println!(
         "weir-bench kafka{}",
-        if args.quick { " (--quick)" } else { "" }
+        if args.plan.quick { " (--quick)" } else { "" }
     );
     print!("{}", machine_info());
     println!(

@@ -120,28 +120,8 @@ pub struct NodeArgs {
     /// and on SIGHUP. An invalid change is refused and the last good config stays.
     #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
-    /// Get config and certificates from the control plane at HOST:PORT
-    /// (`weir control`) instead of --config files and a local CA. When it is
-    /// unreachable the proxy keeps serving with what it has and reconnects.
-    #[arg(long, env = "WEIR_CONTROL", value_name = "HOST:PORT")]
-    pub control: Option<String>,
-    /// File holding this node's bootstrap token for --control.
-    #[arg(
-        long,
-        env = "WEIR_CONTROL_TOKEN_FILE",
-        requires = "control",
-        value_name = "FILE"
-    )]
-    pub control_token_file: Option<PathBuf>,
-    /// PEM file of the mesh root: the control plane's certificate must chain
-    /// to it, and so must every peer's (Istio's istio-ca-root-cert).
-    #[arg(
-        long,
-        env = "WEIR_CONTROL_CA",
-        requires = "control",
-        value_name = "PEM"
-    )]
-    pub control_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlClientArgs,
     /// This node's name: the proxy serves Workloads whose spec.node equals it.
     #[arg(long, env = "WEIR_NODE_NAME")]
     pub node: String,
@@ -283,28 +263,8 @@ pub struct GatewayArgs {
     /// and on SIGHUP. An invalid change is refused and the last good config stays.
     #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
-    /// Get config and the gateway's certificate from the control plane at
-    /// HOST:PORT (`weir control`) instead of --config files and a local CA.
-    /// When it is unreachable the gateway keeps serving with what it has.
-    #[arg(long, env = "WEIR_CONTROL", value_name = "HOST:PORT")]
-    pub control: Option<String>,
-    /// File holding this gateway's token for --control (local mode: its
-    /// entry under `gateways:` in the control plane's --node-tokens file).
-    #[arg(
-        long,
-        env = "WEIR_CONTROL_TOKEN_FILE",
-        requires = "control",
-        value_name = "FILE"
-    )]
-    pub control_token_file: Option<PathBuf>,
-    /// PEM file of the mesh root the control plane's certificate must chain to.
-    #[arg(
-        long,
-        env = "WEIR_CONTROL_CA",
-        requires = "control",
-        value_name = "PEM"
-    )]
-    pub control_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlClientArgs,
     /// The name this gateway registers under with --control (its entry
     /// under `gateways:` in the token file).
     #[arg(long, env = "WEIR_GATEWAY_NAME", default_value = "ingress")]
@@ -353,6 +313,41 @@ pub struct GatewayArgs {
     pub worker_threads: Option<usize>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+/// The control plane a node proxy or gateway gets its config and
+/// certificates from, instead of --config files and a local CA.
+#[derive(Debug, Args)]
+pub struct ControlClientArgs {
+    /// Get config and certificates from the control plane at HOST:PORT
+    /// (`weir control`) instead of --config files and a local CA. While it is
+    /// unreachable the proxy keeps serving with what it has and reconnects.
+    #[arg(
+        long = "control",
+        id = "control",
+        env = "WEIR_CONTROL",
+        value_name = "HOST:PORT"
+    )]
+    pub address: Option<String>,
+    /// File holding the token presented to --control: in local mode this
+    /// node's bootstrap token, or this gateway's entry under `gateways:` in
+    /// the control plane's --node-tokens file.
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_TOKEN_FILE",
+        requires = "control",
+        value_name = "FILE"
+    )]
+    pub control_token_file: Option<PathBuf>,
+    /// PEM file of the mesh root: the control plane's certificate must chain
+    /// to it, and so must every peer's (Istio's istio-ca-root-cert).
+    #[arg(
+        long,
+        env = "WEIR_CONTROL_CA",
+        requires = "control",
+        value_name = "PEM"
+    )]
+    pub control_ca: Option<PathBuf>,
 }
 
 /// Where the mesh CA comes from (node proxy, gateway and control plane).

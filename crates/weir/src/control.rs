@@ -15,7 +15,7 @@ use weir_core::MeshSettings;
 use weir_identity::{IdentityManager, TlsMetrics};
 use weir_node::NodeSources;
 
-use crate::cli::{ControlArgs, GatewayArgs, NodeArgs};
+use crate::cli::{ControlArgs, ControlClientArgs, GatewayArgs, NodeArgs};
 use crate::node::init_logging;
 
 pub fn run(args: ControlArgs) -> ExitCode {
@@ -131,8 +131,7 @@ pub fn node_sources(
         address,
         &args.node,
         weir_control::Role::Node,
-        args.control_token_file.as_deref(),
-        args.control_ca.as_deref(),
+        &args.control,
         args.cert_ttl,
         settings,
     )?;
@@ -154,8 +153,7 @@ pub fn gateway_sources(
         address,
         &args.gateway_name,
         weir_control::Role::Gateway,
-        args.control_token_file.as_deref(),
-        args.control_ca.as_deref(),
+        &args.control,
         args.cert_ttl,
         settings,
     )?;
@@ -178,12 +176,11 @@ fn connect(
     address: &str,
     name: &str,
     role: weir_control::Role,
-    token_file: Option<&std::path::Path>,
-    root_file: Option<&std::path::Path>,
+    control: &ControlClientArgs,
     cert_ttl: std::time::Duration,
     settings: &MeshSettings,
 ) -> Result<Connected, String> {
-    let token_file = token_file.ok_or(
+    let token_file = control.control_token_file.as_deref().ok_or(
         "--control needs --control-token-file: the file holding this proxy's bootstrap token",
     )?;
     let token = std::fs::read_to_string(token_file)
@@ -196,7 +193,7 @@ fn connect(
             token_file.display()
         ));
     }
-    let root_file = root_file.ok_or(
+    let root_file = control.control_ca.as_deref().ok_or(
         "--control needs --control-ca: the PEM file of the mesh root (the control plane's ca-cert.pem)",
     )?;
     let root = CertificateDer::from_pem_file(root_file).map_err(|e| {

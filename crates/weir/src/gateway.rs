@@ -67,7 +67,7 @@ pub fn run(args: GatewayArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        let sources = match &args.control {
+        let sources = match &args.control.address {
             Some(address) => {
                 match crate::control::gateway_sources(&args, address, &options.settings) {
                     Ok(s) => s,

@@ -43,7 +43,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
     options.connect_timeout = args.connect_timeout;
     options.capture = !args.no_capture;
     options.proc_root = args.proc_root.clone();
-    options.control = args.control.clone();
+    options.control = args.control.address.clone();
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");
@@ -74,7 +74,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        match &args.control {
+        match &args.control.address {
             Some(address) => {
                 let sources = crate::control::node_sources(&args, address, &options.settings)
                     .map_err(weir_node::Error::Setup)?;
