@@ -32,7 +32,6 @@ pub mod tls;
 pub mod upstream;
 
 pub use gateway::{run, run_with, GatewayOptions, GatewaySources, DEFAULT_LABELS};
-pub use io::PrefixedStream;
 pub use listener::{
     TerminatedConnection, TerminatedHandler, TerminatedListener, TerminatedListeners,
     TerminatedStream,

@@ -18,11 +18,11 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 use weir_core::kafka::Principal;
 use weir_core::Config;
-use weir_hbone::BoxFuture;
+use weir_hbone::{BoxFuture, ReadAhead};
 use weir_identity::{Direction, FailureReason};
 
 use crate::gateway::{Ctx, Snapshot};
-use crate::io::{Counted, PrefixedStream};
+use crate::io::Counted;
 use crate::metrics::Metrics;
 use crate::principal::principal_of;
 use crate::routes::{self, ListenerKind, Route};
@@ -33,7 +33,7 @@ use weir_core::config::ServerTls;
 
 /// The TLS stream of a terminated connection (the peeked ClientHello is
 /// replayed into the acceptor, so nothing the client sent is lost).
-pub type TerminatedStream = tokio_rustls::server::TlsStream<PrefixedStream>;
+pub type TerminatedStream = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
 /// A connection whose TLS the gateway terminated, handed to a
 /// [`TerminatedHandler`].
@@ -323,8 +323,9 @@ async fn terminate(
     stream: TcpStream,
 ) -> Option<(TerminatedStream, Principal)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let accept = Box::pin(acceptor.accept(PrefixedStream::new(hello, stream)));
-    let tls_stream = match tokio::time::timeout(ctx.options.client_hello_timeout, accept).await {
+    let accept = Box::pin(acceptor.accept(ReadAhead::with_prefix(hello, stream)));
+    let mut tls_stream = match tokio::time::timeout(ctx.options.client_hello_timeout, accept).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
@@ -356,6 +357,10 @@ async fn terminate(
             return None;
         }
     };
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(weir_hbone::TLS_WRITE_BUFFER));
     let principal = principal_of(tls_stream.get_ref().1.peer_certificates());
     if tls.mode == weir_core::config::TlsMode::Mutual
         && !san_allowed(&principal, &tls.subject_alt_names)

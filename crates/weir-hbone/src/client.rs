@@ -20,6 +20,7 @@ use weir_core::SpiffeId;
 
 use crate::error::{Error, Result};
 use crate::stream::{ActiveStreamGuard, H2Stream, StreamCounter};
+use crate::transport::{ReadAhead, TLS_WRITE_BUFFER};
 use crate::{BoxFuture, H2Settings};
 
 /// Connections are shared only between tunnels with the same key.
@@ -300,10 +301,11 @@ impl Pool {
                 .map_err(|source| Error::TlsHandshake { addr, source })?;
             // The identity check lives in the rustls config; the name is the IP.
             let server_name = ServerName::IpAddress(addr.ip().into());
-            let tls = TlsConnector::from(tls_config)
-                .connect(server_name, tcp)
+            let mut tls = TlsConnector::from(tls_config)
+                .connect(server_name, ReadAhead::new(tcp))
                 .await
                 .map_err(|source| Error::TlsHandshake { addr, source })?;
+            tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
             let mut builder = h2::client::Builder::new();
             builder
                 .initial_window_size(cfg.h2.stream_window)
@@ -392,7 +394,10 @@ impl Pool {
 /// once it has been idle for `idle_timeout`. After that the pool no longer
 /// holds its sender, so h2 closes it with a GOAWAY when the last stream ends.
 async fn drive(
-    mut connection: h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>, Bytes>,
+    mut connection: h2::client::Connection<
+        tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>,
+        Bytes,
+    >,
     pool: Weak<Inner>,
     key: PoolKey,
     conn: Weak<Conn>,

@@ -18,6 +18,7 @@ pub mod client;
 pub mod error;
 pub mod server;
 pub mod stream;
+pub mod transport;
 
 #[cfg(test)]
 mod testing;
@@ -31,6 +32,7 @@ pub use server::{
     ShutdownSignal, TlsFailureHook,
 };
 pub use stream::{H2Recv, H2Send, H2Stream};
+pub use transport::{ReadAhead, TLS_WRITE_BUFFER};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -21,6 +21,7 @@ use tracing::{debug, debug_span, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::stream::H2Stream;
+use crate::transport::{ReadAhead, TLS_WRITE_BUFFER};
 use crate::{BoxFuture, H2Settings};
 
 #[derive(Debug, Clone)]
@@ -334,21 +335,25 @@ impl Server {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
 
-        let tls = tokio::time::timeout(cfg.tls_handshake_timeout, self.inner.acceptor.accept(tcp))
-            .await
-            .map_err(|_| Error::ServerTlsTimeout { peer: peer_addr })
-            .and_then(|r| {
-                r.map_err(|source| Error::ServerTlsHandshake {
-                    peer: peer_addr,
-                    source,
-                })
+        let mut tls = tokio::time::timeout(
+            cfg.tls_handshake_timeout,
+            self.inner.acceptor.accept(ReadAhead::new(tcp)),
+        )
+        .await
+        .map_err(|_| Error::ServerTlsTimeout { peer: peer_addr })
+        .and_then(|r| {
+            r.map_err(|source| Error::ServerTlsHandshake {
+                peer: peer_addr,
+                source,
             })
-            .inspect_err(|e| {
-                stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(hook) = &self.inner.on_tls_failure {
-                    hook(e);
-                }
-            })?;
+        })
+        .inspect_err(|e| {
+            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &self.inner.on_tls_failure {
+                hook(e);
+            }
+        })?;
+        tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
         let peer_certificates = tls
             .get_ref()
             .1
