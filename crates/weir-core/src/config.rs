@@ -23,6 +23,7 @@ pub mod kafka;
 mod load;
 mod meta;
 mod networking;
+mod reload;
 #[cfg(feature = "schema")]
 pub mod schema;
 mod service;
@@ -48,6 +49,7 @@ pub use networking::{
     ServerTls, ServiceEntry, Subset, TcpRoute, TlsMatch, TlsMode, TlsRoute, TlsVersion,
     VirtualService, WorkloadEntry, CLUSTER_DOMAIN,
 };
+pub use reload::{ConfigFiles, Reload, ReloadStatus};
 pub use service::{Service, ServicePort};
 pub use workload::{is_pod_uid, Workload, POD_UID_ANNOTATION};
 

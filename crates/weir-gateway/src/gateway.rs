@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
-use weir_core::config::{read_sources, ServerTls, SourceFile, TlsMode};
+use weir_core::config::{read_sources, ConfigFiles, Reload, ReloadStatus, ServerTls, TlsMode};
 use weir_core::{Config, MeshSettings, SpiffeId};
 use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
 use weir_node::admin::{Reply, JSON, OPENMETRICS, TEXT};
@@ -182,14 +182,6 @@ impl Snapshot {
         }
         out
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct ReloadStatus {
-    pub reloads: u64,
-    pub last_error: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error_at_unix: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -453,7 +445,11 @@ pub async fn run_with(
     let mut running: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     reconcile(&ctx, &mut running).await;
 
-    let mut last_sources = sources;
+    let mut files = ConfigFiles::new(
+        options.config_paths.clone(),
+        options.settings.clone(),
+        sources,
+    );
     let mut tick = tokio::time::interval(options.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -474,7 +470,14 @@ pub async fn run_with(
             // client; TLS files are still re-read on ticks below.
             pushed_config
         } else {
-            reload(&ctx, &mut last_sources, forced)
+            let reload = files.reload(forced, &ctx.reload);
+            if let Some(ok) = reload.outcome() {
+                ctx.metrics.reload(ok);
+            }
+            match reload {
+                Reload::Loaded(c) => Some(Arc::from(c)),
+                _ => None,
+            }
         };
         if new_config.is_some() || current.tls_files_changed() {
             let config = new_config.unwrap_or_else(|| current.config.clone());
@@ -586,70 +589,6 @@ async fn accept_loop(ctx: Arc<Ctx>, port: u16, listener: TcpListener) {
                 warn!(target: "weir::gateway", port, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }
-    }
-}
-
-/// Re-reads the config files; returns a new config when they changed and
-/// are valid. An invalid change is logged and counted; the old config stays.
-fn reload(ctx: &Ctx, last: &mut Vec<SourceFile>, forced: bool) -> Option<Arc<Config>> {
-    let record_error = |errors: Vec<String>| {
-        let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
-        r.last_error = Some(errors);
-        r.last_error_at_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_secs());
-    };
-    let sources = match read_sources(&ctx.options.config_paths) {
-        Ok(s) => s,
-        Err(e) => {
-            let first = ctx
-                .reload
-                .lock()
-                .map(|r| r.last_error.is_none())
-                .unwrap_or(true);
-            if forced || first {
-                error!(target: "weir::gateway", "config reload refused, keeping the previous config: {e}");
-                ctx.metrics.reload(false);
-                record_error(vec![e.to_string()]);
-            }
-            return None;
-        }
-    };
-    if !forced && sources == *last {
-        return None;
-    }
-    *last = sources;
-    match Config::from_sources(last, ctx.options.settings.clone()) {
-        Ok(c) => {
-            for w in &c.warnings {
-                warn!("config: {w}");
-            }
-            ctx.metrics.reload(true);
-            let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
-            r.reloads += 1;
-            r.last_error = None;
-            info!(
-                target: "weir::gateway",
-                gateways = c.gateways.len(),
-                virtual_services = c.virtual_services.len(),
-                "config reloaded"
-            );
-            Some(Arc::new(c))
-        }
-        Err(errors) => {
-            error!(
-                target: "weir::gateway",
-                errors = errors.0.len(),
-                "config reload refused, keeping the previous config"
-            );
-            for e in &errors.0 {
-                error!("config: {e}");
-            }
-            ctx.metrics.reload(false);
-            record_error(errors.0.iter().map(ToString::to_string).collect());
-            None
         }
     }
 }

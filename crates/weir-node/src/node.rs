@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{error, info, warn};
-use weir_core::config::{read_sources, SourceFile};
+use weir_core::config::{read_sources, ConfigFiles, Reload, ReloadStatus};
 use weir_core::{Config, MeshSettings};
 use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
 
@@ -161,14 +161,6 @@ pub(crate) struct WorkloadStatus {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct ReloadStatus {
-    pub reloads: u64,
-    pub last_error: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error_at_unix: Option<u64>,
-}
-
 /// What every connection handler shares.
 pub(crate) struct Ctx {
     pub options: NodeOptions,
@@ -213,7 +205,7 @@ pub async fn run_with(
         identity,
         config: mut pushed,
     } = sources;
-    let (initial, mut last_sources) = match &mut pushed {
+    let (initial, last_sources) = match &mut pushed {
         None => {
             let sources = read_sources(&options.config_paths)
                 .map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
@@ -270,6 +262,11 @@ pub async fn run_with(
         reconcile(&ctx, &mut proxies, &config).await;
     }
 
+    let mut files = ConfigFiles::new(
+        options.config_paths.clone(),
+        options.settings.clone(),
+        last_sources,
+    );
     let mut tick = tokio::time::interval(options.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -292,7 +289,7 @@ pub async fn run_with(
                             warn!("config: {w}");
                         }
                         ctx.metrics.reload(true);
-                        ctx.reload.lock().unwrap_or_else(|p| p.into_inner()).reloads += 1;
+                        ctx.reload.lock().unwrap_or_else(|p| p.into_inner()).loaded();
                         ctx.store.replace(c);
                         synced = true;
                     }
@@ -304,8 +301,12 @@ pub async fn run_with(
             }
         };
         if pushed.is_none() && options.control.is_none() {
-            if let Some(new) = reload(&ctx, &mut last_sources, forced) {
-                ctx.store.replace(new);
+            let reload = files.reload(forced, &ctx.reload);
+            if let Some(ok) = reload.outcome() {
+                ctx.metrics.reload(ok);
+            }
+            if let Reload::Loaded(new) = reload {
+                ctx.store.replace(Arc::from(new));
             }
         }
         if synced {
@@ -334,71 +335,6 @@ pub async fn run_with(
     }
     info!("node proxy stopped");
     Ok(())
-}
-
-/// Re-reads the config files; returns a new config when they changed and are
-/// valid. An invalid change is logged and counted, and the old config stays.
-fn reload(ctx: &Ctx, last: &mut Vec<SourceFile>, forced: bool) -> Option<Arc<Config>> {
-    let sources = match read_sources(&ctx.options.config_paths) {
-        Ok(s) => s,
-        Err(e) => {
-            if forced
-                || ctx
-                    .reload
-                    .lock()
-                    .map(|r| r.last_error.is_none())
-                    .unwrap_or(true)
-            {
-                error!("config reload refused, keeping the previous config: {e}");
-                ctx.metrics.reload(false);
-                record_error(ctx, vec![e.to_string()]);
-            }
-            return None;
-        }
-    };
-    if !forced && sources == *last {
-        return None;
-    }
-    *last = sources;
-    match Config::from_sources(last, ctx.settings.clone()) {
-        Ok(c) => {
-            for w in &c.warnings {
-                warn!("config: {w}");
-            }
-            ctx.metrics.reload(true);
-            let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
-            r.reloads += 1;
-            r.last_error = None;
-            info!(
-                workloads = c.workloads.len(),
-                peer_authentications = c.peer_authentications.len(),
-                authorization_policies = c.authorization_policies.len(),
-                "config reloaded"
-            );
-            Some(Arc::new(c))
-        }
-        Err(errors) => {
-            error!(
-                errors = errors.0.len(),
-                "config reload refused, keeping the previous config"
-            );
-            for e in &errors.0 {
-                error!("config: {e}");
-            }
-            ctx.metrics.reload(false);
-            record_error(ctx, errors.0.iter().map(ToString::to_string).collect());
-            None
-        }
-    }
-}
-
-fn record_error(ctx: &Ctx, errors: Vec<String>) {
-    let mut r = ctx.reload.lock().unwrap_or_else(|p| p.into_inner());
-    r.last_error = Some(errors);
-    r.last_error_at_unix = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs());
 }
 
 /// Makes the running workload proxies match the config: starts new ones
