@@ -205,13 +205,83 @@ fn root_store(root: &CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
+/// What both verifiers do once the chain is checked: the SPIFFE rules, the
+/// count and log line of a refusal, and the handshake signatures.
+#[derive(Debug)]
+struct MeshChecks {
+    trust_domain: TrustDomain,
+    metrics: TlsMetrics,
+    direction: Direction,
+    provider: Arc<CryptoProvider>,
+}
+
+impl MeshChecks {
+    /// Applies the identity rules after `chain`, counts and logs a refusal,
+    /// and answers rustls with `verified` or the refusal.
+    fn conclude<T>(
+        &self,
+        chain: Result<(), PeerCertError>,
+        leaf: &CertificateDer<'_>,
+        expected: Option<&SpiffeId>,
+        verified: T,
+    ) -> Result<T, rustls::Error> {
+        let peer = match self.direction {
+            Direction::Inbound => "client",
+            Direction::Outbound => "server",
+        };
+        match chain.and_then(|()| check_identity(leaf, &self.trust_domain, expected)) {
+            Ok(id) => {
+                tracing::trace!(peer = %id, "{peer} certificate accepted");
+                Ok(verified)
+            }
+            Err(e) => {
+                self.metrics.record(self.direction, e.reason());
+                tracing::debug!(error = %e, reason = e.reason().as_str(), "{peer} certificate refused");
+                Err(e.into_rustls())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Server side: verifies client certificates. Client authentication is mandatory.
 #[derive(Debug)]
 pub struct MeshClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: TrustDomain,
-    metrics: TlsMetrics,
-    provider: Arc<CryptoProvider>,
+    checks: MeshChecks,
 }
 
 impl MeshClientVerifier {
@@ -229,9 +299,12 @@ impl MeshClientVerifier {
                 .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
         Ok(Self {
             inner,
-            trust_domain,
-            metrics,
-            provider,
+            checks: MeshChecks {
+                trust_domain,
+                metrics,
+                direction: Direction::Inbound,
+                provider,
+            },
         })
     }
 }
@@ -255,22 +328,13 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result = self
+        let chain = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)
-            .map_err(PeerCertError::from_chain)
-            .and_then(|_| check_identity(end_entity, &self.trust_domain, None));
-        match result {
-            Ok(id) => {
-                tracing::trace!(peer = %id, "client certificate accepted");
-                Ok(ClientCertVerified::assertion())
-            }
-            Err(e) => {
-                self.metrics.record(Direction::Inbound, e.reason());
-                tracing::debug!(error = %e, reason = e.reason().as_str(), "client certificate refused");
-                Err(e.into_rustls())
-            }
-        }
+            .map(|_| ())
+            .map_err(PeerCertError::from_chain);
+        self.checks
+            .conclude(chain, end_entity, None, ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -279,12 +343,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checks.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -293,18 +352,11 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checks.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.checks.supported_verify_schemes()
     }
 }
 
@@ -313,10 +365,8 @@ impl ClientCertVerifier for MeshClientVerifier {
 #[derive(Debug)]
 pub struct MeshServerVerifier {
     roots: Arc<RootCertStore>,
-    trust_domain: TrustDomain,
     expected: Option<SpiffeId>,
-    metrics: TlsMetrics,
-    provider: Arc<CryptoProvider>,
+    checks: MeshChecks,
 }
 
 impl MeshServerVerifier {
@@ -331,10 +381,13 @@ impl MeshServerVerifier {
     ) -> Result<Self> {
         Ok(Self {
             roots: root_store(root)?,
-            trust_domain,
             expected,
-            metrics,
-            provider: provider(),
+            checks: MeshChecks {
+                trust_domain,
+                metrics,
+                direction: Direction::Outbound,
+                provider: provider(),
+            },
         })
     }
 
@@ -353,29 +406,23 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = ParsedCertificate::try_from(end_entity)
+        let chain = ParsedCertificate::try_from(end_entity)
             .and_then(|parsed| {
                 verify_server_cert_signed_by_trust_anchor(
                     &parsed,
                     &self.roots,
                     intermediates,
                     now,
-                    self.provider.signature_verification_algorithms.all,
+                    self.checks.provider.signature_verification_algorithms.all,
                 )
             })
-            .map_err(PeerCertError::from_chain)
-            .and_then(|()| check_identity(end_entity, &self.trust_domain, self.expected.as_ref()));
-        match result {
-            Ok(id) => {
-                tracing::trace!(peer = %id, "server certificate accepted");
-                Ok(ServerCertVerified::assertion())
-            }
-            Err(e) => {
-                self.metrics.record(Direction::Outbound, e.reason());
-                tracing::debug!(error = %e, reason = e.reason().as_str(), "server certificate refused");
-                Err(e.into_rustls())
-            }
-        }
+            .map_err(PeerCertError::from_chain);
+        self.checks.conclude(
+            chain,
+            end_entity,
+            self.expected.as_ref(),
+            ServerCertVerified::assertion(),
+        )
     }
 
     fn verify_tls12_signature(
@@ -384,12 +431,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checks.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -398,18 +440,11 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.checks.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.checks.supported_verify_schemes()
     }
 }
 
