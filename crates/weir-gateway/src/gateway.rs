@@ -16,10 +16,11 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use weir_core::config::{read_sources, ConfigFiles, Reload, ReloadStatus, ServerTls, TlsMode};
-use weir_core::{Config, MeshSettings, SpiffeId};
-use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
+use weir_core::{Config, SpiffeId};
+use weir_identity::IdentityManager;
 use weir_node::admin::{Reply, JSON, OPENMETRICS, TEXT};
 use weir_node::drain::Drain;
+use weir_node::options::{serialize_secs, ProxyOptions};
 
 use crate::listener::{handle, TerminatedListener, TerminatedListeners};
 use crate::metrics::Metrics;
@@ -34,8 +35,8 @@ pub const DEFAULT_LABELS: &[(&str, &str)] = &[("istio", "ingressgateway")];
 /// Everything `weir gateway` is configured with (dumped by `/config_dump`).
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayOptions {
-    /// Config files or directories.
-    pub config_paths: Vec<PathBuf>,
+    #[serde(flatten)]
+    pub common: ProxyOptions,
     /// This instance's labels: it serves the Gateways whose `spec.selector`
     /// they match (Istio's rule for gateway pods).
     pub labels: BTreeMap<String, String>,
@@ -45,47 +46,19 @@ pub struct GatewayOptions {
     pub service_account: String,
     /// Address the listeners bind to.
     pub listen_address: IpAddr,
-    pub settings: MeshSettings,
-    /// Where the mesh CA lives when it is not given as files.
-    pub state_dir: PathBuf,
-    /// `--ca-cert` and `--ca-key`.
-    pub ca_files: Option<(PathBuf, PathBuf)>,
-    /// Lifetime of the gateway's mesh certificate; renewed at half-life.
-    #[serde(with = "secs")]
-    pub cert_ttl: Duration,
-    pub admin_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub readiness_addr: SocketAddr,
-    #[serde(with = "secs")]
-    pub reload_interval: Duration,
-    /// How long open connections may finish after shutdown starts.
-    #[serde(with = "secs")]
-    pub drain_timeout: Duration,
-    /// Bound on connecting to an upstream (TCP, HBONE, DNS).
-    #[serde(with = "secs")]
-    pub connect_timeout: Duration,
     /// Bound on receiving a client's ClientHello, and on a terminated
     /// handshake.
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "serialize_secs")]
     pub client_hello_timeout: Duration,
     /// Protocol-aware listeners (e.g. the Kafka gateway).
     #[serde(skip)]
     pub extensions: Vec<Arc<dyn TerminatedListeners>>,
 }
 
-mod secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-}
-
 impl GatewayOptions {
     pub fn new(config_paths: Vec<PathBuf>) -> Self {
         Self {
-            config_paths,
+            common: ProxyOptions::new(config_paths),
             labels: DEFAULT_LABELS
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -93,16 +66,6 @@ impl GatewayOptions {
             namespace: "istio-system".to_owned(),
             service_account: "weir-gateway".to_owned(),
             listen_address: IpAddr::from([0, 0, 0, 0]),
-            settings: MeshSettings::default(),
-            state_dir: PathBuf::from("/var/lib/weir"),
-            ca_files: None,
-            cert_ttl: weir_identity::DEFAULT_CERT_TTL,
-            admin_addr: ([127, 0, 0, 1], 15000).into(),
-            metrics_addr: ([0, 0, 0, 0], 15020).into(),
-            readiness_addr: ([0, 0, 0, 0], 15021).into(),
-            reload_interval: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
             client_hello_timeout: Duration::from_secs(10),
             extensions: Vec::new(),
         }
@@ -217,14 +180,6 @@ impl Ctx {
     fn replace(&self, s: Arc<Snapshot>) {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = s;
     }
-}
-
-fn load_ca(o: &GatewayOptions) -> Result<CertificateAuthority, Error> {
-    Ok(CertificateAuthority::load(
-        o.ca_files.as_ref(),
-        &o.state_dir,
-        o.settings.trust_domain.clone(),
-    )?)
 }
 
 /// A previous build's settings, files and config, to reuse when unchanged.
@@ -359,9 +314,12 @@ pub async fn run_with(
     tokio::pin!(shutdown);
     let (sources, config) = match pushed.as_mut() {
         None => {
-            let sources = read_sources(&options.config_paths)
+            let sources = read_sources(&options.common.config_paths)
                 .map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
-            let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+            let config = Arc::new(Config::from_sources(
+                &sources,
+                options.common.settings.clone(),
+            )?);
             (sources, config)
         }
         Some(rx) => {
@@ -380,7 +338,7 @@ pub async fn run_with(
         warn!("config: {w}");
     }
     let id = SpiffeId::new(
-        options.settings.trust_domain.clone(),
+        options.common.settings.trust_domain.clone(),
         &options.namespace,
         &options.service_account,
     )?;
@@ -392,11 +350,7 @@ pub async fn run_with(
     }
     let identity = match given_identity {
         Some(identity) => identity,
-        None => {
-            let tls_metrics = TlsMetrics::register(&mut registry);
-            let ca = Arc::new(load_ca(&options)?);
-            Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?)
-        }
+        None => options.common.local_identity(&mut registry)?,
     };
     // Issue (or, with --control, have the control plane sign) the gateway's
     // certificate now: a CA problem fails start-up.
@@ -405,7 +359,7 @@ pub async fn run_with(
     let upstreams = Arc::new(Upstreams::new(
         identity.clone(),
         id.clone(),
-        options.connect_timeout,
+        options.common.connect_timeout,
     ));
 
     let ctx = Arc::new(Ctx {
@@ -446,11 +400,11 @@ pub async fn run_with(
     reconcile(&ctx, &mut running).await;
 
     let mut files = ConfigFiles::new(
-        options.config_paths.clone(),
-        options.settings.clone(),
+        options.common.config_paths.clone(),
+        options.common.settings.clone(),
         sources,
     );
-    let mut tick = tokio::time::interval(options.reload_interval);
+    let mut tick = tokio::time::interval(options.common.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (forced, pushed_config) = tokio::select! {
@@ -495,12 +449,12 @@ pub async fn run_with(
         reconcile(&ctx, &mut running).await;
     }
 
-    info!(target: "weir::gateway", open = ctx.drain.open(), drain_timeout = ?options.drain_timeout, "shutting down: no new connections; draining");
+    info!(target: "weir::gateway", open = ctx.drain.open(), drain_timeout = ?options.common.drain_timeout, "shutting down: no new connections; draining");
     ctx.ready.store(false, Ordering::Release);
     for (_, t) in std::mem::take(&mut running) {
         t.abort();
     }
-    let left = ctx.drain.wait(options.drain_timeout).await;
+    let left = ctx.drain.wait(options.common.drain_timeout).await;
     if left > 0 {
         warn!(
             target: "weir::gateway",
@@ -605,10 +559,10 @@ async fn spawn_admin(
             .map_err(|source| Error::Admin { what, addr, source })
     };
     let o = &ctx.options;
-    let admin = bind("admin", o.admin_addr).await?;
-    let metrics = bind("metrics", o.metrics_addr).await?;
-    let ready = bind("readiness", o.readiness_addr).await?;
-    info!(target: "weir::gateway", admin = %o.admin_addr, metrics = %o.metrics_addr, readiness = %o.readiness_addr, "admin endpoints listening");
+    let admin = bind("admin", o.common.admin_addr).await?;
+    let metrics = bind("metrics", o.common.metrics_addr).await?;
+    let ready = bind("readiness", o.common.readiness_addr).await?;
+    info!(target: "weir::gateway", admin = %o.common.admin_addr, metrics = %o.common.metrics_addr, readiness = %o.common.readiness_addr, "admin endpoints listening");
     let c = ctx.clone();
     let admin = tokio::spawn(weir_node::admin::serve(
         admin,

@@ -98,10 +98,10 @@ async fn extension_listener_gets_stream_principal_and_sni() {
     let metrics_port = free_port();
     let mut options = GatewayOptions::new(vec![dir.0.join("empty.yaml")]);
     options.listen_address = [127, 0, 0, 1].into();
-    options.state_dir = dir.0.join("ca");
-    options.admin_addr = ([127, 0, 0, 1], free_port()).into();
-    options.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
-    options.readiness_addr = ([127, 0, 0, 1], free_port()).into();
+    options.common.state_dir = dir.0.join("ca");
+    options.common.admin_addr = ([127, 0, 0, 1], free_port()).into();
+    options.common.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
+    options.common.readiness_addr = ([127, 0, 0, 1], free_port()).into();
     options.client_hello_timeout = Duration::from_secs(5);
     options.extensions.push(Arc::new(Echo { port }));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

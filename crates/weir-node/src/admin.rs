@@ -39,10 +39,10 @@ pub(crate) async fn spawn(
             .await
             .map_err(|source| Error::Admin { what, addr, source })
     };
-    let admin = bind("admin", ctx.options.admin_addr).await?;
-    let metrics = bind("metrics", ctx.options.metrics_addr).await?;
-    let ready = bind("readiness", ctx.options.readiness_addr).await?;
-    info!(admin = %ctx.options.admin_addr, metrics = %ctx.options.metrics_addr, readiness = %ctx.options.readiness_addr, "admin endpoints listening");
+    let admin = bind("admin", ctx.options.common.admin_addr).await?;
+    let metrics = bind("metrics", ctx.options.common.metrics_addr).await?;
+    let ready = bind("readiness", ctx.options.common.readiness_addr).await?;
+    info!(admin = %ctx.options.common.admin_addr, metrics = %ctx.options.common.metrics_addr, readiness = %ctx.options.common.readiness_addr, "admin endpoints listening");
 
     let c = ctx.clone();
     let admin = tokio::spawn(serve(

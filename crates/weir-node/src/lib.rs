@@ -19,9 +19,11 @@ pub mod drain;
 pub mod forward;
 pub mod metrics;
 mod node;
+pub mod options;
 mod proxy;
 
 pub use node::{run, run_with, NodeOptions, NodeSources};
+pub use options::ProxyOptions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

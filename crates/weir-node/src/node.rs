@@ -2,21 +2,21 @@
 //! workloads, reload on change (refusing invalid config), drain on shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{error, info, warn};
 use weir_core::config::{read_sources, ConfigFiles, Reload, ReloadStatus};
 use weir_core::{Config, MeshSettings};
-use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
+use weir_identity::IdentityManager;
 
 use crate::access::PeerIndex;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
+use crate::options::ProxyOptions;
 use crate::proxy::WorkloadProxy;
 use crate::{admin, Error};
 
@@ -25,27 +25,8 @@ use crate::{admin, Error};
 pub struct NodeOptions {
     /// The node this proxy serves: Workloads with `spec.node` equal to it.
     pub node: String,
-    /// Config files or directories.
-    pub config_paths: Vec<PathBuf>,
-    pub settings: MeshSettings,
-    /// Where the mesh CA lives when it is not given as files.
-    pub state_dir: PathBuf,
-    /// `--ca-cert` and `--ca-key`.
-    pub ca_files: Option<(PathBuf, PathBuf)>,
-    /// Workload certificate lifetime; renewed at half-life.
-    #[serde(with = "secs")]
-    pub cert_ttl: Duration,
-    pub admin_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub readiness_addr: SocketAddr,
-    #[serde(with = "secs")]
-    pub reload_interval: Duration,
-    /// How long open connections may finish after shutdown starts.
-    #[serde(with = "secs")]
-    pub drain_timeout: Duration,
-    /// Bound on connecting to a workload or passthrough destination.
-    #[serde(with = "secs")]
-    pub connect_timeout: Duration,
+    #[serde(flatten)]
+    pub common: ProxyOptions,
     /// Install iptables capture rules (off only for tests of the listeners).
     pub capture: bool,
     /// The host's `/proc`: where the network namespace of a Workload made
@@ -58,30 +39,11 @@ pub struct NodeOptions {
     pub control: Option<String>,
 }
 
-mod secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-}
-
 impl NodeOptions {
     pub fn new(node: impl Into<String>, config_paths: Vec<PathBuf>) -> Self {
         Self {
             node: node.into(),
-            config_paths,
-            settings: MeshSettings::default(),
-            state_dir: PathBuf::from("/var/lib/weir"),
-            ca_files: None,
-            cert_ttl: weir_identity::DEFAULT_CERT_TTL,
-            admin_addr: ([127, 0, 0, 1], 15000).into(),
-            metrics_addr: ([0, 0, 0, 0], 15020).into(),
-            readiness_addr: ([0, 0, 0, 0], 15021).into(),
-            reload_interval: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
+            common: ProxyOptions::new(config_paths),
             capture: true,
             proc_root: PathBuf::from("/proc"),
             control: None,
@@ -174,14 +136,6 @@ pub(crate) struct Ctx {
     pub reload: Mutex<ReloadStatus>,
 }
 
-fn load_ca(o: &NodeOptions) -> Result<CertificateAuthority, Error> {
-    Ok(CertificateAuthority::load(
-        o.ca_files.as_ref(),
-        &o.state_dir,
-        o.settings.trust_domain.clone(),
-    )?)
-}
-
 /// Runs the node proxy until `shutdown` completes, then drains and removes
 /// every capture rule it installed. Config from `config_paths`, certificates
 /// from the local CA.
@@ -207,16 +161,19 @@ pub async fn run_with(
     } = sources;
     let (initial, last_sources) = match &mut pushed {
         None => {
-            let sources = read_sources(&options.config_paths)
+            let sources = read_sources(&options.common.config_paths)
                 .map_err(|e| weir_core::ConfigErrors(vec![*e]))?;
-            let config = Arc::new(Config::from_sources(&sources, options.settings.clone())?);
+            let config = Arc::new(Config::from_sources(
+                &sources,
+                options.common.settings.clone(),
+            )?);
             (Some(config), sources)
         }
         Some(rx) => (rx.borrow_and_update().clone(), Vec::new()),
     };
     let config = initial.clone().unwrap_or_else(|| {
         let mut empty = Config::default();
-        empty.settings = options.settings.clone();
+        empty.settings = options.common.settings.clone();
         Arc::new(empty)
     });
     for w in &config.warnings {
@@ -226,16 +183,12 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::register(&mut registry));
     let identity = match identity {
         Some(identity) => identity,
-        None => {
-            let tls_metrics = TlsMetrics::register(&mut registry);
-            let ca = Arc::new(load_ca(&options)?);
-            Arc::new(IdentityManager::new(ca, options.cert_ttl, tls_metrics)?)
-        }
+        None => options.common.local_identity(&mut registry)?,
     };
     let _rotation = identity.clone().spawn_rotation();
 
     let ctx = Arc::new(Ctx {
-        settings: options.settings.clone(),
+        settings: options.common.settings.clone(),
         options: options.clone(),
         store: ConfigStore::new(config.clone()),
         identity,
@@ -263,11 +216,11 @@ pub async fn run_with(
     }
 
     let mut files = ConfigFiles::new(
-        options.config_paths.clone(),
-        options.settings.clone(),
+        options.common.config_paths.clone(),
+        options.common.settings.clone(),
         last_sources,
     );
-    let mut tick = tokio::time::interval(options.reload_interval);
+    let mut tick = tokio::time::interval(options.common.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
@@ -315,12 +268,12 @@ pub async fn run_with(
         }
     }
 
-    info!(open = ctx.drain.open(), drain_timeout = ?options.drain_timeout, "shutting down: no new connections; draining");
+    info!(open = ctx.drain.open(), drain_timeout = ?options.common.drain_timeout, "shutting down: no new connections; draining");
     ctx.ready.store(false, Ordering::Release);
     for p in proxies.values() {
         p.stop_accepting();
     }
-    let left = ctx.drain.wait(options.drain_timeout).await;
+    let left = ctx.drain.wait(options.common.drain_timeout).await;
     if left > 0 {
         warn!(
             open = left,

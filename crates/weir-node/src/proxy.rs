@@ -175,7 +175,7 @@ impl WorkloadProxy {
         let tls_metrics = ctx.identity.metrics().clone();
         let hbone_server = weir_hbone::Server::with_tls_failure_hook(
             weir_hbone::ServerConfig {
-                drain_timeout: ctx.options.drain_timeout,
+                drain_timeout: ctx.options.common.drain_timeout,
                 ..Default::default()
             },
             server_tls,

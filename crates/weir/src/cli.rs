@@ -116,31 +116,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Files or directories of YAML documents; re-read every --reload-interval
-    /// and on SIGHUP. An invalid change is refused and the last good config stays.
-    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
-    pub config: Vec<PathBuf>,
-    #[command(flatten)]
-    pub control: ControlClientArgs,
     /// This node's name: the proxy serves Workloads whose spec.node equals it.
     #[arg(long, env = "WEIR_NODE_NAME")]
     pub node: String,
     #[command(flatten)]
-    pub ca: CaArgs,
-    /// Lifetime of workload certificates; they are renewed at half-life.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub cert_ttl: std::time::Duration,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    /// How often the config paths are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub reload_interval: std::time::Duration,
-    /// On shutdown, how long open connections may finish.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub drain_timeout: std::time::Duration,
-    /// Bound on connecting to a workload's port or a passthrough destination.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: std::time::Duration,
+    pub proxy: ProxyArgs,
     /// Do not install iptables capture rules (listeners only; for debugging).
     #[arg(long)]
     pub no_capture: bool,
@@ -155,6 +135,35 @@ pub struct NodeArgs {
         value_name = "DIR"
     )]
     pub proc_root: PathBuf,
+}
+
+/// The flags `weir node` and `weir gateway` share.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Files or directories of YAML documents; re-read every --reload-interval
+    /// and on SIGHUP. An invalid change is refused and the last good config stays.
+    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlClientArgs,
+    #[command(flatten)]
+    pub ca: CaArgs,
+    /// Lifetime of the certificates the proxy holds (a node's workload
+    /// certificates, a gateway's own); they are renewed at half-life.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: std::time::Duration,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// How often the config paths (and a gateway's certificate files) are re-read.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: std::time::Duration,
+    /// On shutdown, how long open connections may finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Bound on connecting to a destination: a workload's port, a
+    /// passthrough destination, a gateway's upstream (TCP, HBONE, DNS).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: std::time::Duration,
     /// Log format on stderr; RUST_LOG filters (default info).
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
@@ -163,6 +172,26 @@ pub struct NodeArgs {
     pub worker_threads: Option<usize>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+impl ProxyArgs {
+    /// The options these flags set; `settings` are the mesh settings of
+    /// the --trust-domain and --root-namespace flags, already checked.
+    pub fn options(&self, settings: weir_core::MeshSettings) -> weir_node::ProxyOptions {
+        weir_node::ProxyOptions {
+            config_paths: self.config.clone(),
+            settings,
+            state_dir: self.ca.state_dir.clone(),
+            ca_files: self.ca.files(),
+            cert_ttl: self.cert_ttl,
+            admin_addr: self.admin.admin_addr,
+            metrics_addr: self.admin.metrics_addr,
+            readiness_addr: self.admin.readiness_addr,
+            reload_interval: self.reload_interval,
+            drain_timeout: self.drain_timeout,
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -259,12 +288,8 @@ pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// Files or directories of YAML documents; re-read every --reload-interval
-    /// and on SIGHUP. An invalid change is refused and the last good config stays.
-    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
-    pub config: Vec<PathBuf>,
     #[command(flatten)]
-    pub control: ControlClientArgs,
+    pub proxy: ProxyArgs,
     /// The name this gateway registers under with --control (its entry
     /// under `gateways:` in the token file).
     #[arg(long, env = "WEIR_GATEWAY_NAME", default_value = "ingress")]
@@ -286,33 +311,9 @@ pub struct GatewayArgs {
     /// Address the Gateway servers' ports are opened on.
     #[arg(long, env = "WEIR_GATEWAY_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
-    #[command(flatten)]
-    pub ca: CaArgs,
-    /// Lifetime of the gateway's mesh certificate; renewed at half-life.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub cert_ttl: std::time::Duration,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    /// How often the config paths (and terminating servers' certificate files) are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub reload_interval: std::time::Duration,
-    /// On shutdown, how long open connections may finish.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub drain_timeout: std::time::Duration,
-    /// Bound on connecting to an upstream (TCP, HBONE, DNS).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: std::time::Duration,
     /// Bound on a client's ClientHello and on a terminated TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub client_hello_timeout: std::time::Duration,
-    /// Log format on stderr; RUST_LOG filters (default info).
-    #[arg(long, value_enum, default_value_t)]
-    pub log_format: LogFormat,
-    /// Worker threads of the async runtime (default: one per core).
-    #[arg(long, env = "WEIR_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
-    #[command(flatten)]
-    pub mesh: MeshArgs,
 }
 
 /// The control plane a node proxy or gateway gets its config and

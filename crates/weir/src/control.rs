@@ -131,8 +131,8 @@ pub fn node_sources(
         address,
         &args.node,
         weir_control::Role::Node,
-        &args.control,
-        args.cert_ttl,
+        &args.proxy.control,
+        args.proxy.cert_ttl,
         settings,
     )?;
     Ok(NodeSources {
@@ -153,8 +153,8 @@ pub fn gateway_sources(
         address,
         &args.gateway_name,
         weir_control::Role::Gateway,
-        &args.control,
-        args.cert_ttl,
+        &args.proxy.control,
+        args.proxy.cert_ttl,
         settings,
     )?;
     Ok(weir_gateway::GatewaySources {

@@ -9,38 +9,30 @@ use crate::cli::GatewayArgs;
 use crate::node::init_logging;
 
 pub fn run(args: GatewayArgs) -> ExitCode {
-    init_logging(args.log_format);
-    let settings = match args.mesh.settings() {
+    init_logging(args.proxy.log_format);
+    let settings = match args.proxy.mesh.settings() {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    let mut options = weir_gateway::GatewayOptions::new(args.config.clone());
-    options.labels = args.labels.clone();
-    options.namespace = args.namespace.clone();
-    options.service_account = args.service_account.clone();
-    options.listen_address = args.listen_address;
-    options.settings = settings;
-    options.state_dir = args.ca.state_dir.clone();
-    options.ca_files = args.ca.files();
-    options.cert_ttl = args.cert_ttl;
-    options.admin_addr = args.admin.admin_addr;
-    options.metrics_addr = args.admin.metrics_addr;
-    options.readiness_addr = args.admin.readiness_addr;
-    options.reload_interval = args.reload_interval;
-    options.drain_timeout = args.drain_timeout;
-    options.connect_timeout = args.connect_timeout;
-    options.client_hello_timeout = args.client_hello_timeout;
-    // KafkaGateway listeners: Kafka-aware sessions behind terminated TLS.
-    options.extensions.push(std::sync::Arc::new(
-        weir_gateway::kafka::KafkaListeners::new(),
-    ));
+    let options = weir_gateway::GatewayOptions {
+        common: args.proxy.options(settings),
+        labels: args.labels.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        listen_address: args.listen_address,
+        client_hello_timeout: args.client_hello_timeout,
+        // KafkaGateway listeners: Kafka-aware sessions behind terminated TLS.
+        extensions: vec![std::sync::Arc::new(
+            weir_gateway::kafka::KafkaListeners::new(),
+        )],
+    };
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");
-    if let Some(n) = args.worker_threads {
+    if let Some(n) = args.proxy.worker_threads {
         rt.worker_threads(n.max(1));
     }
     let rt = match rt.build() {
@@ -67,9 +59,9 @@ pub fn run(args: GatewayArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        let sources = match &args.control.address {
+        let sources = match &args.proxy.control.address {
             Some(address) => {
-                match crate::control::gateway_sources(&args, address, &options.settings) {
+                match crate::control::gateway_sources(&args, address, &options.common.settings) {
                     Ok(s) => s,
                     Err(e) => {
                         error!("{e}");

@@ -22,32 +22,25 @@ pub fn init_logging(format: LogFormat) {
 }
 
 pub fn run(args: NodeArgs) -> ExitCode {
-    init_logging(args.log_format);
-    let settings = match args.mesh.settings() {
+    init_logging(args.proxy.log_format);
+    let settings = match args.proxy.mesh.settings() {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    let mut options = weir_node::NodeOptions::new(args.node.clone(), args.config.clone());
-    options.settings = settings;
-    options.state_dir = args.ca.state_dir.clone();
-    options.ca_files = args.ca.files();
-    options.cert_ttl = args.cert_ttl;
-    options.admin_addr = args.admin.admin_addr;
-    options.metrics_addr = args.admin.metrics_addr;
-    options.readiness_addr = args.admin.readiness_addr;
-    options.reload_interval = args.reload_interval;
-    options.drain_timeout = args.drain_timeout;
-    options.connect_timeout = args.connect_timeout;
-    options.capture = !args.no_capture;
-    options.proc_root = args.proc_root.clone();
-    options.control = args.control.address.clone();
+    let options = weir_node::NodeOptions {
+        node: args.node.clone(),
+        common: args.proxy.options(settings),
+        capture: !args.no_capture,
+        proc_root: args.proc_root.clone(),
+        control: args.proxy.control.address.clone(),
+    };
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");
-    if let Some(n) = args.worker_threads {
+    if let Some(n) = args.proxy.worker_threads {
         rt.worker_threads(n.max(1));
     }
     let rt = match rt.build() {
@@ -74,10 +67,11 @@ pub fn run(args: NodeArgs) -> ExitCode {
                 _ = int.recv() => info!("SIGINT received"),
             }
         };
-        match &args.control.address {
+        match &args.proxy.control.address {
             Some(address) => {
-                let sources = crate::control::node_sources(&args, address, &options.settings)
-                    .map_err(weir_node::Error::Setup)?;
+                let sources =
+                    crate::control::node_sources(&args, address, &options.common.settings)
+                        .map_err(weir_node::Error::Setup)?;
                 weir_node::run_with(options, sources, shutdown, reload_rx).await
             }
             None => weir_node::run(options, shutdown, reload_rx).await,

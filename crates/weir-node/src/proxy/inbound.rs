@@ -110,21 +110,9 @@ fn decide(
 
 async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Responder) {
     let _guard = ctx.drain.guard();
-    let upstream = match Box::pin(local.connect(conn.dst_addr, ctx.options.connect_timeout)).await {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.metrics
-                .refused(&conn.labels(REPORTER_DESTINATION, FLAG_CONNECT));
-            let _ = responder.reject(StatusCode::SERVICE_UNAVAILABLE);
-            conn.log(
-                "allow",
-                FLAG_CONNECT,
-                "the workload refused the connection",
-                None,
-                Some(&e.to_string()),
-            );
-            return;
-        }
+    let Some(upstream) = connect_workload(&ctx, &local, &conn, conn.dst_addr).await else {
+        let _ = responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+        return;
     };
     let tunnel = match responder.accept() {
         Ok(t) => t,
@@ -139,6 +127,31 @@ async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Respond
     let t = forward(tunnel, upstream, &counters.received, &counters.sent).await;
     ctx.metrics.close(&counters, t.error.is_some());
     conn.log("allow", FLAG_NONE, "HBONE", Some(&t), None);
+}
+
+/// Connects the workload's port; a failure is counted and logged (the
+/// caller answers the client).
+async fn connect_workload(
+    ctx: &Ctx,
+    local: &Local,
+    conn: &Conn,
+    target: SocketAddr,
+) -> Option<TcpStream> {
+    match Box::pin(local.connect(target, ctx.options.common.connect_timeout)).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            ctx.metrics
+                .refused(&conn.labels(REPORTER_DESTINATION, FLAG_CONNECT));
+            conn.log(
+                "allow",
+                FLAG_CONNECT,
+                "the workload refused the connection",
+                None,
+                Some(&e.to_string()),
+            );
+            None
+        }
+    }
 }
 
 pub(crate) async fn plaintext(
@@ -167,21 +180,9 @@ pub(crate) async fn plaintext(
         return;
     }
     drop(verdict);
-    let upstream = match Box::pin(local.connect(target, ctx.options.connect_timeout)).await {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.metrics
-                .refused(&conn.labels(REPORTER_DESTINATION, FLAG_CONNECT));
-            reset(client);
-            conn.log(
-                "allow",
-                FLAG_CONNECT,
-                "the workload refused the connection",
-                None,
-                Some(&e.to_string()),
-            );
-            return;
-        }
+    let Some(upstream) = connect_workload(&ctx, &local, &conn, target).await else {
+        reset(client);
+        return;
     };
     let counters = ctx
         .metrics

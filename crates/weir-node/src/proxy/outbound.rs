@@ -73,10 +73,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
                 }
             }
         }
-        None => match Box::pin(local.connect(conn.dst_addr, ctx.options.connect_timeout)).await {
-            Ok(s) => Ok(s.into()),
-            Err(e) => Err((FLAG_CONNECT, e.to_string())),
-        },
+        None => {
+            match Box::pin(local.connect(conn.dst_addr, ctx.options.common.connect_timeout)).await {
+                Ok(s) => Ok(s.into()),
+                Err(e) => Err((FLAG_CONNECT, e.to_string())),
+            }
+        }
     };
     let reason = if conn.mtls {
         "HBONE"
