@@ -89,6 +89,30 @@ impl<'a> Reader<'a> {
         Err(Malformed::new(what, start))
     }
 
+    /// The length prefix of a nullable string (`wide`: false, i16) or bytes
+    /// (`wide`: true, i32), or in flexible versions a varint length + 1.
+    /// `None` is null (-1); any other negative length is malformed.
+    fn nullable_len(
+        &mut self,
+        flexible: bool,
+        wide: bool,
+        what: &'static str,
+    ) -> Result<Option<usize>> {
+        let at = self.pos;
+        let len: i64 = if flexible {
+            self.uvarint(what)? as i64 - 1
+        } else if wide {
+            self.i32(what)? as i64
+        } else {
+            self.i16(what)? as i64
+        };
+        match len {
+            -1 => Ok(None),
+            n if n < 0 => Err(Malformed::new(what, at)),
+            n => Ok(Some(n as usize)),
+        }
+    }
+
     /// A (nullable) string: i16 length, or in flexible versions a varint
     /// length + 1 (0 = null). Returns its byte range, checked to be UTF-8.
     pub(crate) fn string(
@@ -96,20 +120,11 @@ impl<'a> Reader<'a> {
         flexible: bool,
         what: &'static str,
     ) -> Result<Option<Range<usize>>> {
-        let at = self.pos;
-        let len: i64 = if flexible {
-            self.uvarint(what)? as i64 - 1
-        } else {
-            self.i16(what)? as i64
+        let Some(len) = self.nullable_len(flexible, false, what)? else {
+            return Ok(None);
         };
-        if len < 0 {
-            if len == -1 {
-                return Ok(None);
-            }
-            return Err(Malformed::new(what, at));
-        }
         let start = self.pos;
-        let s = self.take(len as usize, what)?;
+        let s = self.take(len, what)?;
         if std::str::from_utf8(s).is_err() {
             return Err(Malformed::new(what, start));
         }
@@ -133,20 +148,11 @@ impl<'a> Reader<'a> {
         flexible: bool,
         what: &'static str,
     ) -> Result<Option<Range<usize>>> {
-        let at = self.pos;
-        let len: i64 = if flexible {
-            self.uvarint(what)? as i64 - 1
-        } else {
-            self.i32(what)? as i64
+        let Some(len) = self.nullable_len(flexible, true, what)? else {
+            return Ok(None);
         };
-        if len < 0 {
-            if len == -1 {
-                return Ok(None);
-            }
-            return Err(Malformed::new(what, at));
-        }
         let start = self.pos;
-        self.skip(len as usize, what)?;
+        self.skip(len, what)?;
         Ok(Some(start..self.pos))
     }
 
