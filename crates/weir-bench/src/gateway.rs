@@ -43,8 +43,8 @@ use weir_testing::{require_root, Host, HostChild, TestNet};
 
 use crate::kafka::{
     self, busy_share, consume_args, latency_args, machine_jiffies, mtls_opened, num, produce_args,
-    run_client, start_tansu, tail, topic, warm_up, Ctx, Endpoint, Op, Plan, PlanArgs, ToolArgs,
-    Tools, KAFKA_PORT, RECORD_SIZE,
+    report_latency, run_client, start_tansu, tail, topic, warm_up, Ctx, Endpoint, Op, Plan,
+    PlanArgs, ToolArgs, Tools, KAFKA_PORT, RECORD_SIZE,
 };
 use crate::{
     cpu_ticks, machine_info, markdown_table, median, start_node, sys, tune_host, weir_binary, Node,
@@ -1119,21 +1119,7 @@ fn measure(
                         f.proxy_cpu_per_mb_consume = per_mb;
                     }
                 }
-                Op::Latency => {
-                    let l = &j["latency_ms"];
-                    let us = |k: &str| l[k].as_f64().map(|v| v * 1e3);
-                    let show = |k: &str| us(k).map_or("-".into(), |v| format!("{v:.0} µs"));
-                    println!(
-                        "  {label}: p50 {}  p90 {}  p99 {}  max {}  ({} records, acks=all, one at a time)",
-                        show("p50"),
-                        show("p90"),
-                        show("p99"),
-                        show("max"),
-                        num(l, "n")
-                    );
-                    f.p50_us = us("p50");
-                    f.p99_us = us("p99");
-                }
+                Op::Latency => (f.p50_us, f.p99_us) = report_latency(&label, j),
             }
             let cpu = Cpu {
                 client: r.cpu,

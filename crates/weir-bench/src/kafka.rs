@@ -672,6 +672,23 @@ pub(crate) fn run_client(ctx: &Ctx<'_>, args: &[String], limit: Duration) -> Res
     Ok(ClientRun { json, cpu })
 }
 
+/// Prints a latency run's percentiles (the client reports milliseconds)
+/// and returns its p50 and p99 in µs.
+pub(crate) fn report_latency(label: &str, j: &Value) -> (Option<f64>, Option<f64>) {
+    let l = &j["latency_ms"];
+    let us = |k: &str| l[k].as_f64().map(|v| v * 1e3);
+    let show = |k: &str| us(k).map_or("-".into(), |v| format!("{v:.0} µs"));
+    println!(
+        "  {label}: p50 {}  p90 {}  p99 {}  max {}  ({} records, acks=all, one at a time)",
+        show("p50"),
+        show("p90"),
+        show("p99"),
+        show("max"),
+        num(l, "n")
+    );
+    (us("p50"), us("p99"))
+}
+
 pub(crate) fn num(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
@@ -959,21 +976,7 @@ fn measure(
                         f.consume_rps = Some(rps);
                     }
                 }
-                Op::Latency => {
-                    let l = &j["latency_ms"];
-                    let us = |k: &str| l[k].as_f64().map(|v| v * 1e3);
-                    let show = |k: &str| us(k).map_or("-".into(), |v| format!("{v:.0} µs"));
-                    println!(
-                        "  {label}: p50 {}  p90 {}  p99 {}  max {}  ({} records, acks=all, one at a time)",
-                        show("p50"),
-                        show("p90"),
-                        show("p99"),
-                        show("max"),
-                        num(l, "n")
-                    );
-                    f.p50_us = us("p50");
-                    f.p99_us = us("p99");
-                }
+                Op::Latency => (f.p50_us, f.p99_us) = report_latency(&label, j),
             }
             let cpu = Cpu {
                 wall,
