@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use weir_core::config::kafka::{KafkaGateway, KafkaTlsMode, UpstreamHost};
 use weir_core::config::{Destination, ServerTls, TlsMode, TlsVersion};
 use weir_core::kafka::{Operation, Principal, ResourceType};
-use weir_core::policy::kafka::KafkaAuthorizer;
+use weir_core::policy::kafka::{KafkaAuthorizer, KafkaDecision};
 use weir_core::Config;
 use weir_hbone::BoxFuture;
 use weir_kafka::{
@@ -203,6 +203,20 @@ impl PolicyAuthorizer {
     }
 }
 
+/// The session's form of an engine decision (the reason names the policy).
+fn decision(d: KafkaDecision) -> Decision {
+    let reason = match (&d.policy, d.note) {
+        (Some(p), Some(n)) => format!("{} ({p}); {n}", d.reason),
+        (Some(p), None) => format!("{} ({p})", d.reason),
+        (None, Some(n)) => format!("{}; {n}", d.reason),
+        (None, None) => d.reason.to_owned(),
+    };
+    Decision {
+        allowed: d.allowed,
+        reason,
+    }
+}
+
 impl Authorizer for PolicyAuthorizer {
     fn authorize(
         &self,
@@ -211,15 +225,11 @@ impl Authorizer for PolicyAuthorizer {
         name: &str,
         op: Operation,
     ) -> Decision {
-        let d = self.current().authorize(principal, resource, name, op);
-        let reason = match &d.policy {
-            Some(p) => format!("{} ({p})", d.reason),
-            None => d.reason.to_owned(),
-        };
-        Decision {
-            allowed: d.allowed,
-            reason,
-        }
+        decision(self.current().authorize(principal, resource, name, op))
+    }
+
+    fn authorize_idempotent_producer(&self, principal: &Principal) -> Decision {
+        decision(self.current().authorize_idempotent_producer(principal))
     }
 
     fn allows_everything(&self) -> bool {
@@ -310,5 +320,61 @@ impl Connector for MeshConnector {
                 Err(e) => Err(io::Error::other(e)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::config::{MeshSettings, SourceFile};
+
+    fn authorizer(policies: &str) -> PolicyAuthorizer {
+        let src = [SourceFile::new("p.yaml", policies)];
+        let config = Config::from_sources(&src, MeshSettings::default()).unwrap();
+        let a = PolicyAuthorizer::default();
+        a.replace(KafkaAuthorizer::for_gateway(&config, "kafka", "external"));
+        a
+    }
+
+    const BILLING_WRITES_ORDERS: &str = "
+apiVersion: weir.dev/v1alpha1
+kind: KafkaAuthorizationPolicy
+metadata: {name: billing, namespace: kafka}
+spec:
+  rules:
+  - principals: [\"CN=billing,O=Example\"]
+    resources: [{type: topic, name: orders., patternType: PREFIXED}]
+    operations: [Read, Write]
+";
+
+    fn cert(subject: &str) -> Principal {
+        Principal::Certificate {
+            subject: subject.to_owned(),
+            sans: Vec::new(),
+        }
+    }
+
+    /// The gateway answers an idempotent producer's InitProducerId with
+    /// the engine's KIP-679 rule.
+    #[test]
+    fn idempotent_producer_question_uses_the_policy_engine() {
+        let a = authorizer(BILLING_WRITES_ORDERS);
+        let billing = cert("CN=billing,O=Example");
+        assert!(
+            !a.authorize(
+                &billing,
+                ResourceType::Cluster,
+                "kafka-cluster",
+                Operation::IdempotentWrite
+            )
+            .allowed
+        );
+        let d = a.authorize_idempotent_producer(&billing);
+        assert!(d.allowed, "{d:?}");
+        assert!(
+            d.reason.contains("kafka/billing") && d.reason.contains("KIP-679"),
+            "{d:?}"
+        );
+        assert!(!a.authorize_idempotent_producer(&cert("CN=admin")).allowed);
     }
 }

@@ -54,6 +54,20 @@ pub trait Authorizer: Send + Sync {
         op: Operation,
     ) -> Decision;
 
+    /// May `principal` get a producer id without a transactional id (an
+    /// idempotent producer's InitProducerId)? Kafka 2.8+ (KIP-679) allows it
+    /// with IdempotentWrite on the cluster or Write on at least one topic;
+    /// the second question is about the authorizer's rules, not one
+    /// resource, so this default asks only the first.
+    fn authorize_idempotent_producer(&self, principal: &Principal) -> Decision {
+        self.authorize(
+            principal,
+            ResourceType::Cluster,
+            CLUSTER_RESOURCE,
+            Operation::IdempotentWrite,
+        )
+    }
+
     /// True if every question is answered "allowed": the gateway then skips
     /// authorization work (and forwards request versions it cannot read).
     fn allows_everything(&self) -> bool {
@@ -83,6 +97,16 @@ impl Authorizer for AllowAll {
 
 const CACHE_LIMIT: usize = 4096;
 
+/// Which question a check asks (see [`Authorizer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Ask {
+    /// The operation on the resource ([`Authorizer::authorize`]).
+    Acl,
+    /// An idempotent producer's producer id
+    /// ([`Authorizer::authorize_idempotent_producer`]).
+    IdempotentProducer,
+}
+
 /// One session's view of an [`Authorizer`]: its principal, and the answers
 /// it has had, so that the produce path asks once per topic, not per request.
 pub(crate) struct SessionAuthz {
@@ -90,7 +114,7 @@ pub(crate) struct SessionAuthz {
     pub(crate) principal: Principal,
     pub(crate) principal_label: String,
     epoch: u64,
-    cache: HashMap<(ResourceType, Operation), HashMap<Box<str>, bool>>,
+    cache: HashMap<(Ask, ResourceType, Operation), HashMap<Box<str>, bool>>,
     cached: usize,
 }
 
@@ -113,18 +137,40 @@ impl SessionAuthz {
 
     /// Whether `op` on `resource` `name` is allowed.
     pub(crate) fn allowed(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
+        self.allowed_as(Ask::Acl, resource, name, op)
+    }
+
+    /// Whether the question `ask` about `op` on `resource` `name` is
+    /// answered "allowed" (for [`Ask::IdempotentProducer`] `resource` is the
+    /// cluster).
+    pub(crate) fn allowed_as(
+        &mut self,
+        ask: Ask,
+        resource: ResourceType,
+        name: &str,
+        op: Operation,
+    ) -> bool {
         let epoch = self.authorizer.epoch();
         if epoch != self.epoch || self.cached >= CACHE_LIMIT {
             self.cache.clear();
             self.cached = 0;
             self.epoch = epoch;
         }
-        if let Some(a) = self.cache.get(&(resource, op)).and_then(|m| m.get(name)) {
+        if let Some(a) = self
+            .cache
+            .get(&(ask, resource, op))
+            .and_then(|m| m.get(name))
+        {
             return *a;
         }
-        let d = self
-            .authorizer
-            .authorize(&self.principal, resource, name, op);
+        let d = match ask {
+            Ask::Acl => self
+                .authorizer
+                .authorize(&self.principal, resource, name, op),
+            Ask::IdempotentProducer => self
+                .authorizer
+                .authorize_idempotent_producer(&self.principal),
+        };
         if !d.allowed {
             tracing::debug!(
                 principal = %self.principal_label, resource = %resource, name, operation = %op,
@@ -132,7 +178,7 @@ impl SessionAuthz {
             );
         }
         self.cache
-            .entry((resource, op))
+            .entry((ask, resource, op))
             .or_default()
             .insert(Box::from(name), d.allowed);
         self.cached += 1;

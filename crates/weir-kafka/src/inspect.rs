@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use weir_core::kafka::{Operation, ResourceType};
 
+use crate::authz::Ask;
 use crate::error::Malformed;
 use crate::records::{count_records, RecordCount};
 use crate::wire::{put_array_len, Reader};
@@ -62,6 +63,9 @@ pub(crate) struct Check {
     pub resource: ResourceType,
     pub name: NameRef,
     pub op: Operation,
+    /// The question asked: `op` on the resource, or one of the requests
+    /// Kafka authorizes by more than one question.
+    pub ask: Ask,
 }
 
 /// A filterable element of a request's main array.
@@ -144,7 +148,12 @@ fn body_name(r: &mut Reader<'_>, flexible: bool, what: &'static str) -> Result<N
 }
 
 fn check(resource: ResourceType, name: NameRef, op: Operation) -> Check {
-    Check { resource, name, op }
+    Check {
+        resource,
+        name,
+        op,
+        ask: Ask::Acl,
+    }
 }
 
 /// Walks the body (starting at `start` in the frame body `body`) of a
@@ -479,11 +488,15 @@ pub(crate) fn inspect(
                 NameRef::Body(txn),
                 Operation::Write,
             )),
-            None => ins.whole.push(check(
-                ResourceType::Cluster,
-                NameRef::Cluster,
-                Operation::IdempotentWrite,
-            )),
+            // Kafka 2.8+: IdempotentWrite on the cluster, else Write on any topic.
+            None => ins.whole.push(Check {
+                ask: Ask::IdempotentProducer,
+                ..check(
+                    ResourceType::Cluster,
+                    NameRef::Cluster,
+                    Operation::IdempotentWrite,
+                )
+            }),
         },
         ApiKey::DescribeConfigs => {
             ins.entries = Some(entries(&mut r, f, "resources", |r| {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use weir_core::kafka::{Operation, Principal, ResourceType};
 
-use crate::authz::{SessionAuthz, CLUSTER_RESOURCE};
+use crate::authz::{Ask, SessionAuthz, CLUSTER_RESOURCE};
 use crate::error::{SessionError, Side};
 use crate::frame::{write_chunks, Frame, FrameReader};
 use crate::header::{parse_request_header, parse_response_header, RequestHeader};
@@ -272,7 +272,7 @@ impl RequestSide<'_> {
         if enforcing {
             for c in &ins.whole {
                 let name = self.name_of(&body, &c.name, enforcing).await;
-                if !self.check(c.resource, &name, c.op) {
+                if !self.check(c.ask, c.resource, &name, c.op) {
                     whole_code = Some(denial_code(c.resource));
                     break;
                 }
@@ -314,7 +314,7 @@ impl RequestSide<'_> {
                 None
             } else if name.is_empty() && matches!(e.check.name, NameRef::TopicId(_)) {
                 Some(codes::UNKNOWN_TOPIC_ID)
-            } else if !self.check(e.check.resource, &name, e.check.op) {
+            } else if !self.check(e.check.ask, e.check.resource, &name, e.check.op) {
                 Some(denial_code(e.check.resource))
             } else {
                 if let Some(at) = ins.metadata.as_ref().and_then(|m| m.auto_create_at) {
@@ -440,8 +440,10 @@ impl RequestSide<'_> {
         }
     }
 
-    fn check(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
-        let ok = self.authz.allowed(resource, name, op);
+    /// Asks `ask` about `op` on `resource` `name`; a denial is counted
+    /// under that resource and operation.
+    fn check(&mut self, ask: Ask, resource: ResourceType, name: &str, op: Operation) -> bool {
+        let ok = self.authz.allowed_as(ask, resource, name, op);
         if !ok {
             self.proxy
                 .metrics()

@@ -249,6 +249,54 @@ async fn auto_creation_is_switched_off_without_create_permission() {
     assert_eq!(req.topics.unwrap().len(), 1);
 }
 
+/// An authorizer that denies IdempotentWrite on the cluster but allows
+/// idempotent producers (as weir's policy engine does for a principal with
+/// Write on some topic, KIP-679).
+struct TopicWriters;
+
+impl weir_kafka::Authorizer for TopicWriters {
+    fn authorize(
+        &self,
+        _: &weir_core::kafka::Principal,
+        resource: ResourceType,
+        _: &str,
+        op: Operation,
+    ) -> weir_kafka::Decision {
+        if (resource, op) == (ResourceType::Cluster, Operation::IdempotentWrite) {
+            weir_kafka::Decision::deny("no IdempotentWrite")
+        } else {
+            weir_kafka::Decision::allow("allowed")
+        }
+    }
+
+    fn authorize_idempotent_producer(
+        &self,
+        _: &weir_core::kafka::Principal,
+    ) -> weir_kafka::Decision {
+        weir_kafka::Decision::allow("Write on a topic")
+    }
+}
+
+#[tokio::test]
+async fn init_producer_id_asks_the_idempotent_producer_question() {
+    let (proxy, _) = proxy_with(Arc::new(TopicWriters), vec![]);
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+    let mut r = InitProducerIdRequest::default();
+    r.transactional_id = None;
+    r.transaction_timeout_ms = 60_000;
+    send(&mut h.client, &request_frame(4, 1, &r)).await;
+    // Forwarded, not answered CLUSTER_AUTHORIZATION_FAILED.
+    let (_, fwd): (RequestHeader, InitProducerIdRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    assert_eq!(fwd.transactional_id, None);
+    let mut resp = InitProducerIdResponse::default();
+    resp.producer_id = ProducerId(7);
+    send(&mut h.broker, &response_frame(4, 1, &resp)).await;
+    let (c, got): (i32, InitProducerIdResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 4);
+    assert_eq!((c, got.error_code, got.producer_id.0), (1, 0, 7));
+}
+
 #[tokio::test]
 async fn mixed_produce_is_split_and_merged() {
     let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);

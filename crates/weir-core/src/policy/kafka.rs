@@ -19,11 +19,19 @@
 //!
 //! Policies are tried in config order and rules in written order; the first
 //! match is reported.
+//!
+//! An idempotent producer's InitProducerId is authorized by more than one
+//! question, as Kafka's `KafkaApis` does it
+//! ([`KafkaAuthorizer::authorize_idempotent_producer`]: IdempotentWrite on
+//! the cluster, else Write on any topic, Kafka's `authorizeByResourceType`
+//! in [`KafkaAuthorizer::authorize_by_resource_type`]).
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::kafka::{KafkaRule, PrincipalMatcher, PrincipalPattern, ResourcePattern};
+use crate::config::kafka::{
+    KafkaRule, PatternType, PrincipalMatcher, PrincipalPattern, ResourcePattern,
+};
 use crate::config::{Action, Config, KafkaAuthorizationPolicy, StringMatch};
 use crate::kafka::{Operation, Principal, ResourceType};
 use crate::spiffe::SpiffeId;
@@ -89,11 +97,33 @@ pub struct KafkaDecision {
     /// [`KafkaBasis::reason`].
     pub reason: &'static str,
     pub basis: KafkaBasis,
+    /// For the requests Kafka authorizes by more than one question (an
+    /// idempotent producer): which other question decided, or why it did
+    /// not help. `None` for a plain question.
+    pub note: Option<&'static str>,
 }
 
+/// [`KafkaDecision::note`]: Write on some topic allowed an idempotent producer.
+pub const NOTE_TOPIC_WRITE: &str =
+    "Write on a topic is enough for an idempotent producer's InitProducerId (Kafka 2.8+, KIP-679)";
+/// [`KafkaDecision::note`]: no IdempotentWrite and no topic Write either.
+pub const NOTE_NO_TOPIC_WRITE: &str =
+    "Write on some topic, which would also do for an idempotent producer (KIP-679), is not allowed either";
+
 impl fmt::Display for KafkaDecision {
-    /// One sentence: `denied by DENY KafkaAuthorizationPolicy kafka/x (rule 0)`.
+    /// One sentence: `denied by DENY KafkaAuthorizationPolicy kafka/x (rule 0)`,
+    /// followed by `; <note>` when there is a note.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_basis(f)?;
+        match self.note {
+            Some(n) => write!(f, "; {n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl KafkaDecision {
+    fn fmt_basis(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.basis, &self.policy, self.rule) {
             (KafkaBasis::DenyRule, Some(p), Some(r)) => {
                 write!(f, "denied by DENY KafkaAuthorizationPolicy {p} (rule {r})")
@@ -169,14 +199,61 @@ impl CompiledRule {
     }
 
     fn matches(&self, req: &Request<'_>) -> bool {
-        self.ops & req.operation.bit() != 0
+        self.applies_to(req)
             && (self.resources.is_empty()
                 || self
                     .resources
                     .iter()
                     .any(|r| r.matches(req.resource_type, req.name)))
+    }
+
+    /// Whether the rule covers the request's operation and principal
+    /// (whatever the resource).
+    fn applies_to(&self, req: &Request<'_>) -> bool {
+        self.ops & req.operation.bit() != 0
             && (self.principals.is_empty() || self.principals.iter().any(|m| req.is(m)))
             && !self.not_principals.iter().any(|m| req.is(m))
+    }
+
+    /// The rule's patterns for `resource_type`; a rule without resources
+    /// matches every name, as Kafka's wildcard `*` does.
+    fn patterns(&self, resource_type: ResourceType) -> impl Iterator<Item = Pattern<'_>> + '_ {
+        let every = self.resources.is_empty().then_some(Pattern::Every);
+        every.into_iter().chain(
+            self.resources
+                .iter()
+                .filter(move |r| r.resource_type == resource_type)
+                .map(|r| match r.pattern_type {
+                    PatternType::Literal if r.name == "*" => Pattern::Every,
+                    PatternType::Literal => Pattern::Literal(&r.name),
+                    PatternType::Prefixed => Pattern::Prefixed(&r.name),
+                }),
+        )
+    }
+}
+
+/// A rule's resource pattern for one resource type.
+#[derive(Debug, Clone, Copy)]
+enum Pattern<'a> {
+    /// Every name (LITERAL `*`, or a rule without resources).
+    Every,
+    Literal(&'a str),
+    Prefixed(&'a str),
+}
+
+impl Pattern<'_> {
+    /// Whether a DENY of `self` covers every name an ALLOW of `allow`
+    /// matches, as Kafka's `authorizeByResourceType` decides it: a LITERAL
+    /// name is covered by the same LITERAL or a PREFIXED prefix of it, a
+    /// PREFIXED name by a PREFIXED prefix of it; everything by `*`.
+    fn covers(self, allow: Pattern<'_>) -> bool {
+        match (self, allow) {
+            (Pattern::Every, _) => true,
+            (_, Pattern::Every) => false,
+            (Pattern::Literal(d), Pattern::Literal(a)) => d == a,
+            (Pattern::Literal(_), Pattern::Prefixed(_)) => false,
+            (Pattern::Prefixed(d), Pattern::Literal(a) | Pattern::Prefixed(a)) => a.starts_with(d),
+        }
     }
 }
 
@@ -342,13 +419,6 @@ impl KafkaAuthorizer {
             operation,
             mesh_san_prefix: &self.mesh_san_prefix,
         };
-        let decide = |basis: KafkaBasis, policy: Option<&CompiledPolicy>, rule| KafkaDecision {
-            allowed: basis.allowed(),
-            policy: policy.map(|p| p.key.clone()),
-            rule,
-            reason: basis.reason(),
-            basis,
-        };
         for p in &self.deny {
             if let Some(i) = p.first_match(&req) {
                 return decide(KafkaBasis::DenyRule, Some(p), Some(i));
@@ -362,7 +432,134 @@ impl KafkaAuthorizer {
                 return decide(KafkaBasis::AllowRule, Some(p), Some(i));
             }
         }
-        let blame = (self.allow.len() == 1).then(|| &self.allow[0]);
-        decide(KafkaBasis::NoAllowRuleMatched, blame, None)
+        decide(KafkaBasis::NoAllowRuleMatched, self.blame(), None)
+    }
+
+    /// The single applicable ALLOW policy, blamed when none of its rules matched.
+    fn blame(&self) -> Option<&CompiledPolicy> {
+        (self.allow.len() == 1).then(|| &self.allow[0])
+    }
+
+    /// Kafka's `authorizeByResourceType`: may `principal` do `operation` on
+    /// at least one resource of `resource_type`? Allowed when an ALLOW rule
+    /// for the principal grants the operation on a pattern of that type
+    /// (LITERAL or PREFIXED; a rule without resources grants every name)
+    /// that DENY rules for the principal and operation do not cover
+    /// entirely: a LITERAL name is covered by a DENY of the same name or of
+    /// a PREFIXED prefix of it, a PREFIXED pattern by a DENY of a PREFIXED
+    /// prefix of it, and everything by a DENY of `*` (or a DENY rule without
+    /// resources), which denies outright. An ALLOW of `*` allows unless so
+    /// denied. Without ALLOW policies, allowed unless denied outright (Kafka
+    /// with `allow.everyone.if.no.acl.found=true`). For the cluster (a single
+    /// resource) it is [`KafkaAuthorizer::authorize`].
+    ///
+    /// The decision names the granting ALLOW rule, the DENY rule that denies
+    /// outright, or the DENY rule covering the first ALLOW pattern found.
+    pub fn authorize_by_resource_type(
+        &self,
+        principal: &Principal,
+        resource_type: ResourceType,
+        operation: Operation,
+    ) -> KafkaDecision {
+        if resource_type == ResourceType::Cluster {
+            return self.authorize(
+                principal,
+                resource_type,
+                ResourceType::CLUSTER_NAME,
+                operation,
+            );
+        }
+        let req = Request {
+            principal,
+            resource_type,
+            name: "",
+            operation,
+            mesh_san_prefix: &self.mesh_san_prefix,
+        };
+        let req = &req;
+        let denying = || {
+            self.deny.iter().flat_map(move |p| {
+                p.rules
+                    .iter()
+                    .filter(move |r| r.applies_to(req))
+                    .map(move |r| (p, r))
+            })
+        };
+        for (p, r) in denying() {
+            if r.patterns(resource_type)
+                .any(|d| matches!(d, Pattern::Every))
+            {
+                return decide(KafkaBasis::DenyRule, Some(p), Some(r.index));
+            }
+        }
+        if self.allow.is_empty() {
+            return decide(KafkaBasis::NoAllowPolicy, None, None);
+        }
+        let mut covered_by = None;
+        for p in &self.allow {
+            for r in p.rules.iter().filter(|r| r.applies_to(req)) {
+                for a in r.patterns(resource_type) {
+                    let cover =
+                        denying().find(|(_, dr)| dr.patterns(resource_type).any(|d| d.covers(a)));
+                    match cover {
+                        None => return decide(KafkaBasis::AllowRule, Some(p), Some(r.index)),
+                        Some((dp, dr)) => {
+                            covered_by.get_or_insert((dp, dr.index));
+                        }
+                    }
+                }
+            }
+        }
+        match covered_by {
+            Some((dp, i)) => decide(KafkaBasis::DenyRule, Some(dp), Some(i)),
+            None => decide(KafkaBasis::NoAllowRuleMatched, self.blame(), None),
+        }
+    }
+
+    /// May `principal` get a producer id without a transactional id (an
+    /// idempotent producer's InitProducerId)? As Kafka 2.8+ (KIP-679):
+    /// IdempotentWrite on the cluster, or else Write on at least one topic
+    /// ([`KafkaAuthorizer::authorize_by_resource_type`]). A DENY rule for
+    /// IdempotentWrite on the cluster still denies it (weir's DENY first).
+    /// A denial reports the cluster question (Kafka answers
+    /// CLUSTER_AUTHORIZATION_FAILED).
+    pub fn authorize_idempotent_producer(&self, principal: &Principal) -> KafkaDecision {
+        let cluster = self.authorize(
+            principal,
+            ResourceType::Cluster,
+            ResourceType::CLUSTER_NAME,
+            Operation::IdempotentWrite,
+        );
+        if cluster.allowed || cluster.basis == KafkaBasis::DenyRule {
+            return cluster;
+        }
+        let write =
+            self.authorize_by_resource_type(principal, ResourceType::Topic, Operation::Write);
+        if write.allowed {
+            KafkaDecision {
+                note: Some(NOTE_TOPIC_WRITE),
+                ..write
+            }
+        } else {
+            KafkaDecision {
+                note: Some(NOTE_NO_TOPIC_WRITE),
+                ..cluster
+            }
+        }
+    }
+}
+
+fn decide(
+    basis: KafkaBasis,
+    policy: Option<&CompiledPolicy>,
+    rule: Option<usize>,
+) -> KafkaDecision {
+    KafkaDecision {
+        allowed: basis.allowed(),
+        policy: policy.map(|p| p.key.clone()),
+        rule,
+        reason: basis.reason(),
+        basis,
+        note: None,
     }
 }

@@ -474,6 +474,256 @@ fn resource_kinds_and_patterns() {
     assert!(a.authorize(&p, Cluster, "kafka-cluster", Create).allowed);
 }
 
+// ------------------------------------------- requests decided by several questions
+
+const BILLING: &str = "CN=billing,O=Example";
+
+fn billing() -> Principal {
+    cert(BILLING, &[])
+}
+
+/// `billing` with `rules` in an ALLOW policy, and `deny` (if not empty) in a
+/// DENY policy.
+fn billing_policies(rules: &str, deny: &str) -> KafkaAuthorizer {
+    let mut p = kap("kafka", "billing", &format!("{{rules: [{rules}]}}"));
+    if !deny.is_empty() {
+        p += &kap(
+            "kafka",
+            "billing-deny",
+            &format!("{{action: DENY, rules: [{deny}]}}"),
+        );
+    }
+    external(&p)
+}
+
+#[test]
+fn idempotent_producer_allowed_by_cluster_idempotent_write() {
+    let a = billing_policies(
+        "{principals: [\"CN=billing,O=Example\"], resources: [{type: cluster}], operations: [IdempotentWrite]}",
+        "",
+    );
+    let d = a.authorize_idempotent_producer(&billing());
+    expect(
+        &d,
+        true,
+        KafkaBasis::AllowRule,
+        Some("kafka/billing"),
+        Some(0),
+    );
+    assert_eq!(d.note, None);
+    assert!(!a.authorize_idempotent_producer(&mesh(PRODUCER)).allowed);
+}
+
+#[test]
+fn idempotent_producer_allowed_by_write_on_a_topic() {
+    // The and the example's policy: Read and Write on topics only
+    // (KIP-679: Kafka 2.8+ needs no IdempotentWrite then).
+    for pattern in [
+        "{type: topic, name: orders., patternType: PREFIXED}",
+        "{type: topic, name: orders.eu}",
+        "{type: topic, name: \"*\"}",
+    ] {
+        let a = billing_policies(
+            &format!("{{principals: [\"CN=billing,O=Example\"], resources: [{pattern}], operations: [Read, Write]}}"),
+            "",
+        );
+        // The cluster question alone says no ...
+        assert!(
+            !a.authorize(&billing(), Cluster, "kafka-cluster", IdempotentWrite)
+                .allowed
+        );
+        // ... the producer question says yes, naming the topic rule.
+        let d = a.authorize_idempotent_producer(&billing());
+        expect(
+            &d,
+            true,
+            KafkaBasis::AllowRule,
+            Some("kafka/billing"),
+            Some(0),
+        );
+        assert_eq!(d.note, Some(NOTE_TOPIC_WRITE), "{pattern}");
+        assert!(d.to_string().ends_with("(rule 0); Write on a topic is enough for an idempotent producer's InitProducerId (Kafka 2.8+, KIP-679)"), "{d}");
+        // Another principal has no Write anywhere.
+        let d = a.authorize_idempotent_producer(&mesh(PRODUCER));
+        expect(
+            &d,
+            false,
+            KafkaBasis::NoAllowRuleMatched,
+            Some("kafka/billing"),
+            None,
+        );
+        assert_eq!(d.note, Some(NOTE_NO_TOPIC_WRITE));
+    }
+    // `All` grants Write; a rule without resources grants every topic.
+    for rules in [
+        "{principals: [\"CN=billing,O=Example\"], resources: [{type: topic, name: t}], operations: [All]}",
+        "{principals: [\"CN=billing,O=Example\"], operations: [Write]}",
+    ] {
+        assert!(
+            billing_policies(rules, "")
+                .authorize_idempotent_producer(&billing())
+                .allowed,
+            "{rules}"
+        );
+    }
+}
+
+#[test]
+fn idempotent_producer_denied_when_deny_covers_every_write_allow() {
+    let allow_prefixed = "{principals: [\"CN=billing,O=Example\"], resources: [{type: topic, name: orders., patternType: PREFIXED}], operations: [Write]}";
+    let allow_literal = "{principals: [\"CN=billing,O=Example\"], resources: [{type: topic, name: orders.eu}], operations: [Write]}";
+    for (allow, deny, covered) in [
+        // A DENY prefix that is a prefix of the allowed prefix.
+        (allow_prefixed, "{resources: [{type: topic, name: orders, patternType: PREFIXED}], operations: [Write]}", true),
+        (allow_prefixed, "{resources: [{type: topic, name: orders., patternType: PREFIXED}], operations: [All]}", true),
+        // `*`, and a DENY rule without resources: every topic.
+        (allow_prefixed, "{resources: [{type: topic, name: \"*\"}], operations: [Write]}", true),
+        (allow_literal, "{principals: [\"*\"], operations: [Write]}", true),
+        // A literal allow: the same literal, or a prefix of it.
+        (allow_literal, "{resources: [{type: topic, name: orders.eu}], operations: [Write]}", true),
+        (allow_literal, "{resources: [{type: topic, name: orders.e, patternType: PREFIXED}], operations: [Write]}", true),
+        // Not covered: a longer DENY prefix, a DENY literal under an ALLOW
+        // prefix, another operation, another principal, another type.
+        (allow_prefixed, "{resources: [{type: topic, name: orders.eu, patternType: PREFIXED}], operations: [Write]}", false),
+        (allow_prefixed, "{resources: [{type: topic, name: orders.eu}], operations: [Write]}", false),
+        (allow_prefixed, "{resources: [{type: topic, name: \"*\"}], operations: [Read]}", false),
+        (allow_prefixed, "{principals: [\"CN=other\"], resources: [{type: topic, name: \"*\"}], operations: [Write]}", false),
+        (allow_prefixed, "{resources: [{type: group, name: \"*\"}], operations: [All]}", false),
+    ] {
+        let a = billing_policies(allow, deny);
+        let d = a.authorize_idempotent_producer(&billing());
+        assert_eq!(d.allowed, !covered, "allow {allow} deny {deny}: {d}");
+        let by_type = a.authorize_by_resource_type(&billing(), Topic, Write);
+        assert_eq!(by_type.allowed, !covered, "allow {allow} deny {deny}: {by_type}");
+        if covered {
+            // The DENY rule is named; the answer is about the cluster.
+            expect(
+                &by_type,
+                false,
+                KafkaBasis::DenyRule,
+                Some("kafka/billing-deny"),
+                Some(0),
+            );
+            expect(
+                &d,
+                false,
+                KafkaBasis::NoAllowRuleMatched,
+                Some("kafka/billing"),
+                None,
+            );
+            assert_eq!(d.note, Some(NOTE_NO_TOPIC_WRITE));
+        }
+    }
+    // One covered ALLOW and one that is not: allowed by the second.
+    let a = billing_policies(
+        &format!("{allow_literal}, {allow_prefixed}"),
+        "{resources: [{type: topic, name: orders.eu}], operations: [Write]}",
+    );
+    let d = a.authorize_by_resource_type(&billing(), Topic, Write);
+    expect(
+        &d,
+        true,
+        KafkaBasis::AllowRule,
+        Some("kafka/billing"),
+        Some(1),
+    );
+    // An ALLOW of `*` is not covered by DENY prefixes (Kafka: a wildcard
+    // ALLOW allows), only by a DENY of `*`.
+    let a = billing_policies(
+        "{resources: [{type: topic, name: \"*\"}], operations: [Write]}",
+        "{resources: [{type: topic, name: o, patternType: PREFIXED}], operations: [Write]}",
+    );
+    assert!(
+        a.authorize_by_resource_type(&billing(), Topic, Write)
+            .allowed
+    );
+}
+
+#[test]
+fn idempotent_producer_denied_with_only_read() {
+    let a = billing_policies(
+        "{principals: [\"CN=billing,O=Example\"], resources: [{type: topic, name: \"*\"}, {type: group, name: \"*\"}], operations: [Read, Describe]}",
+        "",
+    );
+    let d = a.authorize_idempotent_producer(&billing());
+    expect(
+        &d,
+        false,
+        KafkaBasis::NoAllowRuleMatched,
+        Some("kafka/billing"),
+        None,
+    );
+    assert_eq!(d.note, Some(NOTE_NO_TOPIC_WRITE));
+    assert!(
+        !a.authorize_by_resource_type(&billing(), Topic, Write)
+            .allowed
+    );
+    assert!(
+        a.authorize_by_resource_type(&billing(), Topic, Read)
+            .allowed
+    );
+}
+
+#[test]
+fn idempotent_producer_without_allow_policies_and_with_cluster_deny() {
+    // No policy: allowed. Only DENY policies: IdempotentWrite on the
+    // cluster is allowed unless denied itself (DENY first), whatever is
+    // denied on topics.
+    assert!(
+        external("")
+            .authorize_idempotent_producer(&billing())
+            .allowed
+    );
+    let deny_only = |deny: &str| {
+        external(&kap(
+            "kafka",
+            "d",
+            &format!("{{action: DENY, rules: [{deny}]}}"),
+        ))
+    };
+    let a = deny_only("{resources: [{type: topic, name: \"*\"}], operations: [Write]}");
+    expect(
+        &a.authorize_idempotent_producer(&billing()),
+        true,
+        KafkaBasis::NoAllowPolicy,
+        None,
+        None,
+    );
+    // By resource type without ALLOW policies: allowed unless denied on
+    // every name (Kafka's allow.everyone.if.no.acl.found).
+    expect(
+        &a.authorize_by_resource_type(&billing(), Topic, Write),
+        false,
+        KafkaBasis::DenyRule,
+        Some("kafka/d"),
+        Some(0),
+    );
+    let a = deny_only("{resources: [{type: topic, name: orders}], operations: [Write]}");
+    expect(
+        &a.authorize_by_resource_type(&billing(), Topic, Write),
+        true,
+        KafkaBasis::NoAllowPolicy,
+        None,
+        None,
+    );
+    let d = deny_only("{resources: [{type: cluster}], operations: [IdempotentWrite]}")
+        .authorize_idempotent_producer(&billing());
+    expect(&d, false, KafkaBasis::DenyRule, Some("kafka/d"), Some(0));
+    assert_eq!(d.note, None);
+    // A DENY of IdempotentWrite wins over an ALLOW of topic Write.
+    let a = billing_policies(
+        "{resources: [{type: topic, name: orders}], operations: [Write]}",
+        "{resources: [{type: cluster}], operations: [IdempotentWrite]}",
+    );
+    expect(
+        &a.authorize_idempotent_producer(&billing()),
+        false,
+        KafkaBasis::DenyRule,
+        Some("kafka/billing-deny"),
+        Some(0),
+    );
+}
+
 #[test]
 fn authorizer_is_shareable() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
