@@ -228,6 +228,10 @@ impl Authorizer for PolicyAuthorizer {
         decision(self.current().authorize(principal, resource, name, op))
     }
 
+    fn authorize_topic_creation(&self, principal: &Principal, name: &str) -> Decision {
+        decision(self.current().authorize_topic_creation(principal, name))
+    }
+
     fn authorize_idempotent_producer(&self, principal: &Principal) -> Decision {
         decision(self.current().authorize_idempotent_producer(principal))
     }
@@ -345,6 +349,9 @@ spec:
   - principals: [\"CN=billing,O=Example\"]
     resources: [{type: topic, name: orders., patternType: PREFIXED}]
     operations: [Read, Write]
+  - principals: [\"CN=admin\"]
+    resources: [{type: cluster}]
+    operations: [Create]
 ";
 
     fn cert(subject: &str) -> Principal {
@@ -354,10 +361,10 @@ spec:
         }
     }
 
-    /// The gateway answers an idempotent producer's InitProducerId with
-    /// the engine's KIP-679 rule.
+    /// The gateway answers InitProducerId and topic creation with the
+    /// engine's request-level rules (KIP-679; cluster Create first).
     #[test]
-    fn idempotent_producer_question_uses_the_policy_engine() {
+    fn request_level_questions_use_the_policy_engine() {
         let a = authorizer(BILLING_WRITES_ORDERS);
         let billing = cert("CN=billing,O=Example");
         assert!(
@@ -376,5 +383,13 @@ spec:
             "{d:?}"
         );
         assert!(!a.authorize_idempotent_producer(&cert("CN=admin")).allowed);
+
+        let admin = cert("CN=admin");
+        assert!(
+            !a.authorize(&admin, ResourceType::Topic, "newtopic", Operation::Create)
+                .allowed
+        );
+        assert!(a.authorize_topic_creation(&admin, "newtopic").allowed);
+        assert!(!a.authorize_topic_creation(&billing, "orders.new").allowed);
     }
 }

@@ -54,6 +54,30 @@ pub trait Authorizer: Send + Sync {
         op: Operation,
     ) -> Decision;
 
+    /// May `principal` create topic `name` (CreateTopics, Metadata with
+    /// auto-creation)? Kafka's `KafkaApis` asks Create on the cluster first,
+    /// which allows every topic, and otherwise Create on the topic. This
+    /// default asks [`Authorizer::authorize`] both questions; an authorizer
+    /// with DENY rules may refine it (weir's policy engine lets a DENY of
+    /// Create on the topic still deny).
+    fn authorize_topic_creation(&self, principal: &Principal, name: &str) -> Decision {
+        let topic = self.authorize(principal, ResourceType::Topic, name, Operation::Create);
+        if topic.allowed {
+            return topic;
+        }
+        let cluster = self.authorize(
+            principal,
+            ResourceType::Cluster,
+            CLUSTER_RESOURCE,
+            Operation::Create,
+        );
+        if cluster.allowed {
+            cluster
+        } else {
+            topic
+        }
+    }
+
     /// May `principal` get a producer id without a transactional id (an
     /// idempotent producer's InitProducerId)? Kafka 2.8+ (KIP-679) allows it
     /// with IdempotentWrite on the cluster or Write on at least one topic;
@@ -102,6 +126,8 @@ const CACHE_LIMIT: usize = 4096;
 pub(crate) enum Ask {
     /// The operation on the resource ([`Authorizer::authorize`]).
     Acl,
+    /// Creating a topic ([`Authorizer::authorize_topic_creation`]).
+    TopicCreation,
     /// An idempotent producer's producer id
     /// ([`Authorizer::authorize_idempotent_producer`]).
     IdempotentProducer,
@@ -141,8 +167,8 @@ impl SessionAuthz {
     }
 
     /// Whether the question `ask` about `op` on `resource` `name` is
-    /// answered "allowed" (for [`Ask::IdempotentProducer`] `resource` is the
-    /// cluster).
+    /// answered "allowed" (for [`Ask::TopicCreation`] `resource` is the
+    /// topic; for [`Ask::IdempotentProducer`], the cluster).
     pub(crate) fn allowed_as(
         &mut self,
         ask: Ask,
@@ -167,6 +193,9 @@ impl SessionAuthz {
             Ask::Acl => self
                 .authorizer
                 .authorize(&self.principal, resource, name, op),
+            Ask::TopicCreation => self
+                .authorizer
+                .authorize_topic_creation(&self.principal, name),
             Ask::IdempotentProducer => self
                 .authorizer
                 .authorize_idempotent_producer(&self.principal),

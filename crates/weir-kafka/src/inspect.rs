@@ -445,8 +445,12 @@ pub(crate) fn inspect(
                     r.skip_tags(f)?;
                 }
                 r.skip_tags(f)?;
+                // Kafka: Create on the cluster, else Create on the topic.
                 Ok((
-                    check(ResourceType::Topic, name, Operation::Create),
+                    Check {
+                        ask: Ask::TopicCreation,
+                        ..check(ResourceType::Topic, name, Operation::Create)
+                    },
                     Vec::new(),
                     RecordCount::default(),
                     0,

@@ -234,8 +234,12 @@ async fn metadata_listing_leaves_out_denied_topics_and_errors_requested_ones() {
 
 #[tokio::test]
 async fn auto_creation_is_switched_off_without_create_permission() {
+    // Neither Create on the topic nor Create on the cluster.
     let mut h = harness(
-        deny(vec![(ResourceType::Topic, "new-topic", Operation::Create)]),
+        deny(vec![
+            (ResourceType::Topic, "new-topic", Operation::Create),
+            (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+        ]),
         DEFAULT_MAX_FRAME_SIZE,
     );
     send(
@@ -247,6 +251,91 @@ async fn auto_creation_is_switched_off_without_create_permission() {
     let (_, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
     assert!(!req.allow_auto_topic_creation);
     assert_eq!(req.topics.unwrap().len(), 1);
+}
+
+fn create_topics(names: &[&'static str]) -> CreateTopicsRequest {
+    let mut r = CreateTopicsRequest::default();
+    r.timeout_ms = 1000;
+    for name in names {
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = topic(name);
+        t.num_partitions = 1;
+        t.replication_factor = 1;
+        r.topics.push(t);
+    }
+    r
+}
+
+/// Kafka's CreateTopics and Metadata auto-creation ask Create on the
+/// cluster first: if allowed, every topic may be created without Create on
+/// the topic.
+#[tokio::test]
+async fn create_on_the_cluster_allows_creating_every_topic() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Topic, "new-topic", Operation::Create),
+            (ResourceType::Topic, "other", Operation::Create),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(9, 1, &metadata_request(Some(&["new-topic"]))),
+    )
+    .await;
+    let (_, req): (RequestHeader, MetadataRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    assert!(req.allow_auto_topic_creation);
+    send(
+        &mut h.broker,
+        &response_frame(9, 1, &metadata_response(&["new-topic"])),
+    )
+    .await;
+    next(&mut h.client_frames).await;
+
+    send(
+        &mut h.client,
+        &request_frame(5, 2, &create_topics(&["new-topic", "other"])),
+    )
+    .await;
+    let (_, fwd): (RequestHeader, CreateTopicsRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    let names: Vec<&str> = fwd.topics.iter().map(|t| t.name.0.as_str()).collect();
+    assert_eq!(names, ["new-topic", "other"]);
+}
+
+#[tokio::test]
+async fn without_cluster_create_each_topic_needs_create() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Topic, "new-topic", Operation::Create),
+            (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(5, 1, &create_topics(&["new-topic", "other"])),
+    )
+    .await;
+    let (_, fwd): (RequestHeader, CreateTopicsRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    let names: Vec<&str> = fwd.topics.iter().map(|t| t.name.0.as_str()).collect();
+    assert_eq!(names, ["other"]);
+    let mut resp = CreateTopicsResponse::default();
+    let mut t = create_topics_response::CreatableTopicResult::default();
+    t.name = topic("other");
+    resp.topics.push(t);
+    send(&mut h.broker, &response_frame(5, 1, &resp)).await;
+    let (_, got): (i32, CreateTopicsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 5);
+    let mut codes: Vec<(&str, i16)> = got
+        .topics
+        .iter()
+        .map(|t| (t.name.0.as_str(), t.error_code))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [("new-topic", 29), ("other", 0)]);
 }
 
 /// An authorizer that denies IdempotentWrite on the cluster but allows

@@ -20,11 +20,12 @@
 //! Policies are tried in config order and rules in written order; the first
 //! match is reported.
 //!
-//! An idempotent producer's InitProducerId is authorized by more than one
-//! question, as Kafka's `KafkaApis` does it
-//! ([`KafkaAuthorizer::authorize_idempotent_producer`]: IdempotentWrite on
-//! the cluster, else Write on any topic, Kafka's `authorizeByResourceType`
-//! in [`KafkaAuthorizer::authorize_by_resource_type`]).
+//! Two requests are authorized by more than one question, as Kafka's
+//! `KafkaApis` does: creating a topic ([`KafkaAuthorizer::authorize_topic_creation`]:
+//! Create on the cluster, else Create on the topic) and an idempotent
+//! producer's InitProducerId ([`KafkaAuthorizer::authorize_idempotent_producer`]:
+//! IdempotentWrite on the cluster, else Write on any topic, Kafka's
+//! `authorizeByResourceType` in [`KafkaAuthorizer::authorize_by_resource_type`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -97,12 +98,18 @@ pub struct KafkaDecision {
     /// [`KafkaBasis::reason`].
     pub reason: &'static str,
     pub basis: KafkaBasis,
-    /// For the requests Kafka authorizes by more than one question (an
-    /// idempotent producer): which other question decided, or why it did
-    /// not help. `None` for a plain question.
+    /// For the requests Kafka authorizes by more than one question (topic
+    /// creation, an idempotent producer): which other question decided, or
+    /// why it did not help. `None` for a plain question.
     pub note: Option<&'static str>,
 }
 
+/// [`KafkaDecision::note`]: Create on the cluster allowed a topic's creation.
+pub const NOTE_CLUSTER_CREATE: &str =
+    "Create on the cluster lets CreateTopics and Metadata auto-creation create every topic, as in Kafka";
+/// [`KafkaDecision::note`]: neither the topic nor the cluster allows Create.
+pub const NOTE_NO_CLUSTER_CREATE: &str =
+    "Create on the cluster, which would cover every topic, is not allowed either";
 /// [`KafkaDecision::note`]: Write on some topic allowed an idempotent producer.
 pub const NOTE_TOPIC_WRITE: &str =
     "Write on a topic is enough for an idempotent producer's InitProducerId (Kafka 2.8+, KIP-679)";
@@ -513,6 +520,35 @@ impl KafkaAuthorizer {
         match covered_by {
             Some((dp, i)) => decide(KafkaBasis::DenyRule, Some(dp), Some(i)),
             None => decide(KafkaBasis::NoAllowRuleMatched, self.blame(), None),
+        }
+    }
+
+    /// May `principal` create topic `name` (CreateTopics, or Metadata with
+    /// auto-creation)? As Kafka's `KafkaApis`: Create on the cluster allows
+    /// every topic, otherwise Create on the topic is needed. A DENY rule for
+    /// Create on the topic still denies it (weir's DENY first; Kafka itself
+    /// would let cluster Create override it).
+    pub fn authorize_topic_creation(&self, principal: &Principal, name: &str) -> KafkaDecision {
+        let topic = self.authorize(principal, ResourceType::Topic, name, Operation::Create);
+        if topic.allowed || topic.basis == KafkaBasis::DenyRule {
+            return topic;
+        }
+        let cluster = self.authorize(
+            principal,
+            ResourceType::Cluster,
+            ResourceType::CLUSTER_NAME,
+            Operation::Create,
+        );
+        if cluster.allowed {
+            KafkaDecision {
+                note: Some(NOTE_CLUSTER_CREATE),
+                ..cluster
+            }
+        } else {
+            KafkaDecision {
+                note: Some(NOTE_NO_CLUSTER_CREATE),
+                ..topic
+            }
         }
     }
 

@@ -725,6 +725,61 @@ fn idempotent_producer_without_allow_policies_and_with_cluster_deny() {
 }
 
 #[test]
+fn topic_creation_by_cluster_create_or_topic_create() {
+    // The audit's policy: Create and Describe on the cluster only.
+    let a = billing_policies(
+        "{principals: [\"CN=billing,O=Example\"], resources: [{type: cluster}], operations: [Create, Describe]}",
+        "",
+    );
+    assert!(!a.authorize(&billing(), Topic, "newtopic", Create).allowed);
+    let d = a.authorize_topic_creation(&billing(), "newtopic");
+    expect(
+        &d,
+        true,
+        KafkaBasis::AllowRule,
+        Some("kafka/billing"),
+        Some(0),
+    );
+    assert_eq!(d.note, Some(NOTE_CLUSTER_CREATE));
+    // Create on the topic alone.
+    let a = billing_policies(
+        "{principals: [\"CN=billing,O=Example\"], resources: [{type: topic, name: new, patternType: PREFIXED}], operations: [Create]}",
+        "",
+    );
+    let d = a.authorize_topic_creation(&billing(), "newtopic");
+    expect(
+        &d,
+        true,
+        KafkaBasis::AllowRule,
+        Some("kafka/billing"),
+        Some(0),
+    );
+    assert_eq!(d.note, None);
+    let d = a.authorize_topic_creation(&billing(), "other");
+    expect(
+        &d,
+        false,
+        KafkaBasis::NoAllowRuleMatched,
+        Some("kafka/billing"),
+        None,
+    );
+    assert_eq!(d.note, Some(NOTE_NO_CLUSTER_CREATE));
+    // A DENY of Create on the topic wins over cluster Create.
+    let a = billing_policies(
+        "{resources: [{type: cluster}], operations: [Create]}",
+        "{resources: [{type: topic, name: secret, patternType: PREFIXED}], operations: [Create]}",
+    );
+    assert!(a.authorize_topic_creation(&billing(), "orders").allowed);
+    expect(
+        &a.authorize_topic_creation(&billing(), "secret.x"),
+        false,
+        KafkaBasis::DenyRule,
+        Some("kafka/billing-deny"),
+        Some(0),
+    );
+}
+
+#[test]
 fn authorizer_is_shareable() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<KafkaAuthorizer>();
