@@ -300,21 +300,35 @@ fn run_kafka(
     let key = gateway.key();
     let authorizer =
         KafkaAuthorizer::for_gateway(config, &gateway.metadata.namespace, &gateway.metadata.name);
-    let d = authorizer.authorize(&principal, resource_type, &name, operation);
+    // Topic Create and cluster IdempotentWrite are asked only by the
+    // requests Kafka decides by two questions: answer as the gateway does.
+    let d = match (resource_type, operation) {
+        (ResourceType::Topic, Operation::Create) => {
+            authorizer.authorize_topic_creation(&principal, &name)
+        }
+        (ResourceType::Cluster, Operation::IdempotentWrite) => {
+            authorizer.authorize_idempotent_producer(&principal)
+        }
+        _ => authorizer.authorize(&principal, resource_type, &name, operation),
+    };
+    let with_note = |s: String| match d.note {
+        Some(n) => format!("{s}; {n}"),
+        None => s,
+    };
     let reason = match d.basis {
-        KafkaBasis::NoAllowPolicy => format!(
+        KafkaBasis::NoAllowPolicy => with_note(format!(
             "no ALLOW KafkaAuthorizationPolicy applies to KafkaGateway {key}, so it is allowed unless denied"
-        ),
+        )),
         KafkaBasis::NoAllowRuleMatched if d.policy.is_none() => {
             let names: Vec<&str> = authorizer
                 .policies()
                 .filter(|(_, a)| *a == Action::Allow)
                 .map(|(p, _)| p)
                 .collect();
-            format!(
+            with_note(format!(
                 "ALLOW KafkaAuthorizationPolicies apply to KafkaGateway {key} ({}) but none of their rules matched",
                 names.join(", ")
-            )
+            ))
         }
         _ => d.to_string(),
     };

@@ -225,7 +225,8 @@ fn example_policies() {
     );
     expect(&v, "deny", None, None);
     assert_eq!(v["principal"], "anonymous");
-    // The cluster resource.
+    // The cluster resource. IdempotentWrite is asked only by an idempotent
+    // producer's InitProducerId, which Write on a topic allows (KIP-679).
     let v = explain(
         &cfg,
         &[
@@ -236,9 +237,84 @@ fn example_policies() {
             "IdempotentWrite",
         ],
     );
-    expect(&v, "deny", None, None);
+    expect(&v, "allow", Some("kafka/orders-writers"), Some(0));
     assert_eq!(v["resource"]["type"], "cluster");
     assert_eq!(v["resource"]["name"], "kafka-cluster");
+    assert!(v["reason"].as_str().unwrap().contains("KIP-679"), "{v:#}");
+    // The consumer may only Read: no producer id.
+    let v = explain(
+        &cfg,
+        &[
+            "--from",
+            "cluster.local/ns/apps/sa/consumer",
+            "--cluster",
+            "--operation",
+            "IdempotentWrite",
+        ],
+    );
+    expect(&v, "deny", None, None);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("Write on some topic, which would also do for an idempotent producer (KIP-679), is not allowed either"),
+        "{v:#}"
+    );
+    let v = explain(
+        &cfg,
+        &["--from", PRODUCER, "--cluster", "--operation", "Describe"],
+    );
+    expect(&v, "deny", None, None);
+}
+
+/// Topic Create is asked only by CreateTopics and Metadata auto-creation,
+/// which Kafka allows with Create on the cluster (then every topic).
+#[test]
+fn topic_create_is_allowed_by_cluster_create() {
+    let dir = TempDir::new("explain-create");
+    let gw = dir.write("gw.yaml", &gateway("external", 9094));
+    let pf = dir.write(
+        "p.yaml",
+        &(kap(
+            "kafka",
+            "admins",
+            "{rules: [{principals: [\"CN=billing,O=Example\"], resources: [{type: cluster}], operations: [Create, Describe]}]}",
+        ) + &kap(
+            "kafka",
+            "no-secrets",
+            "{action: DENY, rules: [{resources: [{type: topic, name: secret, patternType: PREFIXED}], operations: [Create]}]}",
+        )),
+    );
+    let cfg = [gw, pf];
+    let from = ["--from", "CN=billing,O=Example"];
+    let v = explain(
+        &cfg,
+        &[&from[..], &["--cluster", "--operation", "Create"]].concat(),
+    );
+    expect(&v, "allow", Some("kafka/admins"), Some(0));
+    let v = explain(
+        &cfg,
+        &[&from[..], &["--topic", "newtopic", "--operation", "Create"]].concat(),
+    );
+    expect(&v, "allow", Some("kafka/admins"), Some(0));
+    assert!(
+        v["reason"].as_str().unwrap().contains(
+            "Create on the cluster lets CreateTopics and Metadata auto-creation create every topic"
+        ),
+        "{v:#}"
+    );
+    // A DENY of Create on the topic still wins.
+    let v = explain(
+        &cfg,
+        &[&from[..], &["--topic", "secret.x", "--operation", "Create"]].concat(),
+    );
+    expect(&v, "deny", Some("kafka/no-secrets"), Some(0));
+    // Other operations on topics are not affected.
+    let v = explain(
+        &cfg,
+        &[&from[..], &["--topic", "newtopic", "--operation", "Delete"]].concat(),
+    );
+    expect(&v, "deny", Some("kafka/admins"), None);
 }
 
 #[test]
