@@ -477,7 +477,8 @@ pub struct ExplainArgs {
     #[arg(long, group = "kafka_resource", requires = "operation")]
     pub cluster: bool,
     /// Kafka question: the operation (Read, Write, Create, Delete, Alter,
-    /// Describe, DescribeConfigs, AlterConfigs, IdempotentWrite, All; any case).
+    /// Describe, DescribeConfigs, AlterConfigs, IdempotentWrite; any case).
+    /// `All` is refused: Kafka never asks it, it is a wildcard in rules.
     #[arg(long, value_name = "OPERATION", value_parser = parse_kafka_operation, requires = "kafka_resource")]
     pub operation: Option<weir_core::kafka::Operation>,
     /// Kafka question: the KafkaGateway (needed when there are several).
@@ -493,7 +494,13 @@ pub struct ExplainArgs {
 }
 
 fn parse_kafka_operation(s: &str) -> Result<weir_core::kafka::Operation, String> {
-    s.parse()
+    let op: weir_core::kafka::Operation = s.parse()?;
+    if op == weir_core::kafka::Operation::All {
+        return Err(format!(
+            "{s:?} is not a question Kafka asks: All is a wildcard in rules (a rule with All covers every operation), and every request is authorized for one operation; ask about that one (Read, Write, Create, Delete, Alter, Describe, DescribeConfigs, AlterConfigs or IdempotentWrite)"
+        ));
+    }
+    Ok(op)
 }
 
 #[cfg(test)]

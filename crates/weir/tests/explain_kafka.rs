@@ -479,6 +479,23 @@ fn bad_arguments_are_explained() {
     );
     fails(&out, "unknown Kafka operation \"Fly\"");
     assert!(String::from_utf8_lossy(&out.stderr).contains("IdempotentWrite"));
+    // Kafka never asks about All (a wildcard in rules): refused, in any case.
+    for all in ["All", "ALL", "all"] {
+        fails(
+            &run(
+                &cfg,
+                &[
+                    "--from",
+                    PRODUCER,
+                    "--topic",
+                    "orders.eu",
+                    "--operation",
+                    all,
+                ],
+            ),
+            "is not a question Kafka asks: All is a wildcard in rules",
+        );
+    }
     fails(
         &run(
             &cfg,
