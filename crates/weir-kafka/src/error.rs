@@ -44,7 +44,7 @@ impl Malformed {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// A frame's declared size is over the configured limit.
-    #[error("{side} sent a frame of {size} bytes, over the limit of {max} bytes (KafkaGateway maxFrameSize)")]
+    #[error("{side} sent a frame of {size} bytes, over the limit of {max} bytes (KafkaGateway spec.maxFrameBytes)")]
     FrameTooLarge { side: Side, size: usize, max: usize },
     /// The connection ended in the middle of a frame.
     #[error(

@@ -226,6 +226,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.reason(), "frame_too_large");
         assert!(err.to_string().contains("200 bytes"), "{err}");
+        // The message names the setting as it is written in the config.
+        assert!(
+            err.to_string()
+                .ends_with("over the limit of 100 bytes (KafkaGateway spec.maxFrameBytes)"),
+            "{err}"
+        );
         // Exactly at the limit is fine.
         assert_eq!(read_all(framed(&[0; 100]), 100).await.unwrap().len(), 1);
     }
