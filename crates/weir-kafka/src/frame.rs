@@ -93,7 +93,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next frame; `None` when the peer closed the connection between
-    /// frames.
+    /// frames. A connection that ends inside a frame is
+    /// [`SessionError::TruncatedFrame`], whether it was closed cleanly or
+    /// not (a TLS peer gone without close_notify, a reset: a crashed or
+    /// timed-out client).
     pub async fn next(&mut self) -> Result<Option<Frame>, SessionError> {
         loop {
             if let Some(frame) = self.buffered()? {
@@ -104,14 +107,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 None => 4 - self.buf.len(),
             };
             self.buf.reserve(needed.max(READ_CHUNK));
-            let n = self
-                .io
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|source| SessionError::Io {
-                    side: self.side,
-                    source,
-                })?;
+            let n = match self.io.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // Inside a frame (only a partial one is ever left in the
+                // buffer here), an abrupt end is a truncated frame too.
+                Err(e) if !self.buf.is_empty() && ends_the_connection(&e) => 0,
+                Err(source) => {
+                    return Err(SessionError::Io {
+                        side: self.side,
+                        source,
+                    })
+                }
+            };
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -151,6 +158,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         Ok(Some(size))
     }
+}
+
+/// Whether a read error means the peer is gone: an EOF without TLS
+/// close_notify (rustls reports it as `UnexpectedEof`), a reset or an abort.
+fn ends_the_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted
+    )
 }
 
 /// Writes `chunks` in order with as few syscalls as the writer allows
@@ -256,6 +273,74 @@ mod tests {
         // EOF inside the size prefix too.
         let err = read_all(vec![0, 0], 100).await.unwrap_err();
         assert_eq!(err.reason(), "truncated_frame");
+    }
+
+    /// Yields `data`, then fails with `kind`, as a TLS stream whose peer
+    /// vanished without close_notify (or a reset socket) does.
+    struct ThenFail {
+        data: Vec<u8>,
+        kind: std::io::ErrorKind,
+    }
+
+    impl AsyncRead for ThenFail {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.data.is_empty() {
+                let e = std::io::Error::new(
+                    self.kind,
+                    "peer closed connection without sending TLS close_notify",
+                );
+                return std::task::Poll::Ready(Err(e));
+            }
+            let n = buf.remaining().min(self.data.len());
+            buf.put_slice(&self.data[..n]);
+            self.data.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_then_fail(data: Vec<u8>, kind: std::io::ErrorKind) -> (Vec<Frame>, SessionError) {
+        let mut r = FrameReader::new(ThenFail { data, kind }, Side::Client, 1 << 20);
+        let mut frames = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => panic!("a clean end"),
+                Err(e) => return (frames, e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn abrupt_end_inside_a_frame_is_truncation() {
+        use std::io::ErrorKind::*;
+        // The audit's input: a size of 100, 4 bytes, then the client is gone
+        // without a TLS close_notify (or its socket is reset).
+        for kind in [UnexpectedEof, ConnectionReset, ConnectionAborted] {
+            let mut input = framed(b"complete");
+            input.extend(100u32.to_be_bytes());
+            input.extend(b"abcd");
+            let (frames, err) = read_then_fail(input, kind).await;
+            assert_eq!(frames.len(), 1);
+            assert_eq!(err.reason(), "truncated_frame", "{kind:?}: {err}");
+            assert!(err.is_bad_input());
+            assert!(err.to_string().contains("8 of 104 bytes"), "{err}");
+            // Inside the size prefix too.
+            let (_, err) = read_then_fail(vec![0, 0], kind).await;
+            assert_eq!(err.reason(), "truncated_frame", "{kind:?}: {err}");
+        }
+        // Between frames it stays an I/O error of that side (nothing lost).
+        let (frames, err) = read_then_fail(framed(b"complete"), UnexpectedEof).await;
+        assert_eq!(frames.len(), 1);
+        assert_eq!(err.reason(), "client_io");
+        // Other errors inside a frame stay I/O errors.
+        let mut input = 100u32.to_be_bytes().to_vec();
+        input.extend(b"abcd");
+        let (_, err) = read_then_fail(input, TimedOut).await;
+        assert_eq!(err.reason(), "client_io");
     }
 
     #[tokio::test]
