@@ -99,6 +99,8 @@ pub(crate) struct Snapshot {
     /// Keyed by (Gateway `namespace/name`, server index).
     pub tls: HashMap<(String, usize), TlsEntry>,
     pub extensions: BTreeMap<u16, ExtensionEntry>,
+    /// Extension listeners refused because another one has their port.
+    pub extension_conflicts: Vec<String>,
 }
 
 impl Snapshot {
@@ -130,6 +132,7 @@ impl Snapshot {
 
     fn problems(&self) -> Vec<String> {
         let mut out = self.table.problems.clone();
+        out.extend(self.extension_conflicts.iter().cloned());
         for ((gw, i), t) in &self.tls {
             if let Some(e) = &t.error {
                 out.push(format!("Gateway {gw} server {i}: TLS: {e}"));
@@ -193,7 +196,25 @@ type PrevTls<'a> = (
 /// those of `prev` whose settings and files are unchanged), extension
 /// listeners.
 fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Snapshot {
-    let table = RouteTable::build(&config, &ctx.options.labels);
+    let mut table = RouteTable::build(&config, &ctx.options.labels);
+    // An extension listener's port is its own (a KafkaGateway names exactly
+    // one port for itself): Gateway servers on it are dropped and reported;
+    // of two extension listeners on one port, the first is kept.
+    let mut claimed: BTreeMap<u16, TerminatedListener> = BTreeMap::new();
+    let mut extension_conflicts = Vec::new();
+    for ext in &ctx.options.extensions {
+        for l in ext.listeners(&config, &ctx.options.labels) {
+            if let Some(first) = claimed.get(&l.port) {
+                extension_conflicts.push(format!(
+                    "{} (port {}) conflicts with {} on the same port and is ignored",
+                    l.source, l.port, first.source
+                ));
+                continue;
+            }
+            table.yield_port(l.port, &l.source);
+            claimed.insert(l.port, l);
+        }
+    }
     let build = |tls: &ServerTls, old: Option<PrevTls<'_>>| {
         let files = match TlsFiles::read(tls) {
             Ok(f) => f,
@@ -232,36 +253,31 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
         }
     }
     let mut extensions = BTreeMap::new();
-    for ext in &ctx.options.extensions {
-        for l in ext.listeners(&config, &ctx.options.labels) {
-            if table.listeners.contains_key(&l.port) || extensions.contains_key(&l.port) {
-                warn!(target: "weir::gateway", port = l.port, listener = %l.name, "port already used by a Gateway server or another listener; ignoring this listener");
-                continue;
-            }
-            let (files, cfg, error) = if l.tls.mode == TlsMode::Passthrough {
-                (None, None, Some("PASSTHROUGH cannot hand plaintext to a protocol handler; use SIMPLE, MUTUAL or ISTIO_MUTUAL".to_owned()))
-            } else {
-                let old = prev
-                    .and_then(|p| p.extensions.get(&l.port))
-                    .map(|e| (&e.listener.tls, &e.files, &e.config));
-                build(&l.tls, old)
-            };
-            extensions.insert(
-                l.port,
-                ExtensionEntry {
-                    listener: l,
-                    config: cfg,
-                    error,
-                    files,
-                },
-            );
-        }
+    for l in claimed.into_values() {
+        let (files, cfg, error) = if l.tls.mode == TlsMode::Passthrough {
+            (None, None, Some("PASSTHROUGH cannot hand plaintext to a protocol handler; use SIMPLE, MUTUAL or ISTIO_MUTUAL".to_owned()))
+        } else {
+            let old = prev
+                .and_then(|p| p.extensions.get(&l.port))
+                .map(|e| (&e.listener.tls, &e.files, &e.config));
+            build(&l.tls, old)
+        };
+        extensions.insert(
+            l.port,
+            ExtensionEntry {
+                listener: l,
+                config: cfg,
+                error,
+                files,
+            },
+        );
     }
     Snapshot {
         config,
         table,
         tls,
         extensions,
+        extension_conflicts,
     }
 }
 
@@ -374,6 +390,7 @@ pub async fn run_with(
             table: RouteTable::default(),
             tls: HashMap::new(),
             extensions: BTreeMap::new(),
+            extension_conflicts: Vec::new(),
         })),
         ready: AtomicBool::new(false),
         status: Mutex::new(BTreeMap::new()),

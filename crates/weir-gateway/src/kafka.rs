@@ -125,6 +125,7 @@ impl KafkaListeners {
         };
         Ok(TerminatedListener {
             name: format!("kafka:{}", gw.key()),
+            source: format!("KafkaGateway {}", gw.key()),
             port: gw.port,
             tls: ServerTls {
                 mode: match gw.tls.mode {

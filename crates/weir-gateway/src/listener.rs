@@ -80,8 +80,11 @@ pub trait TerminatedHandler: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct TerminatedListener {
     /// Shown in logs, `/config_dump` and the `route` metric label
-    /// (e.g. `kafka/external` for a KafkaGateway).
+    /// (e.g. `kafka:kafka/external` for a KafkaGateway).
     pub name: String,
+    /// The resource it comes from, for messages about it (e.g. `KafkaGateway
+    /// kafka/external`).
+    pub source: String,
     pub port: u16,
     /// How TLS is terminated: SIMPLE, MUTUAL (client certificates from a
     /// CA file) or ISTIO_MUTUAL (mesh clients). PASSTHROUGH is refused.
@@ -93,6 +96,7 @@ impl std::fmt::Debug for TerminatedListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TerminatedListener")
             .field("name", &self.name)
+            .field("source", &self.source)
             .field("port", &self.port)
             .field("tls", &self.tls)
             .finish()
@@ -102,8 +106,9 @@ impl std::fmt::Debug for TerminatedListener {
 /// The extension point for protocol-aware listeners: asked for its
 /// listeners at start-up and after every valid config change, with this
 /// gateway instance's labels (to match a kind's selector the way Istio
-/// matches `Gateway.spec.selector`). A port it returns that a Gateway server
-/// also uses stays with the Gateway (and the conflict is logged).
+/// matches `Gateway.spec.selector`). A port it returns is its own: Gateway
+/// servers on that port are ignored on this instance, and the conflict is
+/// reported (ERROR log, `/config_dump` `problems`).
 pub trait TerminatedListeners: Send + Sync + std::fmt::Debug + 'static {
     /// Registers the extension's own metrics in the gateway's registry
     /// (served on `/metrics`); called once, before the first `listeners`.

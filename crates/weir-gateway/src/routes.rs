@@ -222,6 +222,21 @@ impl RouteTable {
         table
     }
 
+    /// Gives `port` to another listener, `owner` (e.g. `KafkaGateway
+    /// kafka/external`): the Gateway servers on it are dropped from this
+    /// instance's table, each reported as a problem naming both.
+    pub fn yield_port(&mut self, port: u16, owner: &str) {
+        let Some(l) = self.listeners.remove(&port) else {
+            return;
+        };
+        for s in &l.servers {
+            self.problems.push(format!(
+                "Gateway {} server {} (port {port}) conflicts with {owner} on the same port and is ignored: on a gateway instance both select, the port is the {owner}'s; use another port, or selectors that do not both match",
+                s.gateway, s.index,
+            ));
+        }
+    }
+
     /// The server of `port` that handles a connection with `sni`: the one
     /// whose host matches most specifically (first Gateway on a tie); for a
     /// TCP listener, its server.
@@ -463,5 +478,29 @@ spec:
         assert_eq!(t.listeners[&9000].servers.len(), 1);
         assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
         assert!(t.problems[0].contains("default/b"), "{:?}", t.problems);
+    }
+
+    #[test]
+    fn a_port_yielded_to_another_listener_drops_its_servers_and_reports_them() {
+        let c = config(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: istio-system}\nspec:\n  servers:\n  - port: {number: 9094, name: t, protocol: TLS}\n    hosts: ['*.other.com']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 9094, name: t2, protocol: TLS}\n    hosts: ['x.other.com']\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8443, name: t3, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n",
+        );
+        let mut t = RouteTable::build(&c, &labels(&[]));
+        assert!(t.problems.is_empty());
+        t.yield_port(9094, "KafkaGateway kafka/external");
+        t.yield_port(1234, "KafkaGateway kafka/nothing-here");
+        assert_eq!(t.listeners.keys().copied().collect::<Vec<_>>(), [8443]);
+        assert!(t.server(9094, Some("a.other.com")).is_none());
+        assert_eq!(t.problems.len(), 2, "{:?}", t.problems);
+        assert!(
+            t.problems[0].starts_with("Gateway istio-system/edge server 0 (port 9094) conflicts with KafkaGateway kafka/external on the same port and is ignored"),
+            "{:?}",
+            t.problems
+        );
+        assert!(
+            t.problems[1].contains("server 1 (port 9094)"),
+            "{:?}",
+            t.problems
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! client connects with its SPIFFE certificate; the handler receives the
 //! decrypted stream, the client's principal and the SNI. A plaintext client
 //! on the same port is refused and counted, and the listener keeps serving.
+//! A Gateway server on the listener's port is ignored and reported.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -67,6 +68,7 @@ impl TerminatedListeners for Echo {
         tls.mode = TlsMode::IstioMutual;
         vec![TerminatedListener {
             name: "test/echo".to_owned(),
+            source: "test extension echo".to_owned(),
             port: self.port,
             tls,
             handler: Arc::new(EchoHandler),
@@ -93,13 +95,21 @@ impl Drop for Dir {
 async fn extension_listener_gets_stream_principal_and_sni() {
     let dir = Dir(std::env::temp_dir().join(format!("weir-gw-ext-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
-    std::fs::write(dir.0.join("empty.yaml"), "---\n").unwrap();
     let port = free_port();
+    // A Gateway in another namespace, for other hosts, on the same port.
+    std::fs::write(
+        dir.0.join("gateway.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: clash, namespace: other}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: tls-clash, protocol: TLS}}\n    hosts: ['*.other.com']\n    tls: {{mode: PASSTHROUGH}}\n"
+        ),
+    )
+    .unwrap();
     let metrics_port = free_port();
-    let mut options = GatewayOptions::new(vec![dir.0.join("empty.yaml")]);
+    let admin_port = free_port();
+    let mut options = GatewayOptions::new(vec![dir.0.join("gateway.yaml")]);
     options.listen_address = [127, 0, 0, 1].into();
     options.common.state_dir = dir.0.join("ca");
-    options.common.admin_addr = ([127, 0, 0, 1], free_port()).into();
+    options.common.admin_addr = ([127, 0, 0, 1], admin_port).into();
     options.common.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
     options.common.readiness_addr = ([127, 0, 0, 1], free_port()).into();
     options.client_hello_timeout = Duration::from_secs(5);
@@ -165,12 +175,33 @@ async fn extension_listener_gets_stream_principal_and_sni() {
     assert!(buf.is_empty(), "a plaintext client got {buf:?}");
     assert_eq!(connect("again").await.lines().count(), 1);
 
-    let mut m = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
-        .await
-        .unwrap();
-    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut text = String::new();
-    m.read_to_string(&mut text).await.unwrap();
+    let get = |port: u16, path: &'static str| async move {
+        let mut m = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        m.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        m.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    // The Gateway server lost the port to the extension listener: reported.
+    let dump = get(admin_port, "/config_dump").await;
+    let body = dump.split("\r\n\r\n").nth(1).unwrap();
+    let dump: serde_json::Value = serde_json::from_str(body).unwrap();
+    let problems = dump["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{dump:#}");
+    assert_eq!(
+        problems[0],
+        format!("Gateway other/clash server 0 (port {port}) conflicts with test extension echo on the same port and is ignored: on a gateway instance both select, the port is the test extension echo's; use another port, or selectors that do not both match")
+    );
+    assert_eq!(
+        dump["extension_listeners"][port.to_string()]["name"],
+        "test/echo"
+    );
+
+    let text = get(metrics_port, "/metrics").await;
     assert!(
         text.contains(&format!(
             "weir_gateway_connection_errors_total{{listener=\"{port}\",reason=\"not_tls\"}} 1"

@@ -1141,8 +1141,10 @@ fn compatible(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> boo
 
 /// Checks across documents, once all are loaded. Errors: two KafkaGateways
 /// on one port with the same selector (one instance cannot listen twice).
-/// Warnings: selectors an instance could satisfy both of on one port,
-/// policies that name no KafkaGateway or whose namespace has none.
+/// Warnings: selectors an instance could satisfy both of on one port (two
+/// KafkaGateways, or a Gateway server and a KafkaGateway: such an instance
+/// serves the KafkaGateway and ignores the server), policies that name no
+/// KafkaGateway or whose namespace has none.
 pub(super) fn cross_check(
     config: &Config,
     errors: &mut Vec<ConfigError>,
@@ -1180,6 +1182,41 @@ pub(super) fn cross_check(
                         h.key(),
                         selector_text(&h.selector),
                         g.port
+                    ),
+                ));
+            }
+        }
+    }
+    for g in gws {
+        let at = g
+            .doc
+            .as_ref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        for gw in &config.gateways {
+            if !compatible(&g.selector, &gw.selector) {
+                continue;
+            }
+            for (i, s) in gw.servers.iter().enumerate() {
+                if s.port.number != g.port {
+                    continue;
+                }
+                let instance = if gw.selector == g.selector {
+                    format!("selected by {}", selector_text(&g.selector))
+                } else {
+                    format!(
+                        "selected by both {} and {}",
+                        selector_text(&gw.selector),
+                        selector_text(&g.selector)
+                    )
+                };
+                warnings.extend(located(
+                    &gw.doc,
+                    &format!("spec.servers[{i}].port"),
+                    format!(
+                        "port {} is also the port of KafkaGateway {}{at}: a gateway instance {instance} serves the KafkaGateway on this port and ignores this server (reported in /config_dump problems); use another port, or selectors that do not both match",
+                        g.port,
+                        g.key(),
                     ),
                 ));
             }
@@ -1475,6 +1512,46 @@ mod tests {
         ))
         .unwrap();
         assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    }
+
+    #[test]
+    fn a_gateway_server_on_a_kafka_gateway_port_is_a_warning_naming_both() {
+        let clash = |selector: &str, port: u16| {
+            format!(
+                "{GW}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: clash, namespace: other}}\nspec:\n  selector: {selector}\n  servers:\n  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: {port}, name: tls-clash, protocol: TLS}}\n    hosts: ['*.other.com']\n    tls: {{mode: PASSTHROUGH}}\n"
+            )
+        };
+        for selector in [
+            "{istio: ingressgateway}",
+            "{}",
+            "{istio: ingressgateway, zone: a}",
+        ] {
+            let c = load(&clash(selector, 9094)).unwrap();
+            assert_eq!(c.warnings.len(), 1, "{selector}: {:#?}", c.warnings);
+            let w = &c.warnings[0];
+            assert_eq!(w.field.as_deref(), Some("spec.servers[1].port"));
+            assert_eq!(
+                w.document.as_ref().unwrap().name.as_deref(),
+                Some("other/clash")
+            );
+            assert!(
+                w.message.starts_with(
+                    "port 9094 is also the port of KafkaGateway kafka/external (k.yaml: document 1"
+                ),
+                "{}",
+                w.message
+            );
+            assert!(w.message.contains("ignores this server"), "{}", w.message);
+        }
+        // Another port, or selectors no instance has both of: nothing.
+        assert!(load(&clash("{istio: ingressgateway}", 9095))
+            .unwrap()
+            .warnings
+            .is_empty());
+        assert!(load(&clash("{istio: other}", 9094))
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     fn policy(ns: &str, spec: &str) -> String {

@@ -142,6 +142,8 @@ pub struct Gateway {
     /// this Gateway (`weir gateway --labels`). Empty selects every instance.
     pub selector: BTreeMap<String, String>,
     pub servers: Vec<Server>,
+    #[serde(skip)]
+    pub(crate) doc: Option<DocumentRef>,
 }
 
 impl Gateway {
@@ -669,6 +671,7 @@ fn gateway(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: GatewaySpec) -> Gat
         metadata,
         selector: spec.selector.unwrap_or_default(),
         servers,
+        doc: Some(ctx.doc.clone()),
     }
 }
 
