@@ -257,6 +257,10 @@ struct KafkaHandler {
 }
 
 impl TerminatedHandler for KafkaHandler {
+    fn counts_routing(&self) -> bool {
+        true
+    }
+
     fn handle(&self, conn: TerminatedConnection) -> BoxFuture<'static, ()> {
         let connector = MeshConnector {
             upstreams: conn.upstreams.clone(),
@@ -279,6 +283,8 @@ impl TerminatedHandler for KafkaHandler {
                 peer,
                 port,
                 metrics,
+                route,
+                mode,
                 ..
             } = conn;
             let Some(sni) = sni else {
@@ -286,14 +292,23 @@ impl TerminatedHandler for KafkaHandler {
                 warn!(target: "weir::gateway", kafka_gateway = %name, %peer, "Kafka client sent no SNI: cannot tell the bootstrap address from a broker; closing");
                 return;
             };
-            // The session logs how it ended (and counts bad input in
-            // weir_kafka_connections_closed_total); the gateway counts
-            // failures per listener like its other connection errors.
-            if let Err(e) = proxy.serve(stream, &sni, principal).await {
-                if e.reason() != "client_io" {
+            // Each connection is counted once: routed when its broker
+            // connection opens (weir_gateway_connections_total), or as an
+            // error if it never gets there (unknown_host, unknown_broker,
+            // upstream_unreachable). How a routed session ends is the
+            // session's to log and count (weir_kafka_connections_closed_total).
+            let mut routed = false;
+            let result = proxy
+                .serve_with(stream, &sni, principal, |_| {
+                    let _ = metrics.connection(port, &route, mode);
+                    routed = true;
+                })
+                .await;
+            if let Err(e) = result {
+                if !routed {
                     metrics.error(port, e.reason());
                 }
-                debug!(target: "weir::gateway", kafka_gateway = %name, %peer, sni = %sni, reason = e.reason(), "Kafka connection failed");
+                debug!(target: "weir::gateway", kafka_gateway = %name, %peer, sni = %sni, reason = e.reason(), routed, "Kafka connection failed");
             }
         })
     }

@@ -23,7 +23,7 @@ use weir_identity::{Direction, FailureReason};
 
 use crate::gateway::{Ctx, Snapshot};
 use crate::io::Counted;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteCounters};
 use crate::principal::principal_of;
 use crate::routes::{self, ListenerKind, Route};
 use crate::sni::read_client_hello;
@@ -55,6 +55,19 @@ pub struct TerminatedConnection {
     /// The gateway's metrics (count handler-level failures with
     /// [`Metrics::error`]).
     pub metrics: Arc<Metrics>,
+    /// The `route` label of the listener's connections (its name).
+    pub route: String,
+    /// The `mode` label (the listener's TLS mode).
+    pub mode: &'static str,
+}
+
+impl TerminatedConnection {
+    /// For a handler that [counts routing](TerminatedHandler::counts_routing):
+    /// counts the connection in `weir_gateway_connections_total` once it
+    /// reached its upstream, and returns its byte counters.
+    pub fn routed(&self) -> RouteCounters {
+        self.metrics.connection(self.port, &self.route, self.mode)
+    }
 }
 
 impl std::fmt::Debug for TerminatedConnection {
@@ -74,6 +87,16 @@ impl std::fmt::Debug for TerminatedConnection {
 /// upstream closes.
 pub trait TerminatedHandler: Send + Sync + 'static {
     fn handle(&self, conn: TerminatedConnection) -> BoxFuture<'static, ()>;
+
+    /// Whether the handler counts its connections itself: each exactly once,
+    /// in `weir_gateway_connections_total` ([`TerminatedConnection::routed`])
+    /// when it reached its upstream, or in
+    /// `weir_gateway_connection_errors_total` (`metrics.error`) when it gave
+    /// up before. Otherwise (the default) the gateway counts every handed
+    /// connection as routed when it hands it over.
+    fn counts_routing(&self) -> bool {
+        false
+    }
 }
 
 /// A listener that terminates TLS and hands connections to a handler.
@@ -227,9 +250,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, port: u16, mut stream: TcpStream, peer
             else {
                 return;
             };
-            let _ =
-                ctx.metrics
-                    .connection(port, &ext.listener.name, ext.listener.tls.mode.as_str());
+            let mode = ext.listener.tls.mode.as_str();
+            if !ext.listener.handler.counts_routing() {
+                let _ = ctx.metrics.connection(port, &ext.listener.name, mode);
+            }
             info!(target: "weir::gateway", listener = port, peer = %peer, sni = sni.unwrap_or("-"), principal = %principal, handler = %ext.listener.name, "connection handed to protocol handler");
             ext.listener
                 .handler
@@ -242,6 +266,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, port: u16, mut stream: TcpStream, peer
                     config: snap.config.clone(),
                     upstreams: ctx.upstreams.clone(),
                     metrics: ctx.metrics.clone(),
+                    route: ext.listener.name.clone(),
+                    mode,
                 })
                 .await;
             return;

@@ -207,9 +207,27 @@ impl KafkaProxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        self.serve_with(client, sni, principal, |_| {}).await
+    }
+
+    /// [`KafkaProxy::serve`], calling `connected` with the broker once the
+    /// upstream connection is open (the connection is routed from then on;
+    /// an error before it means it never was).
+    pub async fn serve_with<S, F>(
+        &self,
+        client: S,
+        sni: &str,
+        principal: Principal,
+        connected: F,
+    ) -> Result<(), SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        F: FnOnce(&BrokerAddr) + Send,
+    {
         let result = async {
             let route = self.resolve(sni).await?;
-            let (_, upstream) = self.connect(&route).await?;
+            let (addr, upstream) = self.connect(&route).await?;
+            connected(&addr);
             self.run_session(client, upstream, principal.clone()).await
         }
         .await;

@@ -140,3 +140,36 @@ async fn unreachable_bootstrap_servers_are_reported() {
     assert_eq!(err.reason(), "unknown_broker");
     drop(metrics);
 }
+
+/// `serve_with` reports the broker once the upstream connection is open,
+/// and only then: a connection that fails before was never routed.
+#[tokio::test]
+async fn serve_with_reports_the_connection_only_once_routed() {
+    let brokers = Arc::new(Mutex::new(vec![1]));
+    let bootstrap = bootstrap_server(brokers, Arc::new(Mutex::new(Vec::new()))).await;
+    let (proxy, _) = proxy_with(Arc::new(AllowAll), vec![bootstrap.clone()]);
+    let anonymous = weir_core::kafka::Principal::Anonymous;
+
+    // Routed: the client sends a bad frame after the broker connection opened.
+    let (client, mut app) = tokio::io::duplex(64);
+    app.write_all(&(-1i32).to_be_bytes()).await.unwrap();
+    let mut seen = None;
+    let err = proxy
+        .serve_with(client, "kafka.example.com", anonymous.clone(), |b| {
+            seen = Some(b.clone())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "malformed_frame");
+    assert_eq!(seen, Some(bootstrap));
+
+    // Not routed: a name that is not ours.
+    let (client, _app) = tokio::io::duplex(64);
+    let mut called = false;
+    let err = proxy
+        .serve_with(client, "other.example.com", anonymous, |_| called = true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "unknown_host");
+    assert!(!called);
+}

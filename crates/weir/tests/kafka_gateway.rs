@@ -553,6 +553,8 @@ spec:
         "bad input: plaintext on the TLS port, an oversized frame",
     );
     let errors_before = gateway_metric(&gw, "weir_gateway_connection_errors_total", &[]);
+    let kafka_route = [("route", "kafka:kafka/external")];
+    let routed_before = gateway_metric(&gw, "weir_gateway_connections_total", &kafka_route);
     let plain = outside.exec(
         python(),
         &[
@@ -578,10 +580,28 @@ spec:
         "an oversized frame is counted:\n{}",
         metric_lines(&gw.metrics_text(), "weir_kafka_connections_closed_total")
     );
+    // Each connection is counted once: the plaintext client was never
+    // routed (an error); the oversized frame came on a connection already
+    // routed to a broker (a connection, its end in weir_kafka_*).
     assert!(
-        gateway_metric(&gw, "weir_gateway_connection_errors_total", &[]) >= errors_before + 2.0,
-        "plaintext and the oversized frame counted:\n{}",
+        gateway_metric(&gw, "weir_gateway_connection_errors_total", &[]) >= errors_before + 1.0,
+        "plaintext counted:\n{}",
         metric_lines(&gw.metrics_text(), "weir_gateway_connection_errors_total")
+    );
+    assert_eq!(
+        gateway_metric(
+            &gw,
+            "weir_gateway_connection_errors_total",
+            &[("reason", "frame_too_large")]
+        ),
+        0.0,
+        "a routed connection is not also an error:\n{}",
+        metric_lines(&gw.metrics_text(), "weir_gateway_connection_errors_total")
+    );
+    assert!(
+        gateway_metric(&gw, "weir_gateway_connections_total", &kafka_route) >= routed_before + 1.0,
+        "the oversized frame's connection was routed:\n{}",
+        metric_lines(&gw.metrics_text(), "weir_gateway_connections_total")
     );
 
     step(t0, "a broker added while a consumer runs");
