@@ -259,7 +259,6 @@ pub struct ControlArgs {
     pub mesh: MeshArgs,
 }
 
-/// Parses `k=v,k2=v2` into labels.
 /// `namespace/name` of a ServiceAccount.
 pub fn parse_service_account(s: &str) -> Result<String, String> {
     match s.split_once('/') {
@@ -272,18 +271,79 @@ pub fn parse_service_account(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses `k=v,k2=v2` into labels; keys and values must be Kubernetes
+/// label keys and values (a selector could never match anything else).
 pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
     let mut out = std::collections::BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("{part:?} is not a label (use key=value, comma-separated)"))?;
-        if k.is_empty() {
-            return Err(format!("{part:?}: empty label key"));
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("{part:?} is not a label: use key=value, comma-separated (e.g. istio=ingressgateway)")
+        })?;
+        label_key(k).map_err(|e| format!("{part:?}: label key {k:?} {e}"))?;
+        label_value(v).map_err(|e| format!("{part:?}: label value {v:?} {e}"))?;
+        if out.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(format!("{part:?}: label key {k:?} given twice"));
         }
-        out.insert(k.to_owned(), v.to_owned());
     }
     Ok(out)
+}
+
+/// A Kubernetes label name (the part after an optional `prefix/`, and a
+/// non-empty value): at most 63 characters, letters, digits, `-`, `_` and
+/// `.`, beginning and ending with a letter or digit.
+fn label_name(s: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if s.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if s.len() > 63 {
+        return Err("is longer than 63 characters".to_owned());
+    }
+    if let Some(c) = s.chars().find(|c| !ok_char(*c)) {
+        return Err(format!(
+            "has {c:?}: only letters, digits, '-', '_' and '.' are allowed (no spaces around '=' or ',')"
+        ));
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err("must begin and end with a letter or digit".to_owned());
+    }
+    Ok(())
+}
+
+/// A Kubernetes label key: `name` or `prefix/name`, the prefix a DNS
+/// subdomain (lower case, at most 253 characters).
+fn label_key(k: &str) -> Result<(), String> {
+    let name = match k.rsplit_once('/') {
+        Some((prefix, name)) => {
+            let dns_label = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(dns_label) {
+                return Err(format!(
+                    "has prefix {prefix:?}, which is not a DNS subdomain (e.g. cloud.streamnative.io)"
+                ));
+            }
+            name
+        }
+        None => k,
+    };
+    label_name(name)
+}
+
+/// A Kubernetes label value: empty, or as a label name.
+fn label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        label_name(v)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -507,7 +567,7 @@ fn parse_kafka_operation(s: &str) -> Result<weir_core::kafka::Operation, String>
 mod tests {
     use std::time::Duration;
 
-    use super::parse_duration;
+    use super::{parse_duration, parse_labels};
 
     #[test]
     fn durations() {
@@ -520,5 +580,37 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn labels_must_be_kubernetes_labels() {
+        let l = parse_labels(
+            "istio=ingressgateway, cloud.streamnative.io/role=istio-ingressgateway,empty=",
+        )
+        .unwrap();
+        assert_eq!(l["istio"], "ingressgateway");
+        assert_eq!(l["cloud.streamnative.io/role"], "istio-ingressgateway");
+        assert_eq!(l["empty"], "");
+        assert!(parse_labels("").unwrap().is_empty());
+        for (bad, why) in [
+            ("istio = ingressgateway", "label key \"istio \" has ' '"),
+            (
+                "istio= ingressgateway",
+                "label value \" ingressgateway\" has ' '",
+            ),
+            ("istio", "is not a label: use key=value"),
+            ("=x", "label key \"\" is empty"),
+            ("-a=b", "must begin and end with a letter or digit"),
+            ("a=b_", "must begin and end with a letter or digit"),
+            ("Bad.Prefix/a=b", "not a DNS subdomain"),
+            ("/a=b", "not a DNS subdomain"),
+            ("a=b,a=c", "given twice"),
+        ] {
+            let e = parse_labels(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(parse_labels(&format!("{}=x", "k".repeat(64)))
+            .unwrap_err()
+            .contains("longer than 63"));
     }
 }
