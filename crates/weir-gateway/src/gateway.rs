@@ -409,9 +409,10 @@ pub async fn run_with(
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    info!(target: "weir::gateway", identity = %id, labels = %labels.join(","), ports = ?ctx.snapshot().ports(), "gateway starting");
-    if ctx.snapshot().ports().is_empty() {
-        warn!(target: "weir::gateway", labels = %labels.join(","), "no Gateway selects this instance's labels: nothing to listen on (check spec.selector and --labels)");
+    let labels = labels.join(",");
+    info!(target: "weir::gateway", identity = %id, labels = %labels, ports = ?ctx.snapshot().ports(), "gateway starting");
+    if let Some(w) = selection_warning(None, &ctx.snapshot().ports()) {
+        warn!(target: "weir::gateway", labels = %labels, "{w}");
     }
     let mut running: BTreeMap<u16, tokio::task::JoinHandle<()>> = BTreeMap::new();
     reconcile(&ctx, &mut running).await;
@@ -461,6 +462,9 @@ pub async fn run_with(
                 problems = now;
             }
             info!(target: "weir::gateway", ports = ?next.ports(), "listeners updated");
+            if let Some(w) = selection_warning(Some(&current.ports()), &next.ports()) {
+                warn!(target: "weir::gateway", labels = %labels, "{w}");
+            }
             ctx.replace(next);
         }
         reconcile(&ctx, &mut running).await;
@@ -484,6 +488,15 @@ pub async fn run_with(
     }
     info!(target: "weir::gateway", "gateway stopped");
     Ok(())
+}
+
+/// The warning for an instance that nothing selects: at start-up
+/// (`before` is None) when it has no port, after a change when it just lost
+/// its last one.
+fn selection_warning(before: Option<&[u16]>, now: &[u16]) -> Option<&'static str> {
+    (now.is_empty() && before.is_none_or(|b| !b.is_empty())).then_some(
+        "no Gateway or KafkaGateway selects this instance's labels: nothing to listen on (check their spec.selector and --labels)",
+    )
 }
 
 /// Opens listeners for new ports (retrying failed binds every tick) and
@@ -686,5 +699,21 @@ fn admin_route(ctx: &Ctx, path: &str) -> Reply {
             "weir gateway admin: /config_dump\n".to_owned(),
         ),
         _ => (StatusCode::NOT_FOUND, TEXT, "try /config_dump\n".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selection_warning;
+
+    #[test]
+    fn an_instance_nothing_selects_is_warned_about() {
+        let w = selection_warning(None, &[]).unwrap();
+        assert!(w.starts_with("no Gateway or KafkaGateway selects this instance's labels"));
+        assert!(selection_warning(None, &[9094]).is_none());
+        // After a change: when the last port goes, not again while none.
+        assert!(selection_warning(Some(&[9094]), &[]).is_some());
+        assert!(selection_warning(Some(&[]), &[]).is_none());
+        assert!(selection_warning(Some(&[]), &[443]).is_none());
     }
 }
