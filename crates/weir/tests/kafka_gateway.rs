@@ -352,7 +352,11 @@ fn multi_broker_cluster_through_one_endpoint() {
     };
 
     step(t0, "starting the mock cluster (3 brokers) and node-a");
-    let mut mock = start_mock_cluster(&cluster, &brokers[..3], &["orders.eu:3", "secret:1"]);
+    let mut mock = start_mock_cluster(
+        &cluster,
+        &brokers[..3],
+        &["orders.eu:3", "orders.idempotent:1", "secret:1"],
+    );
     let dir = TempDir::new("kgw-config");
     let state = TempDir::new("kgw-state");
     let docs = mesh_docs(&brokers)
@@ -491,6 +495,45 @@ spec:
     let from_gw: Vec<(&str, &str)> = from_gw.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let opened = node.expect_metric_at_least("istio_tcp_connections_opened_total", &from_gw, 3.0);
     assert!(opened >= 3.0);
+
+    step(
+        t0,
+        "an idempotent producer with Write on topics only (KIP-679)",
+    );
+    // The policy grants Read and Write on orders.*, no IdempotentWrite: the
+    // producer id comes from Write on a topic, as with Kafka 2.8+.
+    let idem_denials_before = gateway_metric(
+        &gw,
+        "weir_kafka_authorization_denials_total",
+        &[("operation", "IdempotentWrite")],
+    );
+    let p = client_py(
+        &outside,
+        &tls,
+        "idempotent producer",
+        &[
+            "produce",
+            "--topic",
+            "orders.idempotent",
+            "--count",
+            "100",
+            "--idempotent",
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_produced(&p, 100);
+    assert_eq!(
+        gateway_metric(
+            &gw,
+            "weir_kafka_authorization_denials_total",
+            &[("operation", "IdempotentWrite")],
+        ),
+        idem_denials_before,
+        "InitProducerId was not denied:\n{}",
+        metric_lines(&gw.metrics_text(), "weir_kafka_authorization_denials_total")
+    );
 
     step(t0, "a denied topic");
     let denied = kcat(
