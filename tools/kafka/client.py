@@ -12,9 +12,11 @@ are printed as one JSON object on stdout; progress goes to stderr.
   client.py consume  --bootstrap HOST:PORT --topic T --count N [--group G] [--timeout S]
   client.py latency  --bootstrap HOST:PORT --topic T --count N   (one record at a time, acks=all)
   client.py metadata --bootstrap HOST:PORT                       (brokers as the cluster advertises them)
-  client.py admin    --bootstrap HOST:PORT [--alter-configs T]... [--delete-records T]... [--create-acl]
-                     (confluent only: set retention.ms on topics, delete partition 0's records
-                     before offset 0, create one ACL; prints each outcome's Kafka error name)
+  client.py admin    --bootstrap HOST:PORT [--create-topic T]... [--alter-configs T]...
+                     [--delete-records T]... [--create-acl]
+                     (confluent only: create topics (1 partition, replication 1), set
+                     retention.ms on topics, delete partition 0's records before offset 0,
+                     create one ACL; prints each outcome's Kafka error name)
 
 Every op takes --tls-ca CA.pem (TLS, host names verified) and, for mutual
 TLS, --tls-cert CERT.pem --tls-key KEY.pem.
@@ -183,7 +185,7 @@ def confluent_admin(args):
     succeeded): what an operator's tooling sees through the mesh or a gateway."""
     from confluent_kafka import KafkaException, TopicPartition
     from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient,
-                                       AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic,
                                        ResourcePatternType, ResourceType)
 
     a = AdminClient(confluent_conf(args))
@@ -198,6 +200,10 @@ def confluent_admin(args):
             return f"{type(e).__name__}: {e}"
 
     results = {}
+    if args.create_topic:
+        new = [NewTopic(t, 1, 1) for t in args.create_topic]
+        for t, f in a.create_topics(new, operation_timeout=args.timeout).items():
+            results[f"create_topics:{t}"] = outcome(f)
     for t in args.alter_configs:
         entry = ConfigEntry("retention.ms", "86400000", incremental_operation=AlterConfigOpType.SET)
         res = ConfigResource("topic", t, incremental_configs=[entry])
@@ -363,6 +369,8 @@ def main():
     ap.add_argument("--tls-ca", default=None, help="connect over TLS, trusting this CA (PEM file)")
     ap.add_argument("--tls-cert", default=None, help="client certificate (PEM) for mutual TLS")
     ap.add_argument("--tls-key", default=None, help="client private key (PEM) for mutual TLS")
+    ap.add_argument("--create-topic", action="append", default=[], metavar="TOPIC",
+                    help="admin: create TOPIC (CreateTopics)")
     ap.add_argument("--alter-configs", action="append", default=[], metavar="TOPIC",
                     help="admin: set retention.ms on TOPIC (IncrementalAlterConfigs)")
     ap.add_argument("--delete-records", action="append", default=[], metavar="TOPIC",

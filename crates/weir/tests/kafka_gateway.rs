@@ -931,5 +931,55 @@ spec:
         0.0,
         "the client never sent an API the gateway did not offer"
     );
+
+    step(
+        t0,
+        "CreateTopics with Create on the cluster only (an ALLOW policy)",
+    );
+    // The audit's policy: Create and Describe on the cluster, nothing on
+    // topics. Kafka lets cluster Create create every topic.
+    let reloads = || gateway_metric(&gw, "weir_config_reloads_total", &[("result", "success")]);
+    let before = reloads();
+    dir.write(
+        "config.yaml",
+        &(docs.clone()
+            + "---
+apiVersion: weir.dev/v1alpha1
+kind: KafkaAuthorizationPolicy
+metadata: {name: cluster-admin, namespace: kafka}
+spec:
+  rules:
+  - principals: [User:ANONYMOUS]
+    resources: [{type: cluster}]
+    operations: [Create, Describe]
+"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || reloads() > before),
+        "the gateway reloads the policy"
+    );
+    let admin = client_py(
+        &outside,
+        &tls,
+        "admin client (create)",
+        &["admin", "--create-topic", "orders.new", "--timeout", "20"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        admin.json["results"]["create_topics:orders.new"],
+        "NONE",
+        "cluster Create lets the topic be created: {}",
+        admin.describe()
+    );
+    assert_eq!(
+        gateway_metric(
+            &gw,
+            "weir_kafka_authorization_denials_total",
+            &[("operation", "Create")]
+        ),
+        0.0,
+        "{}",
+        metric_lines(&gw.metrics_text(), "weir_kafka_authorization_denials_total")
+    );
     step(t0, "done");
 }
