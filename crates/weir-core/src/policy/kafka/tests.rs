@@ -1052,6 +1052,53 @@ proptest! {
     }
 
     #[test]
+    fn some_allowed_name_means_allowed_by_resource_type(policies in policies_strategy(), r in request_strategy()) {
+        // Kafka's authorizeByResourceType errs only on the side of allowing:
+        // if one name of the type is allowed, so is the type.
+        let a = KafkaAuthorizer::for_gateway(&with_policies(&policies), "kafka", "external");
+        let p = &principals()[r.principal];
+        if r.resource_type != Cluster
+            && REQUEST_NAMES.iter().any(|n| a.authorize(p, r.resource_type, n, r.operation).allowed)
+        {
+            prop_assert!(a.authorize_by_resource_type(p, r.resource_type, r.operation).allowed);
+        }
+        // A reported rule is of the decision's action.
+        let by_type = a.authorize_by_resource_type(p, r.resource_type, r.operation);
+        if let (Some(key), Some(_)) = (by_type.policy.as_deref(), by_type.rule) {
+            let pol = policies.iter().find(|x| x.metadata.key() == key).unwrap();
+            prop_assert_eq!(pol.action == Action::Allow, by_type.allowed, "{:?}", by_type);
+        }
+    }
+
+    #[test]
+    fn two_question_requests_are_at_least_their_own_question(policies in policies_strategy(), r in request_strategy()) {
+        let a = KafkaAuthorizer::for_gateway(&with_policies(&policies), "kafka", "external");
+        let p = &principals()[r.principal];
+        // What the plain question allows, the request-level one allows; a
+        // DENY of the plain question still denies.
+        let topic = a.authorize(p, Topic, r.name, Create);
+        let creation = a.authorize_topic_creation(p, r.name);
+        prop_assert!(!topic.allowed || creation.allowed);
+        if topic.basis == KafkaBasis::DenyRule {
+            prop_assert!(!creation.allowed);
+        }
+        prop_assert_eq!(
+            creation.allowed,
+            topic.allowed
+                || (topic.basis != KafkaBasis::DenyRule
+                    && a.authorize(p, Cluster, "kafka-cluster", Create).allowed)
+        );
+        let cluster = a.authorize(p, Cluster, "kafka-cluster", IdempotentWrite);
+        let producer = a.authorize_idempotent_producer(p);
+        prop_assert_eq!(
+            producer.allowed,
+            cluster.allowed
+                || (cluster.basis != KafkaBasis::DenyRule
+                    && a.authorize_by_resource_type(p, Topic, Write).allowed)
+        );
+    }
+
+    #[test]
     fn prefixed_means_starts_with(prefix in "[a-z.]{1,6}", name in "[a-z.]{0,10}") {
         let p = ResourcePattern { resource_type: Topic, name: prefix.clone(), pattern_type: PatternType::Prefixed };
         prop_assert_eq!(p.matches(Topic, &name), name.starts_with(&prefix));
