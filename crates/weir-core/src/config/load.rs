@@ -12,7 +12,7 @@ use super::istio::{
     ConditionValues, MtlsMode, Operation, PeerAuthentication, PeerAuthenticationSpec, PortKey,
     RawCondition, RawOperation, RawRule, RawSource, Rule, Source, StringMatch,
 };
-use super::meta::ObjectMeta;
+use super::meta::{ObjectMeta, WorkloadSelector};
 use super::workload::{is_pod_uid, Workload, WorkloadSpec, POD_UID_ANNOTATION};
 use super::{Config, ConfigError, ConfigErrors, DocumentRef, MeshSettings, SourceFile};
 use crate::spiffe::SpiffeId;
@@ -385,6 +385,14 @@ fn parse_port(s: &str) -> Option<u16> {
     s.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
+/// Whether a selector names at least one label (one with none is
+/// namespace-wide, as in Istio).
+fn labelled_selector(selector: &Option<WorkloadSelector>) -> bool {
+    selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
+}
+
 // ---------------------------------------------------------------- PeerAuthentication
 
 fn peer_authentication(
@@ -395,10 +403,15 @@ fn peer_authentication(
 ) -> Option<PeerAuthentication> {
     let mut port_level = BTreeMap::new();
     if let Some(ports) = spec.port_level_mtls {
-        if spec.selector.is_none() && !ports.is_empty() {
+        if ports.is_empty() {
             ctx.error(
                 Some("spec.portLevelMtls".to_owned()),
-                "portLevelMtls needs spec.selector: port-level exceptions only apply to selected workloads (as in Istio)",
+                "portLevelMtls, if present, must have at least one port (Istio rejects an empty map); remove it or add a port",
+            );
+        } else if !labelled_selector(&spec.selector) {
+            ctx.error(
+                Some("spec.portLevelMtls".to_owned()),
+                "portLevelMtls needs a workload selector with at least one label (spec.selector.matchLabels): port-level exceptions only apply to selected workloads, and Istio rejects them in a mesh- or namespace-wide PeerAuthentication",
             );
         }
         for (PortKey(k), m) in ports {
@@ -828,6 +841,55 @@ mod tests {
             "{fields:?}"
         );
         assert!(fields.contains(&"spec.mtls.mode".to_owned()), "{fields:?}");
+    }
+
+    fn pa_doc(spec: &str) -> String {
+        format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: k}}\nspec: {spec}\n")
+    }
+
+    #[test]
+    fn port_level_mtls_needs_a_labelled_selector_and_a_port() {
+        // Istio's ValidatePeerAuthentication: no selector or a selector with
+        // no labels is mesh/namespace-wide, which cannot have port-level mTLS.
+        for spec in [
+            "{portLevelMtls: {9404: {mode: PERMISSIVE}}}",
+            "{selector: {}, portLevelMtls: {9404: {mode: PERMISSIVE}}}",
+            "{selector: {matchLabels: {}}, portLevelMtls: {9404: {mode: PERMISSIVE}}}",
+        ] {
+            let e = one(&pa_doc(spec));
+            assert_eq!(e.field.as_deref(), Some("spec.portLevelMtls"), "{spec}");
+            assert!(
+                e.message
+                    .contains("portLevelMtls needs a workload selector with at least one label"),
+                "{spec}: {}",
+                e.message
+            );
+        }
+        // Present but empty.
+        let e = one(&pa_doc(
+            "{selector: {matchLabels: {app: a}}, portLevelMtls: {}}",
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.portLevelMtls"));
+        assert!(e.message.contains("at least one port"), "{}", e.message);
+        // Port 0.
+        let e = one(&pa_doc(
+            "{selector: {matchLabels: {app: a}}, portLevelMtls: {0: {mode: PERMISSIVE}}}",
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.portLevelMtls.0"));
+        assert!(e.message.contains("1-65535"), "{}", e.message);
+        // A labelled selector with a port is fine.
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "p.yaml",
+                pa_doc("{selector: {matchLabels: {app: a}}, portLevelMtls: {9404: {mode: PERMISSIVE}}}"),
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.peer_authentications[0].port_level_mtls.get(&9404),
+            Some(&MtlsMode::Permissive)
+        );
     }
 
     #[test]
