@@ -393,6 +393,33 @@ fn labelled_selector(selector: &Option<WorkloadSelector>) -> bool {
         .is_some_and(|s| !s.match_labels.is_empty())
 }
 
+/// Istio's `validateWorkloadSelector`: no empty keys and no wildcards (they
+/// would be compared literally and select nothing); a selector without
+/// labels is a warning.
+fn check_selector(ctx: &mut DocCtx<'_>, selector: &Option<WorkloadSelector>) {
+    let Some(selector) = selector else { return };
+    if selector.match_labels.is_empty() {
+        ctx.warn(
+            Some("spec.selector".to_owned()),
+            "workload selector specified without labels: it selects every workload of the namespace, as if it were absent (Istio warns too); drop it or add matchLabels",
+        );
+    }
+    for (k, v) in &selector.match_labels {
+        if k.is_empty() {
+            ctx.error(
+                Some("spec.selector.matchLabels".to_owned()),
+                format!("empty key is not supported in selector: \"={v}\" (as in Istio)"),
+            );
+        }
+        if k.contains('*') || v.contains('*') {
+            ctx.error(
+                Some(format!("spec.selector.matchLabels[{k}]")),
+                format!("wildcard is not supported in selector: \"{k}={v}\" (labels are compared exactly, as in Istio); to select every workload of the namespace, omit the selector"),
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- PeerAuthentication
 
 fn peer_authentication(
@@ -426,7 +453,8 @@ fn peer_authentication(
             }
         }
     }
-    if spec.selector.is_some() && metadata.namespace == settings.root_namespace {
+    check_selector(ctx, &spec.selector);
+    if labelled_selector(&spec.selector) && metadata.namespace == settings.root_namespace {
         ctx.warn(
             Some("spec.selector".to_owned()),
             format!(
@@ -492,6 +520,7 @@ fn authorization_policy(
             );
         }
     }
+    check_selector(ctx, &spec.selector);
     let mut rules = Vec::new();
     for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
         rules.push(rule(ctx, &format!("spec.rules[{i}]"), r));
@@ -890,6 +919,83 @@ mod tests {
             c.peer_authentications[0].port_level_mtls.get(&9404),
             Some(&MtlsMode::Permissive)
         );
+    }
+
+    fn warnings(yaml: &str) -> Vec<ConfigError> {
+        match Config::from_sources(&[SourceFile::new("p.yaml", yaml)], MeshSettings::default()) {
+            Ok(c) => c.warnings,
+            Err(e) => panic!("expected a valid config for:\n{yaml}\n{e}"),
+        }
+    }
+
+    fn ap_doc(ns: &str, spec: &str) -> String {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    #[test]
+    fn selector_wildcards_and_empty_keys_are_errors() {
+        // Istio's validateWorkloadSelector, for both security kinds.
+        for doc in [
+            ap_doc("k", "{selector: {matchLabels: {app: \"*\"}}, rules: [{}]}"),
+            ap_doc(
+                "k",
+                "{selector: {matchLabels: {app: \"kafka-*\"}}, rules: [{}]}",
+            ),
+            ap_doc(
+                "k",
+                "{selector: {matchLabels: {\"app*\": kafka}}, rules: [{}]}",
+            ),
+            pa_doc("{selector: {matchLabels: {app: \"*\"}}, mtls: {mode: STRICT}}"),
+        ] {
+            let e = one(&doc);
+            assert!(
+                e.field
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("spec.selector.matchLabels["),
+                "{doc}: {e}"
+            );
+            assert!(
+                e.message.contains("wildcard is not supported in selector"),
+                "{doc}: {e}"
+            );
+        }
+        for doc in [
+            ap_doc("k", "{selector: {matchLabels: {\"\": a}}, rules: [{}]}"),
+            pa_doc("{selector: {matchLabels: {\"\": a}}}"),
+        ] {
+            let e = one(&doc);
+            assert_eq!(
+                e.field.as_deref(),
+                Some("spec.selector.matchLabels"),
+                "{doc}"
+            );
+            assert!(
+                e.message.contains("empty key is not supported in selector"),
+                "{doc}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn selector_without_labels_is_a_warning() {
+        let w = warnings(&ap_doc("k", "{selector: {matchLabels: {}}, rules: [{}]}"));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].field.as_deref(), Some("spec.selector"));
+        assert!(w[0].message.contains("without labels"), "{}", w[0].message);
+        // In the root namespace such a PeerAuthentication is mesh-wide, not an
+        // ignored selector policy.
+        let w = warnings(
+            &pa_doc("{selector: {}, mtls: {mode: STRICT}}")
+                .replace("namespace: k", "namespace: istio-system"),
+        );
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].message.contains("without labels"), "{}", w[0].message);
+        let w = warnings(
+            &pa_doc("{selector: {matchLabels: {app: a}}, mtls: {mode: STRICT}}")
+                .replace("namespace: k", "namespace: istio-system"),
+        );
+        assert!(w[0].message.starts_with("ignored"), "{}", w[0].message);
     }
 
     #[test]
