@@ -622,6 +622,22 @@ fn ports(ctx: &mut DocCtx<'_>, path: &str, values: Option<Vec<PortKey>>) -> Vec<
 }
 
 fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
+    // Istio checks which fields are set, not whether their values are valid:
+    // a source whose only values are wrong gets errors for those values only.
+    let set = [
+        &s.principals,
+        &s.not_principals,
+        &s.request_principals,
+        &s.not_request_principals,
+        &s.namespaces,
+        &s.not_namespaces,
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+    ]
+    .iter()
+    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
     let l7 = [
         &s.request_principals,
         &s.not_request_principals,
@@ -649,7 +665,7 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
         not_ip_blocks: ip_blocks(ctx, &format!("{path}.notIpBlocks"), s.not_ip_blocks),
         l7,
     };
-    if !l7 && out == Source::default() {
+    if !set {
         ctx.error(
             Some(path.to_owned()),
             "a source must set at least one field (Istio rejects an empty source)",
@@ -669,12 +685,17 @@ fn operation(ctx: &mut DocCtx<'_>, path: &str, o: RawOperation) -> Operation {
     ]
     .iter()
     .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    // Set fields, not valid values, as for a source.
+    let set = l7
+        || [&o.ports, &o.not_ports]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
     let out = Operation {
         ports: ports(ctx, &format!("{path}.ports"), o.ports),
         not_ports: ports(ctx, &format!("{path}.notPorts"), o.not_ports),
         l7,
     };
-    if !l7 && out == Operation::default() {
+    if !set {
         ctx.error(
             Some(path.to_owned()),
             "an operation must set at least one field (Istio rejects an empty operation)",
@@ -996,6 +1017,52 @@ mod tests {
                 .replace("namespace: k", "namespace: istio-system"),
         );
         assert!(w[0].message.starts_with("ignored"), "{}", w[0].message);
+    }
+
+    #[test]
+    fn a_source_whose_values_are_all_invalid_is_not_called_empty() {
+        let e = errors(&ap_doc(
+            "k",
+            "{rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/33\", banana]}}], to: [{operation: {ports: [\"70000\", abc]}}]}]}",
+        ));
+        let fields: Vec<_> = e.iter().map(|e| e.field.clone().unwrap()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].from[0].source.ipBlocks[0]",
+                "spec.rules[0].from[0].source.ipBlocks[1]",
+                "spec.rules[0].to[0].operation.ports[0]",
+                "spec.rules[0].to[0].operation.ports[1]",
+            ],
+            "{e:#?}"
+        );
+        let e = one(&ap_doc(
+            "k",
+            "{rules: [{from: [{source: {principals: [\"cluster.local/ns/*/sa/x\"]}}]}]}",
+        ));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.rules[0].from[0].source.principals[0]")
+        );
+        // A source or operation with nothing set (or only empty lists) is
+        // still refused, as Istio does.
+        for (spec, field) in [
+            (
+                "{rules: [{from: [{source: {}}]}]}",
+                "spec.rules[0].from[0].source",
+            ),
+            (
+                "{rules: [{from: [{source: {principals: []}}]}]}",
+                "spec.rules[0].from[0].source",
+            ),
+            (
+                "{rules: [{to: [{operation: {ports: []}}]}]}",
+                "spec.rules[0].to[0].operation",
+            ),
+        ] {
+            let e = one(&ap_doc("k", spec));
+            assert_eq!(e.field.as_deref(), Some(field), "{spec}");
+        }
     }
 
     #[test]
