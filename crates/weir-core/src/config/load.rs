@@ -521,6 +521,13 @@ fn authorization_policy(
         }
     }
     check_selector(ctx, &spec.selector);
+    if action == Action::Deny && spec.rules.as_ref().is_none_or(Vec::is_empty) {
+        // `rules: []` decodes as no rules in Istio (a proto list has no presence).
+        ctx.error(
+            Some("spec.rules".to_owned()),
+            "a DENY policy without rules is meaningless: it never denies anything (Istio rejects it); add an empty rule `{}` to deny every connection",
+        );
+    }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
         rules.push(rule(ctx, &format!("spec.rules[{i}]"), r));
@@ -535,6 +542,26 @@ fn authorization_policy(
 
 fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule) -> Rule {
     let mut out = Rule::default();
+    // Istio: "`from` must not be empty", "`to` must not be empty". A missing
+    // section matches everything; an empty list is a mistake, not a synonym.
+    for (field, empty) in [
+        ("from", r.from.as_ref().is_some_and(Vec::is_empty)),
+        ("to", r.to.as_ref().is_some_and(Vec::is_empty)),
+    ] {
+        if empty {
+            ctx.error(
+                Some(format!("{path}.{field}")),
+                format!(
+                    "`{field}` must not be empty (Istio rejects it); omit it to match any {}",
+                    if field == "from" {
+                        "source"
+                    } else {
+                        "operation"
+                    }
+                ),
+            );
+        }
+    }
     for (i, f) in r.from.unwrap_or_default().into_iter().enumerate() {
         let p = format!("{path}.from[{i}]");
         match f.source {
@@ -1062,6 +1089,38 @@ mod tests {
         ] {
             let e = one(&ap_doc("k", spec));
             assert_eq!(e.field.as_deref(), Some(field), "{spec}");
+        }
+    }
+
+    #[test]
+    fn deny_without_rules_and_empty_from_or_to_are_errors() {
+        // Istio's ValidateAuthorizationPolicy.
+        for spec in ["{action: DENY}", "{action: DENY, rules: []}"] {
+            let e = one(&ap_doc("k", spec));
+            assert_eq!(e.field.as_deref(), Some("spec.rules"), "{spec}");
+            assert!(
+                e.message.contains("DENY policy without rules"),
+                "{spec}: {}",
+                e.message
+            );
+        }
+        let e = errors(&ap_doc("k", "{rules: [{from: [], to: [], when: []}]}"));
+        let fields: Vec<_> = e.iter().map(|e| e.field.clone().unwrap()).collect();
+        assert_eq!(fields, ["spec.rules[0].from", "spec.rules[0].to"], "{e:#?}");
+        assert!(
+            e[0].message.contains("must not be empty"),
+            "{}",
+            e[0].message
+        );
+        // ALLOW without rules (allow nothing), `rules: [{}]` and `when: []`
+        // stay valid.
+        for spec in [
+            "{}",
+            "{rules: []}",
+            "{action: DENY, rules: [{}]}",
+            "{rules: [{when: []}]}",
+        ] {
+            warnings(&ap_doc("k", spec));
         }
     }
 
