@@ -38,7 +38,7 @@ use serde::Serialize;
 pub use files::{read_sources, SourceFile};
 pub use istio::{
     Action, AuthorizationPolicy, Condition, ConditionKey, ConditionValues, MtlsMode, Operation,
-    PeerAuthentication, Rule, Source, StringMatch,
+    PeerAuthentication, Rule, ServiceAccountMatch, Source, StringMatch,
 };
 pub use kafka::{KafkaAuthorizationPolicy, KafkaGateway};
 pub use meta::{ObjectMeta, Timestamp, WorkloadSelector};

@@ -197,6 +197,7 @@ struct Facts<'a> {
 
 fn source_matches(s: &Source, f: &Facts<'_>) -> bool {
     let p = f.principal.as_deref();
+    let peer = f.conn.peer.as_ref();
     field(
         any_string(&s.principals, p),
         any_string(&s.not_principals, p),
@@ -207,6 +208,11 @@ fn source_matches(s: &Source, f: &Facts<'_>) -> bool {
         any_string(&s.not_namespaces, f.namespace),
         !s.namespaces.is_empty(),
         !s.not_namespaces.is_empty(),
+    ) && field(
+        s.service_accounts.iter().any(|m| m.matches(peer)),
+        s.not_service_accounts.iter().any(|m| m.matches(peer)),
+        !s.service_accounts.is_empty(),
+        !s.not_service_accounts.is_empty(),
     ) && field(
         any_ip(&s.ip_blocks, f.conn.source_ip),
         any_ip(&s.not_ip_blocks, f.conn.source_ip),

@@ -31,6 +31,8 @@ pub struct Source {
     /// The caller's SPIFFE id, or null for plaintext.
     pub identity: Option<String>,
     pub principal: Option<String>,
+    /// `namespace/name`, what `serviceAccounts` entries match.
+    pub service_account: Option<String>,
     pub ip: Option<std::net::IpAddr>,
 }
 
@@ -123,6 +125,9 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         source: Source {
             identity: peer.as_ref().map(ToString::to_string),
             principal: peer.as_ref().map(SpiffeId::principal),
+            service_account: peer
+                .as_ref()
+                .map(|p| format!("{}/{}", p.namespace(), p.service_account())),
             ip: args.source_ip,
         },
         destination: Destination {

@@ -77,12 +77,10 @@ fn example_policy_table() {
     let cfg = [example()];
     let producer = "spiffe://cluster.local/ns/apps/sa/producer";
     // The allowed service accounts reach the broker port over mTLS.
-    expect(
-        &explain(&cfg, producer, None, "kafka/kafka-0", 9092),
-        "allow",
-        "STRICT",
-        Some("kafka/kafka-clients"),
-    );
+    let v = explain(&cfg, producer, None, "kafka/kafka-0", 9092);
+    expect(&v, "allow", "STRICT", Some("kafka/kafka-clients"));
+    // The caller as serviceAccounts entries name it.
+    assert_eq!(v["source"]["service_account"], "apps/producer", "{v:#}");
     expect(
         &explain(
             &cfg,
@@ -204,6 +202,11 @@ fn semantics_table() {
         // notPrincipals, notNamespaces
         (ap("kafka", "np", "{rules: [{from: [{source: {notPrincipals: [\"cluster.local/ns/apps/sa/producer\"]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/np")),
         (ap("kafka", "nn", "{rules: [{from: [{source: {notNamespaces: [apps]}}]}]}"), "plaintext", None, 9092, "allow", "PERMISSIVE", Some("kafka/nn")),
+        // serviceAccounts / notServiceAccounts (namespace/name; name alone = the policy's namespace)
+        (ap("kafka", "sa", "{rules: [{from: [{source: {serviceAccounts: [apps/producer]}}]}]}"), p, None, 9092, "allow", "PERMISSIVE", Some("kafka/sa")),
+        (ap("kafka", "sa", "{rules: [{from: [{source: {serviceAccounts: [producer]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/sa")),
+        (ap("kafka", "nsa", "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [apps/producer]}}]}]}"), "plaintext", None, 9092, "deny", "PERMISSIVE", Some("kafka/nsa")),
+        (ap("kafka", "nsa", "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [apps/producer]}}]}]}"), p, None, 9092, "allow", "PERMISSIVE", None),
         // ipBlocks / notIpBlocks
         (ap("kafka", "ip", "{rules: [{from: [{source: {ipBlocks: [198.18.0.0/24]}}]}]}"), "plaintext", Some("198.18.0.7"), 9092, "allow", "PERMISSIVE", Some("kafka/ip")),
         (ap("kafka", "ip", "{rules: [{from: [{source: {ipBlocks: [198.18.0.0/24]}}]}]}"), "plaintext", Some("198.19.0.7"), 9092, "deny", "PERMISSIVE", Some("kafka/ip")),

@@ -190,6 +190,32 @@ impl From<StringMatch> for String {
     }
 }
 
+/// A `serviceAccounts` entry (Istio 1.24+): `namespace/name`, or `name` in
+/// the policy's own namespace, already resolved. Exact on both parts; the
+/// trust domain is not compared (as in ztunnel).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct ServiceAccountMatch {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl ServiceAccountMatch {
+    /// Whether the peer runs as this service account; a plaintext peer
+    /// (no identity) never does.
+    pub fn matches(&self, peer: Option<&crate::spiffe::SpiffeId>) -> bool {
+        peer.is_some_and(|p| {
+            p.namespace() == self.namespace && p.service_account() == self.service_account
+        })
+    }
+}
+
+impl From<ServiceAccountMatch> for String {
+    fn from(m: ServiceAccountMatch) -> String {
+        format!("{}/{}", m.namespace, m.service_account)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
@@ -197,6 +223,10 @@ pub struct Source {
     pub not_principals: Vec<StringMatch>,
     pub namespaces: Vec<StringMatch>,
     pub not_namespaces: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<ServiceAccountMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<ServiceAccountMatch>,
     pub ip_blocks: Vec<IpNet>,
     pub not_ip_blocks: Vec<IpNet>,
     /// `requestPrincipals`/`remoteIpBlocks` (and their `not` forms) were set.
@@ -296,6 +326,8 @@ pub(crate) struct RawSource {
     pub not_request_principals: Option<Vec<String>>,
     pub namespaces: Option<Vec<String>>,
     pub not_namespaces: Option<Vec<String>>,
+    pub service_accounts: Option<Vec<String>>,
+    pub not_service_accounts: Option<Vec<String>>,
     pub ip_blocks: Option<Vec<String>>,
     pub not_ip_blocks: Option<Vec<String>>,
     pub remote_ip_blocks: Option<Vec<String>>,

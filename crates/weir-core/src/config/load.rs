@@ -10,7 +10,7 @@ use serde_yaml_ng::Value;
 use super::istio::{
     parse_ip_block, Action, AuthorizationPolicy, AuthorizationPolicySpec, Condition, ConditionKey,
     ConditionValues, MtlsMode, Operation, PeerAuthentication, PeerAuthenticationSpec, PortKey,
-    RawCondition, RawOperation, RawRule, RawSource, Rule, Source, StringMatch,
+    RawCondition, RawOperation, RawRule, RawSource, Rule, ServiceAccountMatch, Source, StringMatch,
 };
 use super::meta::{ObjectMeta, WorkloadSelector};
 use super::workload::{is_pod_uid, Workload, WorkloadSpec, POD_UID_ANNOTATION};
@@ -530,7 +530,12 @@ fn authorization_policy(
     }
     let mut rules = Vec::new();
     for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
-        rules.push(rule(ctx, &format!("spec.rules[{i}]"), r));
+        rules.push(rule(
+            ctx,
+            &format!("spec.rules[{i}]"),
+            r,
+            &metadata.namespace,
+        ));
     }
     Some(AuthorizationPolicy {
         metadata,
@@ -540,7 +545,8 @@ fn authorization_policy(
     })
 }
 
-fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule) -> Rule {
+/// `namespace`: the policy's, for `serviceAccounts` entries without one.
+fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule, namespace: &str) -> Rule {
     let mut out = Rule::default();
     // Istio: "`from` must not be empty", "`to` must not be empty". A missing
     // section matches everything; an empty list is a mistake, not a synonym.
@@ -565,7 +571,9 @@ fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule) -> Rule {
     for (i, f) in r.from.unwrap_or_default().into_iter().enumerate() {
         let p = format!("{path}.from[{i}]");
         match f.source {
-            Some(s) => out.from.push(source(ctx, &format!("{p}.source"), s)),
+            Some(s) => out
+                .from
+                .push(source(ctx, &format!("{p}.source"), s, namespace)),
             None => ctx.error(Some(p), "a from entry needs a source"),
         }
     }
@@ -648,7 +656,90 @@ fn ports(ctx: &mut DocCtx<'_>, path: &str, values: Option<Vec<PortKey>>) -> Vec<
     out
 }
 
-fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
+/// Istio's limit on `serviceAccounts` entries per source.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
+/// `serviceAccounts`/`notServiceAccounts` entries, validated as Istio's
+/// `CheckServiceAccount` does: at most 16, `name` or `namespace/name`, no
+/// `*`, neither part empty, at most 320 characters. `name` alone means the
+/// policy's namespace.
+fn service_accounts(
+    ctx: &mut DocCtx<'_>,
+    path: &str,
+    values: Option<Vec<String>>,
+    namespace: &str,
+) -> Vec<ServiceAccountMatch> {
+    let values = values.unwrap_or_default();
+    if values.len() > MAX_SERVICE_ACCOUNTS {
+        ctx.error(
+            Some(path.to_owned()),
+            format!(
+                "{} values: Istio allows at most {MAX_SERVICE_ACCOUNTS}; use namespaces or principals for larger sets",
+                values.len()
+            ),
+        );
+    }
+    let mut out = Vec::new();
+    for (i, v) in values.into_iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let format_hint = "expected \"name\" (in the policy's namespace) or \"namespace/name\"";
+        let problem = if v.is_empty() {
+            Some("empty value".to_owned())
+        } else if v.contains('*') {
+            Some(format!("{v:?}: wildcards are not allowed in serviceAccounts (exact match only); use principals for prefix or suffix matches"))
+        } else if v.matches('/').count() > 1 {
+            Some(format!("{v:?}: {format_hint}"))
+        } else if v.len() > 320 {
+            Some(format!("{v:?}: longer than 320 characters"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            ctx.error(Some(p), problem);
+            continue;
+        }
+        let (ns, sa) = v.split_once('/').unwrap_or((namespace, &v));
+        if ns.is_empty() || sa.is_empty() {
+            ctx.error(
+                Some(p),
+                format!(
+                    "{v:?}: empty {}; {format_hint}",
+                    if ns.is_empty() {
+                        "namespace"
+                    } else {
+                        "service account"
+                    }
+                ),
+            );
+            continue;
+        }
+        out.push(ServiceAccountMatch {
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+        });
+    }
+    out
+}
+
+fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource, namespace: &str) -> Source {
+    let present = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    // Istio: serviceAccounts name the identity already; combined with
+    // principals or namespaces in one source they are refused.
+    if (present(&s.service_accounts) || present(&s.not_service_accounts))
+        && [
+            &s.principals,
+            &s.not_principals,
+            &s.namespaces,
+            &s.not_namespaces,
+        ]
+        .into_iter()
+        .any(present)
+    {
+        ctx.error(
+            Some(path.to_owned()),
+            "cannot set serviceAccounts (or notServiceAccounts) with principals or namespaces (or their not* forms) in the same source (as in Istio); put them in separate from entries",
+        );
+    }
     // Istio checks which fields are set, not whether their values are valid:
     // a source whose only values are wrong gets errors for those values only.
     let set = [
@@ -658,6 +749,8 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
         &s.not_request_principals,
         &s.namespaces,
         &s.not_namespaces,
+        &s.service_accounts,
+        &s.not_service_accounts,
         &s.ip_blocks,
         &s.not_ip_blocks,
         &s.remote_ip_blocks,
@@ -687,6 +780,18 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource) -> Source {
             &format!("{path}.notNamespaces"),
             s.not_namespaces,
             false,
+        ),
+        service_accounts: service_accounts(
+            ctx,
+            &format!("{path}.serviceAccounts"),
+            s.service_accounts,
+            namespace,
+        ),
+        not_service_accounts: service_accounts(
+            ctx,
+            &format!("{path}.notServiceAccounts"),
+            s.not_service_accounts,
+            namespace,
         ),
         ip_blocks: ip_blocks(ctx, &format!("{path}.ipBlocks"), s.ip_blocks),
         not_ip_blocks: ip_blocks(ctx, &format!("{path}.notIpBlocks"), s.not_ip_blocks),
@@ -1122,6 +1227,72 @@ mod tests {
         ] {
             warnings(&ap_doc("k", spec));
         }
+    }
+
+    #[test]
+    fn service_accounts_are_validated_as_istio_does() {
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "p.yaml",
+                ap_doc(
+                    "kafka",
+                    "{rules: [{from: [{source: {serviceAccounts: [apps/producer, consumer]}}, {source: {notServiceAccounts: [x/y]}}]}]}",
+                ),
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        let from = &c.authorization_policies[0].rules[0].from;
+        let names: Vec<String> = from[0]
+            .service_accounts
+            .iter()
+            .cloned()
+            .map(String::from)
+            .collect();
+        assert_eq!(names, ["apps/producer", "kafka/consumer"]);
+        assert_eq!(String::from(from[1].not_service_accounts[0].clone()), "x/y");
+
+        let e = one(&ap_doc(
+            "k",
+            "{rules: [{from: [{source: {serviceAccounts: [apps/producer], namespaces: [apps]}}]}]}",
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.rules[0].from[0].source"));
+        assert!(
+            e.message.contains("cannot set serviceAccounts"),
+            "{}",
+            e.message
+        );
+        for (value, wanted) in [
+            ("\"apps/*\"", "wildcards are not allowed"),
+            ("a/b/c", "expected \"name\" (in the policy's namespace)"),
+            ("/b", "empty namespace"),
+            ("a/", "empty service account"),
+            ("\"\"", "empty value"),
+        ] {
+            let e = one(&ap_doc(
+                "k",
+                &format!("{{rules: [{{from: [{{source: {{notServiceAccounts: [{value}]}}}}]}}]}}"),
+            ));
+            assert_eq!(
+                e.field.as_deref(),
+                Some("spec.rules[0].from[0].source.notServiceAccounts[0]"),
+                "{value}"
+            );
+            assert!(e.message.contains(wanted), "{value}: {}", e.message);
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("sa{i}")).collect();
+        let e = one(&ap_doc(
+            "k",
+            &format!(
+                "{{rules: [{{from: [{{source: {{serviceAccounts: [{}]}}}}]}}]}}",
+                many.join(", ")
+            ),
+        ));
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.rules[0].from[0].source.serviceAccounts")
+        );
+        assert!(e.message.contains("at most 16"), "{}", e.message);
     }
 
     #[test]

@@ -391,6 +391,64 @@ fn not_principals_and_namespaces() {
 }
 
 #[test]
+fn service_accounts_match_namespace_and_name_exactly() {
+    let c = config(&ap(
+        "kafka",
+        "sa",
+        "{rules: [{from: [{source: {serviceAccounts: [\"apps/producer\"]}}]}]}",
+    ));
+    let v = eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(PRODUCER), "198.18.0.20", 9092),
+    );
+    assert!(v.allowed(), "{v:?}");
+    assert_eq!((v.policy.as_deref(), v.rule), (Some("kafka/sa"), Some(0)));
+    assert!(!eval(&c, "kafka/kafka-0", &conn(Some(OTHER), "198.18.0.21", 9092)).allowed());
+    // A plaintext caller has no service account.
+    assert!(!eval(&c, "kafka/kafka-0", &conn(None, "198.18.0.20", 9092)).allowed());
+    // Without a namespace the entry means the policy's namespace.
+    let c = config(&ap(
+        "kafka",
+        "sa",
+        "{rules: [{from: [{source: {serviceAccounts: [producer]}}]}]}",
+    ));
+    assert!(!eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(PRODUCER), "198.18.0.20", 9092)
+    )
+    .allowed());
+    assert!(eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(
+            Some("spiffe://cluster.local/ns/kafka/sa/producer"),
+            "198.18.0.20",
+            9092
+        )
+    )
+    .allowed());
+    // notServiceAccounts: everyone else, plaintext included, is denied.
+    let c = config(&ap(
+        "kafka",
+        "only-producer",
+        "{action: DENY, rules: [{from: [{source: {notServiceAccounts: [\"apps/producer\"]}}]}]}",
+    ));
+    assert!(eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(PRODUCER), "198.18.0.20", 9092)
+    )
+    .allowed());
+    for peer in [Some(OTHER), None] {
+        let v = eval(&c, "kafka/kafka-0", &conn(peer, "198.18.0.21", 9092));
+        assert_eq!(v.decision, Decision::Deny, "{peer:?}");
+        assert_eq!(v.policy.as_deref(), Some("kafka/only-producer"));
+    }
+}
+
+#[test]
 fn ip_blocks_and_ports() {
     let c = config(&ap("kafka", "p", "{rules: [{from: [{source: {ipBlocks: [198.18.1.0/24, 198.18.0.20]}}], to: [{operation: {ports: [\"9092\"]}}]}]}"));
     assert!(eval(&c, "kafka/kafka-0", &conn(None, "198.18.0.20", 9092)).allowed());
@@ -511,6 +569,8 @@ fn arb_source() -> impl Strategy<Value = String> {
         Just("{ipBlocks: [198.18.0.0/24]}".to_owned()),
         Just("{notIpBlocks: [198.18.0.20]}".to_owned()),
         Just("{requestPrincipals: [\"*\"]}".to_owned()),
+        Just("{serviceAccounts: [\"apps/producer\"]}".to_owned()),
+        Just("{notServiceAccounts: [kafka]}".to_owned()),
     ]
 }
 
