@@ -283,6 +283,36 @@ fn check_reports_every_error_with_location() {
 }
 
 #[test]
+fn check_warns_about_rules_with_http_attributes() {
+    let dir = TempDir::new("check-l7");
+    // The httpbin policy of Istio's documentation: valid, but its first rule
+    // needs HTTP attributes, so at L4 it never matches.
+    let p = dir.write(
+        "httpbin.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: httpbin, namespace: foo}\n\
+         spec:\n  selector: {matchLabels: {app: httpbin}}\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/default/sa/sleep]}\n\
+         \x20   to:\n    - operation: {methods: [GET], paths: [\"/info*\"]}\n\
+         \x20   when:\n    - key: request.auth.claims[iss]\n      values: [\"https://accounts.google.com\"]\n",
+    );
+    let out = weir().arg("check").arg(&p).output().unwrap();
+    assert!(out.status.success(), "a warning does not fail check");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("AuthorizationPolicy foo/httpbin: field spec.rules[0]: the node proxy, like ztunnel, does not support HTTP attributes (found: methods, paths, request.auth.claims[iss])"),
+        "{stderr}"
+    );
+    let out = weir()
+        .args(["check", "-o", "json"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["warnings"][0]["field"], "spec.rules[0]", "{v:#}");
+}
+
+#[test]
 fn explain_rejects_bad_arguments_clearly() {
     let out = weir()
         .args(["explain", "--config"])

@@ -1,6 +1,6 @@
 //! Documents → typed kinds, collecting every error with its location.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -534,6 +534,7 @@ fn authorization_policy(
             ctx,
             &format!("spec.rules[{i}]"),
             r,
+            action,
             &metadata.namespace,
         ));
     }
@@ -545,9 +546,64 @@ fn authorization_policy(
     })
 }
 
+/// The HTTP (L7) attributes a rule uses, by Istio's field or key name, as
+/// istiod lists them for ztunnel (`found: methods, paths`).
+fn l7_attributes(r: &RawRule) -> BTreeSet<String> {
+    let set = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    let mut found = BTreeSet::new();
+    for s in r.from.iter().flatten().filter_map(|f| f.source.as_ref()) {
+        for (name, v) in [
+            ("requestPrincipals", &s.request_principals),
+            ("notRequestPrincipals", &s.not_request_principals),
+            ("remoteIpBlocks", &s.remote_ip_blocks),
+            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+        ] {
+            if set(v) {
+                found.insert(name.to_owned());
+            }
+        }
+    }
+    for o in r.to.iter().flatten().filter_map(|t| t.operation.as_ref()) {
+        for (name, v) in [
+            ("hosts", &o.hosts),
+            ("notHosts", &o.not_hosts),
+            ("methods", &o.methods),
+            ("notMethods", &o.not_methods),
+            ("paths", &o.paths),
+            ("notPaths", &o.not_paths),
+        ] {
+            if set(v) {
+                found.insert(name.to_owned());
+            }
+        }
+    }
+    for c in r.when.iter().flatten() {
+        if matches!(ConditionKey::parse(&c.key), ConditionKey::L7(_)) {
+            found.insert(c.key.clone());
+        }
+    }
+    found
+}
+
 /// `namespace`: the policy's, for `serviceAccounts` entries without one.
-fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule, namespace: &str) -> Rule {
+fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule, action: Action, namespace: &str) -> Rule {
     let mut out = Rule::default();
+    // What istiod reports on such a policy for ztunnel ("accepted with a
+    // warning"): the rule is valid but an L4 proxy cannot honour it as written.
+    let l7 = l7_attributes(&r);
+    if !l7.is_empty() {
+        let found = l7.into_iter().collect::<Vec<_>>().join(", ");
+        let effect = match action {
+            Action::Allow => "within an ALLOW policy, a rule that uses them is omitted: this rule never matches, which is more restrictive than requested",
+            Action::Deny => "a DENY rule that uses them is enforced without them: this rule denies every connection the rest of it matches, which is more restrictive than requested; name the ports in to.operation.ports to limit it",
+        };
+        ctx.warn(
+            Some(path.to_owned()),
+            format!(
+                "the node proxy, like ztunnel, does not support HTTP attributes (found: {found}); {effect}"
+            ),
+        );
+    }
     // Istio: "`from` must not be empty", "`to` must not be empty". A missing
     // section matches everything; an empty list is a mistake, not a synonym.
     for (field, empty) in [
@@ -1293,6 +1349,45 @@ mod tests {
             Some("spec.rules[0].from[0].source.serviceAccounts")
         );
         assert!(e.message.contains("at most 16"), "{}", e.message);
+    }
+
+    #[test]
+    fn rules_with_http_attributes_are_warned_about() {
+        // Istio's httpbin example: every rule field is L7 but the principal.
+        let w = warnings(&ap_doc(
+            "foo",
+            "{rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}], to: [{operation: {methods: [GET], paths: [\"/info*\"]}}], when: [{key: \"request.auth.claims[iss]\", values: [\"https://accounts.google.com\"]}]}, {from: [{source: {namespaces: [test]}}]}]}",
+        ));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert_eq!(w[0].field.as_deref(), Some("spec.rules[0]"));
+        assert!(
+            w[0].message
+                .contains("(found: methods, paths, request.auth.claims[iss])"),
+            "{}",
+            w[0].message
+        );
+        assert!(w[0].message.contains("never matches"), "{}", w[0].message);
+        let w = warnings(&ap_doc(
+            "foo",
+            "{action: DENY, rules: [{from: [{source: {requestPrincipals: [\"*\"]}}], to: [{operation: {hosts: [a.example]}}]}]}",
+        ));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].message.contains("(found: hosts, requestPrincipals)"),
+            "{}",
+            w[0].message
+        );
+        assert!(
+            w[0].message.contains("enforced without them"),
+            "{}",
+            w[0].message
+        );
+        // L4-only rules: no warning.
+        assert!(warnings(&ap_doc(
+            "foo",
+            "{rules: [{to: [{operation: {ports: [\"80\"]}}], when: [{key: source.ip, values: [10.0.0.0/8]}]}]}"
+        ))
+        .is_empty());
     }
 
     #[test]
