@@ -357,10 +357,29 @@ pub fn authorize(config: &Config, w: &Workload, conn: &Connection, mtls: MtlsMod
     )
 }
 
-/// The full inbound decision for a connection to workload `w`: the mTLS mode
-/// first (STRICT refuses plaintext), then AuthorizationPolicy.
+/// The full inbound decision for a connection to workload `w`: a peer from
+/// another trust domain is refused (as at the handshake), then the mTLS mode
+/// (STRICT refuses plaintext), then AuthorizationPolicy.
 pub fn evaluate(config: &Config, w: &Workload, conn: &Connection) -> Verdict {
     let mtls = effective_mtls(config, w, conn.destination_port);
+    let mesh = &config.settings.trust_domain;
+    if let Some(peer) = conn.peer.as_ref().filter(|p| p.trust_domain() != mesh) {
+        // The node proxy verifies peer certificates against the mesh's trust
+        // domain: this peer never gets past the handshake, whatever a policy
+        // (e.g. `principals: ["*/sa/x"]`) would say.
+        return Verdict {
+            decision: Decision::Deny,
+            mtls_mode: mtls.mode,
+            policy: None,
+            policy_kind: None,
+            rule: None,
+            reason: format!(
+                "{peer} is in trust domain {:?}, not the mesh's ({:?}): the node proxy refuses its certificate at the mTLS handshake, before any policy",
+                peer.trust_domain().as_str(),
+                mesh.as_str()
+            ),
+        };
+    }
     if conn.peer.is_none() && !mtls.mode.allows_plaintext() {
         let pa = mtls.policy.map(|p| p.metadata.key());
         return Verdict {

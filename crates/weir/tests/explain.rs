@@ -234,6 +234,49 @@ fn semantics_table() {
 }
 
 #[test]
+fn explain_refuses_a_foreign_trust_domain() {
+    let dir = TempDir::new("foreign-td");
+    let sfx = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: sfx, namespace: kafka}\nspec: {rules: [{from: [{source: {principals: [\"*/sa/producer\"]}}]}]}\n";
+    // With no policy (allowed for a mesh peer) and with a principal pattern
+    // that matches the foreign id: the handshake refuses it first. Both the
+    // SPIFFE id and the principal form (no scheme).
+    for (n, policies) in ["", sfx].into_iter().enumerate() {
+        let cfg = case(&dir, 100 + n, policies);
+        for from in [
+            "spiffe://evil.example/ns/apps/sa/producer",
+            "evil.example/ns/apps/sa/producer",
+        ] {
+            let v = explain(&cfg, from, None, "kafka/kafka-0", 9092);
+            expect(&v, "deny", "PERMISSIVE", None);
+            let reason = v["reason"].as_str().unwrap();
+            assert!(
+                reason
+                    .contains("trust domain \"evil.example\", not the mesh's (\"cluster.local\")"),
+                "{v:#}"
+            );
+        }
+    }
+    // --trust-domain names the mesh's.
+    let cfg = case(&dir, 102, "");
+    let out = weir()
+        .arg("explain")
+        .arg("--config")
+        .args(&cfg)
+        .args([
+            "--trust-domain",
+            "evil.example",
+            "--from",
+            "evil.example/ns/apps/sa/producer",
+        ])
+        .args(["--to", "kafka/kafka-0", "--port", "9092", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    expect(&v, "allow", "PERMISSIVE", None);
+}
+
+#[test]
 fn check_summarises_valid_config() {
     let out = weir().arg("check").arg(example()).output().unwrap();
     assert!(out.status.success());

@@ -557,6 +557,56 @@ fn strict_plaintext_denial_names_the_peer_authentication() {
     assert!(v.reason.contains("STRICT"), "{}", v.reason);
 }
 
+#[test]
+fn a_peer_from_another_trust_domain_is_refused() {
+    // No policy at all would allow it, and this principal pattern matches it;
+    // the handshake refuses it first.
+    let c = config(&ap(
+        "kafka",
+        "sfx",
+        "{rules: [{from: [{source: {principals: [\"*/sa/producer\"]}}]}]}",
+    ));
+    let foreign = "spiffe://evil.example/ns/apps/sa/producer";
+    for c in [config(""), c] {
+        let v = eval(
+            &c,
+            "kafka/kafka-0",
+            &conn(Some(foreign), "198.18.0.20", 9092),
+        );
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!(v.mtls_mode, MtlsMode::Permissive);
+        assert_eq!((v.policy, v.policy_kind, v.rule), (None, None, None));
+        assert!(
+            v.reason
+                .contains("trust domain \"evil.example\", not the mesh's (\"cluster.local\")"),
+            "{}",
+            v.reason
+        );
+    }
+    // The mesh's own trust domain comes from the settings.
+    let src = [
+        SourceFile::new("workloads.yaml", WORKLOADS),
+        SourceFile::new("p.yaml", ""),
+    ];
+    let settings = MeshSettings {
+        trust_domain: "evil.example".parse().unwrap(),
+        ..MeshSettings::default()
+    };
+    let c = Config::from_sources(&src, settings).unwrap();
+    assert!(eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(foreign), "198.18.0.20", 9092)
+    )
+    .allowed());
+    let v = eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(PRODUCER), "198.18.0.20", 9092),
+    );
+    assert_eq!(v.decision, Decision::Deny, "cluster.local is foreign here");
+}
+
 // ------------------------------------------------------------ properties
 
 fn arb_source() -> impl Strategy<Value = String> {
