@@ -344,17 +344,36 @@ pub fn authorize(config: &Config, w: &Workload, conn: &Connection, mtls: MtlsMod
     let names: Vec<String> = allows.iter().map(|p| p.metadata.key()).collect();
     // A single ALLOW policy that could have matched is the one to blame.
     let blame: Option<&AuthorizationPolicy> = (allows.len() == 1).then(|| *allows[0]);
-    verdict(
-        Decision::Deny,
-        blame,
-        None,
-        format!(
+    // `spec: {}` and friends: an ALLOW policy without rules allows nothing.
+    let ruleless: Vec<String> = allows
+        .iter()
+        .filter(|p| p.rules.is_empty())
+        .map(|p| p.metadata.key())
+        .collect();
+    let reason = match (&blame, ruleless.len()) {
+        (Some(p), 1) => format!(
+            "ALLOW AuthorizationPolicy {} has no rules: it allows nothing, so every connection to {}/{} is denied",
+            p.metadata.key(),
+            w.namespace(),
+            w.name()
+        ),
+        (_, 0) => format!(
             "ALLOW AuthorizationPolicies apply to {}/{} ({}) but none of their rules matched",
             w.namespace(),
             w.name(),
             names.join(", ")
         ),
-    )
+        (_, n) => format!(
+            "ALLOW AuthorizationPolicies apply to {}/{} ({}) but none of their rules matched ({} {} no rules: {} nothing)",
+            w.namespace(),
+            w.name(),
+            names.join(", "),
+            ruleless.join(", "),
+            if n == 1 { "has" } else { "have" },
+            if n == 1 { "it allows" } else { "they allow" },
+        ),
+    };
+    verdict(Decision::Deny, blame, None, reason)
 }
 
 /// The full inbound decision for a connection to workload `w`: a peer from

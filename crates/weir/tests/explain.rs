@@ -231,6 +231,16 @@ fn semantics_table() {
         assert_eq!(v["policy"].as_str(), *policy, "case {i}: {policies}\n{v:#}");
         let _ = std::fs::remove_file(&cfg[1]);
     }
+    // spec {}: the reason says why nothing matched.
+    let cfg = case(&dir, 999, &ap("kafka", "nothing", "{}"));
+    let v = explain(&cfg, p, None, "kafka/kafka-0", 9092);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kafka/nothing has no rules: it allows nothing"),
+        "{v:#}"
+    );
 }
 
 #[test]

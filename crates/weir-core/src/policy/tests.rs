@@ -282,6 +282,32 @@ fn empty_spec_allows_nothing_and_empty_rule_everything() {
     );
     assert_eq!(v.decision, Decision::Deny);
     assert_eq!(v.policy.as_deref(), Some("kafka/deny-all"));
+    assert_eq!(
+        v.reason,
+        "ALLOW AuthorizationPolicy kafka/deny-all has no rules: it allows nothing, so every connection to kafka/kafka-0 is denied"
+    );
+    // Among several ALLOW policies, the rule-less ones are named.
+    let c = config(&format!(
+        "{}{}",
+        ap("kafka", "deny-all", "{}"),
+        ap(
+            "kafka",
+            "ns-only",
+            "{rules: [{from: [{source: {namespaces: [nope]}}]}]}"
+        )
+    ));
+    let v = eval(
+        &c,
+        "kafka/kafka-0",
+        &conn(Some(PRODUCER), "198.18.0.20", 9092),
+    );
+    assert_eq!(v.policy, None);
+    assert!(
+        v.reason
+            .ends_with("(kafka/deny-all has no rules: it allows nothing)"),
+        "{}",
+        v.reason
+    );
     let c = config(&ap("kafka", "allow-all", "{rules: [{}]}"));
     assert!(eval(&c, "kafka/kafka-0", &conn(None, "198.18.0.99", 1)).allowed());
     // (A DENY policy without rules is refused by the loader, as in Istio.)
