@@ -80,6 +80,10 @@ pub struct DocumentRef {
     pub file: String,
     /// 0-based position of the document in its file (`---` separated).
     pub index: usize,
+    /// 0-based position in the document's `items` when it is a `kind: List`
+    /// (what `kubectl get -o yaml` prints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// `namespace/name` when the metadata could be read.
@@ -96,6 +100,9 @@ impl fmt::Display for DocumentRef {
             self.index + 1,
             self.index
         )?;
+        if let Some(item) = self.item {
+            write!(f, " items[{item}]")?;
+        }
         match (&self.kind, &self.name) {
             (Some(k), Some(n)) => write!(f, " {k} {n}"),
             (Some(k), None) => write!(f, " {k}"),

@@ -104,6 +104,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
                 doc: DocumentRef {
                     file: src.name.clone(),
                     index,
+                    item: None,
                     kind: None,
                     name: None,
                 },
@@ -121,7 +122,35 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
             if value.is_null() {
                 continue; // an empty document, e.g. a trailing `---`
             }
-            load_document(&mut ctx, value, &mut config, &mut seen, &mut addresses);
+            if !is_list(&value) {
+                load_document(&mut ctx, value, &mut config, &mut seen, &mut addresses);
+                continue;
+            }
+            let Some(items) = list_items(&mut ctx, value) else {
+                continue;
+            };
+            let list = ctx.doc;
+            for (item, value) in items.into_iter().enumerate() {
+                let mut ctx = DocCtx {
+                    doc: DocumentRef {
+                        item: Some(item),
+                        kind: None,
+                        name: None,
+                        ..list.clone()
+                    },
+                    errors: &mut errors,
+                    warnings: &mut warnings,
+                };
+                if is_list(&value) {
+                    ctx.doc.kind = Some("List".to_owned());
+                    ctx.error(
+                        Some("kind".to_owned()),
+                        "a List inside a List is not supported; put its items in the outer List",
+                    );
+                    continue;
+                }
+                load_document(&mut ctx, value, &mut config, &mut seen, &mut addresses);
+            }
         }
     }
 
@@ -134,6 +163,53 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// A `kind: List` document, the wrapper `kubectl get -o yaml` prints around
+/// several objects.
+fn is_list(value: &Value) -> bool {
+    value.get("kind").and_then(Value::as_str) == Some("List")
+}
+
+/// The `items` of a `v1` `List`, each then loaded as a document of its own;
+/// `None` when the wrapper itself is wrong (errors reported).
+fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
+    ctx.doc.kind = Some("List".to_owned());
+    let Value::Mapping(mut map) = value else {
+        return None; // is_list() saw a mapping
+    };
+    let before = ctx.error_count();
+    for key in map.keys() {
+        let key = key.as_str().unwrap_or("?");
+        if !matches!(key, "apiVersion" | "kind" | "metadata" | "items") {
+            ctx.error(
+                Some(key.to_owned()),
+                format!("unknown field {key:?} in a List, expected one of \"apiVersion\", \"kind\", \"metadata\", \"items\""),
+            );
+        }
+    }
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some("v1") => {}
+        other => ctx.error(
+            Some("apiVersion".to_owned()),
+            format!(
+                "a List is served at \"v1\" (as `kubectl get -o yaml` prints it), not {}",
+                other.map_or("nothing".to_owned(), |v| format!("{v:?}"))
+            ),
+        ),
+    }
+    let items = match map.remove("items") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            ctx.error(
+                Some("items".to_owned()),
+                "must be a list of documents (apiVersion, kind, metadata, spec)",
+            );
+            Vec::new()
+        }
+    };
+    (ctx.error_count() == before).then_some(items)
 }
 
 fn load_document(
@@ -1388,6 +1464,82 @@ mod tests {
             "{rules: [{to: [{operation: {ports: [\"80\"]}}], when: [{key: source.ip, values: [10.0.0.0/8]}]}]}"
         ))
         .is_empty());
+    }
+
+    const KUBECTL_LIST: &str = "apiVersion: v1\nitems:\n\
+        - apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a, namespace: k, uid: 1, resourceVersion: \"7\"}\n  spec: {rules: [{}]}\n\
+        - apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {name: b, namespace: k}\n  spec: {mtls: {mode: STRICT}}\n\
+        kind: List\nmetadata: {resourceVersion: \"\"}\n";
+
+    #[test]
+    fn a_kubectl_list_loads_its_items() {
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "k.yaml",
+                format!(
+                    "{KUBECTL_LIST}---\n{}",
+                    pa_doc("{mtls: {mode: PERMISSIVE}}")
+                ),
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.authorization_policies.len(), 1);
+        assert_eq!(c.peer_authentications.len(), 2);
+        // An empty List is no objects, not an error.
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "k.yaml",
+                "apiVersion: v1\nkind: List\nitems: []\n",
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.summary().iter().map(|(_, n)| n).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn errors_in_a_list_name_the_item() {
+        let e = one(&format!(
+            "{}---\n{}",
+            pa_doc("{}"),
+            KUBECTL_LIST.replace("mode: STRICT", "mode: STRICTT")
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.mtls.mode"));
+        let d = e.document.as_ref().unwrap();
+        assert_eq!((d.index, d.item), (1, Some(1)));
+        assert!(
+            e.to_string()
+                .starts_with("p.yaml: document 2 (index 1) items[1] PeerAuthentication k/b: field spec.mtls.mode"),
+            "{e}"
+        );
+        // A duplicate across items points at the first.
+        let dup = KUBECTL_LIST
+            .replace(
+                "name: b, namespace: k}\n  spec: {mtls",
+                "name: a, namespace: k}\n  spec: {mtls",
+            )
+            .replace("kind: PeerAuthentication", "kind: AuthorizationPolicy")
+            .replace("{mtls: {mode: STRICT}}", "{rules: [{}]}");
+        let e = one(&dup);
+        assert!(
+            e.message
+                .contains("already defined at p.yaml: document 1 (index 0) items[0]"),
+            "{e}"
+        );
+        // The wrapper itself.
+        for (yaml, field) in [
+            ("apiVersion: v2\nkind: List\nitems: []\n", "apiVersion"),
+            ("apiVersion: v1\nkind: List\nitems: {a: b}\n", "items"),
+            ("apiVersion: v1\nkind: List\nitems: []\nspec: {}\n", "spec"),
+            (
+                "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: List}]\n",
+                "kind",
+            ),
+        ] {
+            let e = one(yaml);
+            assert_eq!(e.field.as_deref(), Some(field), "{yaml}: {e}");
+        }
     }
 
     #[test]
