@@ -188,6 +188,9 @@ pub struct Config {
     /// Non-fatal findings (e.g. a policy Istio would ignore).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<ConfigError>,
+    /// How many documents (List items counted one by one) were loaded.
+    #[serde(skip)]
+    documents: usize,
     #[serde(skip)]
     by_address: HashMap<IpAddr, usize>,
     #[serde(skip)]
@@ -236,6 +239,14 @@ impl Config {
         self.by_name
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|&i| &self.workloads[i])
+    }
+
+    /// How many documents the config was loaded from: objects, not files;
+    /// empty and comment-only documents do not count, the items of a `List`
+    /// do. 0 means the sources held nothing (which `weir check` refuses; a
+    /// proxy may legitimately start empty).
+    pub fn documents(&self) -> usize {
+        self.documents
     }
 
     pub fn workloads_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> {

@@ -89,6 +89,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     };
     match Config::load_paths(&args.paths, settings) {
+        Ok(config) if config.documents() == 0 => no_documents(args),
         Ok(config) => {
             match args.output {
                 Output::Text => {
@@ -133,4 +134,29 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Paths that hold no document at all: most likely a mistyped directory or
+/// file, so an error (as `kubectl apply` says "no objects passed to apply"),
+/// not an all-zero summary. Only `weir check`: a proxy may start empty.
+fn no_documents(args: &CheckArgs) -> ExitCode {
+    let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+    let message = format!(
+        "no documents found in {} (directories are searched recursively for *.yaml, *.yml and *.json; empty and comment-only documents do not count)",
+        paths.join(", ")
+    );
+    match args.output {
+        Output::Text => eprintln!("error: {message}"),
+        Output::Json => {
+            let out = serde_json::json!({
+                "valid": false,
+                "errors": [{"file": paths.join(", "), "message": message}],
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("serializable")
+            );
+        }
+    }
+    ExitCode::from(1)
 }

@@ -366,6 +366,45 @@ fn check_warns_about_rules_with_http_attributes() {
 }
 
 #[test]
+fn check_refuses_paths_without_documents() {
+    let dir = TempDir::new("check-empty");
+    let empty = dir.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    dir.write("empty/README.md", "not a config file\n");
+    let comments = dir.write("comments.yaml", "# nothing here\n---\n");
+    let list = dir.write("list.yaml", "apiVersion: v1\nkind: List\nitems: []\n");
+    for p in [&empty, &comments, &list] {
+        let out = weir().arg("check").arg(p).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", p.display());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("error: no documents found in {}", p.display())),
+            "{stderr}"
+        );
+    }
+    let out = weir()
+        .args(["check", "-o", "json"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("no documents found in"));
+    // One document anywhere among the paths is enough.
+    let out = weir()
+        .arg("check")
+        .arg(&empty)
+        .arg(dir.write("w.yaml", WL))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
 fn explain_rejects_bad_arguments_clearly() {
     let out = weir()
         .args(["explain", "--config"])

@@ -123,6 +123,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
                 continue; // an empty document, e.g. a trailing `---`
             }
             if !is_list(&value) {
+                config.documents += 1;
                 load_document(&mut ctx, value, &mut config, &mut seen, &mut addresses);
                 continue;
             }
@@ -131,6 +132,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
             };
             let list = ctx.doc;
             for (item, value) in items.into_iter().enumerate() {
+                config.documents += 1;
                 let mut ctx = DocCtx {
                     doc: DocumentRef {
                         item: Some(item),
@@ -1486,6 +1488,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.authorization_policies.len(), 1);
         assert_eq!(c.peer_authentications.len(), 2);
+        assert_eq!(c.documents(), 3);
         // An empty List is no objects, not an error.
         let c = Config::from_sources(
             &[SourceFile::new(
@@ -1496,6 +1499,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.summary().iter().map(|(_, n)| n).sum::<usize>(), 0);
+        assert_eq!(c.documents(), 0);
+    }
+
+    #[test]
+    fn empty_and_comment_only_sources_are_no_documents() {
+        let c = Config::from_sources(
+            &[
+                SourceFile::new("a.yaml", ""),
+                SourceFile::new("b.yaml", "# only a comment\n---\n---\n"),
+            ],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.documents(), 0);
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "p.yaml",
+                format!("---\n{}---\n", pa_doc("{}")),
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.documents(), 1);
     }
 
     #[test]
