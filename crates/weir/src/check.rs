@@ -97,13 +97,13 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                         eprintln!("warning: {w}");
                     }
                     for line in summary_lines(&config) {
-                        println!("{line}");
+                        out!("{line}");
                     }
                 }
                 Output::Json => {
                     let kinds: BTreeMap<&str, usize> = config.summary().into_iter().collect();
                     let out = serde_json::json!({"valid": true, "kinds": kinds, "warnings": config.warnings, "errors": []});
-                    println!(
+                    out!(
                         "{}",
                         serde_json::to_string_pretty(&out).expect("serializable")
                     );
@@ -124,8 +124,10 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                     );
                 }
                 Output::Json => {
-                    let out = serde_json::json!({"valid": false, "errors": errors.0});
-                    println!(
+                    // The same keys as for a valid config: no kinds are counted
+                    // and no warnings computed when the config is refused.
+                    let out = serde_json::json!({"valid": false, "kinds": {}, "warnings": [], "errors": errors.0});
+                    out!(
                         "{}",
                         serde_json::to_string_pretty(&out).expect("serializable")
                     );
@@ -150,9 +152,11 @@ fn no_documents(args: &CheckArgs) -> ExitCode {
         Output::Json => {
             let out = serde_json::json!({
                 "valid": false,
+                "kinds": {},
+                "warnings": [],
                 "errors": [{"file": paths.join(", "), "message": message}],
             });
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&out).expect("serializable")
             );

@@ -507,7 +507,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "NAMESPACE/WORKLOAD", required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
     pub to: Option<String>,
     /// The destination port (connection questions).
-    #[arg(long, value_name = "N", required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
     pub port: Option<u16>,
     /// Kafka question: the topic the request is about.
     #[arg(

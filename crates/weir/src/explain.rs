@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use serde::Serialize;
-use weir_core::config::{Action, KafkaGateway, MtlsMode};
+use weir_core::config::{Action, ConditionKey, KafkaGateway, MtlsMode};
 use weir_core::kafka::{Operation, Principal, ResourceType};
 use weir_core::policy::kafka::{KafkaAuthorizer, KafkaBasis};
 use weir_core::policy::{self, Connection, Decision};
@@ -56,6 +56,19 @@ pub fn parse_from(s: &str) -> Result<Option<SpiffeId>, String> {
     };
     full.parse::<SpiffeId>().map(Some).map_err(|e| {
         format!("--from {s:?}: {e}; expected spiffe://<td>/ns/<ns>/sa/<sa>, <td>/ns/<ns>/sa/<sa> or plaintext")
+    })
+}
+
+/// Whether an AuthorizationPolicy tests the caller's IP address (so an
+/// answer without `--source-ip` may not be the one a real caller gets).
+fn policies_use_source_ip(config: &Config) -> bool {
+    config.authorization_policies.iter().any(|p| {
+        p.rules.iter().any(|r| {
+            r.from
+                .iter()
+                .any(|s| !s.ip_blocks.is_empty() || !s.not_ip_blocks.is_empty())
+                || r.when.iter().any(|c| c.key == ConditionKey::SourceIp)
+        })
     })
 }
 
@@ -115,6 +128,11 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         destination_port: port,
     };
     let v = policy::evaluate(&config, workload, &conn);
+    if args.source_ip.is_none() && policies_use_source_ip(&config) {
+        eprintln!(
+            "note: no --source-ip given: ipBlocks and source.ip conditions match no address, notIpBlocks and notValues of source.ip match any"
+        );
+    }
     let out = Explanation {
         decision: v.decision,
         mtls_mode: v.mtls_mode,
@@ -138,21 +156,21 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         },
     };
     match args.output {
-        Output::Json => println!(
+        Output::Json => out!(
             "{}",
             serde_json::to_string_pretty(&out).expect("serializable")
         ),
         Output::Text => {
-            println!("decision:  {}", out.decision.as_str());
-            println!("mtls mode: {}", out.mtls_mode);
+            out!("decision:  {}", out.decision.as_str());
+            out!("mtls mode: {}", out.mtls_mode);
             match (&out.policy, out.policy_kind) {
                 (Some(p), Some(k)) => match out.rule {
-                    Some(r) => println!("policy:    {k} {p} (rule {r})"),
-                    None => println!("policy:    {k} {p}"),
+                    Some(r) => out!("policy:    {k} {p} (rule {r})"),
+                    None => out!("policy:    {k} {p}"),
                 },
-                _ => println!("policy:    none"),
+                _ => out!("policy:    none"),
             }
-            println!("reason:    {}", out.reason);
+            out!("reason:    {}", out.reason);
         }
     }
     ExitCode::SUCCESS
@@ -355,27 +373,28 @@ fn run_kafka(
         gateway: key,
     };
     match args.output {
-        Output::Json => println!(
+        Output::Json => out!(
             "{}",
             serde_json::to_string_pretty(&out).expect("serializable")
         ),
         Output::Text => {
-            println!("decision:  {}", out.decision.as_str());
-            println!("gateway:   KafkaGateway {}", out.gateway);
-            println!("principal: {}", out.principal);
-            println!(
+            out!("decision:  {}", out.decision.as_str());
+            out!("gateway:   KafkaGateway {}", out.gateway);
+            out!("principal: {}", out.principal);
+            out!(
                 "resource:  {} {}",
-                out.resource.resource_type, out.resource.name
+                out.resource.resource_type,
+                out.resource.name
             );
-            println!("operation: {}", out.operation);
+            out!("operation: {}", out.operation);
             match (&out.policy, out.rule) {
                 (Some(p), Some(r)) => {
-                    println!("policy:    KafkaAuthorizationPolicy {p} (rule {r})")
+                    out!("policy:    KafkaAuthorizationPolicy {p} (rule {r})")
                 }
-                (Some(p), None) => println!("policy:    KafkaAuthorizationPolicy {p}"),
-                _ => println!("policy:    none"),
+                (Some(p), None) => out!("policy:    KafkaAuthorizationPolicy {p}"),
+                _ => out!("policy:    none"),
             }
-            println!("reason:    {}", out.reason);
+            out!("reason:    {}", out.reason);
         }
     }
     ExitCode::SUCCESS

@@ -1,6 +1,15 @@
 //! `weir`: a zero-trust ambient service mesh for event streaming.
 #![forbid(unsafe_code)]
 
+/// `println!` for the commands whose output is read by other programs
+/// (`weir check ... | head -1`): a reader that went away ends the command
+/// quietly with success, as for other Unix tools, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod check;
 mod cli;
 mod control;
@@ -13,6 +22,21 @@ mod node;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("weir: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

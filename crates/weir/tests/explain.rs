@@ -333,6 +333,43 @@ fn check_reports_every_error_with_location() {
     assert_eq!(v["valid"], false);
     assert!(v["errors"].as_array().unwrap().len() >= 3, "{v:#}");
     assert_eq!(v["errors"][0]["document"]["index"], 0);
+    // The same keys as for a valid config, so scripts need no second shape.
+    assert_eq!(v["kinds"], serde_json::json!({}), "{v:#}");
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v:#}");
+}
+
+/// `weir check ... | head -1`: the reader goes away after one line; weir
+/// ends quietly with success instead of panicking on the broken pipe.
+#[test]
+fn check_and_explain_end_quietly_when_the_reader_goes_away() {
+    use std::process::Stdio;
+    for args in [
+        vec!["check".to_owned(), example().display().to_string()],
+        vec![
+            "explain".to_owned(),
+            "--config".to_owned(),
+            example().display().to_string(),
+            "--from".to_owned(),
+            "plaintext".to_owned(),
+            "--to".to_owned(),
+            "kafka/kafka-0".to_owned(),
+            "--port".to_owned(),
+            "9092".to_owned(),
+        ],
+    ] {
+        let mut child = weir()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before weir writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
@@ -436,4 +473,62 @@ fn explain_rejects_bad_arguments_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("known workloads: kafka/kafka-0"));
+    let out = weir()
+        .args(["explain", "--config"])
+        .arg(example())
+        .args([
+            "--from",
+            "plaintext",
+            "--to",
+            "kafka/kafka-0",
+            "--port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "port 0 is no destination port");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+}
+
+/// Without --source-ip, a policy that tests the caller's address cannot be
+/// answered as for a real caller: explain says so on stderr (only then).
+#[test]
+fn explain_notes_an_unknown_source_ip_when_policies_test_it() {
+    let dir = TempDir::new("explain-ip");
+    let by_ip = dir.write(
+        "deny-outside.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: outside, namespace: kafka}\n\
+         spec:\n  action: DENY\n  rules:\n  - from:\n    - source: {notIpBlocks: [198.18.0.0/16]}\n",
+    );
+    let ask = |paths: &[PathBuf], ip: Option<&str>| {
+        let mut cmd = weir();
+        cmd.arg("explain").arg("--config").args(paths).args([
+            "--from",
+            "cluster.local/ns/apps/sa/producer",
+            "--to",
+            "kafka/kafka-0",
+            "--port",
+            "9092",
+        ]);
+        if let Some(ip) = ip {
+            cmd.args(["--source-ip", ip]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (stdout, stderr) = ask(&[example(), by_ip.clone()], None);
+    assert!(stdout.starts_with("decision:  deny"), "{stdout}");
+    assert!(stderr.contains("note: no --source-ip given"), "{stderr}");
+    let (stdout, stderr) = ask(&[example(), by_ip], Some("198.18.0.7"));
+    assert!(stdout.starts_with("decision:  allow"), "{stdout}");
+    assert!(!stderr.contains("note:"), "{stderr}");
+    let (_, stderr) = ask(&[example()], None);
+    assert!(
+        !stderr.contains("note:"),
+        "no policy tests an address: {stderr}"
+    );
 }
