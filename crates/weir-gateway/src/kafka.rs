@@ -94,7 +94,7 @@ impl KafkaListeners {
         let mapper = HostMapper::new(
             &gw.bootstrap_host,
             &gw.broker_host_template.as_string(),
-            gw.port,
+            gw.advertised_port,
         )
         .map_err(|e| e.to_string())?;
         let servers: Vec<BrokerAddr> = gw

@@ -15,7 +15,9 @@
 //!   error for the other, on a connection that stays open; per-topic metrics
 //!   equal what was sent; bad input (plaintext on the TLS port, an
 //!   oversized frame) closes only that connection, counted.
-//! - `tansu_with_two_client_families`: a Tansu broker, SIMPLE TLS, kafka-python
+//! - `tansu_with_two_client_families`: a Tansu broker, SIMPLE TLS behind a
+//!   port mapping (`advertisedPort`: clients dial and are told the mapped
+//!   port, the gateway listens on another), kafka-python
 //!   and confluent-kafka producing and consuming through the gateway; then,
 //!   under a DENY policy on one topic's Delete and AlterConfigs, a
 //!   confluent-kafka AdminClient: IncrementalAlterConfigs passes on another
@@ -763,14 +765,45 @@ fn tansu_with_two_client_families() {
     let _tansu = start_tansu(&broker, &tansu, &[("orders.py", 1), ("orders.rd", 1)]);
     let dir = TempDir::new("kgwt-config");
     let state = TempDir::new("kgwt-state");
+    // Clients reach the gateway through a port mapping, as through a
+    // LoadBalancer Service: they dial GATEWAY_PORT, the outside namespace
+    // DNATs it to the port the gateway listens on, and the gateway must
+    // advertise GATEWAY_PORT (spec.advertisedPort), not its own.
+    let listen_port = GATEWAY_PORT + 10000;
+    outside.exec_ok(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &GATEWAY_IP.to_string(),
+            "--dport",
+            &GATEWAY_PORT.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{GATEWAY_IP}:{listen_port}"),
+        ],
+    );
+    let gateway_doc = kafka_gateway_doc(
+        "SIMPLE",
+        &server_cert,
+        &server_key,
+        None,
+        &bootstrap(BROKER_IPS[0]),
+    );
+    let port_line = format!("  port: {GATEWAY_PORT}\n");
+    assert!(gateway_doc.contains(&port_line));
+    let gateway_doc = gateway_doc.replace(
+        &port_line,
+        &format!("  port: {listen_port}\n  advertisedPort: {GATEWAY_PORT}\n"),
+    );
     let docs = mesh_docs(std::slice::from_ref(&broker))
-        + &kafka_gateway_doc(
-            "SIMPLE",
-            &server_cert,
-            &server_key,
-            None,
-            &bootstrap(BROKER_IPS[0]),
-        )
+        + &gateway_doc
         + "---
 apiVersion: weir.dev/v1alpha1
 kind: KafkaAuthorizationPolicy
@@ -804,7 +837,7 @@ spec:
         .unwrap_or_else(|| panic!("metadata through the gateway: {md}"))
         .iter()
         .map(|b| {
-            assert_eq!(b["port"], GATEWAY_PORT, "{md}");
+            assert_eq!(b["port"], GATEWAY_PORT, "the advertised port: {md}");
             b["host"].as_str().unwrap_or_default().to_owned()
         })
         .collect();

@@ -43,8 +43,13 @@ pub struct KafkaGateway {
     /// Labels a gateway instance must all have to serve this listener, as
     /// Istio's `Gateway.spec.selector`. Empty selects every instance.
     pub selector: BTreeMap<String, String>,
-    /// The listener port, also the port advertised to clients for every broker.
+    /// The listener port.
     pub port: u16,
+    /// The port advertised to clients for the bootstrap and every broker
+    /// address: `spec.advertisedPort`, by default [`KafkaGateway::port`]. It
+    /// differs when clients reach the gateway through a port mapping (a
+    /// LoadBalancer Service's 9094 in front of a container port 19094).
+    pub advertised_port: u16,
     pub tls: KafkaGatewayTls,
     /// The SNI name of the bootstrap address (lower case).
     pub bootstrap_host: String,
@@ -300,6 +305,8 @@ struct KafkaGatewaySpec {
     #[serde(default)]
     port: Option<u64>,
     #[serde(default)]
+    advertised_port: Option<u64>,
+    #[serde(default)]
     tls: Option<RawTls>,
     #[serde(default)]
     bootstrap_host: Option<String>,
@@ -440,6 +447,19 @@ fn kafka_gateway(
             }
         },
     };
+    let advertised_port = match spec.advertised_port {
+        None => port,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p != 0 => Some(p),
+            _ => {
+                ctx.error(
+                    Some("spec.advertisedPort".to_owned()),
+                    format!("{p} is not a port number (1-65535)"),
+                );
+                None
+            }
+        },
+    };
     let tls = kafka_tls(ctx, spec.tls);
     let template = match spec.broker_host_template.as_deref() {
         None => {
@@ -529,6 +549,7 @@ fn kafka_gateway(
         metadata,
         selector,
         port: port?,
+        advertised_port: advertised_port?,
         tls: tls?,
         bootstrap_host: bootstrap_host?,
         broker_host_template: template?,
@@ -1313,6 +1334,7 @@ mod tests {
         let c = load(GW).unwrap();
         let g = &c.kafka_gateways[0];
         assert_eq!(g.port, 9094);
+        assert_eq!(g.advertised_port, 9094, "advertised as listened by default");
         assert_eq!(g.tls.mode, KafkaTlsMode::Simple);
         assert_eq!(g.tls.ca_certificates, None);
         assert_eq!(g.bootstrap_host, "kafka.example.com");
@@ -1350,10 +1372,25 @@ mod tests {
     }
 
     #[test]
+    fn gateway_advertises_another_port_when_told() {
+        let c = load(&gw_with(
+            "port: 9094",
+            "port: 19094\n  advertisedPort: 9094",
+        ))
+        .unwrap();
+        let g = &c.kafka_gateways[0];
+        assert_eq!((g.port, g.advertised_port), (19094, 9094));
+        let json = serde_json::to_value(&c.kafka_gateways).unwrap();
+        assert_eq!(json[0]["advertisedPort"], 9094);
+    }
+
+    #[test]
     fn gateway_field_errors() {
         let cases = [
             ("port: 9094", "port: 70000", "spec.port", "70000 is not a port number"),
             ("port: 9094", "port: 0", "spec.port", "not a port number"),
+            ("port: 9094", "port: 9094\n  advertisedPort: 0", "spec.advertisedPort", "0 is not a port number"),
+            ("port: 9094", "port: 9094\n  advertisedPort: 65536", "spec.advertisedPort", "65536 is not a port number"),
             ("  port: 9094\n", "", "spec.port", "missing"),
             ("\"b{id}-kafka.example.com\"", "\"b-kafka.example.com\"", "spec.brokerHostTemplate", "exactly once (found 0)"),
             ("\"b{id}-kafka.example.com\"", "\"b{id}-{id}.example.com\"", "spec.brokerHostTemplate", "exactly once (found 2)"),
