@@ -422,6 +422,20 @@ fn kafka_tls(ctx: &mut DocCtx<'_>, t: Option<RawTls>) -> Option<KafkaGatewayTls>
     })
 }
 
+/// `p` as a TCP port (1-65535), or an error on `field`.
+fn port_number(ctx: &mut DocCtx<'_>, field: &str, p: u64) -> Option<u16> {
+    match u16::try_from(p) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            ctx.error(
+                Some(field.to_owned()),
+                format!("{p} is not a port number (1-65535)"),
+            );
+            None
+        }
+    }
+}
+
 fn kafka_gateway(
     ctx: &mut DocCtx<'_>,
     metadata: ObjectMeta,
@@ -436,29 +450,11 @@ fn kafka_gateway(
             );
             None
         }
-        Some(p) => match u16::try_from(p) {
-            Ok(p) if p != 0 => Some(p),
-            _ => {
-                ctx.error(
-                    Some("spec.port".to_owned()),
-                    format!("{p} is not a port number (1-65535)"),
-                );
-                None
-            }
-        },
+        Some(p) => port_number(ctx, "spec.port", p),
     };
     let advertised_port = match spec.advertised_port {
         None => port,
-        Some(p) => match u16::try_from(p) {
-            Ok(p) if p != 0 => Some(p),
-            _ => {
-                ctx.error(
-                    Some("spec.advertisedPort".to_owned()),
-                    format!("{p} is not a port number (1-65535)"),
-                );
-                None
-            }
-        },
+        Some(p) => port_number(ctx, "spec.advertisedPort", p),
     };
     let tls = kafka_tls(ctx, spec.tls);
     let template = match spec.broker_host_template.as_deref() {
