@@ -103,11 +103,7 @@ pub struct Listener {
 /// one of its hosts intersects one of the server's hosts, and that host
 /// admits the VirtualService's namespace.
 fn attaches(vs: &VirtualService, gw: &ObjectMeta, server: &Server) -> bool {
-    vs.binds(gw)
-        && server.hosts.iter().any(|h| {
-            h.admits_namespace(&vs.metadata.namespace, &gw.namespace)
-                && vs.hosts.iter().any(|vh| vh.intersects(&h.host))
-        })
+    vs.binds(gw) && server.admits(vs, &gw.namespace)
 }
 
 fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> {

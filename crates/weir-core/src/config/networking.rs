@@ -168,6 +168,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Whether VirtualService `vs` may attach to this server of a Gateway in
+    /// `gateway_namespace` (as Istio binds them): one of the server's hosts
+    /// admits the VirtualService's namespace and intersects one of its hosts.
+    /// Whether `vs` names the Gateway is asked separately
+    /// ([`VirtualService::binds`]).
+    pub fn admits(&self, vs: &VirtualService, gateway_namespace: &str) -> bool {
+        self.hosts.iter().any(|h| {
+            h.admits_namespace(&vs.metadata.namespace, gateway_namespace)
+                && vs.hosts.iter().any(|vh| vh.intersects(&h.host))
+        })
+    }
+
     /// The host entry that best matches `sni` (`None` = no SNI, which only
     /// `*` matches), with its specificity.
     pub fn best_host(&self, sni: Option<&str>) -> Option<(&GatewayHost, usize)> {
@@ -1757,6 +1769,7 @@ pub(crate) fn load(
 /// (connections to them fail).
 pub(crate) fn cross_check(config: &Config, warnings: &mut Vec<ConfigError>) {
     for vs in &config.virtual_services {
+        gateway_binding_warnings(config, vs, warnings);
         let routes = vs
             .tls
             .iter()
@@ -1786,6 +1799,60 @@ pub(crate) fn cross_check(config: &Config, warnings: &mut Vec<ConfigError>) {
                     });
                 }
             }
+        }
+    }
+}
+
+/// What `istioctl analyze` reports about a VirtualService's `gateways`: an
+/// entry naming no Gateway (ReferencedResourceNotFound), and a Gateway none
+/// of whose servers admits the VirtualService's hosts from its namespace
+/// (VirtualServiceHostNotFoundInGateway). Either way its routes are unused
+/// there; warnings, as a file set may hold only part of a cluster's config.
+fn gateway_binding_warnings(config: &Config, vs: &VirtualService, warnings: &mut Vec<ConfigError>) {
+    let Some(doc) = &vs.doc else {
+        return;
+    };
+    let mut warn = |field: String, message: String| {
+        warnings.push(ConfigError {
+            document: Some(doc.clone()),
+            file: doc.file.clone(),
+            field: Some(field),
+            message,
+        });
+    };
+    for (i, g) in vs.gateways.iter().enumerate() {
+        let GatewayRef::Named { namespace, name } = g else {
+            continue;
+        };
+        let Some(gw) = config.gateways.iter().find(|gw| g.is(&gw.metadata)) else {
+            warn(
+                format!("spec.gateways[{i}]"),
+                format!("no Gateway {namespace}/{name} in this configuration: these routes are used by no gateway until it exists"),
+            );
+            continue;
+        };
+        if !gw.servers.iter().any(|s| s.admits(vs, namespace)) {
+            let hosts: Vec<String> = vs.hosts.iter().map(ToString::to_string).collect();
+            let servers: Vec<String> = gw
+                .servers
+                .iter()
+                .flat_map(|s| s.hosts.iter())
+                .map(|h| match &h.namespace {
+                    HostNamespace::Any => h.host.to_string(),
+                    HostNamespace::Same => format!("./{}", h.host),
+                    HostNamespace::Named(n) => format!("{n}/{}", h.host),
+                    HostNamespace::None => format!("~/{}", h.host),
+                })
+                .collect();
+            warn(
+                "spec.hosts".to_owned(),
+                format!(
+                    "no server of Gateway {namespace}/{name} admits hosts [{}] from namespace {} (its server hosts: [{}]): these routes are not used by that gateway",
+                    hosts.join(", "),
+                    vs.metadata.namespace,
+                    servers.join(", ")
+                ),
+            );
         }
     }
 }

@@ -556,6 +556,50 @@ fn virtual_service_rules_follow_istio_validation() {
             && w.message.contains("does not route HTTP")));
 }
 
+/// What `istioctl analyze` says about `gateways`: a Gateway that does not
+/// exist, and one whose servers do not admit the VirtualService's hosts
+/// from its namespace (here `./` admits only the Gateway's namespace).
+#[test]
+fn virtual_services_bound_to_nothing_are_warned_about() {
+    let gw = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: edge}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: tls, protocol: TLS}\n    tls: {mode: PASSTHROUGH}\n    hosts: [\"./*.example.com\"]\n";
+    let vs = |ns: &str, host: &str, gateway: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  gateways: [{gateway}, mesh]\n  tls:\n  - match: [{{sniHosts: [{host}]}}]\n    route: [{{destination: {{host: {host}}}}}]\n")
+    };
+    let binding = |c: &Config| -> Vec<(String, String)> {
+        c.warnings
+            .iter()
+            .filter(|w| {
+                w.field.as_deref() == Some("spec.hosts")
+                    || w.field
+                        .as_deref()
+                        .is_some_and(|f| f.starts_with("spec.gateways"))
+            })
+            .map(|w| (w.field.clone().unwrap_or_default(), w.message.clone()))
+            .collect()
+    };
+    // Bound as Istio binds it: no warning.
+    let c = load(&(gw.to_owned() + &vs("edge", "a.example.com", "gw")));
+    assert_eq!(binding(&c), [], "{:#?}", c.warnings);
+    let c = load(&(gw.to_owned() + &vs("apps", "a.example.com", "edge/gw")));
+    assert_eq!(
+        binding(&c),
+        [(
+            "spec.hosts".to_owned(),
+            "no server of Gateway edge/gw admits hosts [a.example.com] from namespace apps (its server hosts: [./*.example.com]): these routes are not used by that gateway".to_owned()
+        )]
+    );
+    let c = load(&(gw.to_owned() + &vs("edge", "a.other.org", "gw")));
+    assert_eq!(binding(&c).len(), 1, "a host the server does not serve");
+    let c = load(&(gw.to_owned() + &vs("edge", "a.example.com", "gateway-typo")));
+    assert_eq!(
+        binding(&c),
+        [(
+            "spec.gateways[0]".to_owned(),
+            "no Gateway edge/gateway-typo in this configuration: these routes are used by no gateway until it exists".to_owned()
+        )]
+    );
+}
+
 #[test]
 fn destination_rule_upstream_tls_is_ignored_with_a_warning() {
     let c = load(
