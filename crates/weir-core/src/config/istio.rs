@@ -334,6 +334,27 @@ pub(crate) struct RawSource {
     pub not_remote_ip_blocks: Option<Vec<String>>,
 }
 
+/// Whether a list field is set to something (absent and `[]` are not).
+pub(crate) fn is_set<T>(v: &Option<Vec<T>>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_empty())
+}
+
+impl RawSource {
+    /// The HTTP (L7) fields this source sets, by Istio's name: what an L4
+    /// proxy cannot see.
+    pub(crate) fn l7_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("requestPrincipals", &self.request_principals),
+            ("notRequestPrincipals", &self.not_request_principals),
+            ("remoteIpBlocks", &self.remote_ip_blocks),
+            ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
+        ]
+        .into_iter()
+        .filter(|(_, v)| is_set(v))
+        .map(|(name, _)| name)
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RawTo {
@@ -352,6 +373,23 @@ pub(crate) struct RawOperation {
     pub not_methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
     pub not_paths: Option<Vec<String>>,
+}
+
+impl RawOperation {
+    /// The HTTP (L7) fields this operation sets, by Istio's name.
+    pub(crate) fn l7_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("hosts", &self.hosts),
+            ("notHosts", &self.not_hosts),
+            ("methods", &self.methods),
+            ("notMethods", &self.not_methods),
+            ("paths", &self.paths),
+            ("notPaths", &self.not_paths),
+        ]
+        .into_iter()
+        .filter(|(_, v)| is_set(v))
+        .map(|(name, _)| name)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -8,9 +8,10 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::istio::{
-    parse_ip_block, Action, AuthorizationPolicy, AuthorizationPolicySpec, Condition, ConditionKey,
-    ConditionValues, MtlsMode, Operation, PeerAuthentication, PeerAuthenticationSpec, PortKey,
-    RawCondition, RawOperation, RawRule, RawSource, Rule, ServiceAccountMatch, Source, StringMatch,
+    is_set, parse_ip_block, Action, AuthorizationPolicy, AuthorizationPolicySpec, Condition,
+    ConditionKey, ConditionValues, MtlsMode, Operation, PeerAuthentication, PeerAuthenticationSpec,
+    PortKey, RawCondition, RawOperation, RawRule, RawSource, Rule, ServiceAccountMatch, Source,
+    StringMatch,
 };
 use super::meta::{ObjectMeta, WorkloadSelector};
 use super::workload::{is_pod_uid, Workload, WorkloadSpec, POD_UID_ANNOTATION};
@@ -627,34 +628,20 @@ fn authorization_policy(
 /// The HTTP (L7) attributes a rule uses, by Istio's field or key name, as
 /// istiod lists them for ztunnel (`found: methods, paths`).
 fn l7_attributes(r: &RawRule) -> BTreeSet<String> {
-    let set = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
-    let mut found = BTreeSet::new();
-    for s in r.from.iter().flatten().filter_map(|f| f.source.as_ref()) {
-        for (name, v) in [
-            ("requestPrincipals", &s.request_principals),
-            ("notRequestPrincipals", &s.not_request_principals),
-            ("remoteIpBlocks", &s.remote_ip_blocks),
-            ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
-        ] {
-            if set(v) {
-                found.insert(name.to_owned());
-            }
-        }
-    }
-    for o in r.to.iter().flatten().filter_map(|t| t.operation.as_ref()) {
-        for (name, v) in [
-            ("hosts", &o.hosts),
-            ("notHosts", &o.not_hosts),
-            ("methods", &o.methods),
-            ("notMethods", &o.not_methods),
-            ("paths", &o.paths),
-            ("notPaths", &o.not_paths),
-        ] {
-            if set(v) {
-                found.insert(name.to_owned());
-            }
-        }
-    }
+    let mut found: BTreeSet<String> = r
+        .from
+        .iter()
+        .flatten()
+        .filter_map(|f| f.source.as_ref())
+        .flat_map(RawSource::l7_fields)
+        .chain(
+            r.to.iter()
+                .flatten()
+                .filter_map(|t| t.operation.as_ref())
+                .flat_map(RawOperation::l7_fields),
+        )
+        .map(str::to_owned)
+        .collect();
     for c in r.when.iter().flatten() {
         if matches!(ConditionKey::parse(&c.key), ConditionKey::L7(_)) {
             found.insert(c.key.clone());
@@ -856,10 +843,9 @@ fn service_accounts(
 }
 
 fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource, namespace: &str) -> Source {
-    let present = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
     // Istio: serviceAccounts name the identity already; combined with
     // principals or namespaces in one source they are refused.
-    if (present(&s.service_accounts) || present(&s.not_service_accounts))
+    if (is_set(&s.service_accounts) || is_set(&s.not_service_accounts))
         && [
             &s.principals,
             &s.not_principals,
@@ -867,7 +853,7 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource, namespace: &str) -> So
             &s.not_namespaces,
         ]
         .into_iter()
-        .any(present)
+        .any(is_set)
     {
         ctx.error(
             Some(path.to_owned()),
@@ -890,16 +876,9 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource, namespace: &str) -> So
         &s.remote_ip_blocks,
         &s.not_remote_ip_blocks,
     ]
-    .iter()
-    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
-    let l7 = [
-        &s.request_principals,
-        &s.not_request_principals,
-        &s.remote_ip_blocks,
-        &s.not_remote_ip_blocks,
-    ]
-    .iter()
-    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    .into_iter()
+    .any(is_set);
+    let l7 = s.l7_fields().next().is_some();
     let out = Source {
         principals: string_matches(ctx, &format!("{path}.principals"), s.principals, true),
         not_principals: string_matches(
@@ -941,21 +920,9 @@ fn source(ctx: &mut DocCtx<'_>, path: &str, s: RawSource, namespace: &str) -> So
 }
 
 fn operation(ctx: &mut DocCtx<'_>, path: &str, o: RawOperation) -> Operation {
-    let l7 = [
-        &o.hosts,
-        &o.not_hosts,
-        &o.methods,
-        &o.not_methods,
-        &o.paths,
-        &o.not_paths,
-    ]
-    .iter()
-    .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    let l7 = o.l7_fields().next().is_some();
     // Set fields, not valid values, as for a source.
-    let set = l7
-        || [&o.ports, &o.not_ports]
-            .iter()
-            .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
+    let set = l7 || [&o.ports, &o.not_ports].into_iter().any(is_set);
     let out = Operation {
         ports: ports(ctx, &format!("{path}.ports"), o.ports),
         not_ports: ports(ctx, &format!("{path}.notPorts"), o.not_ports),
