@@ -103,10 +103,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 Output::Json => {
                     let kinds: BTreeMap<&str, usize> = config.summary().into_iter().collect();
                     let out = serde_json::json!({"valid": true, "kinds": kinds, "warnings": config.warnings, "errors": []});
-                    out!(
-                        "{}",
-                        serde_json::to_string_pretty(&out).expect("serializable")
-                    );
+                    crate::print_json(&out);
                 }
             }
             ExitCode::SUCCESS
@@ -127,10 +124,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                     // The same keys as for a valid config: no kinds are counted
                     // and no warnings computed when the config is refused.
                     let out = serde_json::json!({"valid": false, "kinds": {}, "warnings": [], "errors": errors.0});
-                    out!(
-                        "{}",
-                        serde_json::to_string_pretty(&out).expect("serializable")
-                    );
+                    crate::print_json(&out);
                 }
             }
             ExitCode::from(1)
@@ -156,10 +150,7 @@ fn no_documents(args: &CheckArgs) -> ExitCode {
                 "warnings": [],
                 "errors": [{"file": paths.join(", "), "message": message}],
             });
-            out!(
-                "{}",
-                serde_json::to_string_pretty(&out).expect("serializable")
-            );
+            crate::print_json(&out);
         }
     }
     ExitCode::from(1)

@@ -156,10 +156,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         },
     };
     match args.output {
-        Output::Json => out!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("serializable")
-        ),
+        Output::Json => crate::print_json(&out),
         Output::Text => {
             out!("decision:  {}", out.decision.as_str());
             out!("mtls mode: {}", out.mtls_mode);
@@ -373,10 +370,7 @@ fn run_kafka(
         gateway: key,
     };
     match args.output {
-        Output::Json => out!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("serializable")
-        ),
+        Output::Json => crate::print_json(&out),
         Output::Text => {
             out!("decision:  {}", out.decision.as_str());
             out!("gateway:   KafkaGateway {}", out.gateway);

@@ -38,6 +38,14 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout (`--output json`), through [`out!`].
+fn print_json(value: &impl serde::Serialize) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
