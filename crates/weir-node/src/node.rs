@@ -29,6 +29,9 @@ pub struct NodeOptions {
     pub common: ProxyOptions,
     /// Install iptables capture rules (off only for tests of the listeners).
     pub capture: bool,
+    /// Connect to the app from the client's address, as ztunnel does
+    /// (needs `capture`; see `capture::rules`). Off: from the pod's own.
+    pub preserve_source_ip: bool,
     /// The host's `/proc`: where the network namespace of a Workload made
     /// from a Pod (annotation `weir.dev/pod-uid`) is found. `/proc` unless
     /// the proxy runs in a container with the host's mounted elsewhere.
@@ -45,6 +48,7 @@ impl NodeOptions {
             node: node.into(),
             common: ProxyOptions::new(config_paths),
             capture: true,
+            preserve_source_ip: true,
             proc_root: PathBuf::from("/proc"),
             control: None,
         }

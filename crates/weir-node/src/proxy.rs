@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use weir_core::config::Workload;
 use weir_core::{Config, SpiffeId};
 use weir_hbone::{BoxFuture, Connector, Pool, PoolConfig, Shutdown, ShutdownSignal};
@@ -34,6 +34,9 @@ pub(crate) struct Local {
     pub id: SpiffeId,
     pub worker: NetnsWorker,
     pub pool: Pool,
+    /// The pod routes replies to foreign addresses back to the proxy, so
+    /// connections to the app can come from the client's address.
+    pub original_source: bool,
 }
 
 impl Local {
@@ -44,12 +47,45 @@ impl Local {
             .unwrap_or(&self.workload)
     }
 
-    /// Connects from inside the pod with the proxy's mark, so the pod's
-    /// capture rules let it through.
-    pub async fn connect(&self, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    /// Connects `dst` from inside the pod with the proxy's mark, so the
+    /// pod's capture rules let it through. Inbound, `client` is the caller:
+    /// the connection to the app comes from its address when the pod routes
+    /// replies back to the proxy (as ztunnel does: the app sees who really
+    /// called). A client address that cannot be used (loopback, the pod's
+    /// own, another IP family) or a transparent bind that fails falls back to
+    /// the pod's own address.
+    pub async fn connect(
+        &self,
+        dst: SocketAddr,
+        client: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> std::io::Result<TcpStream> {
+        let client = client.filter(|c| {
+            self.original_source
+                && c.is_ipv4() == dst.is_ipv4()
+                && !c.ip().is_loopback()
+                && !c.ip().is_unspecified()
+                && c.ip() != dst.ip()
+        });
         // Boxed so the connect state is freed once connected instead of
         // staying in every connection's future.
-        let connect = Box::pin(self.worker.connect(dst, Some(PROXY_MARK)));
+        let connect: BoxFuture<'_, std::io::Result<TcpStream>> = if let Some(client) = client {
+            Box::pin(async move {
+                match self
+                    .worker
+                    .connect_as(dst, Some(PROXY_MARK), client.ip(), client.port())
+                    .await
+                {
+                    Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused => {
+                        debug!(%client, %dst, error = %e, "cannot connect from the client's address; connecting from the pod's");
+                        self.worker.connect(dst, Some(PROXY_MARK)).await
+                    }
+                    r => r,
+                }
+            })
+        } else {
+            Box::pin(self.worker.connect(dst, Some(PROXY_MARK)))
+        };
         match tokio::time::timeout(timeout, connect).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
@@ -159,6 +195,32 @@ impl WorkloadProxy {
         let hbone = bind(HBONE_PORT).await?;
         let server_tls = ctx.identity.server_config(&id).map_err(Error::Identity)?;
 
+        // Listeners first, then the rules that send traffic to them (the
+        // listeners queue what arrives until the accept loops start).
+        let (captured, original_source) = if ctx.options.capture {
+            let ns = netns.try_clone().map_err(ns_err)?;
+            let preserve = ctx.options.preserve_source_ip;
+            let w = key();
+            tokio::task::spawn_blocking(move || {
+                let rules = CaptureRules::default();
+                rules.install(&ns)?;
+                let original_source = preserve
+                    && match rules.install_source_routing(&ns) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(workload = %w, error = %e, "cannot route replies to the client's address back to the proxy: the app sees connections from its own address");
+                            false
+                        }
+                    };
+                Ok((true, original_source))
+            })
+            .await
+            .expect("capture install task")
+            .map_err(Error::Capture)?
+        } else {
+            (false, false)
+        };
+
         let pool = Pool::new(
             PoolConfig::default(),
             Arc::new(NetnsConnector {
@@ -171,6 +233,7 @@ impl WorkloadProxy {
             id: id.clone(),
             worker,
             pool,
+            original_source,
         });
         let tls_metrics = ctx.identity.metrics().clone();
         let hbone_server = weir_hbone::Server::with_tls_failure_hook(
@@ -189,18 +252,6 @@ impl WorkloadProxy {
                 }
             }),
         );
-
-        // Listeners first, then the rules that send traffic to them.
-        let captured = if ctx.options.capture {
-            let ns = netns.try_clone().map_err(ns_err)?;
-            tokio::task::spawn_blocking(move || CaptureRules::default().install(&ns))
-                .await
-                .expect("capture install task")
-                .map_err(Error::Capture)?;
-            true
-        } else {
-            false
-        };
 
         let shutdown = Shutdown::new();
         let span = tracing::info_span!("workload", name = %workload.name(), namespace = %workload.namespace());
@@ -229,6 +280,7 @@ impl WorkloadProxy {
             address = %workload.address,
             netns = %workload.netns,
             capture = captured,
+            original_source,
             "serving workload"
         );
         Ok(WorkloadProxy {
@@ -352,6 +404,7 @@ mod tests {
                 PoolConfig::default(),
                 Arc::new(NetnsConnector { worker, identity }),
             ),
+            original_source: false,
         });
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = l.local_addr().unwrap();

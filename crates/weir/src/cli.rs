@@ -124,6 +124,12 @@ pub struct NodeArgs {
     /// Do not install iptables capture rules (listeners only; for debugging).
     #[arg(long)]
     pub no_capture: bool,
+    /// Connect to the app from the pod's own address instead of the
+    /// client's. By default, as Istio's ztunnel, the app sees the real
+    /// caller's address (an IP_TRANSPARENT socket; the pod gets mangle
+    /// rules and a policy route, table 100, that return the replies).
+    #[arg(long)]
+    pub no_preserve_source_ip: bool,
     /// The host's /proc. A Workload made from a Pod (annotation
     /// weir.dev/pod-uid, set by `weir control --kubernetes`) is served in the
     /// network namespace of the Pod's processes, found here by the Pod UID in

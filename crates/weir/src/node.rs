@@ -34,6 +34,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
         node: args.node.clone(),
         common: args.proxy.options(settings),
         capture: !args.no_capture,
+        preserve_source_ip: !args.no_preserve_source_ip,
         proc_root: args.proc_root.clone(),
         control: args.proxy.control.address.clone(),
     };

@@ -256,6 +256,65 @@ spec:
     );
 }
 
+/// The app sees the real caller's address, through HBONE and as plaintext
+/// (ztunnel's source preservation), unless `--no-preserve-source-ip`.
+#[test]
+fn app_sees_the_client_address() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("srcip");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    let outsider = net.add_host("outsider", OUTSIDER_IP);
+    let cfg = TempDir::new("srcip-cfg");
+    let state = TempDir::new("srcip-ca");
+    cfg.write(
+        "workloads.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a")
+            + &server_workload(&server_host)),
+    );
+    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _server = start_servers(&server_host, &[(APP_PORT, "SRCIP-REPLY")]);
+
+    let through_mesh = client(&client_host, SERVER_IP, APP_PORT, "hbone");
+    assert_reply(&through_mesh, "SRCIP-REPLY", "client -> server over HBONE");
+    assert!(
+        through_mesh.reply.contains(&format!("peer={CLIENT_IP}\n")),
+        "over HBONE the app saw another address than the client's: {through_mesh:?}\n{}",
+        node_b.log_text()
+    );
+    // No PeerAuthentication: PERMISSIVE, so the outsider's plaintext is admitted.
+    let plaintext = client(&outsider, SERVER_IP, APP_PORT, "plaintext");
+    assert_reply(&plaintext, "SRCIP-REPLY", "outsider -> server as plaintext");
+    assert!(
+        plaintext.reply.contains(&format!("peer={OUTSIDER_IP}\n")),
+        "as plaintext the app saw another address than the outsider's: {plaintext:?}"
+    );
+    // The pod holds the rule and route that return the app's replies.
+    let rules = server_host.exec_ok("ip", &["-4", "rule", "show"]);
+    assert!(
+        rules.contains("fwmark 0x111/0xfff iif lo lookup 100"),
+        "no source-routing rule in the server's namespace:\n{rules}"
+    );
+    drop(node_b);
+
+    // Switched off: the app sees the pod's own address.
+    let _node_b = NodeProxy::start_ready(
+        "node-b",
+        &[cfg.path()],
+        Ca::StateDir(state.path()),
+        &["--no-preserve-source-ip"],
+    );
+    let r = client(&client_host, SERVER_IP, APP_PORT, "hbone-again");
+    assert_reply(&r, "SRCIP-REPLY", "client -> server, preservation off");
+    assert!(
+        r.reply.contains(&format!("peer={SERVER_IP}\n")),
+        "with --no-preserve-source-ip the app should see its own address: {r:?}"
+    );
+}
+
 /// The only ALLOW policy of the server: principal allowed only.
 const ALLOW_ONLY_ALLOWED: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -661,6 +720,16 @@ fn rules_removed_on_exit() {
         installed.contains("WEIR"),
         "no WEIR rules in the workload's namespace while the proxy runs:\n{installed}"
     );
+    assert!(
+        installed.contains("*mangle") && installed.contains("CONNMARK --set-xmark 0x111/0xfff"),
+        "no source-preservation rules in the mangle table:\n{installed}"
+    );
+    let routing = client_host.exec_ok("ip", &["-4", "rule", "show"])
+        + &client_host.exec_ok("ip", &["-4", "route", "show", "table", "100"]);
+    assert!(
+        routing.contains("lookup 100") && routing.contains("local default dev lo"),
+        "no source-routing rule and route in the workload's namespace:\n{routing}"
+    );
     let listening = client_host.exec_ok("ss", &["-ltn"]);
     for port in ["15001", "15006", "15008"] {
         assert!(
@@ -681,6 +750,12 @@ fn rules_removed_on_exit() {
     assert!(
         !after.contains("WEIR"),
         "WEIR rules left after SIGTERM (exit status {status}):\n{after}\nlog:\n{log}"
+    );
+    let routing = client_host.exec_ok("ip", &["-4", "rule", "show"])
+        + &client_host.exec_ok("ip", &["-4", "route", "show", "table", "all"]);
+    assert!(
+        !routing.contains("lookup 100") && !routing.contains("table 100"),
+        "source routing left after SIGTERM:\n{routing}"
     );
     assert!(
         status.success(),

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -287,6 +287,43 @@ impl NetnsWorker {
             .await?
             .connect(dst)
             .await
+    }
+
+    /// Connects to `dst` from inside the namespace *as* `source`: the socket
+    /// is transparent (`IP_TRANSPARENT`, needs CAP_NET_ADMIN) and bound to
+    /// `source` with a port the kernel picks, never `avoid_port` (the
+    /// client's own, whose redirected connection conntrack still holds with
+    /// the same addresses). The replies only reach this socket if the
+    /// namespace routes them back (see `CaptureRules::install_source_routing`).
+    pub async fn connect_as(
+        &self,
+        dst: SocketAddr,
+        mark: Option<u32>,
+        source: IpAddr,
+        avoid_port: u16,
+    ) -> io::Result<tokio::net::TcpStream> {
+        for _ in 0..3 {
+            let sock = self
+                .run_async(move || new_socket(Domain::for_address(dst), mark))
+                .await??;
+            if source.is_ipv4() {
+                sock.set_ip_transparent_v4(true)?;
+            } else {
+                sock.set_ip_transparent_v6(true)?;
+            }
+            sock.bind(&SocketAddr::new(source, 0).into())?;
+            let port = sock.local_addr()?.as_socket().map(|a| a.port());
+            if port == Some(avoid_port) {
+                continue;
+            }
+            return tokio::net::TcpSocket::from_std_stream(sock.into())
+                .connect(dst)
+                .await;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("no free port on {source} other than {avoid_port}"),
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
-//! iptables rules that send a pod's TCP traffic to the in-pod listeners.
+//! iptables rules that send a pod's TCP traffic to the in-pod listeners, and
+//! the routing that lets the proxy reach the app from the client's address.
 //!
-//! Everything lives in two dedicated chains of the `nat` table, jumped to from
+//! Capture lives in two dedicated chains of the `nat` table, jumped to from
 //! the built-in chains, so removal is exact (weir never edits rules it did not
 //! write) and both install and remove are idempotent:
 //!
@@ -22,12 +23,36 @@
 //! --noflush` transaction run inside the pod's namespace, so a pod never sees
 //! a half-installed rule set.
 //!
+//! **Source address preservation.** The proxy connects to the app from the
+//! client's address (an `IP_TRANSPARENT` socket bound to it), as ztunnel
+//! does, so the app, its logs and its own ACLs see the real caller. The
+//! app's replies are addressed to that foreign address; these rules and
+//! routes hand them back to the proxy's socket instead of the pod's default
+//! route:
+//!
+//! ```text
+//! *mangle
+//! -A PREROUTING -p tcp -j WEIR_PREROUTING
+//! -A OUTPUT -p tcp -j WEIR_OUTPUT
+//! -A WEIR_PREROUTING -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+//! -A WEIR_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+//! ip rule add pref 32765 fwmark 0x111/0xfff iif lo lookup 100
+//! ip route replace local 0.0.0.0/0 dev lo table 100
+//! ```
+//!
+//! The proxy's packets enter the pod through `lo` carrying its mark, so
+//! their connection is marked 0x111; the app's replies on that connection
+//! get the mark back and the rule routes them locally, to the proxy.
+//! Installed as a second step ([`CaptureRules::install_source_routing`]):
+//! if it fails, capture still works and the proxy connects from the pod's
+//! own address.
+//!
 //! Compared with Istio's in-pod rules (`istio-cni`, chains `ISTIO_OUTPUT` /
-//! `ISTIO_PRERT`): same mark (0x539 under mask 0xfff), same ports, same
-//! `-o lo` exemption, which also covers the proxy delivering inbound traffic
-//! to the app from 127.0.0.6 or the pod IP. Not copied: the mangle-table
-//! connmark (0x111) used for Istio's node-level packet paths, and DNS capture
-//! (weir does not proxy DNS). IPv4 only for now.
+//! `ISTIO_PRERT`): same marks (0x539 and 0x111 under mask 0xfff), same
+//! ports, same route table (100), same `-o lo` exemption, which also covers
+//! the proxy delivering inbound traffic to the app. Not copied: TPROXY for
+//! inbound (weir uses `REDIRECT` and `SO_ORIGINAL_DST` both ways) and DNS
+//! capture (weir does not proxy DNS). IPv4 only for now.
 
 use std::fmt::Write as _;
 use std::io;
@@ -41,6 +66,15 @@ use super::Netns;
 pub const PROXY_MARK: u32 = 0x539;
 /// The bits of the packet mark that belong to the proxy.
 pub const PROXY_MARK_MASK: u32 = 0xfff;
+/// The mark of connections the proxy opened to the app (and so of the app's
+/// replies), which the source-routing rule delivers back to the proxy.
+/// Same value as Istio's in-pod mark.
+pub const SOURCE_MARK: u32 = 0x111;
+/// The routing table holding the `local` route for marked replies (Istio: 100).
+pub const SOURCE_ROUTE_TABLE: u32 = 100;
+/// Priority of the rule that sends marked replies to [`SOURCE_ROUTE_TABLE`]:
+/// just before the `main` table (32766), as the kernel would place it.
+pub const SOURCE_RULE_PRIORITY: u32 = 32765;
 
 /// Name of weir's chain jumped to from `nat OUTPUT`.
 pub const OUTPUT_CHAIN: &str = "WEIR_OUTPUT";
@@ -56,21 +90,23 @@ pub enum Error {
     /// The namespace could not be entered.
     #[error("cannot enter the pod network namespace: {0}")]
     Netns(#[source] io::Error),
-    /// The iptables binary could not be started.
-    #[error("cannot run {program} in network namespace {netns}: {source} (is iptables installed in the proxy's image and on PATH?)")]
+    /// iptables or ip could not be started.
+    #[error("cannot run {program} in network namespace {netns}: {source} (is it installed in the proxy's image and on PATH?)")]
     Spawn {
         program: &'static str,
         netns: String,
         #[source]
         source: io::Error,
     },
-    /// iptables ran and failed.
-    #[error("{program} failed in network namespace {netns} ({status}): {stderr} (does the proxy have CAP_NET_ADMIN, and is the nat table / xt_REDIRECT available?)")]
+    /// iptables or ip ran and failed.
+    #[error("{program} failed in network namespace {netns} ({status}): {stderr} ({hint})")]
     Failed {
         program: &'static str,
         netns: String,
         status: String,
         stderr: String,
+        /// What the proxy or the kernel may lack.
+        hint: &'static str,
     },
 }
 
@@ -79,7 +115,9 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Netns(_) => "netns",
+            Error::Spawn { program: "ip", .. } => "ip_spawn",
             Error::Spawn { .. } => "iptables_spawn",
+            Error::Failed { program: "ip", .. } => "ip_failed",
             Error::Failed { .. } => "iptables_failed",
         }
     }
@@ -102,6 +140,11 @@ pub struct CaptureRules {
     /// the node does that (Istio uses 169.254.7.127). Probes from it skip
     /// inbound capture so STRICT mTLS cannot fail them. `None`: no exemption.
     pub probe_source: Option<Ipv4Addr>,
+    /// Connection mark of the proxy's connections to the app (Istio: 0x111),
+    /// matched under [`Self::proxy_mark_mask`].
+    pub source_mark: u32,
+    /// Routing table of the `local` route for the app's replies (Istio: 100).
+    pub source_table: u32,
 }
 
 impl Default for CaptureRules {
@@ -113,6 +156,8 @@ impl Default for CaptureRules {
             inbound_plaintext_port: 15006,
             hbone_port: 15008,
             probe_source: None,
+            source_mark: SOURCE_MARK,
+            source_table: SOURCE_ROUTE_TABLE,
         }
     }
 }
@@ -187,50 +232,101 @@ impl CaptureRules {
         rules
     }
 
-    /// The `iptables-restore --noflush` input that installs the rules, given
-    /// the current `iptables-save -t nat` output. Declaring a chain creates it
-    /// or flushes it, so reinstalling replaces the rules instead of
-    /// duplicating them; jumps are only added when missing.
+    /// Rules of the `mangle` chains that mark the proxy's connections to the
+    /// app and hand the mark to the app's replies (source preservation).
+    fn source_rules(&self) -> [(&'static str, Vec<Rule>); 2] {
+        let (mark, mask) = (self.source_mark, self.proxy_mark_mask);
+        [
+            (
+                OUTPUT_CHAIN,
+                vec![Rule {
+                    matches: format!("-m connmark --mark {mark:#x}/{mask:#x}"),
+                    target: "CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"
+                        .into(),
+                    why: "the app's replies to the proxy get the mark that routes them back to it",
+                }],
+            ),
+            (
+                PREROUTING_CHAIN,
+                vec![Rule {
+                    matches: self.mark_match(),
+                    target: format!("CONNMARK --set-xmark {mark:#x}/{mask:#x}"),
+                    why: "connections the proxy opens to the app are marked",
+                }],
+            ),
+        ]
+    }
+
+    /// The `iptables-restore --noflush` input that installs the capture
+    /// rules, given the current `iptables-save -t nat` output. Declaring a
+    /// chain creates it or flushes it, so reinstalling replaces the rules
+    /// instead of duplicating them; jumps are only added when missing.
     pub fn install_script(&self, current_nat: &str) -> String {
-        let present = NatState::parse(current_nat);
-        let mut s = String::from("*nat\n");
-        for (_, chain) in JUMPS {
-            let _ = writeln!(s, ":{chain} - [0:0]");
-        }
-        for (builtin, chain) in JUMPS {
-            if !present
-                .jumps
-                .iter()
-                .any(|(b, c, _)| b == builtin && c == chain)
-            {
-                // Insert first so earlier rules in the pod cannot bypass capture.
-                let _ = writeln!(s, "-I {builtin} 1 -p tcp -j {chain}");
-            }
-        }
-        for (chain, rules) in [
-            (OUTPUT_CHAIN, self.output_rules()),
-            (PREROUTING_CHAIN, self.prerouting_rules()),
-        ] {
-            for rule in rules {
-                let _ = writeln!(
-                    s,
-                    "-A {chain} {} -m comment --comment \"weir: {}\" -j {}",
-                    rule.matches, rule.why, rule.target
-                );
-            }
-        }
-        s.push_str("COMMIT\n");
-        s
+        table_install_script(
+            "nat",
+            current_nat,
+            &[
+                (OUTPUT_CHAIN, self.output_rules()),
+                (PREROUTING_CHAIN, self.prerouting_rules()),
+            ],
+        )
+    }
+
+    /// Like [`Self::install_script`], for the `mangle` rules of source
+    /// preservation, given the current `iptables-save -t mangle` output.
+    pub fn source_script(&self, current_mangle: &str) -> String {
+        table_install_script("mangle", current_mangle, &self.source_rules())
+    }
+
+    /// The `ip` commands (arguments) that route the app's marked replies to
+    /// the proxy, run after `source_rule("del")` has cleared an earlier copy
+    /// of the rule.
+    pub fn source_routes(&self) -> [Vec<String>; 2] {
+        [self.source_rule("add"), self.source_route("replace")]
+    }
+
+    /// `ip -4 rule <verb> ...` for the rule sending the app's marked replies
+    /// (only what the pod itself sends: `iif lo`) to the source table.
+    pub fn source_rule(&self, verb: &str) -> Vec<String> {
+        let mark = format!("{:#x}/{:#x}", self.source_mark, self.proxy_mark_mask);
+        let (pref, table) = (
+            SOURCE_RULE_PRIORITY.to_string(),
+            self.source_table.to_string(),
+        );
+        [
+            "-4", "rule", verb, "pref", &pref, "fwmark", &mark, "iif", "lo", "lookup", &table,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// `ip -4 route <verb> ...` for the source table's `local` route.
+    pub fn source_route(&self, verb: &str) -> Vec<String> {
+        let table = self.source_table.to_string();
+        [
+            "-4",
+            "route",
+            verb,
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &table,
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     /// The `iptables-restore --noflush` input that removes every weir jump
-    /// and chain present in `current_nat`, or `None` if nothing is there.
-    pub fn remove_script(current_nat: &str) -> Option<String> {
-        let present = NatState::parse(current_nat);
+    /// and chain of `table` present in `current` (its `iptables-save -t
+    /// <table>` output), or `None` if nothing is there.
+    pub fn remove_script(table: &str, current: &str) -> Option<String> {
+        let present = ChainState::parse(current);
         if present.jumps.is_empty() && present.chains.is_empty() {
             return None;
         }
-        let mut s = String::from("*nat\n");
+        let mut s = format!("*{table}\n");
         for (builtin, _, rest) in &present.jumps {
             let _ = writeln!(s, "-D {builtin} {rest}");
         }
@@ -249,24 +345,74 @@ impl CaptureRules {
         let name = netns.to_string();
         netns
             .run(|| {
-                let current = iptables_save_nat(&name)?;
-                iptables_restore(&name, &self.install_script(&current))
+                let current = iptables_save(&name, "nat")?;
+                iptables_restore(&name, &self.install_script(&current), NAT_HINT)
             })
             .map_err(Error::Netns)??;
         tracing::info!(netns = %name, "capture rules installed");
         Ok(())
     }
 
-    /// Removes weir's capture rules from `netns`. Removing rules that are
-    /// not there is not an error.
+    /// Installs (or replaces) the `mangle` rules and the routes that let the
+    /// proxy connect to the app from the client's address. Capture works
+    /// without them; the caller decides what a failure means.
+    pub fn install_source_routing(&self, netns: &Netns) -> Result<(), Error> {
+        let name = netns.to_string();
+        netns
+            .run(|| {
+                let current = iptables_save(&name, "mangle")?;
+                iptables_restore(&name, &self.source_script(&current), MANGLE_HINT)?;
+                // `ip rule add` would add a second copy: clear the old first.
+                for _ in 0..8 {
+                    if ip(&name, &self.source_rule("del")).is_err() {
+                        break;
+                    }
+                }
+                for args in self.source_routes() {
+                    ip(&name, &args)?;
+                }
+                Ok(())
+            })
+            .map_err(Error::Netns)??;
+        tracing::debug!(netns = %name, "source routing installed");
+        Ok(())
+    }
+
+    /// Removes weir's capture rules, source-routing rules and routes from
+    /// `netns`. Removing what is not there is not an error; the first
+    /// failure is returned after trying everything.
     pub fn remove(netns: &Netns) -> Result<(), Error> {
         let name = netns.to_string();
+        let rules = CaptureRules::default();
         let removed = netns
             .run(|| {
-                let current = iptables_save_nat(&name)?;
-                match Self::remove_script(&current) {
-                    Some(script) => iptables_restore(&name, &script).map(|()| true),
-                    None => Ok(false),
+                let mut removed = false;
+                let mut first_error = None;
+                for (table, hint) in [("nat", NAT_HINT), ("mangle", MANGLE_HINT)] {
+                    let result = iptables_save(&name, table).and_then(|current| {
+                        match Self::remove_script(table, &current) {
+                            Some(script) => iptables_restore(&name, &script, hint).map(|()| true),
+                            None => Ok(false),
+                        }
+                    });
+                    match result {
+                        Ok(r) => removed |= r,
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                // Not there (or `ip` missing, where nothing was installed
+                // either) is the normal case for these two.
+                for _ in 0..8 {
+                    if ip(&name, &rules.source_rule("del")).is_err() {
+                        break;
+                    }
+                }
+                let _ = ip(&name, &rules.source_route("del"));
+                match first_error {
+                    Some(e) => Err(e),
+                    None => Ok(removed),
                 }
             })
             .map_err(Error::Netns)??;
@@ -277,19 +423,58 @@ impl CaptureRules {
     }
 }
 
-/// The weir-owned parts of an `iptables-save -t nat` dump.
+/// What to check when `iptables-restore` fails on each table.
+const NAT_HINT: &str =
+    "does the proxy have CAP_NET_ADMIN, and is the nat table / xt_REDIRECT available?";
+const MANGLE_HINT: &str =
+    "does the proxy have CAP_NET_ADMIN, and are the mangle table / xt_connmark available?";
+const IP_HINT: &str = "does the proxy have CAP_NET_ADMIN?";
+
+/// The `iptables-restore --noflush` input that creates (or flushes) weir's
+/// `chains` in `table`, fills them, and adds the jumps from the built-in
+/// chains that `current` (`iptables-save -t <table>`) lacks.
+fn table_install_script(table: &str, current: &str, chains: &[(&str, Vec<Rule>)]) -> String {
+    let present = ChainState::parse(current);
+    let mut s = format!("*{table}\n");
+    for (_, chain) in JUMPS {
+        let _ = writeln!(s, ":{chain} - [0:0]");
+    }
+    for (builtin, chain) in JUMPS {
+        if !present
+            .jumps
+            .iter()
+            .any(|(b, c, _)| b == builtin && c == chain)
+        {
+            // Insert first so earlier rules in the pod cannot bypass capture.
+            let _ = writeln!(s, "-I {builtin} 1 -p tcp -j {chain}");
+        }
+    }
+    for (chain, rules) in chains {
+        for rule in rules {
+            let _ = writeln!(
+                s,
+                "-A {chain} {} -m comment --comment \"weir: {}\" -j {}",
+                rule.matches, rule.why, rule.target
+            );
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// The weir-owned parts of one table of an `iptables-save` dump.
 #[derive(Debug, Default)]
-struct NatState {
+struct ChainState {
     /// (built-in chain, weir chain, rule spec after `-A <builtin> `).
     jumps: Vec<(String, String, String)>,
     /// weir chains that exist.
     chains: Vec<String>,
 }
 
-impl NatState {
-    fn parse(save: &str) -> NatState {
+impl ChainState {
+    fn parse(save: &str) -> ChainState {
         let ours = |c: &str| JUMPS.iter().any(|(_, chain)| *chain == c);
-        let mut state = NatState::default();
+        let mut state = ChainState::default();
         for line in save.lines().map(str::trim) {
             if let Some(decl) = line.strip_prefix(':') {
                 if let Some(chain) = decl.split_whitespace().next().filter(|c| ours(c)) {
@@ -314,28 +499,55 @@ impl NatState {
     }
 }
 
-fn iptables_save_nat(netns: &str) -> Result<String, Error> {
-    let out = Command::new("iptables-save")
-        .args(["-t", "nat"])
+fn iptables_save(netns: &str, table: &str) -> Result<String, Error> {
+    let hint = if table == "nat" {
+        NAT_HINT
+    } else {
+        MANGLE_HINT
+    };
+    run("iptables-save", &["-t", table], netns, hint)
+}
+
+/// Runs `ip <args>` (iproute2) in the current thread's namespace.
+fn ip(netns: &str, args: &[String]) -> Result<(), Error> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("ip", &args, netns, IP_HINT).map(drop)
+}
+
+/// Runs `program args` in the current thread's namespace; its stdout, or
+/// an error with its stderr and command line.
+fn run(
+    program: &'static str,
+    args: &[&str],
+    netns: &str,
+    hint: &'static str,
+) -> Result<String, Error> {
+    let out = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::Spawn {
-            program: "iptables-save",
+            program,
             netns: netns.to_string(),
             source,
         })?;
     if !out.status.success() {
         return Err(Error::Failed {
-            program: "iptables-save",
+            program,
             netns: netns.to_string(),
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: format!(
+                "{} [{program} {}]",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                args.join(" ")
+            ),
+            hint,
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn iptables_restore(netns: &str, script: &str) -> Result<(), Error> {
+fn iptables_restore(netns: &str, script: &str, hint: &'static str) -> Result<(), Error> {
     use std::io::Write as _;
     let spawn_err = |source| Error::Spawn {
         program: "iptables-restore",
@@ -365,6 +577,7 @@ fn iptables_restore(netns: &str, script: &str) -> Result<(), Error> {
                 String::from_utf8_lossy(&out.stderr).trim(),
                 script.replace('\n', "; ")
             ),
+            hint,
         });
     }
     Ok(())
@@ -416,7 +629,14 @@ COMMIT
             inbound_plaintext_port: 2,
             hbone_port: 3,
             probe_source: Some(Ipv4Addr::new(169, 254, 7, 127)),
+            source_mark: 0x7,
+            source_table: 7,
         };
+        let mangle = rules.source_script("");
+        assert!(mangle.contains("-m mark --mark 0x42/0xff -m comment"));
+        assert!(mangle.contains("-j CONNMARK --set-xmark 0x7/0xff\n"));
+        assert!(mangle.contains("-m connmark --mark 0x7/0xff -m comment"));
+        assert!(rules.source_routes()[1].ends_with(&["table".into(), "7".into()]));
         let script = rules.install_script("");
         assert!(script.contains("-A WEIR_OUTPUT -m mark --mark 0x42/0xff -m comment"));
         assert!(script.contains("listener\" -j REDIRECT --to-ports 1\n"));
@@ -431,8 +651,8 @@ COMMIT
 
     #[test]
     fn remove_script_is_exact() {
-        assert_eq!(CaptureRules::remove_script(EMPTY), None);
-        assert_eq!(CaptureRules::remove_script(""), None);
+        assert_eq!(CaptureRules::remove_script("nat", EMPTY), None);
+        assert_eq!(CaptureRules::remove_script("nat", ""), None);
         let save = "\
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -448,7 +668,7 @@ COMMIT
 -A OTHER -d 10.0.0.0/8 -j RETURN
 COMMIT
 ";
-        let script = CaptureRules::remove_script(save).unwrap();
+        let script = CaptureRules::remove_script("nat", save).unwrap();
         assert_eq!(
             script,
             "\
@@ -472,8 +692,52 @@ COMMIT
             netns: "/var/run/netns/x".into(),
             status: "exit status: 1".into(),
             stderr: "boom".into(),
+            hint: NAT_HINT,
         };
         assert_eq!(e.metric_label(), "iptables_failed");
         assert!(e.to_string().contains("CAP_NET_ADMIN"));
+    }
+
+    #[test]
+    fn source_preservation_rules_and_routes() {
+        let rules = CaptureRules::default();
+        let save = "*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+        assert_eq!(
+            rules.source_script(save),
+            "\
+*mangle
+:WEIR_PREROUTING - [0:0]
+:WEIR_OUTPUT - [0:0]
+-I PREROUTING 1 -p tcp -j WEIR_PREROUTING
+-I OUTPUT 1 -p tcp -j WEIR_OUTPUT
+-A WEIR_OUTPUT -m connmark --mark 0x111/0xfff -m comment --comment \"weir: the app's replies to the proxy get the mark that routes them back to it\" -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A WEIR_PREROUTING -m mark --mark 0x539/0xfff -m comment --comment \"weir: connections the proxy opens to the app are marked\" -j CONNMARK --set-xmark 0x111/0xfff
+COMMIT
+"
+        );
+        let [rule, route] = rules.source_routes();
+        assert_eq!(
+            rule.join(" "),
+            "-4 rule add pref 32765 fwmark 0x111/0xfff iif lo lookup 100"
+        );
+        assert_eq!(
+            route.join(" "),
+            "-4 route replace local 0.0.0.0/0 dev lo table 100"
+        );
+        assert_eq!(
+            rules.source_rule("del").join(" "),
+            "-4 rule del pref 32765 fwmark 0x111/0xfff iif lo lookup 100"
+        );
+        assert_eq!(
+            rules.source_route("del").join(" "),
+            "-4 route del local 0.0.0.0/0 dev lo table 100"
+        );
+        // Removal names the table it edits.
+        let installed = "*mangle\n:PREROUTING ACCEPT [0:0]\n:WEIR_PREROUTING - [0:0]\n\
+                         -A PREROUTING -p tcp -j WEIR_PREROUTING\nCOMMIT\n";
+        assert_eq!(
+            CaptureRules::remove_script("mangle", installed).unwrap(),
+            "*mangle\n-D PREROUTING -p tcp -j WEIR_PREROUTING\n-F WEIR_PREROUTING\n-X WEIR_PREROUTING\nCOMMIT\n"
+        );
     }
 }

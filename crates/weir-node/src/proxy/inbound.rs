@@ -137,7 +137,12 @@ async fn connect_workload(
     conn: &Conn,
     target: SocketAddr,
 ) -> Option<TcpStream> {
-    match Box::pin(local.connect(target, ctx.options.common.connect_timeout)).await {
+    let connect = local.connect(
+        target,
+        Some(conn.src_addr),
+        ctx.options.common.connect_timeout,
+    );
+    match Box::pin(connect).await {
         Ok(s) => Some(s),
         Err(e) => {
             ctx.metrics

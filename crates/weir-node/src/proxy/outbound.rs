@@ -74,7 +74,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             }
         }
         None => {
-            match Box::pin(local.connect(conn.dst_addr, ctx.options.common.connect_timeout)).await {
+            match Box::pin(local.connect(conn.dst_addr, None, ctx.options.common.connect_timeout))
+                .await
+            {
                 Ok(s) => Ok(s.into()),
                 Err(e) => Err((FLAG_CONNECT, e.to_string())),
             }
