@@ -374,10 +374,19 @@ impl CertificateAuthority {
                     other => other.to_string(),
                 },
             })?;
-        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+        // rcgen names the key's algorithm after the request's *signature*
+        // algorithm, and ecdsa-with-SHA256 is also how a P-384 key signs:
+        // the key itself must be checked, or a P-384 key would be certified
+        // under P-256's curve OID (a certificate no peer can parse).
+        if !is_p256_key(csr_pem) {
             return Err(Error::InvalidCsr {
                 reason: "its key is not ECDSA P-256 (the only key type mesh certificates use)"
                     .to_owned(),
+            });
+        }
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(Error::InvalidCsr {
+                reason: "it is not signed with ECDSA SHA-256 (ecdsa-with-SHA256)".to_owned(),
             });
         }
         let wanted = id.to_string();
@@ -438,6 +447,33 @@ impl CertificateAuthority {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
+}
+
+/// Whether the PEM CSR's subject public key is an uncompressed ECDSA P-256
+/// point (id-ecPublicKey with prime256v1), judged from the key itself.
+fn is_p256_key(csr_pem: &str) -> bool {
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    use x509_parser::prelude::FromDer;
+
+    let Ok(der) = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, csr)) = X509CertificationRequest::from_der(der.as_ref()) else {
+        return false;
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    let point = spki.subject_public_key.data.as_ref();
+    spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && curve == Some(OID_EC_P256)
+        && point.len() == 65
+        && point[0] == 0x04
 }
 
 /// A leaf signed from a certificate signing request (the requester holds the key).
@@ -735,6 +771,65 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, Error::ForeignTrustDomain { .. }), "{err}");
+    }
+
+    /// A P-384 key signing with ecdsa-with-SHA256 (openssl req -sha256).
+    const CSR_P384_KEY_SHA256: &str = "-----BEGIN CERTIFICATE REQUEST-----
+MIH3MH8CAQAwADB2MBAGByqGSM49AgEGBSuBBAAiA2IABCio4sHxKOhAcNeWugUB
+ukIn8YbJRMOT99+nWSe6+thyKiVHCGr+i74r1oueO7KnvZFHpVRoQiJIHY3q1iH5
+0axDxn5Qc9yfP/5fcsPXMKQKMRdY1D6FnZIKgmLP5oTjc6AAMAoGCCqGSM49BAMC
+A2gAMGUCMEoEjdaAg2ii6Uy3XrbD0/jJZQ92/t7ePscdkLfXJtpryL9VSPcVd+Ue
+qUcKWJc9CQIxANAUxRt8nZ27KNC+zqwikM6z/gEEb328bejo2vQpFku1SqNaeChn
+/4+9t5gi+4yNfQ==
+-----END CERTIFICATE REQUEST-----
+";
+
+    /// A P-256 key signing with ecdsa-with-SHA384 (openssl req -sha384).
+    const CSR_P256_KEY_SHA384: &str = "-----BEGIN CERTIFICATE REQUEST-----
+MIG6MGICAQAwADBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABPJ5yqDDVtpqc0aq
+lGRFEGZRS5aRF0d6F1aMipoOcsXF7/tu0umcFv8UEq66IUpiMUbUiEgJFxi5/NkB
+jgYLoDWgADAKBggqhkjOPQQDAwNIADBFAiEAt3kWKp2EAgPEiac832kCta8mOOEk
+92aAVFOVrM01bCsCIFM0cIuADXI4GwWRcgJBiB3y0qRfZ4GJGnh5ZG95GMOB
+-----END CERTIFICATE REQUEST-----
+";
+
+    #[test]
+    fn sign_csr_judges_the_key_not_the_signature_algorithm() {
+        let ca = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let wanted = id("spiffe://cluster.local/ns/kafka/sa/broker");
+        // ecdsa-with-SHA256 does not make a P-384 key a P-256 one: before,
+        // this was signed into a certificate claiming prime256v1 around a
+        // P-384 point.
+        let err = ca
+            .sign_csr(CSR_P384_KEY_SHA256, &wanted, DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidCsr { reason } if reason.contains("not ECDSA P-256")),
+            "{err}"
+        );
+        // A P-256 key is refused with the signature algorithm named when it
+        // is not SHA-256 (the certificate's key algorithm follows it).
+        let err = ca
+            .sign_csr(CSR_P256_KEY_SHA384, &wanted, DEFAULT_CERT_TTL)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidCsr { reason } if reason.contains("SHA-256")),
+            "{err}"
+        );
+        // Other key types.
+        for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let csr = CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap()
+                .pem()
+                .unwrap();
+            let err = ca.sign_csr(&csr, &wanted, DEFAULT_CERT_TTL).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidCsr { reason } if reason.contains("not ECDSA P-256")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
