@@ -4,7 +4,8 @@
 //! (`spec.node`) runs in the identity's namespace with its service account,
 //! in the config being served at that moment: istiod's check that the pod
 //! asking really runs on the asking node. A gateway may have exactly the
-//! identities registered for it. Everything else is refused with
+//! identities registered for it. The control plane's own identity is never
+//! signed for anyone. Everything else is refused with
 //! PERMISSION_DENIED, logged as a structured warning and counted in
 //! `weir_control_csr_total{result="denied"}`.
 
@@ -76,6 +77,17 @@ impl CaService {
             return Err(Refusal::Denied(format!(
                 "{id} is not in this mesh's trust domain {}",
                 self.ca.trust_domain()
+            )));
+        }
+        // Node proxies and gateways accept the control plane by this SPIFFE
+        // id alone: signed for a workload, it would let that workload's node
+        // impersonate the control plane to every other node.
+        let settings = self.distributor.settings();
+        if id.namespace() == settings.root_namespace
+            && id.service_account() == crate::CONTROL_PLANE_SERVICE_ACCOUNT
+        {
+            return Err(Refusal::Denied(format!(
+                "{id} is the control plane's own identity (node proxies and gateways trust the control plane by it); it is never signed for a node or gateway"
             )));
         }
         match caller {
@@ -183,6 +195,11 @@ apiVersion: weir.dev/v1alpha1
 kind: Workload
 metadata: {name: server, namespace: data}
 spec: {serviceAccount: server, address: 10.0.0.2, node: node-b}
+---
+apiVersion: weir.dev/v1alpha1
+kind: Workload
+metadata: {name: impostor, namespace: istio-system}
+spec: {serviceAccount: weir-control, address: 10.0.0.3, node: node-a}
 ";
 
     fn service() -> (CaService, String) {
@@ -269,6 +286,30 @@ spec: {serviceAccount: server, address: 10.0.0.2, node: node-b}
         assert!(matches!(
             svc.create_certificate(&node("node-a"), &request("junk", own)),
             Err(Refusal::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_control_planes_identity_is_never_signed() {
+        let (svc, csr) = service();
+        let control = "spiffe://cluster.local/ns/istio-system/sa/weir-control";
+        // A Workload on node-a runs as it: still refused.
+        let err = svc
+            .create_certificate(&node("node-a"), &request(&csr, control))
+            .unwrap_err();
+        assert!(matches!(err, Refusal::Denied(_)), "{err}");
+        assert!(
+            err.to_string().contains("control plane's own identity"),
+            "{err}"
+        );
+        // Registered for a gateway: refused too.
+        let gw = Caller::Gateway {
+            name: "ingress".into(),
+            identities: vec![control.parse().unwrap()],
+        };
+        assert!(matches!(
+            svc.create_certificate(&gw, &request(&csr, control)),
+            Err(Refusal::Denied(_))
         ));
     }
 

@@ -293,6 +293,11 @@ impl Distributor {
         &self.instance
     }
 
+    /// The mesh settings the served config was validated with.
+    pub fn settings(&self) -> MeshSettings {
+        self.lock().settings.clone()
+    }
+
     /// The current config version.
     pub fn version(&self) -> u64 {
         self.lock().version
