@@ -63,7 +63,7 @@ impl ControlMetrics {
         );
         registry.register(
             "weir_control_invalid_documents",
-            "Invalid config documents left out while the rest is served",
+            "Config documents a skipping source (cluster mode) left out while the rest is served, counted when each becomes invalid (the log has its error)",
             m.invalid_documents.clone(),
         );
         registry.register(

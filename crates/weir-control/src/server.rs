@@ -249,9 +249,10 @@ pub async fn serve(
     source.register_metrics(&mut registry);
 
     let what = source.describe();
+    let mut skips = SkipReport::default();
     let catalog = match source.next().await {
         Some(SourceEvent::Update { catalog, skipped }) => {
-            report_skipped(&metrics, &skipped);
+            skips.report(&metrics, &skipped);
             catalog
         }
         Some(SourceEvent::Invalid(errors)) => return Err(Error::Config(errors)),
@@ -325,7 +326,7 @@ pub async fn serve(
             while let Some(event) = source.next().await {
                 match event {
                     SourceEvent::Update { catalog, skipped } => {
-                        report_skipped(&metrics, &skipped);
+                        skips.report(&metrics, &skipped);
                         let objects = catalog.entries.len();
                         let stats = distributor.replace(catalog);
                         metrics.reload(true);
@@ -405,13 +406,30 @@ pub async fn serve(
     Ok(())
 }
 
-fn report_skipped(metrics: &ControlMetrics, skipped: &[weir_core::ConfigError]) {
-    if skipped.is_empty() {
-        return;
-    }
-    metrics.invalid_documents(skipped.len());
-    for e in skipped {
-        tracing::error!("config: left out, the rest is served: {e}");
+/// Reports the documents a skipping source left out. A source yields its
+/// whole state on every change, so a document that stays invalid comes
+/// back with every later update (every Pod change in cluster mode): it is
+/// logged and counted once, when it appears, and again only if it is fixed
+/// and breaks anew.
+#[derive(Debug, Default)]
+struct SkipReport {
+    last: std::collections::BTreeSet<String>,
+}
+
+impl SkipReport {
+    /// Logs and counts the errors in `skipped` that were not in the last
+    /// update; returns how many that was.
+    fn report(&mut self, metrics: &ControlMetrics, skipped: &[weir_core::ConfigError]) -> usize {
+        let now: std::collections::BTreeSet<String> =
+            skipped.iter().map(ToString::to_string).collect();
+        let new: Vec<&String> = now.difference(&self.last).collect();
+        metrics.invalid_documents(new.len());
+        for e in &new {
+            tracing::warn!("config: invalid document left out, the rest is served: {e}");
+        }
+        let n = new.len();
+        self.last = now;
+        n
     }
 }
 
@@ -428,4 +446,146 @@ fn instance_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("weir-control-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+    use weir_core::ConfigError;
+
+    use crate::catalog::Catalog;
+
+    use super::*;
+
+    fn error(file: &str, message: &str) -> ConfigError {
+        ConfigError {
+            document: None,
+            file: file.to_owned(),
+            field: Some("spec.action".to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    fn counted(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out.lines()
+            .find(|l| l.starts_with("weir_control_invalid_documents_total "))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_document_that_stays_invalid_is_reported_once() {
+        let mut registry = Registry::default();
+        let metrics = ControlMetrics::register(&mut registry);
+        let mut skips = SkipReport::default();
+        let bad = error(
+            "kubernetes:AuthorizationPolicy.security.istio.io/data/bad",
+            "CUSTOM",
+        );
+        assert_eq!(skips.report(&metrics, std::slice::from_ref(&bad)), 1);
+        // The next updates (say, Pods coming and going) still carry it.
+        for _ in 0..5 {
+            assert_eq!(skips.report(&metrics, std::slice::from_ref(&bad)), 0);
+        }
+        assert_eq!(counted(&registry), "weir_control_invalid_documents_total 1");
+        // A second one appears: only it is new.
+        let other = error(
+            "kubernetes:PeerAuthentication.security.istio.io/data/p",
+            "mode",
+        );
+        assert_eq!(skips.report(&metrics, &[bad.clone(), other.clone()]), 1);
+        // Fixed, then broken again: reported again.
+        assert_eq!(skips.report(&metrics, std::slice::from_ref(&other)), 0);
+        assert_eq!(skips.report(&metrics, &[bad, other]), 1);
+        assert_eq!(counted(&registry), "weir_control_invalid_documents_total 3");
+    }
+
+    /// A source driven by the test.
+    struct Scripted(mpsc::UnboundedReceiver<SourceEvent>);
+
+    impl ConfigSource for Scripted {
+        fn next(&mut self) -> crate::source::SourceFuture<'_> {
+            Box::pin(self.0.recv())
+        }
+
+        fn describe(&self) -> String {
+            "scripted".to_owned()
+        }
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_control_plane_counts_a_left_out_document_once() {
+        use weir_core::config::SourceFile;
+        let dir = std::env::temp_dir().join(format!("weir-control-skips-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut options = ControlOptions::new(Vec::new());
+        options.state_dir = dir.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let monitoring = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = monitoring.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            options,
+            Box::new(Scripted(rx)),
+            Arc::new(TokenFile::parse("nodes: {}").unwrap()),
+            listener,
+            monitoring,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let workload = |ip: &str| {
+            SourceFile::new(
+                "kubernetes:Pod/apps/a",
+                format!("apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {{name: a, namespace: apps}}\nspec: {{address: {ip}, node: n1}}\n"),
+            )
+        };
+        let bad = error(
+            "kubernetes:AuthorizationPolicy.security.istio.io/data/bad",
+            "CUSTOM",
+        );
+        // The first state, then Pod changes that still leave `bad` out.
+        for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"] {
+            tx.send(SourceEvent::Update {
+                catalog: Catalog::load(&[workload(ip)], MeshSettings::default()).unwrap(),
+                skipped: vec![bad.clone()],
+            })
+            .unwrap();
+        }
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = get(metrics_addr, "/metrics").await;
+            if text.contains("weir_config_reloads_total{result=\"success\"} 4") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            text.contains("weir_config_reloads_total{result=\"success\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nweir_control_invalid_documents_total 1\n"),
+            "{text}"
+        );
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -25,8 +25,9 @@ use crate::token_review::{ClusterAuthenticator, ClusterCaller};
 
 /// The Kubernetes source as a [`ConfigSource`]: every snapshot becomes a
 /// catalog of its valid objects; the invalid ones are passed on as
-/// `skipped` (already logged with `weir check`'s message and counted in
-/// `weir_config_invalid_resources{kind}` by the source).
+/// `skipped` (counted in `weir_config_invalid_resources{kind}` by the
+/// source; the control plane logs each with `weir check`'s message when it
+/// first appears).
 #[derive(Debug)]
 pub struct KubeConfigSource {
     source: KubeSource,

@@ -8,9 +8,11 @@
 //! ([`WEIR_KINDS`], the CRDs `weir crds` prints).
 //!
 //! Every object becomes one YAML document loaded with weir's strict loader
-//! ([`crate::document`]); an invalid one is left out, logged with the
-//! message `weir check` prints for the same YAML and counted in
-//! `weir_config_invalid_resources{kind}`, and the rest is served.
+//! ([`crate::document`]); an invalid one is left out, counted in
+//! `weir_config_invalid_resources{kind}` and handed on in the snapshot's
+//! `invalid` list (the control plane logs each, with the message `weir
+//! check` prints for the same YAML, when it first appears), and the rest is
+//! served.
 //!
 //! The first snapshot is built once every kind has been listed, so a node
 //! never gets a config with, say, its DENY policies missing. A kind the
@@ -539,7 +541,9 @@ impl State {
         for e in invalid {
             let text = e.to_string();
             if !self.reported.contains(&text) {
-                tracing::warn!(resource = %e.file, "invalid resource left out, the rest of the config is served: {text}");
+                // The control plane logs each at warning level when it first
+                // appears (the snapshot carries it as skipped).
+                tracing::debug!(resource = %e.file, "invalid resource left out, the rest of the config is served: {text}");
             }
             now.insert(text);
             let kind = e
