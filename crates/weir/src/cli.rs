@@ -393,7 +393,8 @@ pub struct ControlClientArgs {
         long = "control",
         id = "control",
         env = "WEIR_CONTROL",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT",
+        value_parser = parse_control_address
     )]
     pub address: Option<String>,
     /// File holding the token presented to --control: in local mode this
@@ -415,6 +416,45 @@ pub struct ControlClientArgs {
         value_name = "PEM"
     )]
     pub control_ca: Option<PathBuf>,
+}
+
+/// `--control`: `HOST:PORT`, HOST a DNS name, an IPv4 address or a
+/// bracketed IPv6 address, PORT 1-65535 (istiod's is 15012). Checked when
+/// the proxy starts: a typo would otherwise only show as a connection that
+/// never comes up.
+pub fn parse_control_address(s: &str) -> Result<String, String> {
+    let example = "e.g. weir-control.weir-system.svc:15012 or 198.18.0.1:15012";
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port: use HOST:PORT ({example})"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => {
+            return Err(format!(
+                "{s:?}: port {port:?} is not a number from 1 to 65535 ({example})"
+            ))
+        }
+    }
+    let valid_host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.parse::<std::net::Ipv4Addr>().is_ok()
+            || (!host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                }))
+    };
+    if !valid_host {
+        return Err(format!(
+            "{s:?}: {host:?} is not a host name or IP address (an IPv6 address goes in brackets: [fd00::1]:15012)"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// Where the mesh CA comes from (node proxy, gateway and control plane).
@@ -573,7 +613,46 @@ fn parse_kafka_operation(s: &str) -> Result<weir_core::kafka::Operation, String>
 mod tests {
     use std::time::Duration;
 
-    use super::{parse_duration, parse_labels};
+    use super::{parse_control_address, parse_duration, parse_labels};
+
+    #[test]
+    fn control_addresses_are_host_and_port() {
+        for ok in [
+            "weir-control.weir-system.svc:15012",
+            "198.18.0.1:15012",
+            "[fd00::1]:15012",
+            "localhost:1",
+        ] {
+            assert_eq!(parse_control_address(ok).as_deref(), Ok(ok));
+        }
+        for (bad, why) in [
+            ("198.18.0.1", "has no port"),
+            ("weir-control", "has no port"),
+            ("nohost:abc", "is not a number from 1 to 65535"),
+            ("198.18.0.1:0", "is not a number from 1 to 65535"),
+            ("198.18.0.1:65536", "is not a number from 1 to 65535"),
+            (":15012", "is not a host name or IP address"),
+            ("fd00::1:15012", "is not a host name or IP address"),
+            (
+                "http://weir-control:15012",
+                "is not a host name or IP address",
+            ),
+            ("weir_control:15012", "is not a host name or IP address"),
+        ] {
+            let e = parse_control_address(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        // Refused when the command line is parsed, naming the flag, for
+        // the node proxy and the gateway alike.
+        use clap::Parser;
+        for cmd in [&["node", "--node", "node-a"][..], &["gateway"][..]] {
+            let mut argv = vec!["weir"];
+            argv.extend_from_slice(cmd);
+            argv.extend_from_slice(&["--control", "198.18.0.1", "--control-token-file", "t"]);
+            let e = super::Cli::try_parse_from(&argv).unwrap_err().to_string();
+            assert!(e.contains("--control") && e.contains("has no port"), "{e}");
+        }
+    }
 
     #[test]
     fn durations() {
