@@ -209,6 +209,9 @@ impl ControlClient {
                 Err(e) if e.is_refusal() => {
                     tracing::error!(control_plane = %address, error = %e, "the control plane refused this node; retrying")
                 }
+                Err(e) if (was_connected || !quiet) && tx.borrow().is_none() => {
+                    tracing::warn!(control_plane = %address, error = %e, "cannot get config from the control plane; nothing is served until it arrives; retrying with backoff")
+                }
                 Err(e) if was_connected || !quiet => {
                     tracing::warn!(control_plane = %address, error = %e, "config stream from the control plane lost; serving the last config and certificates, retrying with backoff")
                 }
