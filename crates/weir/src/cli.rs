@@ -220,21 +220,24 @@ pub struct ControlArgs {
     /// --node-tokens. Invalid resources are skipped, logged and counted.
     #[arg(long, conflicts_with = "node_tokens")]
     pub kubernetes: bool,
-    /// Cluster mode: the audience node-proxy tokens must be bound to
-    /// (repeatable; none: the API server's default audiences).
+    /// Cluster mode: the audience node-proxy and gateway tokens must be
+    /// bound to (repeatable): the audience of their projected tokens (the
+    /// chart's control.tokenAudience). `--token-audience=` (empty): the API
+    /// server's own audiences instead.
     #[arg(
         long = "token-audience",
-        requires = "kubernetes",
-        value_name = "AUDIENCE"
+        conflicts_with = "config",
+        value_name = "AUDIENCE",
+        default_value = weir_kube::token_review::DEFAULT_AUDIENCE
     )]
     pub token_audiences: Vec<String>,
     /// Cluster mode: a ServiceAccount (namespace/name) node proxies run as
-    /// (repeatable). A token of any other account is refused.
-    #[arg(long = "node-service-account", requires = "kubernetes", value_name = "NS/NAME", value_parser = parse_service_account)]
+    /// (repeatable; at least one). A token of any other account is refused.
+    #[arg(long = "node-service-account", conflicts_with = "config", required_if_eq("kubernetes", "true"), value_name = "NS/NAME", value_parser = parse_service_account)]
     pub node_service_accounts: Vec<String>,
     /// Cluster mode: a ServiceAccount (namespace/name) gateways run as
     /// (repeatable); a gateway may have its own identity signed.
-    #[arg(long = "gateway-service-account", requires = "kubernetes", value_name = "NS/NAME", value_parser = parse_service_account)]
+    #[arg(long = "gateway-service-account", conflicts_with = "config", value_name = "NS/NAME", value_parser = parse_service_account)]
     pub gateway_service_accounts: Vec<String>,
     /// The gRPC endpoint for node proxies and gateways (CA and config).
     #[arg(long, env = "WEIR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
@@ -614,6 +617,55 @@ mod tests {
     use std::time::Duration;
 
     use super::{parse_control_address, parse_duration, parse_labels};
+
+    #[test]
+    fn cluster_mode_flags() {
+        use clap::Parser;
+        let control = |argv: &[&str]| -> Result<Box<super::ControlArgs>, String> {
+            let mut all = vec!["weir", "control"];
+            all.extend_from_slice(argv);
+            match super::Cli::try_parse_from(&all)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                super::Command::Control(c) => Ok(c),
+                _ => unreachable!(),
+            }
+        };
+        // Without a node ServiceAccount every node proxy would be refused.
+        let e = control(&["--kubernetes"]).unwrap_err();
+        assert!(e.contains("--node-service-account"), "{e}");
+        let c = control(&[
+            "--kubernetes",
+            "--node-service-account",
+            "weir-system/weir-node",
+        ])
+        .unwrap();
+        // The audience of the chart's projected tokens, unless told otherwise.
+        assert_eq!(c.token_audiences, ["weir-control"]);
+        let c = control(&[
+            "--kubernetes",
+            "--node-service-account=weir-system/weir-node",
+            "--token-audience=",
+        ])
+        .unwrap();
+        assert_eq!(c.token_audiences, [""]);
+        // Local mode needs none of them, and the default audience does not
+        // count as a cluster-mode flag.
+        let c = control(&["--config", "cfg"]).unwrap();
+        assert!(c.node_service_accounts.is_empty());
+        for flag in [
+            "--token-audience=x",
+            "--node-service-account=a/b",
+            "--gateway-service-account=a/b",
+        ] {
+            let e = control(&["--config", "cfg", flag]).unwrap_err();
+            assert!(
+                e.contains("'--config <PATH>...' cannot be used with"),
+                "{flag}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn control_addresses_are_host_and_port() {
