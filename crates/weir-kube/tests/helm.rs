@@ -442,6 +442,29 @@ fn default_values_render_valid_objects() {
         gd["spec"]["template"]["metadata"]["labels"]["istio"],
         "ingressgateway"
     );
+    // It runs as non-root with no capabilities: ports below 1024 need the
+    // pod's unprivileged-port sysctl (an added NET_BIND_SERVICE would not
+    // be in effect for a non-root process).
+    let gpod = &gd["spec"]["template"]["spec"];
+    assert_eq!(gpod["containers"][0]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        gpod["securityContext"]["sysctls"],
+        json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}])
+    );
+
+    // The control plane is ready when it serves a config (its
+    // /healthz/ready answers only then), not when its port is bound.
+    let cd = find(&objects, "Deployment", "weir-control");
+    let cc = &cd["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        cc["readinessProbe"]["httpGet"],
+        json!({"path": "/healthz/ready", "port": "metrics"})
+    );
+    assert!(cc["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "metrics"));
 }
 
 #[test]
