@@ -446,7 +446,10 @@ fn default_values_render_valid_objects() {
     // pod's unprivileged-port sysctl (an added NET_BIND_SERVICE would not
     // be in effect for a non-root process).
     let gpod = &gd["spec"]["template"]["spec"];
-    assert_eq!(gpod["containers"][0]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        gpod["containers"][0]["securityContext"]["runAsNonRoot"],
+        true
+    );
     assert_eq!(
         gpod["securityContext"]["sysctls"],
         json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}])
@@ -554,7 +557,8 @@ fn cluster_role_matches_what_the_source_watches() {
     assert_eq!(granted, needed);
 }
 
-/// Every value in values.yaml is in the table of docs/kubernetes.md.
+/// Every value in values.yaml is in the table of docs/kubernetes.md and
+/// of the chart's README.
 #[test]
 fn every_value_is_documented() {
     fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
@@ -592,13 +596,38 @@ fn every_value_is_documented() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/kubernetes.md"),
     )
     .unwrap();
-    let missing: Vec<&String> = paths
-        .iter()
-        .filter(|p| !doc.contains(&format!("| `{p}` |")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "values missing from the table in docs/kubernetes.md: {missing:?}"
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    for (name, text) in [
+        ("docs/kubernetes.md", &doc),
+        ("the chart's README.md", &readme),
+    ] {
+        let missing: Vec<&String> = paths
+            .iter()
+            .filter(|p| !text.contains(&format!("| `{p}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "values missing from the table in {name}: {missing:?}"
+        );
+    }
+    // The two tables are one table: the chart's README (`helm show
+    // readme`) and the cluster-mode guide say the same.
+    let rows = |text: &str, heading: &str| -> Vec<String> {
+        let section = text
+            .split_once(heading)
+            .unwrap_or_else(|| panic!("no {heading:?}"))
+            .1;
+        let section = section.split("\n## ").next().unwrap();
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        rows(&doc, "\n## Chart values\n"),
+        rows(&readme, "\n## Values\n"),
+        "the values tables of docs/kubernetes.md and deploy/helm/weir/README.md differ"
     );
     // And every value (and section) in values.yaml follows a comment line.
     let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
