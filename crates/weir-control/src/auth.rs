@@ -2,9 +2,9 @@
 //!
 //! Local mode: a bootstrap token per node (and per gateway) in a YAML file
 //! ([`TokenFile`]); the caller sends `authorization: Bearer <token>` and
-//! `x-weir-node: <name>`. Cluster mode (a later issue) implements
-//! [`Authenticator`] with Kubernetes TokenReview: the node proxy's
-//! ServiceAccount token, bound to its pod and node.
+//! `x-weir-node: <name>`. Cluster mode (`weir_kube::KubeAuthenticator`)
+//! implements [`Authenticator`] with Kubernetes TokenReview: the node
+//! proxy's ServiceAccount token, bound to its pod and node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

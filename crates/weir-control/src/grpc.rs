@@ -126,8 +126,14 @@ impl UnaryService<CreateCertificateRequest> for CreateCertificate {
                 Ok(c) => c,
                 Err(e) => {
                     shared.metrics.csr(csr::UNAUTHENTICATED);
-                    let node = metadata(&request, proto::NODE_HEADER).to_owned();
-                    return Err(unauthenticated(&e, "certificate signing request", &node));
+                    let node = metadata(&request, proto::NODE_HEADER);
+                    tracing::warn!(
+                        node,
+                        identity = %request.get_ref().identity,
+                        error = %e,
+                        "certificate signing request refused: caller not authenticated"
+                    );
+                    return Err(Status::unauthenticated(e.to_string()));
                 }
             };
             match shared.ca.create_certificate(&caller, request.get_ref()) {

@@ -7,16 +7,18 @@
 //! - **CA service** ([`ca`]): a node sends a CSR for a SPIFFE id; it is signed
 //!   only if a Workload on that node runs as that identity (gateways: only
 //!   their registered identities). Callers authenticate with a bootstrap
-//!   token in local mode ([`auth`]); the [`auth::Authenticator`] trait is the
-//!   seam for Kubernetes TokenReview.
+//!   token in local mode ([`auth`]), a ServiceAccount token checked with
+//!   TokenReview in cluster mode (weir-kube), both behind the
+//!   [`auth::Authenticator`] trait.
 //! - **Config distribution** ([`distributor`]): each node gets a full
 //!   snapshot of its view when it connects, then deltas. A node that
 //!   reconnects sends the content hashes it holds and gets only what differs.
 //!
 //! Config comes from a [`source::ConfigSource`]: files and directories in
-//! local mode ([`source::FileSource`]); the Kubernetes API later, through the
-//! same seam. Objects travel as their YAML documents ([`catalog`]), so the
-//! node validates them with the same strict loader as `weir check`.
+//! local mode ([`source::FileSource`]); the Kubernetes API in cluster mode
+//! (weir-kube), through the same seam. Objects travel as their YAML
+//! documents ([`catalog`]), so the node validates them with the same strict
+//! loader as `weir check`.
 //!
 //! On the node side, [`client::ControlClient`] keeps the config stream up
 //! (exponential, jittered [`backoff`]) and signs certificates through it;

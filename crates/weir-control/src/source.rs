@@ -11,9 +11,10 @@
 //!   stays, exactly as `weir node --config` does (and `weir check` on the
 //!   same files prints the same errors): a half-edited directory must not go
 //!   out to every node.
-//! - A Kubernetes source (cluster mode, later) builds its catalog with
-//!   [`Catalog::load_skipping_invalid`], one source per object, so that an
-//!   invalid resource is reported and skipped while the rest is served.
+//! - The Kubernetes source (cluster mode, `weir_kube::KubeConfigSource`)
+//!   loads one document per object, so that an invalid resource is left
+//!   out (`skipped`, reported by the control plane when it first appears)
+//!   while the rest is served.
 
 use std::future::Future;
 use std::path::PathBuf;
