@@ -14,7 +14,10 @@
 //! re-serialized: serde silently drops unknown fields, so comparing the
 //! round trip with the input catches a misspelt or misplaced field.
 //! PodMonitor and ServiceMonitor (no k8s-openapi type) are checked for
-//! their required fields.
+//! their required fields. Then what no single object shows
+//! (`check_references`): selectors that match their pod templates, mounts
+//! of rendered volumes, probes and Services naming ports that exist, valid
+//! port names, ServiceAccounts and roles that are rendered.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -339,7 +342,153 @@ fn check_all(objects: &[(String, Value)]) -> BTreeMap<String, usize> {
         }
         *kinds.entry(kind.to_owned()).or_default() += 1;
     }
+    check_references(objects);
     kinds
+}
+
+/// What the API server (or the objects' meaning) requires across fields and
+/// objects, which parsing each object alone does not see: a workload's
+/// selector matches its pod template, mounts name volumes, probes and
+/// Services name ports that exist, Services select a rendered pod template,
+/// pods run as rendered ServiceAccounts, bindings name rendered roles.
+fn check_references(objects: &[(String, Value)]) {
+    let named = |kind: &str| -> BTreeSet<String> {
+        objects
+            .iter()
+            .filter(|(_, v)| v["kind"] == kind)
+            .map(|(_, v)| v["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let accounts = named("ServiceAccount");
+    let roles = named("ClusterRole");
+    let port_name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 15
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && n.chars().any(|c| c.is_ascii_lowercase())
+            && !n.starts_with('-')
+            && !n.ends_with('-')
+            && !n.contains("--")
+    };
+    // Pod templates: (labels, container port names).
+    let mut templates: Vec<(String, Value, BTreeSet<String>)> = Vec::new();
+    for (file, v) in objects {
+        if !matches!(v["kind"].as_str(), Some("Deployment" | "DaemonSet")) {
+            continue;
+        }
+        let what = format!("{file}: {} {}", v["kind"], v["metadata"]["name"]);
+        let labels = &v["spec"]["template"]["metadata"]["labels"];
+        for (k, val) in v["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(
+                &labels[k], val,
+                "{what}: selector {k}={val} does not match the pod template's labels"
+            );
+        }
+        let pod = &v["spec"]["template"]["spec"];
+        let sa = pod["serviceAccountName"].as_str().unwrap_or("default");
+        assert!(
+            accounts.contains(sa),
+            "{what}: ServiceAccount {sa} is not rendered"
+        );
+        let volumes: BTreeSet<&str> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        let mut ports = BTreeSet::new();
+        for c in pod["containers"].as_array().unwrap() {
+            for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                let n = m["name"].as_str().unwrap();
+                assert!(volumes.contains(n), "{what}: mount of unknown volume {n}");
+            }
+            for p in c["ports"].as_array().into_iter().flatten() {
+                if let Some(n) = p["name"].as_str() {
+                    assert!(port_name_ok(n), "{what}: port name {n:?} is not an IANA service name (at most 15 lower-case letters, digits, '-')");
+                    assert!(ports.insert(n.to_owned()), "{what}: port name {n} twice");
+                }
+            }
+            for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                let port = &c[probe]["httpGet"]["port"];
+                let port = if port.is_null() {
+                    &c[probe]["tcpSocket"]["port"]
+                } else {
+                    port
+                };
+                if let Some(n) = port.as_str() {
+                    assert!(ports.contains(n), "{what}: {probe} names no port {n}");
+                }
+            }
+        }
+        templates.push((what, labels.clone(), ports));
+    }
+    for (file, v) in objects {
+        match v["kind"].as_str() {
+            Some("Service") => {
+                let what = format!("{file}: Service {}", v["metadata"]["name"]);
+                let selector = v["spec"]["selector"].as_object().unwrap();
+                let selected: Vec<&(String, Value, BTreeSet<String>)> = templates
+                    .iter()
+                    .filter(|(_, labels, _)| selector.iter().all(|(k, val)| &labels[k] == val))
+                    .collect();
+                assert_eq!(
+                    selected.len(),
+                    1,
+                    "{what}: selects {} pod templates",
+                    selected.len()
+                );
+                for p in v["spec"]["ports"].as_array().unwrap() {
+                    if let Some(n) = p["targetPort"].as_str() {
+                        assert!(
+                            selected[0].2.contains(n),
+                            "{what}: targetPort {n} is no port of {}",
+                            selected[0].0
+                        );
+                    }
+                }
+            }
+            Some("ClusterRoleBinding") => {
+                let role = v["roleRef"]["name"].as_str().unwrap();
+                assert!(
+                    roles.contains(role),
+                    "{file}: binding of unknown role {role}"
+                );
+                for s in v["subjects"].as_array().unwrap() {
+                    let sa = s["name"].as_str().unwrap();
+                    assert!(
+                        accounts.contains(sa),
+                        "{file}: binding of unknown ServiceAccount {sa}"
+                    );
+                }
+            }
+            Some("PodMonitor") => {
+                // Every pod it selects has the port it scrapes.
+                let port = v["spec"]["podMetricsEndpoints"][0]["port"]
+                    .as_str()
+                    .unwrap();
+                let mut any = false;
+                for (what, labels, ports) in &templates {
+                    let selected = v["spec"]["selector"]["matchExpressions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|e| {
+                            e["values"]
+                                .as_array()
+                                .unwrap()
+                                .contains(&labels[e["key"].as_str().unwrap()])
+                        });
+                    if selected {
+                        any = true;
+                        assert!(ports.contains(port), "{file}: {what} has no port {port}");
+                    }
+                }
+                assert!(any, "{file}: the PodMonitor selects no pod");
+            }
+            _ => {}
+        }
+    }
 }
 
 fn find<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
