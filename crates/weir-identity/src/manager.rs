@@ -405,21 +405,12 @@ impl IdentityManager {
             .filter(|(_, identity)| identity.cert.refresh_at() <= now)
             .map(|(id, _)| id.clone())
             .collect();
-        let mut rotated = 0;
-        let mut first_error = None;
+        let mut round = RenewalRound::new(due.len());
         for id in due {
-            match self.rotate_locked(&mut state, &id) {
-                Ok(_) => rotated += 1,
-                Err(e) => {
-                    tracing::warn!(identity = %id, error = %e, "certificate renewal failed; keeping the current certificate");
-                    first_error.get_or_insert(e);
-                }
-            }
+            let result = self.rotate_locked(&mut state, &id).map(drop);
+            round.record(id, result);
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(rotated),
-        }
+        round.finish()
     }
 
     /// [`rotate_due`](Self::rotate_due) for either kind of CA: renewals from a
@@ -428,21 +419,13 @@ impl IdentityManager {
         if !self.is_remote() {
             return self.rotate_due(now);
         }
-        let mut rotated = 0;
-        let mut first_error = None;
-        for id in self.due(now) {
-            match self.renew(&id).await {
-                Ok(_) => rotated += 1,
-                Err(e) => {
-                    tracing::warn!(identity = %id, error = %e, "certificate renewal failed; keeping the current certificate until it expires, retrying");
-                    first_error.get_or_insert(e);
-                }
-            }
+        let due = self.due(now);
+        let mut round = RenewalRound::new(due.len());
+        for id in due {
+            let result = self.renew(&id).await.map(drop);
+            round.record(id, result);
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(rotated),
-        }
+        round.finish()
     }
 
     /// The earliest time a certificate is due for renewal.
@@ -486,6 +469,54 @@ impl IdentityManager {
                 }
             }
         })
+    }
+}
+
+/// The outcome of one pass over the certificates due for renewal. Failures
+/// are logged as one line per pass (with a CA that is down, every identity
+/// fails the same way, every [`ROTATION_RETRY`]), each identity at debug.
+struct RenewalRound {
+    due: usize,
+    renewed: usize,
+    failed: Vec<SpiffeId>,
+    first_error: Option<Error>,
+}
+
+impl RenewalRound {
+    fn new(due: usize) -> Self {
+        RenewalRound {
+            due,
+            renewed: 0,
+            failed: Vec::new(),
+            first_error: None,
+        }
+    }
+
+    fn record(&mut self, id: SpiffeId, result: Result<()>) {
+        match result {
+            Ok(()) => self.renewed += 1,
+            Err(e) => {
+                tracing::debug!(identity = %id, error = %e, "certificate renewal failed");
+                self.failed.push(id);
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// How many were renewed, or the first error after logging the pass.
+    fn finish(self) -> Result<usize> {
+        let Some(e) = self.first_error else {
+            return Ok(self.renewed);
+        };
+        tracing::warn!(
+            failed = self.failed.len(),
+            due = self.due,
+            identity = %self.failed[0],
+            error = %e,
+            "certificate renewal failed; keeping the current certificates until they expire, retrying in {}s",
+            ROTATION_RETRY.as_secs()
+        );
+        Err(e)
     }
 }
 
