@@ -33,9 +33,19 @@ use crate::proto::{
     self, ConfigUpdate, CreateCertificateRequest, CreateCertificateResponse, StreamConfigRequest,
 };
 
-/// Largest message either side decodes: a full snapshot of a large mesh
-/// (10 000 workloads are about 3 MB) must fit.
+/// Largest message a node or gateway decodes: a full snapshot of a large
+/// mesh (10 000 workloads are about 3 MB) must fit.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Largest certificate signing request the control plane decodes (a P-256
+/// CSR in PEM is under 1 KiB). Requests are decoded before the caller's
+/// token is checked, so they are kept small.
+pub const MAX_CSR_REQUEST: usize = 64 * 1024;
+
+/// Largest config-stream request the control plane decodes: it lists the
+/// versions a reconnecting node holds (about 60 bytes per resource, so 16 MiB
+/// covers over 200 000 resources).
+pub const MAX_STREAM_REQUEST: usize = 16 * 1024 * 1024;
 
 /// HTTP/2 keepalive: a control plane (or node) that vanished without closing
 /// its connections is noticed within interval + timeout.
@@ -218,12 +228,12 @@ where
         match request.uri().path() {
             proto::CREATE_CERTIFICATE_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default())
-                    .apply_max_message_size_config(Some(MAX_MESSAGE), None);
+                    .apply_max_message_size_config(Some(MAX_CSR_REQUEST), None);
                 Ok(grpc.unary(CreateCertificate(shared), request).await)
             }),
             proto::STREAM_CONFIG_PATH => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default())
-                    .apply_max_message_size_config(Some(MAX_MESSAGE), None);
+                    .apply_max_message_size_config(Some(MAX_STREAM_REQUEST), None);
                 Ok(grpc.server_streaming(StreamConfig(shared), request).await)
             }),
             _ => Box::pin(async move {

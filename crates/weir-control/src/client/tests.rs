@@ -173,6 +173,15 @@ async fn config_certificates_fail_static_and_resync() {
         .unwrap_err();
     assert!(err.is_refusal(), "{err}");
     assert!(err.to_string().contains("wrong token"), "{err}");
+    // A request larger than any CSR is refused before it is decoded (so
+    // before the token is checked): the limit, not "wrong token".
+    let big = "x".repeat(crate::grpc::MAX_CSR_REQUEST + 1);
+    let err = impostor
+        .create_certificate(&foreign, big, Duration::from_secs(60))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too large"), "{err}");
 
     // A change reaches the node.
     dir.write(&workloads("10.0.0.3"));
