@@ -211,7 +211,7 @@ impl TestNet {
     /// Creates a namespace and records it for deletion *before* anything
     /// else can fail.
     fn add_netns(&self, ns: &str) {
-        let out = run(Command::new("ip").args(["netns", "add", ns]));
+        let out = run(setup(Command::new("ip").args(["netns", "add", ns])));
         assert!(
             out.status.success(),
             "ip netns add {ns} failed: {}",
@@ -221,11 +221,12 @@ impl TestNet {
     }
 
     fn ip(&self, args: &[&str]) {
-        let out = run(Command::new("ip").args(args));
+        let out = run(setup(Command::new("ip").args(args)));
         assert!(
             out.status.success(),
-            "ip {} failed: {}",
+            "ip {} failed ({}): {}",
             args.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -244,7 +245,9 @@ impl Drop for TestNet {
         }
         let namespaces = std::mem::take(&mut *self.lock_namespaces());
         for ns in namespaces.iter().rev() {
-            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            let out = setup(Command::new("ip").args(["netns", "del", ns]))
+                .stdin(Stdio::null())
+                .output();
             match out {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => eprintln!(
@@ -416,6 +419,15 @@ fn owner_pid(name: &str) -> Option<u32> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// Puts a short `ip` command that builds or removes the network in its own
+/// process group: the Ctrl-C a terminal sends to the foreground group (a
+/// `weir demo`, which then removes what it built) must not kill it halfway
+/// and turn an orderly stop into a failed `ip` command.
+fn setup(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
 }
 
 fn exec_in<S: AsRef<OsStr>>(ns: &str, cmd: &str, args: &[S]) -> Output {

@@ -77,6 +77,11 @@ pub struct DemoArgs {
     /// what is missing instead.
     #[arg(long)]
     pub no_install: bool,
+    /// Do not run the demo: stop a running one (e.g. `--keep` in another
+    /// terminal) and remove what a killed one left behind (namespaces,
+    /// processes, /tmp/weir-demo), then exit.
+    #[arg(long, conflicts_with_all = ["broker", "messages", "keep", "no_install"])]
+    pub cleanup: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]

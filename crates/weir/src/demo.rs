@@ -3,9 +3,28 @@
 //! and real Kafka clients — with checks that show what the mesh does.
 //!
 //! The demo body runs on its own thread; the main thread waits for it or for
-//! SIGINT/SIGTERM. A signal cancels the run: every child is asked to stop and
-//! the body unwinds through [`lab::Lab`]'s cleanup. A second signal forces an
-//! emergency cleanup.
+//! SIGINT, SIGTERM or SIGHUP. A signal cancels the run: every child is asked
+//! to stop, no new one is started, and the body unwinds through
+//! [`lab::Lab`]'s cleanup. A second signal forces an emergency cleanup.
+//! Short helper commands run in their own process group, so the Ctrl-C a
+//! terminal sends to the whole foreground group does not kill them halfway.
+
+/// `println!` that never panics (see [`ui::line`]).
+macro_rules! say {
+    () => {
+        $crate::demo::ui::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::demo::ui::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics.
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        $crate::demo::ui::eline(format_args!($($arg)*))
+    };
+}
 
 mod lab;
 mod metrics;
@@ -23,19 +42,22 @@ use crate::cli::{DemoArgs, DemoBroker};
 
 /// Exit code when a prerequisite is missing.
 const EXIT_MISSING: u8 = 2;
-/// Exit code when interrupted (128 + SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(args: DemoArgs) -> ExitCode {
-    // A panic (a failed `ip` command, say) is reported in one line, not a trace.
+    // A panic (a failed `ip` command, say) is reported in one line, not a
+    // trace; after a signal it is a consequence of the interruption (a child
+    // that got the same Ctrl-C), not news.
     std::panic::set_hook(Box::new(|info| {
+        if procs::cancelled() {
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown error");
-        eprintln!("\nweir demo: internal error: {msg}");
+        esay!("\nweir demo: internal error: {msg}");
     }));
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,17 +65,18 @@ pub fn run(args: DemoArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("weir demo: cannot start the async runtime: {e}");
+            esay!("weir demo: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     let code = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) else {
-            eprintln!("weir demo: cannot install signal handlers");
+            esay!("weir demo: cannot install signal handlers");
             return 1;
         };
         let (tx, mut done) = tokio::sync::oneshot::channel::<u8>();
@@ -61,32 +84,42 @@ pub fn run(args: DemoArgs) -> ExitCode {
             .name("weir-demo".into())
             .spawn(move || {
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&args)))
-                    .unwrap_or(1);
+                    .unwrap_or_else(|_| {
+                        if procs::cancelled() {
+                            procs::interrupted_code()
+                        } else {
+                            1
+                        }
+                    });
                 let _ = tx.send(code);
             });
         if let Err(e) = spawned {
-            eprintln!("weir demo: cannot start: {e}");
+            esay!("weir demo: cannot start: {e}");
             return 1;
         }
-        tokio::select! {
+        // SIGHUP too: a closed terminal must not leave namespaces and
+        // processes behind.
+        let name = tokio::select! {
             code = &mut done => return code.unwrap_or(1),
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        println!("\n\nInterrupted: stopping and removing everything the demo created (press Ctrl-C again to force).");
-        procs::cancel_all();
+            _ = int.recv() => procs::Signal::Int,
+            _ = term.recv() => procs::Signal::Term,
+            _ = hup.recv() => procs::Signal::Hup,
+        };
+        say!(
+            "\n\nInterrupted ({}): stopping and removing everything the demo created (press Ctrl-C again to force).",
+            name.name()
+        );
+        procs::cancel_all(name);
+        let forced = |why: &str| {
+            say!("{why}: killing every process the demo started and deleting its namespaces.");
+            lab::emergency_cleanup();
+            procs::interrupted_code()
+        };
         tokio::select! {
-            code = &mut done => code.unwrap_or(EXIT_INTERRUPTED),
-            _ = int.recv() => {
-                println!("Forced: killing every process the demo started and deleting its namespaces.");
-                lab::emergency_cleanup();
-                EXIT_INTERRUPTED
-            }
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {
-                println!("Cleanup is taking too long: killing every process and deleting the namespaces.");
-                lab::emergency_cleanup();
-                EXIT_INTERRUPTED
-            }
+            code = &mut done => code.unwrap_or_else(|_| procs::interrupted_code()),
+            _ = int.recv() => forced("Forced"),
+            _ = term.recv() => forced("Forced"),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => forced("Cleanup is taking too long"),
         }
     });
     ExitCode::from(code)
@@ -141,8 +174,11 @@ fn check_cancel() -> Result<(), Stop> {
 }
 
 fn body(args: &DemoArgs) -> u8 {
-    println!("weir demo: Kafka in a zero-trust ambient mesh, on this machine");
-    println!(
+    if args.cleanup {
+        return cleanup_only();
+    }
+    say!("weir demo: Kafka in a zero-trust ambient mesh, on this machine");
+    say!(
         "(network namespaces stand in for pods, a bridge for the cluster network; \
          everything is removed on exit{})",
         if args.keep {
@@ -154,15 +190,19 @@ fn body(args: &DemoArgs) -> u8 {
     ui::step(1, "Prerequisites");
     let tools = match prereq::ensure(args) {
         Ok(t) => t,
-        Err(_) if procs::cancelled() => return EXIT_INTERRUPTED,
+        Err(_) if procs::cancelled() => {
+            say!("\nStopped before anything was created: nothing to remove.");
+            return procs::interrupted_code();
+        }
         Err(prereq::Missing(why)) => {
-            println!();
-            eprintln!("weir demo cannot run on this machine: {why}");
+            say!();
+            esay!("weir demo cannot run on this machine: {why}");
             return EXIT_MISSING;
         }
     };
     if procs::cancelled() {
-        return EXIT_INTERRUPTED;
+        say!("\nStopped before anything was created: nothing to remove.");
+        return procs::interrupted_code();
     }
     let mut lab = match Lab::new() {
         Ok(l) => l,
@@ -178,13 +218,13 @@ fn body(args: &DemoArgs) -> u8 {
             summary(&checks);
             u8::from(checks.iter().any(|c| !c.pass))
         }
-        Err(Stop::Cancelled) => EXIT_INTERRUPTED,
+        Err(Stop::Cancelled) => procs::interrupted_code(),
         Err(Stop::Failed(e)) => {
             ui::fail(e);
             if !checks.is_empty() {
                 summary(&checks);
             }
-            println!("\nThe demo could not finish setting up (see above).");
+            say!("\nThe demo could not finish setting up (see above).");
             1
         }
     };
@@ -193,11 +233,70 @@ fn body(args: &DemoArgs) -> u8 {
         while procs::sleep(Duration::from_secs(3600)) {}
     }
     if procs::cancelled() && !args.keep {
-        code = EXIT_INTERRUPTED;
+        code = procs::interrupted_code();
     }
     ui::section("Cleaning up");
-    lab.cleanup(false);
+    let clean = lab.cleanup();
+    if !clean {
+        say!("\nNot everything could be removed (see above); `weir demo --cleanup` tries again.");
+    } else if procs::cancelled() {
+        say!("\nStopped: everything the demo created has been removed.");
+    }
     code
+}
+
+/// `weir demo --cleanup`: stops a running demo (a `--keep` one, say) and
+/// removes what a killed one left behind, without running the demo.
+fn cleanup_only() -> u8 {
+    if let Err(prereq::Missing(why)) = prereq::require_root() {
+        esay!("weir demo --cleanup cannot run: {why}");
+        return EXIT_MISSING;
+    }
+    say!("weir demo --cleanup: removing what `weir demo` created");
+    let mut found = false;
+    if let Some(pid) = lab::live_demo() {
+        found = true;
+        ui::progress(&format!(
+            "stopping the running weir demo (pid {pid}); it removes what it created"
+        ));
+        procs::signal(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(75);
+        while Instant::now() < deadline && lab::alive(pid) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if lab::alive(pid) {
+            ui::note(&format!(
+                "weir demo (pid {pid}) did not stop within 75 s; killing it"
+            ));
+            procs::signal(pid, "KILL");
+            std::thread::sleep(Duration::from_millis(500));
+        } else {
+            ui::ok(&format!("weir demo (pid {pid}) stopped"));
+        }
+    }
+    found |= lab::remove_leftovers();
+    let dir = lab::work_dir();
+    if dir.exists() {
+        found = true;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => ui::ok(&format!("{} removed", dir.display())),
+            Err(e) => {
+                ui::fail(&format!("cannot remove {}: {e}", dir.display()));
+                return 1;
+            }
+        }
+    }
+    let left = lab::stale_namespaces();
+    if !left.is_empty() {
+        ui::fail(&format!("namespaces still present: {}", left.join(" ")));
+        return 1;
+    }
+    if found {
+        say!("Done: nothing of weir demo is left on this machine.");
+    } else {
+        say!("Nothing to remove: no weir demo is running and none left anything behind.");
+    }
+    0
 }
 
 fn scenario(
@@ -542,6 +641,8 @@ fn traffic(args: &DemoArgs, tools: &Tools, lab: &Lab, checks: &mut Vec<Check>) -
 
     if let Some(capture) = capture {
         let text = capture.stop();
+        // A Ctrl-C also reaches tcpdump: its capture is then cut short.
+        check_cancel()?;
         let filler = "x".repeat(48);
         let to_hbone = text.contains(&format!("> {BROKER_IP}.15008:"));
         let clear = text.contains(&filler);
@@ -802,11 +903,11 @@ fn summary(checks: &[Check]) {
         .collect();
     ui::table(&["check", "expected", "observed", "result"], &rows);
     let failed = checks.iter().filter(|c| !c.pass).count();
-    println!();
+    say!();
     if failed == 0 {
-        println!("Result: all {} checks passed.", checks.len());
+        say!("Result: all {} checks passed.", checks.len());
     } else {
-        println!(
+        say!(
             "Result: {failed} of {} checks FAILED. The node proxies' logs are in {}/logs while the demo runs (use --keep to look).",
             checks.len(),
             std::env::temp_dir().join(lab::PREFIX).display()
@@ -821,34 +922,34 @@ fn keep_running(lab: &Lab, tools: &Tools, n: u32) {
     let b = format!("{BROKER_IP}:{KAFKA_PORT}");
     ui::section("The demo keeps running (--keep). Try:");
     let ns = lab::netns;
-    println!("  # produce and consume through the mesh (mTLS between the node proxies)");
-    println!(
+    say!("  # produce and consume through the mesh (mTLS between the node proxies)");
+    say!(
         "  ip netns exec {} {py} {client} produce --bootstrap {b} --topic {TOPIC} --count 10",
         ns("producer")
     );
-    println!(
+    say!(
         "  ip netns exec {} {py} {client} consume --bootstrap {b} --topic {TOPIC} --count {}",
         ns("consumer"),
         n + 10
     );
-    println!("  # denied: another service account (librdkafka logs each reset on stderr)");
-    println!(
+    say!("  # denied: another service account (librdkafka logs each reset on stderr)");
+    say!(
         "  ip netns exec {} {py} {client} metadata --bootstrap {b} --timeout 5 2>/dev/null",
         ns("intruder")
     );
-    println!("  # from outside the mesh: 9092 is reset, the metrics port answers");
-    println!(
+    say!("  # from outside the mesh: 9092 is reset, the metrics port answers");
+    say!(
         "  ip netns exec {} {py} {probe} kafka {BROKER_IP} {KAFKA_PORT}",
         ns(MONITORING)
     );
-    println!(
+    say!(
         "  ip netns exec {} {py} {probe} http {BROKER_IP} {METRICS_PORT} /metrics",
         ns(MONITORING)
     );
-    println!("  # the capture rules the proxy installed in the broker's pod");
-    println!("  ip netns exec {} iptables-save -t nat", ns("kafka-0"));
+    say!("  # the capture rules the proxy installed in the broker's pod");
+    say!("  ip netns exec {} iptables-save -t nat", ns("kafka-0"));
     for node in &lab.nodes {
-        println!(
+        say!(
             "  # {}: metrics http://{}/metrics  config http://{}/config_dump  ready http://{}/healthz/ready  log {}",
             node.name,
             node.metrics,
@@ -857,11 +958,11 @@ fn keep_running(lab: &Lab, tools: &Tools, n: u32) {
             node.log.display()
         );
     }
-    println!(
+    say!(
         "  # config: {} (re-read every second: edit a policy and retry)",
         lab.config_dir().display()
     );
-    println!(
+    say!(
         "  # namespaces: {}",
         PODS.iter()
             .map(|p| ns(p.name))
@@ -869,5 +970,11 @@ fn keep_running(lab: &Lab, tools: &Tools, n: u32) {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("\nPress Ctrl-C to stop the demo and remove everything it created.");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "weir".into());
+    say!(
+        "\nPress Ctrl-C to stop the demo and remove everything it created \
+         (or run `{exe} demo --cleanup` from another terminal)."
+    );
 }

@@ -8,7 +8,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::serial;
 use weir_testing::require_root;
@@ -133,4 +137,286 @@ fn demo_refuses_without_root_with_an_explanation() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("needs root"), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+/// What a demo left behind: namespaces, its work directory, processes.
+fn leftovers() -> Vec<String> {
+    let mut left = demo_namespaces();
+    if std::env::temp_dir().join("weir-demo").exists() {
+        left.push(format!(
+            "{}",
+            std::env::temp_dir().join("weir-demo").display()
+        ));
+    }
+    let procs = Command::new("pgrep")
+        .args(["-a", "-f", "weir-demo"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if !procs.is_empty() {
+        left.push(procs);
+    }
+    left
+}
+
+fn signal(target: &str, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), "--", target])
+        .status();
+}
+
+/// A `weir demo` in its own process group, as a terminal runs a foreground
+/// job: a "Ctrl-C" is SIGINT to the whole group. Its stdout is read line by
+/// line; on drop it is killed and `weir demo --cleanup` removes what it left.
+struct Demo {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout: String,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Demo {
+        Demo::start_with(args, |_| {})
+    }
+
+    fn start_with(args: &[&str], f: impl FnOnce(&mut Command)) -> Demo {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("demo")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        f(&mut cmd);
+        let mut child = cmd.spawn().expect("start weir demo");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Demo {
+            child,
+            lines,
+            stdout: String::new(),
+            reader: Some(reader),
+        }
+    }
+
+    /// Reads stdout until a line contains `pat`.
+    #[track_caller]
+    fn wait_for_line(&mut self, pat: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stdout.push_str(&line);
+                    self.stdout.push('\n');
+                    if line.contains(pat) {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no line with {pat:?} within {timeout:?}:\n{}", self.stdout),
+            }
+        }
+    }
+
+    /// Signals the demo's process group, as a terminal does on Ctrl-C.
+    fn signal_group(&self, sig: &str) {
+        signal(&format!("-{}", self.child.id()), sig);
+    }
+
+    fn signal(&self, sig: &str) {
+        signal(&self.child.id().to_string(), sig);
+    }
+
+    /// Waits (up to 2 minutes) for the demo to exit: status, stdout, stderr.
+    fn wait(&mut self) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir demo did not exit:\n{}",
+                self.stdout
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        while let Ok(line) = self.lines.try_recv() {
+            self.stdout.push_str(&line);
+            self.stdout.push('\n');
+        }
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, self.stdout.clone(), err)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal_group("KILL");
+            let _ = self.child.wait();
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["demo", "--cleanup"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether root and the Python clients are there (else the test is skipped).
+fn can_run_demo() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if !python_clients_available() {
+        eprintln!("note: skipping: python3 cannot import confluent_kafka and kafka");
+        return false;
+    }
+    true
+}
+
+#[track_caller]
+fn assert_nothing_left(stdout: &str) {
+    let left = leftovers();
+    assert!(left.is_empty(), "weir demo left {left:?} behind:\n{stdout}");
+}
+
+/// Ctrl-C while the network is being built: the terminal's SIGINT reaches
+/// the whole foreground group, including the `ip` commands the demo runs. It
+/// must still end as an orderly stop (exit 130, everything removed), not as
+/// an "internal error" about a killed `ip` command.
+#[test]
+fn ctrl_c_during_setup_stops_cleanly() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Demo::start(&["--broker", "mock", "--no-install"]);
+    demo.wait_for_line("[2/7]", Duration::from_secs(60));
+    demo.signal_group("INT");
+    let (status, stdout, stderr) = demo.wait();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("internal error") && !stderr.contains("internal error"),
+        "an interruption reported as an internal error:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Interrupted (SIGINT)") && stdout.contains("Stopped"),
+        "no clear message about the interruption:\n{stdout}"
+    );
+    assert_nothing_left(&stdout);
+}
+
+/// A closed terminal (SIGHUP) stops the demo like Ctrl-C: everything removed.
+#[test]
+fn sighup_during_traffic_removes_everything() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Demo::start(&["--broker", "mock", "--no-install", "--messages", "200000"]);
+    demo.wait_for_line("[6/7]", Duration::from_secs(60));
+    // Just before the producer starts: it must not be started any more, nor
+    // run its 200 000 records to the end.
+    demo.signal("HUP");
+    let t = Instant::now();
+    let (status, stdout, stderr) = demo.wait();
+    assert_eq!(
+        status.code(),
+        Some(129),
+        "exit status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the demo took {:?} to stop (cleanup should take seconds):\n{stdout}",
+        t.elapsed()
+    );
+    assert!(
+        !stdout.contains("taking too long"),
+        "cleanup was forced:\n{stdout}"
+    );
+    assert_nothing_left(&stdout);
+}
+
+/// `weir demo | head`: the reader goes away mid-run. The demo must neither
+/// panic on the closed pipe nor abort while cleaning up; it finishes and
+/// removes everything.
+#[test]
+fn demo_whose_reader_goes_away_still_cleans_up() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Demo::start(&["--broker", "mock", "--no-install", "--messages", "200"]);
+    demo.wait_for_line("[4/7]", Duration::from_secs(60));
+    // Close the read end of the pipe: later writes get EPIPE.
+    let reader = std::mem::replace(&mut demo.lines, mpsc::channel().1);
+    drop(reader);
+    let out: Option<ChildStdout> = demo.child.stdout.take();
+    drop(out);
+    let (status, stdout, stderr) = demo.wait();
+    assert!(
+        status.signal().is_none() && status.code() == Some(0),
+        "exit status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("internal error"), "stderr: {stderr}");
+    assert_nothing_left(&stdout);
+}
+
+/// A kept demo killed outright (SIGKILL: nothing of it runs to clean up)
+/// leaves namespaces and processes; `weir demo --cleanup` removes them, and
+/// says when there is nothing to remove.
+#[test]
+fn cleanup_removes_what_a_killed_demo_left() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Demo::start(&[
+        "--broker",
+        "mock",
+        "--no-install",
+        "--keep",
+        "--messages",
+        "30",
+    ]);
+    demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
+    demo.signal("KILL");
+    let (status, stdout, _) = demo.wait();
+    assert_eq!(status.signal(), Some(9));
+    assert!(!demo_namespaces().is_empty(), "a killed demo left nothing?");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["demo", "--cleanup"])
+        .output()
+        .expect("weir demo --cleanup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_nothing_left(&format!("{stdout}\n--cleanup:\n{text}"));
+    let again = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["demo", "--cleanup"])
+        .output()
+        .expect("weir demo --cleanup");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("Nothing to remove"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
 }

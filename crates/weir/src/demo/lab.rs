@@ -97,65 +97,15 @@ impl Lab {
     /// Prepares the work directory, refusing to run beside another live demo
     /// and removing what a killed one left behind.
     pub fn new() -> Result<Lab, String> {
-        let dir = std::env::temp_dir().join(PREFIX);
+        let dir = work_dir();
         let pidfile = dir.join("pid");
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            let pid = pid.trim();
-            if !pid.is_empty()
-                && pid != std::process::id().to_string()
-                && Path::new(&format!("/proc/{pid}")).exists()
-                && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.contains("demo"))
-            {
-                return Err(format!(
-                    "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
-                     terminal or `kill {pid}` first"
-                ));
-            }
-        }
-        let dir_marker = format!("{}/", dir.display());
-        let leftovers = leftover_processes(&dir_marker);
-        if !leftovers.is_empty() {
-            for pid in &leftovers {
-                procs::signal(*pid, "TERM");
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline
-                && leftovers
-                    .iter()
-                    .any(|p| Path::new(&format!("/proc/{p}")).exists())
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            for pid in &leftovers {
-                if Path::new(&format!("/proc/{pid}")).exists() {
-                    procs::signal(*pid, "KILL");
-                }
-            }
-            ui::note(&format!(
-                "stopped {} processes left by an earlier run that was killed (pids {})",
-                leftovers.len(),
-                leftovers
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" ")
+        if let Some(pid) = live_demo() {
+            return Err(format!(
+                "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
+                 terminal, `kill {pid}`, or `weir demo --cleanup`, then run this again"
             ));
         }
-        let stale = stale_namespaces();
-        if !stale.is_empty() {
-            for ns in &stale {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", ns])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            ui::note(&format!(
-                "removed {} network namespaces left by an earlier run that was killed: {}",
-                stale.len(),
-                stale.join(" ")
-            ));
-        }
+        remove_leftovers();
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["config", "ca", "logs", "tools", "broker-metrics"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -332,10 +282,10 @@ impl Lab {
 
     /// Removes everything, in order: node proxies first (SIGTERM, so they
     /// remove their iptables rules), then broker and helpers, then the
-    /// namespaces, then the work directory.
-    pub fn cleanup(&mut self, keep_dir_note: bool) {
+    /// namespaces, then the work directory. True if nothing is left.
+    pub fn cleanup(&mut self) -> bool {
         if self.cleaned {
-            return;
+            return true;
         }
         self.cleaned = true;
         for mut node in std::mem::take(&mut self.nodes) {
@@ -357,6 +307,7 @@ impl Lab {
             m.terminate(Duration::from_secs(2));
         }
         self.hosts.clear();
+        let mut all_gone = true;
         if let Some(net) = self.net.take() {
             let n = net.namespaces().len();
             drop(net);
@@ -367,22 +318,122 @@ impl Lab {
                 ));
             } else {
                 ui::fail(&format!("namespaces still present: {}", left.join(" ")));
+                all_gone = false;
             }
-        }
-        if keep_dir_note {
-            return;
         }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => ui::ok(&format!("{} removed", self.dir.display())),
-            Err(e) => ui::fail(&format!("cannot remove {}: {e}", self.dir.display())),
+            Err(e) => {
+                ui::fail(&format!("cannot remove {}: {e}", self.dir.display()));
+                all_gone = false;
+            }
         }
+        all_gone
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.cleanup(false);
+        self.cleanup();
     }
+}
+
+/// The demo's work directory (config, CA, logs, tools).
+pub fn work_dir() -> PathBuf {
+    std::env::temp_dir().join(PREFIX)
+}
+
+/// Whether `pid` is a running process (not gone, not a zombie waiting for
+/// its parent to reap it).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // pid (comm) state ...: comm may hold spaces and parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// The pid of another `weir demo` that is running now (its pid file names a
+/// live process that is a demo), if any.
+pub fn live_demo() -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(work_dir().join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let is_demo = pid != std::process::id()
+        && alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("demo"));
+    is_demo.then_some(pid)
+}
+
+/// Stops the processes and deletes the namespaces an earlier run left
+/// behind when it was killed (SIGKILL, a crash), reporting each with a note.
+/// True if there was anything to remove.
+pub fn remove_leftovers() -> bool {
+    let dir_marker = format!("{}/", work_dir().display());
+    let leftovers = leftover_processes(&dir_marker);
+    if !leftovers.is_empty() {
+        for pid in &leftovers {
+            procs::signal(*pid, "TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && leftovers
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in &leftovers {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                procs::signal(*pid, "KILL");
+            }
+        }
+        ui::note(&format!(
+            "stopped {} processes left by an earlier run that was killed (pids {})",
+            leftovers.len(),
+            leftovers
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    let stale = stale_namespaces();
+    if !stale.is_empty() {
+        for ns in &stale {
+            let _ = procs::own_group(Command::new("ip").args(["netns", "del", ns]))
+                .stderr(Stdio::null())
+                .status();
+        }
+        ui::note(&format!(
+            "removed {} network namespaces left by an earlier run that was killed: {}",
+            stale.len(),
+            stale.join(" ")
+        ));
+    }
+    let captures = stale_captures();
+    for f in &captures {
+        let _ = std::fs::remove_file(f);
+    }
+    !leftovers.is_empty() || !stale.is_empty() || !captures.is_empty()
+}
+
+/// Packet captures (`weir-demo-hub-tcpdump-N.txt`) a killed run left in the
+/// temporary directory.
+fn stale_captures() -> Vec<PathBuf> {
+    let prefix = format!("{PREFIX}-hub-tcpdump-");
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `weir-demo-*` namespaces that exist now.
@@ -432,16 +483,23 @@ fn leftover_processes(dir_marker: &str) -> Vec<u32> {
     pids
 }
 
-/// Last resort after a second Ctrl-C: kill children, delete namespaces.
+/// Last resort after a second Ctrl-C, or when cleanup hangs: kill children
+/// and whatever else runs in the demo's namespaces (a packet capture, say),
+/// delete the namespaces and the work directory.
 pub fn emergency_cleanup() {
     procs::kill_all();
+    for pid in leftover_processes(&format!("{}/", work_dir().display())) {
+        procs::signal(pid, "KILL");
+    }
     for ns in stale_namespaces() {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
+        let _ = procs::own_group(Command::new("ip").args(["netns", "del", &ns]))
             .stderr(Stdio::null())
             .status();
     }
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(PREFIX));
+    for f in stale_captures() {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir_all(work_dir());
 }
 
 fn free_ports() -> Result<[SocketAddr; 3], String> {

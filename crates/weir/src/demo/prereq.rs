@@ -22,6 +22,15 @@ pub struct Missing(pub String);
 const TANSU_VERSION: &str = "0.6.0";
 const TANSU_ROOT: &str = "/opt/tansu";
 
+/// Stops the checks once a signal arrived (the caller reports the interruption).
+fn stop_if_cancelled() -> Result<(), Missing> {
+    if procs::cancelled() {
+        Err(Missing("interrupted".into()))
+    } else {
+        Ok(())
+    }
+}
+
 pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
     if std::env::consts::OS != "linux" {
         return Err(Missing(format!(
@@ -32,18 +41,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
             std::env::consts::OS
         )));
     }
-    match effective_uid() {
-        Some(0) => {}
-        uid => {
-            return Err(Missing(format!(
-                "weir demo creates network namespaces, a bridge and iptables rules, which \
-                 needs root, but it runs as uid {}. Run it again with sudo: `sudo \
-                 scripts/demo.sh` (or `sudo weir demo`). Everything it creates is removed \
-                 when it exits.",
-                uid.map_or("unknown".to_string(), |u| u.to_string())
-            )))
-        }
-    }
+    require_root()?;
     ui::ok(&format!(
         "Linux, running as root (pid {})",
         std::process::id()
@@ -63,6 +61,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
     if find_in_path("tcpdump").is_none() {
         need.push("tcpdump");
     }
+    stop_if_cancelled()?;
     if !need.is_empty() {
         apt_install(&need, args.no_install)?;
     }
@@ -88,6 +87,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
                 .to_string(),
         ));
     }
+    stop_if_cancelled()?;
     ui::ok("iproute2 and iptables present");
     let tcpdump = find_in_path("tcpdump").is_some();
     if !tcpdump {
@@ -96,6 +96,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
 
     let python = resolve_python();
     if !python_has_clients(&python) {
+        stop_if_cancelled()?;
         if args.no_install {
             return Err(Missing(format!(
                 "weir demo runs real Kafka clients from the Python packages confluent-kafka \
@@ -127,6 +128,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
             )));
         }
     }
+    stop_if_cancelled()?;
     ui::ok(&format!(
         "Kafka clients: {} [{python}]",
         client_versions(&python)
@@ -179,6 +181,7 @@ fn ensure_tansu(args: &DemoArgs) -> Result<PathBuf, Missing> {
         ui::ok(&format!("broker: Tansu at {}", p.display()));
         return Ok(p);
     }
+    stop_if_cancelled()?;
     let cargo = find_in_path("cargo").or_else(|| {
         let p = home().join(".cargo/bin/cargo");
         p.exists().then_some(p)
@@ -236,6 +239,20 @@ pub fn find_tansu() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Root, or why the demo needs it.
+pub fn require_root() -> Result<(), Missing> {
+    match effective_uid() {
+        Some(0) => Ok(()),
+        uid => Err(Missing(format!(
+            "weir demo creates network namespaces, a bridge and iptables rules, which \
+             needs root, but it runs as uid {}. Run it again with sudo: `sudo \
+             scripts/demo.sh` (or `sudo weir demo`). Everything it creates is removed \
+             when it exits.",
+            uid.map_or("unknown".to_string(), |u| u.to_string())
+        ))),
+    }
+}
+
 fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
@@ -244,8 +261,7 @@ fn effective_uid() -> Option<u32> {
 
 /// The interpreter behind `python3` (resolving pyenv shims and the like).
 fn resolve_python() -> String {
-    Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
+    procs::own_group(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -257,8 +273,7 @@ fn resolve_python() -> String {
 }
 
 fn python_has_clients(python: &str) -> bool {
-    Command::new(python)
-        .args(["-c", "import confluent_kafka, kafka"])
+    procs::own_group(Command::new(python).args(["-c", "import confluent_kafka, kafka"]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -267,24 +282,23 @@ fn python_has_clients(python: &str) -> bool {
 }
 
 fn client_versions(python: &str) -> String {
-    Command::new(python)
-        .args([
-            "-c",
-            "import confluent_kafka as c, kafka; v = c.version(); \
+    procs::own_group(Command::new(python).args([
+        "-c",
+        "import confluent_kafka as c, kafka; v = c.version(); \
              print(v[0] if isinstance(v, tuple) else v, c.libversion()[0], kafka.__version__)",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| {
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            match out.split_whitespace().collect::<Vec<_>>()[..] {
-                [ck, rd, kp] => {
-                    format!("confluent-kafka {ck} (librdkafka {rd}), kafka-python {kp}")
-                }
-                _ => "confluent-kafka, kafka-python".to_string(),
+    ]))
+    .stdin(Stdio::null())
+    .stderr(Stdio::null())
+    .output()
+    .ok()
+    .map(|o| {
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        match out.split_whitespace().collect::<Vec<_>>()[..] {
+            [ck, rd, kp] => {
+                format!("confluent-kafka {ck} (librdkafka {rd}), kafka-python {kp}")
             }
-        })
-        .unwrap_or_default()
+            _ => "confluent-kafka, kafka-python".to_string(),
+        }
+    })
+    .unwrap_or_default()
 }

@@ -5,12 +5,14 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Set when SIGINT/SIGTERM arrived: the demo body stops at the next step.
+/// Set when SIGINT, SIGTERM or SIGHUP arrived: the demo body stops at the next step.
 static CANCELLED: AtomicBool = AtomicBool::new(false);
+/// The signal that cancelled the run (its number), 0 before one arrived.
+static SIGNAL: AtomicU8 = AtomicU8::new(0);
 /// Pids of every live child (unregistered once reaped, so never a reused pid).
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
@@ -22,8 +24,36 @@ pub fn cancelled() -> bool {
     CANCELLED.load(Ordering::SeqCst)
 }
 
-/// Marks the run cancelled and asks every child to stop (SIGTERM).
-pub fn cancel_all() {
+/// The signals that stop the demo (and remove what it created).
+#[derive(Debug, Clone, Copy)]
+pub enum Signal {
+    Hup = 1,
+    Int = 2,
+    Term = 15,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+}
+
+/// The exit code of a run stopped by a signal: 128 + its number, as a shell
+/// reports it (130 for Ctrl-C).
+pub fn interrupted_code() -> u8 {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => 128 + Signal::Int as u8,
+        n => 128 + n,
+    }
+}
+
+/// Marks the run cancelled by `sig` and asks every child to stop (SIGTERM).
+pub fn cancel_all(sig: Signal) {
+    SIGNAL.store(sig as u8, Ordering::SeqCst);
     CANCELLED.store(true, Ordering::SeqCst);
     for pid in children().iter() {
         signal(*pid, "TERM");
@@ -38,12 +68,18 @@ pub fn kill_all() {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
+    let _ = own_group(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// Puts a short-lived helper command in its own process group, so the
+/// Ctrl-C the terminal sends to `weir demo`'s group does not kill it halfway
+/// (the demo notices the signal itself and stops at the next step).
+pub fn own_group(cmd: &mut Command) -> &mut Command {
+    cmd.process_group(0)
 }
 
 /// A long-running child (node proxy, broker, metrics server).
@@ -57,6 +93,13 @@ impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc, String> {
         cmd.process_group(0);
         let mut reg = children();
+        // Checked under the registry lock: `cancel_all` sets the flag, then
+        // signals every registered child, so a child is either refused here
+        // or signalled there, never missed (a produce started just after a
+        // Ctrl-C would otherwise run to its end).
+        if cancelled() {
+            return Err(format!("not starting {name}: the demo is stopping"));
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
@@ -149,6 +192,12 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Finished, String> {
     let status = loop {
         if let Some(status) = p.exited() {
             break status;
+        }
+        if cancelled() {
+            p.terminate(Duration::from_secs(2));
+            let _ = t_out.join();
+            let _ = t_err.join();
+            return Err("stopped: the demo is stopping".into());
         }
         if Instant::now() >= deadline {
             p.terminate(Duration::from_secs(2));

@@ -1,33 +1,56 @@
 //! Progress output: numbered steps, ✓/✗ lines, tables.
+//!
+//! Everything goes through [`line`] and [`eline`], which ignore write errors:
+//! a reader that went away (`weir demo | head`, a closed terminal, a `tee`
+//! killed by the same Ctrl-C) must never stop the demo from removing what it
+//! created. `println!` would panic there, and a second panic during cleanup
+//! aborts the process.
+
+use std::io::Write;
 
 pub const STEPS: usize = 7;
 
+/// Writes one line to stdout, ignoring errors (see the module docs).
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Writes one line to stderr, ignoring errors.
+pub fn eline(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.write_all(b"\n");
+}
+
 pub fn step(n: usize, title: &str) {
-    println!("\n[{n}/{STEPS}] {title}");
+    say!("\n[{n}/{STEPS}] {title}");
 }
 
 pub fn section(title: &str) {
-    println!("\n{title}");
+    say!("\n{title}");
 }
 
 pub fn ok(msg: &str) {
-    println!("  ✓ {msg}");
+    say!("  ✓ {msg}");
 }
 
 pub fn fail(msg: &str) {
-    println!("  ✗ {msg}");
+    say!("  ✗ {msg}");
 }
 
 pub fn progress(msg: &str) {
-    println!("  … {msg}");
+    say!("  … {msg}");
 }
 
 pub fn note(msg: &str) {
-    println!("  ! {msg}");
+    say!("  ! {msg}");
 }
 
 pub fn info(msg: &str) {
-    println!("    {msg}");
+    say!("    {msg}");
 }
 
 /// Prints rows as aligned columns under a header, indented by two spaces.
@@ -49,11 +72,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 s.push_str(&" ".repeat(pad + 2));
             }
         }
-        println!("{}", s.trim_end());
+        say!("{}", s.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-    println!("  {}", "─".repeat(total));
+    say!("  {}", "─".repeat(total));
     for r in rows {
         line(r.clone());
     }
