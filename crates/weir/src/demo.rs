@@ -59,6 +59,10 @@ pub fn run(args: DemoArgs) -> ExitCode {
             .unwrap_or("unknown error");
         esay!("\nweir demo: internal error: {msg}");
     }));
+    // Before any thread exists: the tools the demo finds in the sbin
+    // directories (`ip`, `iptables-restore`) must also be found by the
+    // children that run them, whatever PATH the demo was started with.
+    prereq::add_system_dirs_to_path();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -381,6 +381,36 @@ fn demo_whose_reader_goes_away_still_cleans_up() {
     assert_nothing_left(&stdout);
 }
 
+/// With a PATH that lacks the sbin directories (a root shell from `su`,
+/// cron), the demo still runs: it found `ip` and `iptables` there, so the
+/// node proxies it starts must find `iptables-restore` too.
+#[test]
+fn demo_runs_with_a_path_without_sbin() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let without_sbin: Vec<_> = std::env::split_paths(&path)
+        .filter(|p| !p.to_string_lossy().contains("sbin"))
+        .collect();
+    let path = std::env::join_paths(without_sbin).expect("PATH");
+    let mut demo = Demo::start_with(
+        &["--broker", "mock", "--no-install", "--messages", "50"],
+        |c| {
+            c.env("PATH", &path);
+        },
+    );
+    let (status, stdout, stderr) = demo.wait();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("Result: all"), "{stdout}");
+    assert_nothing_left(&stdout);
+}
+
 /// A kept demo killed outright (SIGKILL: nothing of it runs to clean up)
 /// leaves namespaces and processes; `weir demo --cleanup` removes them, and
 /// says when there is nothing to remove.

@@ -19,8 +19,34 @@ pub struct Tools {
 /// Why the demo cannot run here: one paragraph for the user.
 pub struct Missing(pub String);
 
+/// Directories [`find_in_path`] searches beyond PATH; see
+/// [`add_system_dirs_to_path`].
+const SYSTEM_DIRS: [&str; 5] = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
 const TANSU_VERSION: &str = "0.6.0";
 const TANSU_ROOT: &str = "/opt/tansu";
+
+/// Appends the system directories missing from PATH (a root shell started
+/// with `su` or from cron often lacks the sbin ones). The demo finds `ip` and
+/// `iptables` there itself; without this the node proxies it starts, which
+/// run `iptables-restore` through PATH, would fail after the demo said
+/// "iptables present". Call it before any thread is started.
+pub fn add_system_dirs_to_path() {
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&current).collect();
+    let missing: Vec<PathBuf> = SYSTEM_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|d| !dirs.contains(d))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    dirs.extend(missing);
+    if let Ok(path) = std::env::join_paths(dirs) {
+        std::env::set_var("PATH", path);
+    }
+}
 
 /// Stops the checks once a signal arrived (the caller reports the interruption).
 fn stop_if_cancelled() -> Result<(), Missing> {
