@@ -9,6 +9,7 @@ consumer can tell exactly which records are missing or duplicated. Results
 are printed as one JSON object on stdout; progress goes to stderr.
 
   client.py produce  --bootstrap HOST:PORT --topic T --count N [--size B] [--acks all]
+                     [--first-seq S]   (sequence numbers S..S+N-1; default 0)
   client.py consume  --bootstrap HOST:PORT --topic T --count N [--group G] [--timeout S]
   client.py latency  --bootstrap HOST:PORT --topic T --count N   (one record at a time, acks=all)
   client.py metadata --bootstrap HOST:PORT                       (brokers as the cluster advertises them)
@@ -98,7 +99,7 @@ def confluent_produce(args):
 
     start = time.perf_counter()
     for seq in range(args.count):
-        v = value_for(seq, args.size)
+        v = value_for(args.first_seq + seq, args.size)
         while True:
             try:
                 t = time.perf_counter()
@@ -248,7 +249,8 @@ def kp_produce(args):
     start = time.perf_counter()
     for seq in range(args.count):
         t = time.perf_counter()
-        f = p.send(args.topic, value=value_for(seq, args.size), key=b"%d" % (seq % 64))
+        f = p.send(args.topic, value=value_for(args.first_seq + seq, args.size),
+                   key=b"%d" % (seq % 64))
         f.add_callback(ok, t)
         f.add_errback(lambda e: errors.append(repr(e)))
         if args.progress and seq and seq % args.progress == 0:
@@ -355,6 +357,9 @@ def main():
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", default="weir-demo")
     ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--first-seq", type=int, default=0,
+                    help="produce: number the records from this sequence number (a consumer "
+                         "with --count C expects 0..C-1), so a second run adds new records")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--size", type=int, default=100, help="record value size in bytes")
     ap.add_argument("--acks", default="all")

@@ -926,15 +926,15 @@ fn keep_running(lab: &Lab, tools: &Tools, n: u32) {
     let b = format!("{BROKER_IP}:{KAFKA_PORT}");
     ui::section("The demo keeps running (--keep). Try:");
     let ns = lab::netns;
-    say!("  # produce and consume through the mesh (mTLS between the node proxies)");
+    say!("  # produce 10 more records and read all of them back through the mesh (mTLS between the node proxies)");
     say!(
-        "  ip netns exec {} {py} {client} produce --bootstrap {b} --topic {TOPIC} --count 10",
+        "  ip netns exec {} {py} {client} produce --bootstrap {b} --topic {TOPIC} --count 10 --first-seq {n}",
         ns("producer")
     );
     say!(
-        "  ip netns exec {} {py} {client} consume --bootstrap {b} --topic {TOPIC} --count {}",
+        "  ip netns exec {} {py} {client} consume --bootstrap {b} --topic {TOPIC} --count {} --timeout 30",
         ns("consumer"),
-        n + 10
+        u64::from(n) + 10
     );
     say!("  # denied: another service account (librdkafka logs each reset on stderr)");
     say!(

@@ -411,6 +411,61 @@ fn demo_runs_with_a_path_without_sbin() {
     assert_nothing_left(&stdout);
 }
 
+/// `--keep`: the printed produce and consume commands work as printed: the
+/// consumer reads every record, the demo's and the new ones, none missing.
+#[test]
+fn keep_prints_commands_that_work() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let mut demo = Demo::start(&[
+        "--broker",
+        "mock",
+        "--no-install",
+        "--keep",
+        "--messages",
+        "30",
+    ]);
+    demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
+    let stdout = demo.stdout.clone();
+    assert!(stdout.contains("Result: all"), "{stdout}");
+    let command = |op: &str| -> String {
+        stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("ip netns exec") && l.contains(&format!(" {op} ")))
+            .unwrap_or_else(|| panic!("no printed {op} command:\n{stdout}"))
+            .to_string()
+    };
+    for op in ["produce", "consume"] {
+        let cmd = command(op);
+        let out = Command::new("sh")
+            .args(["-c", &cmd])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the printed command");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{cmd}: no JSON result:\n{text}"));
+        assert!(
+            out.status.success() && json["error"].is_null(),
+            "{cmd}: {json}"
+        );
+        if op == "consume" {
+            assert_eq!(json["missing"], 0, "{cmd}: {json}");
+            assert_eq!(json["unique"], 40, "{cmd}: {json}");
+        }
+    }
+    demo.signal_group("INT");
+    let (status, stdout, stderr) = demo.wait();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_nothing_left(&stdout);
+}
+
 /// A kept demo killed outright (SIGKILL: nothing of it runs to clean up)
 /// leaves namespaces and processes; `weir demo --cleanup` removes them, and
 /// says when there is nothing to remove.
