@@ -786,6 +786,7 @@ fn metrics_checks(lab: &Lab, checks: &mut Vec<Check>) -> Result<(), Stop> {
                 ("reporter", "destination"),
                 ("source_principal", intruder.as_str()),
                 ("destination_workload", "kafka-0"),
+                ("response_flags", "DENY"),
             ],
         )
     };
@@ -797,6 +798,7 @@ fn metrics_checks(lab: &Lab, checks: &mut Vec<Check>) -> Result<(), Stop> {
                 ("reporter", "destination"),
                 ("destination_workload", "kafka-0"),
                 ("connection_security_policy", "unknown"),
+                ("response_flags", "DENY"),
             ],
         )
     };
@@ -867,17 +869,21 @@ fn metrics_checks(lab: &Lab, checks: &mut Vec<Check>) -> Result<(), Stop> {
     checks.push(Check::new(
         "node-a metrics: intruder",
         "failed, DENY",
-        format!(
-            "{d} failed, flags {}",
-            flags_of(&a, intruder.as_str()).unwrap_or_else(|| "none".into())
-        ),
+        if d >= 1.0 {
+            format!("{d} failed, flags DENY")
+        } else {
+            format!(
+                "none failed with DENY (other failures: flags {})",
+                flags_of(&a, intruder.as_str()).unwrap_or_else(|| "none".into())
+            )
+        },
         d >= 1.0,
     ));
     let pf = plaintext_failed(&a);
     checks.push(Check::new(
         "node-a metrics: plaintext to 9092",
-        "failed, not mTLS",
-        format!("{pf} failed, security unknown"),
+        "failed, not mTLS, DENY",
+        format!("{pf} failed with security unknown, flags DENY"),
         pf >= 1.0,
     ));
     Ok(())
