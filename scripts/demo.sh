@@ -25,6 +25,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "weir: cargo (Rust) is needed to build weir; install it from https://rustup.rs" >&2
     exit 2
 fi
+# weir (ring) and Tansu compile some C and link with `cc`.
+has_cc() { local p; p=$(type -P cc) && [[ -x "$p" ]]; }
+if ! has_cc && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing a C compiler (gcc) to build weir" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || true
+    apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null || true
+fi
+if ! has_cc; then
+    echo "weir: a C compiler (cc) is needed to build weir; install gcc (e.g. apt-get install -y gcc) and run this again" >&2
+    exit 2
+fi
 echo "== building weir (release)" >&2
 cargo build --release --locked -p weir
 exec "${CARGO_TARGET_DIR:-target}/release/weir" demo "$@"

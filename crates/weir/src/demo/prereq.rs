@@ -87,6 +87,15 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
     if find_in_path("tcpdump").is_none() {
         need.push("tcpdump");
     }
+    // Debian and Ubuntu ship python3 without pip; pip installs the clients.
+    let mut clients_found = false;
+    if find_in_path("python3").is_some() {
+        let python = resolve_python();
+        clients_found = python_has_clients(&python);
+        if !clients_found && !python_has_pip(&python) {
+            need.push("python3-pip");
+        }
+    }
     stop_if_cancelled()?;
     if !need.is_empty() {
         apt_install(&need, args.no_install)?;
@@ -121,7 +130,7 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
     }
 
     let python = resolve_python();
-    if !python_has_clients(&python) {
+    if !clients_found && !python_has_clients(&python) {
         stop_if_cancelled()?;
         if args.no_install {
             return Err(Missing(format!(
@@ -149,8 +158,8 @@ pub fn ensure(args: &DemoArgs) -> Result<Tools, Missing> {
                 "weir demo runs real Kafka clients from the Python packages confluent-kafka \
                  and kafka-python, and installing them with pip failed (see pip's output \
                  above). Install them by hand (`{python} -m pip install confluent-kafka \
-                 kafka-python`, or your distribution's python3-confluent-kafka and \
-                 python3-kafka packages) and run the demo again."
+                 kafka-python`; a distribution's python3-confluent-kafka may link an older \
+                 librdkafka than Tansu needs) and run the demo again."
             )));
         }
     }
@@ -227,6 +236,10 @@ fn ensure_tansu(args: &DemoArgs) -> Result<PathBuf, Missing> {
             }
         )));
     };
+    // Tansu's build compiles C code and links with `cc`.
+    if find_in_path("cc").is_none() {
+        apt_install(&["gcc", "libc6-dev"], args.no_install)?;
+    }
     ui::progress(&format!(
         "building the Tansu broker with cargo (once, into {TANSU_ROOT}; about 12 minutes on 2 \
          cores — or stop now and run `weir demo --broker mock`)"
@@ -300,6 +313,15 @@ fn resolve_python() -> String {
 
 fn python_has_clients(python: &str) -> bool {
     procs::own_group(Command::new(python).args(["-c", "import confluent_kafka, kafka"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn python_has_pip(python: &str) -> bool {
+    procs::own_group(Command::new(python).args(["-m", "pip", "--version"]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
