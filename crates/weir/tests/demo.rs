@@ -139,6 +139,36 @@ fn demo_refuses_without_root_with_an_explanation() {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+/// `weir demo --help` says what the demo does and how to stop it and read
+/// its result (no root needed).
+#[test]
+fn help_explains_steps_exit_codes_and_cleanup() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["demo", "--help"])
+        .output()
+        .expect("weir demo --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "--keep",
+        "--broker",
+        "--messages",
+        "--no-install",
+        "--cleanup",
+        "confluent-kafka",
+        "Tansu",
+        "STRICT",
+        "9404",
+        "Exit status",
+        "130 for Ctrl-C",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`weir demo --help` lacks {needle:?}:\n{text}"
+        );
+    }
+}
+
 /// What a demo left behind: namespaces, its work directory, processes.
 fn leftovers() -> Vec<String> {
     let mut left = demo_namespaces();
