@@ -252,8 +252,11 @@ fn body(args: &DemoArgs) -> u8 {
 /// `weir demo --cleanup`: stops a running demo (a `--keep` one, say) and
 /// removes what a killed one left behind, without running the demo.
 fn cleanup_only() -> u8 {
-    if let Err(prereq::Missing(why)) = prereq::require_root() {
-        esay!("weir demo --cleanup cannot run: {why}");
+    if prereq::require_root().is_err() {
+        esay!(
+            "weir demo --cleanup deletes network namespaces and stops processes that a demo \
+             started as root, which needs root too: run `sudo weir demo --cleanup`."
+        );
         return EXIT_MISSING;
     }
     say!("weir demo --cleanup: removing what `weir demo` created");
