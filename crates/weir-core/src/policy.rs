@@ -111,6 +111,77 @@ fn oldest<'a>(it: impl Iterator<Item = &'a PeerAuthentication>) -> Option<&'a Pe
     })
 }
 
+/// A PeerAuthentication that never applies where another, older one does.
+#[derive(Debug)]
+pub struct ShadowedPeerAuthentication<'a> {
+    pub ignored: &'a PeerAuthentication,
+    /// The oldest policy at the same level, which applies instead.
+    pub applies: &'a PeerAuthentication,
+    /// The workloads both select (selector policies); empty for
+    /// namespace-wide and mesh-wide policies.
+    pub workloads: Vec<&'a Workload>,
+}
+
+/// Every PeerAuthentication that [`effective_mtls`] passes over because an
+/// older one applies at the same level: a second namespace-wide (or
+/// mesh-wide) policy of a namespace, and selector policies for the
+/// workloads an older selector policy also selects.
+pub fn shadowed_peer_authentications(config: &Config) -> Vec<ShadowedPeerAuthentication<'_>> {
+    let root = config.settings.root_namespace.as_str();
+    let pas = &config.peer_authentications;
+    let mut out = Vec::new();
+    let mut namespaces: Vec<&str> = pas.iter().map(|p| p.metadata.namespace.as_str()).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for ns in namespaces {
+        let wide = || {
+            pas.iter()
+                .filter(move |p| p.metadata.namespace == ns && !has_selector(&p.selector))
+        };
+        if let Some(applies) = oldest(wide()) {
+            out.extend(
+                wide()
+                    .filter(|p| !std::ptr::eq(*p, applies))
+                    .map(|ignored| ShadowedPeerAuthentication {
+                        ignored,
+                        applies,
+                        workloads: Vec::new(),
+                    }),
+            );
+        }
+    }
+    // (ignored, applies) -> the workloads where it happens, in config order.
+    let mut by_pair: Vec<ShadowedPeerAuthentication<'_>> = Vec::new();
+    for w in &config.workloads {
+        let selecting = || {
+            pas.iter().filter(|p| {
+                p.metadata.namespace == w.namespace()
+                    && p.metadata.namespace != root
+                    && has_selector(&p.selector)
+                    && selects(&p.selector, w)
+            })
+        };
+        let Some(applies) = oldest(selecting()) else {
+            continue;
+        };
+        for ignored in selecting().filter(|p| !std::ptr::eq(*p, applies)) {
+            match by_pair
+                .iter_mut()
+                .find(|s| std::ptr::eq(s.ignored, ignored) && std::ptr::eq(s.applies, applies))
+            {
+                Some(s) => s.workloads.push(w),
+                None => by_pair.push(ShadowedPeerAuthentication {
+                    ignored,
+                    applies,
+                    workloads: vec![w],
+                }),
+            }
+        }
+    }
+    out.extend(by_pair);
+    out
+}
+
 /// Resolves PeerAuthentication for a workload and port.
 pub fn effective_mtls<'a>(config: &'a Config, w: &Workload, port: u16) -> EffectiveMtls<'a> {
     let root = config.settings.root_namespace.as_str();

@@ -60,6 +60,9 @@ pub struct PeerAuthentication {
     pub mtls: MtlsMode,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+    /// Where it was read from, for warnings found across documents.
+    #[serde(skip)]
+    pub(crate) doc: Option<super::DocumentRef>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -160,11 +160,67 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
     super::kafka::cross_check(&config, &mut errors, &mut warnings);
     if errors.is_empty() {
         super::networking::cross_check(&config, &mut warnings);
+        shadowed_peer_authentication_warnings(&config, &mut warnings);
         config.warnings = warnings;
         config.index();
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// What Istio resolves silently when several PeerAuthentications apply at
+/// one level: only the oldest counts, the others (their `portLevelMtls`
+/// too) are ignored for those workloads. Warnings, because that is valid;
+/// but a second selector policy for a port exception is a classic way to
+/// turn a namespace's other exceptions back to STRICT.
+fn shadowed_peer_authentication_warnings(config: &Config, warnings: &mut Vec<ConfigError>) {
+    for s in crate::policy::shadowed_peer_authentications(config) {
+        let Some(doc) = &s.ignored.doc else {
+            continue;
+        };
+        let winner = format!(
+            "{}/{}",
+            s.applies.metadata.namespace, s.applies.metadata.name
+        );
+        let message = if s.workloads.is_empty() {
+            let scope = if s.ignored.metadata.namespace == config.settings.root_namespace {
+                "mesh-wide".to_owned()
+            } else {
+                format!("namespace-wide in {:?}", s.ignored.metadata.namespace)
+            };
+            format!(
+                "ignored: PeerAuthentication {winner} is older and also {scope}; only the oldest applies (creationTimestamp, then name, as in Istio)"
+            )
+        } else {
+            const SHOWN: usize = 5;
+            let mut names: Vec<&str> = s.workloads.iter().map(|w| w.name()).collect();
+            names.sort_unstable();
+            let more = names.len().saturating_sub(SHOWN);
+            names.truncate(SHOWN);
+            let extra = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "ignored for workload(s) {}{extra}: PeerAuthentication {winner} is older and also selects them; only the oldest selector policy applies to a workload, with its portLevelMtls (as in Istio); put all of a workload's port exceptions in one PeerAuthentication",
+                names.join(", ")
+            )
+        };
+        warnings.push(ConfigError {
+            document: Some(doc.clone()),
+            file: doc.file.clone(),
+            field: Some(
+                if s.workloads.is_empty() {
+                    "metadata"
+                } else {
+                    "spec.selector"
+                }
+                .to_owned(),
+            ),
+            message,
+        });
     }
 }
 
@@ -547,6 +603,7 @@ fn peer_authentication(
         selector: spec.selector,
         mtls: spec.mtls.map(|m| m.mode).unwrap_or(MtlsMode::Unset),
         port_level_mtls: port_level,
+        doc: Some(ctx.doc.clone()),
     })
 }
 
@@ -1570,5 +1627,65 @@ mod tests {
         .unwrap();
         assert_eq!(c.peer_authentications.len(), 1);
         assert_eq!(c.peer_authentications[0].mtls, MtlsMode::Strict);
+    }
+
+    #[test]
+    fn peer_authentications_shadowed_by_older_ones_are_warned() {
+        let pa = |name: &str, ts: &str, sel: &str, extra: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: kafka, creationTimestamp: \"{ts}\"}}\nspec:\n{sel}{extra}---\n"
+            )
+        };
+        let broker = |name: &str, ip: &str| {
+            format!("apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: kafka, labels: {{app: kafka}}}}\nspec: {{address: {ip}, node: n}}\n---\n")
+        };
+        let selector = "  selector: {matchLabels: {app: kafka}}\n";
+        let yaml = broker("kafka-0", "198.18.0.10")
+            + &broker("kafka-1", "198.18.0.11")
+            // The classic mistake: one exception per PeerAuthentication.
+            + &pa("metrics", "2024-01-01T00:00:00Z", selector, "  portLevelMtls: {9404: {mode: PERMISSIVE}}\n")
+            + &pa("webhook", "2024-02-01T00:00:00Z", selector, "  portLevelMtls: {8443: {mode: PERMISSIVE}}\n")
+            + &pa("default", "2024-01-01T00:00:00Z", "", "  mtls: {mode: STRICT}\n")
+            + &pa("strict-again", "2024-03-01T00:00:00Z", "", "  mtls: {mode: STRICT}\n");
+        let w = warnings(&yaml);
+        let about = |name: &str| {
+            w.iter()
+                .filter(|e| e.document.as_ref().and_then(|d| d.name.as_deref()) == Some(name))
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>()
+        };
+        let webhook = about("kafka/webhook");
+        assert_eq!(webhook.len(), 1, "{w:#?}");
+        assert!(
+            webhook[0].contains("kafka-0, kafka-1")
+                && webhook[0].contains("PeerAuthentication kafka/metrics is older"),
+            "{}",
+            webhook[0]
+        );
+        let again = about("kafka/strict-again");
+        assert_eq!(again.len(), 1, "{w:#?}");
+        assert!(
+            again[0].contains("kafka/default is older")
+                && again[0].contains("namespace-wide in \"kafka\""),
+            "{}",
+            again[0]
+        );
+        // The policies that apply are not warned about.
+        assert!(
+            about("kafka/metrics").is_empty() && about("kafka/default").is_empty(),
+            "{w:#?}"
+        );
+        // And the engine does what the warning says: 8443 stays STRICT.
+        let c = Config::from_sources(&[SourceFile::new("p.yaml", &yaml)], MeshSettings::default())
+            .unwrap();
+        let kafka0 = c.workload("kafka", "kafka-0").unwrap();
+        assert_eq!(
+            crate::policy::effective_mtls(&c, kafka0, 8443).mode,
+            MtlsMode::Strict
+        );
+        assert_eq!(
+            crate::policy::effective_mtls(&c, kafka0, 9404).mode,
+            MtlsMode::Permissive
+        );
     }
 }
