@@ -38,5 +38,19 @@ if ! has_cc; then
     exit 2
 fi
 echo "== building weir (release)" >&2
-cargo build --release --locked -p weir
+build=(cargo build --release --locked -p weir)
+# Under sudo, build as the user who owns the checkout, with their toolchain,
+# so target/ and their ~/.cargo do not end up owned by root; as root when
+# that user cannot run this cargo (e.g. it is root's own rustup).
+as_user=()
+if [[ -n "${SUDO_UID:-}" && "${SUDO_UID}" != 0 && "$(stat -c %u .)" == "$SUDO_UID" ]] &&
+    command -v setpriv >/dev/null 2>&1; then
+    user_home=$(getent passwd "$SUDO_UID" | cut -d: -f6)
+    as_user=(setpriv --reuid="$SUDO_UID" --regid="${SUDO_GID:-$SUDO_UID}" --init-groups
+        env HOME="${user_home:-$HOME}" PATH="$PATH")
+    if ! "${as_user[@]}" cargo --version >/dev/null 2>&1; then
+        as_user=()
+    fi
+fi
+"${as_user[@]}" "${build[@]}"
 exec "${CARGO_TARGET_DIR:-target}/release/weir" demo "$@"
