@@ -300,6 +300,17 @@ impl CaptureRules {
         .to_vec()
     }
 
+    /// Deletes every copy of the source-routing rule in the current thread's
+    /// namespace (`ip rule del` removes one per call and fails once none is
+    /// left; bounded, in case it keeps succeeding).
+    fn delete_source_rules(&self, netns: &str) {
+        for _ in 0..8 {
+            if ip(netns, &self.source_rule("del")).is_err() {
+                break;
+            }
+        }
+    }
+
     /// `ip -4 route <verb> ...` for the source table's `local` route.
     pub fn source_route(&self, verb: &str) -> Vec<String> {
         let table = self.source_table.to_string();
@@ -363,11 +374,7 @@ impl CaptureRules {
                 let current = iptables_save(&name, "mangle")?;
                 iptables_restore(&name, &self.source_script(&current), MANGLE_HINT)?;
                 // `ip rule add` would add a second copy: clear the old first.
-                for _ in 0..8 {
-                    if ip(&name, &self.source_rule("del")).is_err() {
-                        break;
-                    }
-                }
+                self.delete_source_rules(&name);
                 for args in self.source_routes() {
                     ip(&name, &args)?;
                 }
@@ -404,11 +411,7 @@ impl CaptureRules {
                 }
                 // Not there (or `ip` missing, where nothing was installed
                 // either) is the normal case for these two.
-                for _ in 0..8 {
-                    if ip(&name, &rules.source_rule("del")).is_err() {
-                        break;
-                    }
-                }
+                rules.delete_source_rules(&name);
                 let _ = ip(&name, &rules.source_route("del"));
                 match first_error {
                     Some(e) => Err(e),
