@@ -210,6 +210,21 @@ impl Demo {
         Demo::start_with(args, |_| {})
     }
 
+    /// `weir demo --keep` with the mock broker and 30 records, once it has
+    /// printed how to reach everything.
+    fn start_kept() -> Demo {
+        let mut demo = Demo::start(&[
+            "--broker",
+            "mock",
+            "--no-install",
+            "--keep",
+            "--messages",
+            "30",
+        ]);
+        demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
+        demo
+    }
+
     fn start_with(args: &[&str], f: impl FnOnce(&mut Command)) -> Demo {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
         cmd.arg("demo")
@@ -449,15 +464,7 @@ fn keep_prints_commands_that_work() {
         return;
     }
     let _serial = serial();
-    let mut demo = Demo::start(&[
-        "--broker",
-        "mock",
-        "--no-install",
-        "--keep",
-        "--messages",
-        "30",
-    ]);
-    demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
+    let mut demo = Demo::start_kept();
     let stdout = demo.stdout.clone();
     assert!(stdout.contains("Result: all"), "{stdout}");
     let command = |op: &str| -> String {
@@ -505,15 +512,7 @@ fn cleanup_removes_what_a_killed_demo_left() {
         return;
     }
     let _serial = serial();
-    let mut demo = Demo::start(&[
-        "--broker",
-        "mock",
-        "--no-install",
-        "--keep",
-        "--messages",
-        "30",
-    ]);
-    demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
+    let mut demo = Demo::start_kept();
     demo.signal("KILL");
     let (status, stdout, _) = demo.wait();
     assert_eq!(status.signal(), Some(9));
