@@ -261,26 +261,30 @@ fn cleanup_only() -> u8 {
     }
     say!("weir demo --cleanup: removing what `weir demo` created");
     let mut found = false;
-    if let Some(pid) = lab::live_demo() {
-        found = true;
-        ui::progress(&format!(
-            "stopping the running weir demo (pid {pid}); it removes what it created"
-        ));
-        procs::signal(pid, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(75);
-        while Instant::now() < deadline && lab::alive(pid) {
-            std::thread::sleep(Duration::from_millis(100));
+    // Stop a running demo, then hold the lock while removing what is left,
+    // so that no demo starts meanwhile. A demo that has the lock but has not
+    // yet written its pid file (it just started) is waited for once.
+    let mut tries = 0;
+    let _lock = loop {
+        found |= stop_running_demo();
+        match lab::take_lock() {
+            Ok(Some(lock)) => break lock,
+            Ok(None) if tries == 0 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            Ok(None) => {
+                ui::fail(
+                    "a weir demo holds the lock @weir-demo.lock but names no pid; run this again",
+                );
+                return 1;
+            }
+            Err(e) => {
+                ui::fail(&e);
+                return 1;
+            }
         }
-        if lab::alive(pid) {
-            ui::note(&format!(
-                "weir demo (pid {pid}) did not stop within 75 s; killing it"
-            ));
-            procs::signal(pid, "KILL");
-            std::thread::sleep(Duration::from_millis(500));
-        } else {
-            ui::ok(&format!("weir demo (pid {pid}) stopped"));
-        }
-    }
+    };
     found |= lab::remove_leftovers();
     let dir = lab::work_dir();
     if dir.exists() {
@@ -304,6 +308,32 @@ fn cleanup_only() -> u8 {
         say!("Nothing to remove: no weir demo is running and none left anything behind.");
     }
     0
+}
+
+/// Stops the running demo, if any (it removes what it created); true if
+/// there was one.
+fn stop_running_demo() -> bool {
+    let Some(pid) = lab::live_demo() else {
+        return false;
+    };
+    ui::progress(&format!(
+        "stopping the running weir demo (pid {pid}); it removes what it created"
+    ));
+    procs::signal(pid, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while Instant::now() < deadline && lab::alive(pid) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if lab::alive(pid) {
+        ui::note(&format!(
+            "weir demo (pid {pid}) did not stop within 75 s; killing it"
+        ));
+        procs::signal(pid, "KILL");
+        std::thread::sleep(Duration::from_millis(500));
+    } else {
+        ui::ok(&format!("weir demo (pid {pid}) stopped"));
+    }
+    true
 }
 
 fn scenario(

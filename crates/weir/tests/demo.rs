@@ -9,6 +9,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -533,4 +535,60 @@ fn cleanup_removes_what_a_killed_demo_left() {
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
+}
+
+/// One demo at a time: a demo holds the abstract Unix socket
+/// `@weir-demo.lock` while it runs (binding it is atomic, where checking a
+/// pid file and then writing it let two demos started in the same instant
+/// both through). A demo that finds it held is refused and touches nothing;
+/// once the holder is gone, even killed outright, a new demo starts.
+#[test]
+fn a_second_demo_is_refused_while_one_runs() {
+    if !can_run_demo() {
+        return;
+    }
+    let _serial = serial();
+    let args = [
+        "--broker",
+        "mock",
+        "--no-install",
+        "--keep",
+        "--messages",
+        "30",
+    ];
+    // Held here, as a demo starting in the same instant would hold it.
+    let addr = UnixAddr::from_abstract_name(b"weir-demo.lock").expect("abstract name");
+    let lock = UnixListener::bind_addr(&addr).expect("take the demo's lock");
+    let marker = "weir-demo-lock-test";
+    let _ = Command::new("ip").args(["netns", "add", marker]).status();
+    let mut refused = Demo::start(&args);
+    let (status, stdout, stderr) = refused.wait();
+    let kept = demo_namespaces().contains(&marker.to_string());
+    let _ = Command::new("ip").args(["netns", "del", marker]).status();
+    drop(refused); // its drop runs `weir demo --cleanup`
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("another `weir demo` is running"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(kept, "the refused demo removed a namespace it did not own");
+    drop(lock);
+
+    let mut running = Demo::start_kept();
+    let (status, stdout, stderr) = Demo::start(&args).wait();
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(&format!(
+            "another `weir demo` is running (pid {})",
+            running.child.id()
+        )),
+        "{stdout}\n{stderr}"
+    );
+    running.signal("KILL");
+    let _ = running.wait();
+    let mut next = Demo::start_kept();
+    next.signal_group("INT");
+    let (status, stdout, stderr) = next.wait();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_nothing_left(&stdout);
 }

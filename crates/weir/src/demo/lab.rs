@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,6 +93,8 @@ pub struct Lab {
     pub broker: Option<Proc>,
     pub metrics_server: Option<Proc>,
     cleaned: bool,
+    /// Held for the demo's lifetime: see [`take_lock`].
+    _lock: UnixListener,
 }
 
 impl Lab {
@@ -99,12 +103,28 @@ impl Lab {
     pub fn new() -> Result<Lab, String> {
         let dir = work_dir();
         let pidfile = dir.join("pid");
-        if let Some(pid) = live_demo() {
-            return Err(format!(
-                "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
-                 terminal, `kill {pid}`, or `weir demo --cleanup`, then run this again"
-            ));
-        }
+        let lock = take_lock()?.ok_or_else(|| {
+            // The holder writes its pid file once it has set up the work
+            // directory: give it a moment to.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let pid = loop {
+                match live_demo() {
+                    Some(pid) => break Some(pid),
+                    None if Instant::now() >= deadline => break None,
+                    None => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            match pid {
+                Some(pid) => format!(
+                    "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
+                     terminal, `kill {pid}`, or `weir demo --cleanup`, then run this again"
+                ),
+                None => "another `weir demo` is running (it holds the lock @weir-demo.lock); \
+                         stop it with Ctrl-C in its terminal or `weir demo --cleanup`, then \
+                         run this again"
+                    .to_string(),
+            }
+        })?;
         remove_leftovers();
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["config", "ca", "logs", "tools", "broker-metrics"] {
@@ -129,6 +149,7 @@ impl Lab {
             broker: None,
             metrics_server: None,
             cleaned: false,
+            _lock: lock,
         })
     }
 
@@ -352,6 +373,27 @@ pub fn alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
+}
+
+/// The name of the demo's lock: an abstract Unix socket in the root network
+/// namespace.
+const LOCK_NAME: &[u8] = b"weir-demo.lock";
+
+/// Takes the lock that lets one `weir demo` run at a time: `Ok(None)` when
+/// another demo holds it. Binding a name is atomic, so two demos started in
+/// the same instant cannot both pass (a pid file checked, then written, can);
+/// the kernel drops the name when the holder exits however it ends, even on
+/// SIGKILL, so a killed demo leaves no stale lock behind; and the socket is
+/// close-on-exec, so the node proxies and the broker a demo started do not
+/// hold it after it is gone.
+pub fn take_lock() -> Result<Option<UnixListener>, String> {
+    let failed = |e: std::io::Error| format!("cannot take the demo's lock (@weir-demo.lock): {e}");
+    let addr = UnixAddr::from_abstract_name(LOCK_NAME).map_err(failed)?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 /// The pid of another `weir demo` that is running now (its pid file names a
