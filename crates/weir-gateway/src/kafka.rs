@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 use weir_core::config::kafka::{KafkaGateway, KafkaTlsMode, UpstreamHost};
-use weir_core::config::{Destination, ServerTls, TlsMode, TlsVersion};
+use weir_core::config::{Destination, ServerTls, TlsMode};
 use weir_core::kafka::{Operation, Principal, ResourceType};
 use weir_core::policy::kafka::{KafkaAuthorizer, KafkaDecision};
 use weir_core::Config;
@@ -136,8 +136,8 @@ impl KafkaListeners {
                 private_key: Some(gw.tls.private_key.clone()),
                 ca_certificates: gw.tls.ca_certificates.clone(),
                 subject_alt_names: Vec::new(),
-                min_protocol_version: TlsVersion::V1_2,
-                max_protocol_version: TlsVersion::V1_3,
+                min_protocol_version: gw.tls.min_protocol_version,
+                max_protocol_version: gw.tls.max_protocol_version,
             },
             handler: Arc::new(handler),
         })

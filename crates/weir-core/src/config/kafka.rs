@@ -19,6 +19,7 @@ use serde_yaml_ng::Value;
 use super::istio::{Action, StringMatch};
 use super::load::{check_meta, is_dns_label, is_dns_subdomain, typed, DocCtx};
 use super::meta::ObjectMeta;
+use super::networking::{tls_versions, TlsVersion};
 use super::{Config, ConfigError, DocumentRef};
 use crate::kafka::dn::DnMatch;
 use crate::kafka::{Operation, ResourceType};
@@ -108,6 +109,10 @@ pub struct KafkaGatewayTls {
     /// The CAs client certificates must chain to; `Some` exactly in MUTUAL mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<PathBuf>,
+    /// The TLS versions offered to clients, as in an Istio Gateway server's
+    /// `tls` (default TLS 1.2 to 1.3).
+    pub min_protocol_version: TlsVersion,
+    pub max_protocol_version: TlsVersion,
 }
 
 /// A per-broker host name template such as `b{id}-kafka.example.com`: the
@@ -330,6 +335,12 @@ struct RawTls {
     private_key: Option<String>,
     #[serde(default)]
     ca_certificates: Option<String>,
+    /// `TLS_AUTO` (the default: TLS 1.2), `TLSV1_2` or `TLSV1_3`, as in Istio.
+    #[serde(default)]
+    min_protocol_version: Option<String>,
+    /// `TLS_AUTO` (the default: TLS 1.3), `TLSV1_2` or `TLSV1_3`, as in Istio.
+    #[serde(default)]
+    max_protocol_version: Option<String>,
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     credential_name: Option<Value>,
@@ -398,6 +409,12 @@ fn kafka_tls(ctx: &mut DocCtx<'_>, t: Option<RawTls>) -> Option<KafkaGatewayTls>
     let private_key = path("privateKey", t.private_key, true);
     let mutual = mode == Some(KafkaTlsMode::Mutual);
     let ca_certificates = path("caCertificates", t.ca_certificates, false);
+    let (min_protocol_version, max_protocol_version) = tls_versions(
+        ctx,
+        "spec.tls.",
+        t.min_protocol_version.as_deref(),
+        t.max_protocol_version.as_deref(),
+    );
     let mode = mode?;
     if mutual && ca_certificates.is_none() {
         ctx.error(
@@ -419,6 +436,8 @@ fn kafka_tls(ctx: &mut DocCtx<'_>, t: Option<RawTls>) -> Option<KafkaGatewayTls>
         server_certificate: server_certificate?,
         private_key: private_key?,
         ca_certificates,
+        min_protocol_version,
+        max_protocol_version,
     })
 }
 
@@ -1410,7 +1429,9 @@ mod tests {
             ("  port: 9094\n", "  port: 9094\n  maxFrameBytes: 4294967296\n", "spec.maxFrameBytes", "out of range"),
             ("  port: 9094\n", "  port: 9094\n  listeners: 2\n", "spec.listeners", "unknown field \"listeners\""),
             ("upstream: {", "upstream: {tls: true, ", "spec.upstream.tls", "unknown field \"tls\""),
-            ("tls: {", "tls: {minProtocolVersion: TLSV1_3, ", "spec.tls.minProtocolVersion", "unknown field"),
+            ("tls: {", "tls: {minProtocolVersion: TLSV1_9, ", "spec.tls.minProtocolVersion", "not a TLS version"),
+            ("tls: {", "tls: {maxProtocolVersion: TLSV1_1, ", "spec.tls.maxProtocolVersion", "TLS 1.2 and 1.3 only"),
+            ("tls: {", "tls: {minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2, ", "spec.tls.minProtocolVersion", "above maxProtocolVersion"),
             ("[\"kafka-0.kafka.svc.cluster.local:9092\", \"198.18.0.10:9092\", \"[fd00::1]:9092\"]", "[]", "spec.upstream.bootstrapServers", "empty"),
         ];
         for (from, to, field, msg) in cases {

@@ -453,6 +453,25 @@ fn gateway_host(ctx: &mut DocCtx<'_>, field: String, raw: &str) -> Option<Gatewa
     }
 }
 
+/// Istio's `minProtocolVersion` / `maxProtocolVersion` under the field path
+/// `prefix` (which ends in a dot): the versions the gateway offers clients.
+pub(crate) fn tls_versions(
+    ctx: &mut DocCtx<'_>,
+    prefix: &str,
+    min: Option<&str>,
+    max: Option<&str>,
+) -> (TlsVersion, TlsVersion) {
+    let min = tls_version(ctx, format!("{prefix}minProtocolVersion"), min, true);
+    let max = tls_version(ctx, format!("{prefix}maxProtocolVersion"), max, false);
+    if min > max {
+        ctx.error(
+            Some(format!("{prefix}minProtocolVersion")),
+            "minProtocolVersion is above maxProtocolVersion",
+        );
+    }
+    (min, max)
+}
+
 fn tls_version(ctx: &mut DocCtx<'_>, field: String, v: Option<&str>, min: bool) -> TlsVersion {
     match v {
         None | Some("TLS_AUTO") => {
@@ -620,24 +639,12 @@ fn server_tls(ctx: &mut DocCtx<'_>, p: &str, t: RawServerTls) -> Option<ServerTl
             "ignored: client SANs are checked in MUTUAL mode only",
         );
     }
-    let min = tls_version(
+    let (min, max) = tls_versions(
         ctx,
-        f("minProtocolVersion"),
+        &f(""),
         t.min_protocol_version.as_deref(),
-        true,
-    );
-    let max = tls_version(
-        ctx,
-        f("maxProtocolVersion"),
         t.max_protocol_version.as_deref(),
-        false,
     );
-    if min > max {
-        ctx.error(
-            Some(f("minProtocolVersion")),
-            "minProtocolVersion is above maxProtocolVersion",
-        );
-    }
     Some(ServerTls {
         mode,
         server_certificate,
