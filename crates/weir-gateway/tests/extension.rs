@@ -5,19 +5,20 @@
 //! on the same port is refused and counted, and the listener keeps serving.
 //! A Gateway server on the listener's port is ignored and reported.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{free_port, Dir, TestGateway};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use weir_core::config::{ServerTls, TlsMode};
 use weir_core::{Config, SpiffeId};
 use weir_gateway::{
-    GatewayOptions, TerminatedConnection, TerminatedHandler, TerminatedListener,
-    TerminatedListeners,
+    TerminatedConnection, TerminatedHandler, TerminatedListener, TerminatedListeners,
 };
 use weir_hbone::BoxFuture;
 use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
@@ -76,25 +77,9 @@ impl TerminatedListeners for Echo {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extension_listener_gets_stream_principal_and_sni() {
-    let dir = Dir(std::env::temp_dir().join(format!("weir-gw-ext-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = Dir::new("weir-gw-ext");
     let port = free_port();
     // A Gateway in another namespace, for other hosts, on the same port.
     std::fs::write(
@@ -104,35 +89,14 @@ async fn extension_listener_gets_stream_principal_and_sni() {
         ),
     )
     .unwrap();
-    let metrics_port = free_port();
-    let admin_port = free_port();
-    let mut options = GatewayOptions::new(vec![dir.0.join("gateway.yaml")]);
-    options.listen_address = [127, 0, 0, 1].into();
-    options.common.state_dir = dir.0.join("ca");
-    options.common.admin_addr = ([127, 0, 0, 1], admin_port).into();
-    options.common.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
-    options.common.readiness_addr = ([127, 0, 0, 1], free_port()).into();
-    options.client_hello_timeout = Duration::from_secs(5);
-    options.extensions.push(Arc::new(Echo { port }));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-    let gateway = tokio::spawn(weir_gateway::run(
-        options,
-        async {
-            let _ = stop_rx.await;
-        },
-        reload_rx,
-    ));
+    let gateway = TestGateway::start(
+        &dir,
+        dir.0.join("gateway.yaml"),
+        Arc::new(Echo { port }),
+        port,
+    )
+    .await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the extension listener never opened");
 
     // A mesh client with its own SPIFFE certificate from the same CA.
     let ca = Arc::new(
@@ -187,7 +151,7 @@ async fn extension_listener_gets_stream_principal_and_sni() {
         text
     };
     // The Gateway server lost the port to the extension listener: reported.
-    let dump = get(admin_port, "/config_dump").await;
+    let dump = get(gateway.admin_port, "/config_dump").await;
     let body = dump.split("\r\n\r\n").nth(1).unwrap();
     let dump: serde_json::Value = serde_json::from_str(body).unwrap();
     let problems = dump["problems"].as_array().unwrap();
@@ -201,7 +165,7 @@ async fn extension_listener_gets_stream_principal_and_sni() {
         "test/echo"
     );
 
-    let text = get(metrics_port, "/metrics").await;
+    let text = get(gateway.metrics_port, "/metrics").await;
     assert!(
         text.contains(&format!(
             "weir_gateway_connection_errors_total{{listener=\"{port}\",reason=\"not_tls\"}} 1"
@@ -215,10 +179,5 @@ async fn extension_listener_gets_stream_principal_and_sni() {
         "{text}"
     );
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), gateway)
-        .await
-        .expect("the gateway stops")
-        .unwrap()
-        .unwrap();
+    gateway.stop().await;
 }

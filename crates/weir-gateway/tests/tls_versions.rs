@@ -2,30 +2,17 @@
 //! handshakes: asking for TLS 1.3, it refuses a TLS 1.2-only client with a
 //! protocol-version alert and serves a TLS 1.3 one.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+mod common;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName};
-use weir_gateway::GatewayOptions;
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{free_port, Dir, TestGateway};
 
 /// Whether a client speaking only `version` completes a handshake with
 /// `addr` for `sni`.
@@ -55,8 +42,7 @@ async fn handshake(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_versions_are_enforced() {
-    let dir = Dir(std::env::temp_dir().join(format!("weir-gw-tlsver-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = Dir::new("weir-gw-tlsver");
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["kafka.example.com".to_owned()])
         .unwrap()
@@ -88,35 +74,14 @@ spec:
         ),
     )
     .unwrap();
-    let mut options = GatewayOptions::new(vec![dir.0.join("config.yaml")]);
-    options.listen_address = [127, 0, 0, 1].into();
-    options.common.state_dir = dir.0.join("ca");
-    options.common.admin_addr = ([127, 0, 0, 1], free_port()).into();
-    options.common.metrics_addr = ([127, 0, 0, 1], free_port()).into();
-    options.common.readiness_addr = ([127, 0, 0, 1], free_port()).into();
-    options.client_hello_timeout = Duration::from_secs(5);
-    options
-        .extensions
-        .push(Arc::new(weir_gateway::kafka::KafkaListeners::new()));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (_reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-    let gateway = tokio::spawn(weir_gateway::run(
-        options,
-        async {
-            let _ = stop_rx.await;
-        },
-        reload_rx,
-    ));
+    let gateway = TestGateway::start(
+        &dir,
+        dir.0.join("config.yaml"),
+        Arc::new(weir_gateway::kafka::KafkaListeners::new()),
+        kafka_port,
+    )
+    .await;
     let kafka = SocketAddr::from(([127, 0, 0, 1], kafka_port));
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(kafka).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "no listener on {kafka}");
 
     let sni = "kafka.example.com";
     let refused = handshake(kafka, sni, &roots, &TLS12).await;
@@ -130,6 +95,5 @@ spec:
         .await
         .expect("KafkaGateway serves TLS 1.3");
 
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), gateway).await;
+    gateway.stop().await;
 }
