@@ -262,27 +262,23 @@ fn cleanup_only() -> u8 {
     say!("weir demo --cleanup: removing what `weir demo` created");
     let mut found = false;
     // Stop a running demo, then hold the lock while removing what is left,
-    // so that no demo starts meanwhile. A demo that has the lock but has not
-    // yet written its pid file (it just started) is waited for once.
-    let mut tries = 0;
-    let _lock = loop {
-        found |= stop_running_demo();
-        match lab::take_lock() {
-            Ok(Some(lock)) => break lock,
-            Ok(None) if tries == 0 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_secs(3));
-            }
-            Ok(None) => {
-                ui::fail(
-                    "a weir demo holds the lock @weir-demo.lock but names no pid; run this again",
-                );
-                return 1;
-            }
-            Err(e) => {
-                ui::fail(&e);
-                return 1;
-            }
+    // so that no demo starts meanwhile. A demo that holds the lock before its
+    // pid file names it (one that just started) is found by lab::lock_holder.
+    found |= stop_running_demo(lab::live_demo());
+    let mut lock = lab::take_lock();
+    if matches!(lock, Ok(None)) {
+        found |= stop_running_demo(lab::lock_holder());
+        lock = lab::take_lock();
+    }
+    let _lock = match lock {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            ui::fail("a weir demo holds the lock @weir-demo.lock but names no pid; run this again");
+            return 1;
+        }
+        Err(e) => {
+            ui::fail(&e);
+            return 1;
         }
     };
     found |= lab::remove_leftovers();
@@ -310,10 +306,10 @@ fn cleanup_only() -> u8 {
     0
 }
 
-/// Stops the running demo, if any (it removes what it created); true if
-/// there was one.
-fn stop_running_demo() -> bool {
-    let Some(pid) = lab::live_demo() else {
+/// Stops the running demo `pid`, if any (it removes what it created); true
+/// if there was one.
+fn stop_running_demo(pid: Option<u32>) -> bool {
+    let Some(pid) = pid else {
         return false;
     };
     ui::progress(&format!(

@@ -197,6 +197,16 @@ fn signal(target: &str, sig: &str) {
         .status();
 }
 
+/// `weir demo --keep` with the mock broker and 30 records.
+const KEPT: &[&str] = &[
+    "--broker",
+    "mock",
+    "--no-install",
+    "--keep",
+    "--messages",
+    "30",
+];
+
 /// A `weir demo` in its own process group, as a terminal runs a foreground
 /// job: a "Ctrl-C" is SIGINT to the whole group. Its stdout is read line by
 /// line; on drop it is killed and `weir demo --cleanup` removes what it left.
@@ -212,17 +222,9 @@ impl Demo {
         Demo::start_with(args, |_| {})
     }
 
-    /// `weir demo --keep` with the mock broker and 30 records, once it has
-    /// printed how to reach everything.
+    /// [`KEPT`], once it has printed how to reach everything.
     fn start_kept() -> Demo {
-        let mut demo = Demo::start(&[
-            "--broker",
-            "mock",
-            "--no-install",
-            "--keep",
-            "--messages",
-            "30",
-        ]);
+        let mut demo = Demo::start(KEPT);
         demo.wait_for_line("Press Ctrl-C", Duration::from_secs(90));
         demo
     }
@@ -548,20 +550,12 @@ fn a_second_demo_is_refused_while_one_runs() {
         return;
     }
     let _serial = serial();
-    let args = [
-        "--broker",
-        "mock",
-        "--no-install",
-        "--keep",
-        "--messages",
-        "30",
-    ];
     // Held here, as a demo starting in the same instant would hold it.
     let addr = UnixAddr::from_abstract_name(b"weir-demo.lock").expect("abstract name");
     let lock = UnixListener::bind_addr(&addr).expect("take the demo's lock");
     let marker = "weir-demo-lock-test";
     let _ = Command::new("ip").args(["netns", "add", marker]).status();
-    let mut refused = Demo::start(&args);
+    let mut refused = Demo::start(KEPT);
     let (status, stdout, stderr) = refused.wait();
     let kept = demo_namespaces().contains(&marker.to_string());
     let _ = Command::new("ip").args(["netns", "del", marker]).status();
@@ -575,7 +569,7 @@ fn a_second_demo_is_refused_while_one_runs() {
     drop(lock);
 
     let mut running = Demo::start_kept();
-    let (status, stdout, stderr) = Demo::start(&args).wait();
+    let (status, stdout, stderr) = Demo::start(KEPT).wait();
     assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         format!("{stdout}{stderr}").contains(&format!(

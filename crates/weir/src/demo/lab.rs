@@ -103,27 +103,15 @@ impl Lab {
     pub fn new() -> Result<Lab, String> {
         let dir = work_dir();
         let pidfile = dir.join("pid");
-        let lock = take_lock()?.ok_or_else(|| {
-            // The holder writes its pid file once it has set up the work
-            // directory: give it a moment to.
-            let deadline = Instant::now() + Duration::from_secs(3);
-            let pid = loop {
-                match live_demo() {
-                    Some(pid) => break Some(pid),
-                    None if Instant::now() >= deadline => break None,
-                    None => std::thread::sleep(Duration::from_millis(50)),
-                }
-            };
-            match pid {
-                Some(pid) => format!(
-                    "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
-                     terminal, `kill {pid}`, or `weir demo --cleanup`, then run this again"
-                ),
-                None => "another `weir demo` is running (it holds the lock @weir-demo.lock); \
-                         stop it with Ctrl-C in its terminal or `weir demo --cleanup`, then \
-                         run this again"
-                    .to_string(),
-            }
+        let lock = take_lock()?.ok_or_else(|| match lock_holder() {
+            Some(pid) => format!(
+                "another `weir demo` is running (pid {pid}); stop it with Ctrl-C in its \
+                 terminal, `kill {pid}`, or `weir demo --cleanup`, then run this again"
+            ),
+            None => "another `weir demo` is running (it holds the lock @weir-demo.lock); \
+                     stop it with Ctrl-C in its terminal or `weir demo --cleanup`, then \
+                     run this again"
+                .to_string(),
         })?;
         remove_leftovers();
         let _ = std::fs::remove_dir_all(&dir);
@@ -393,6 +381,20 @@ pub fn take_lock() -> Result<Option<UnixListener>, String> {
         Ok(lock) => Ok(Some(lock)),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
         Err(e) => Err(failed(e)),
+    }
+}
+
+/// The pid of the demo that holds the lock another caller found taken: the
+/// holder writes its pid file once it has set up the work directory, so this
+/// waits up to 3 s for [`live_demo`] to name it.
+pub fn lock_holder() -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match live_demo() {
+            Some(pid) => return Some(pid),
+            None if Instant::now() >= deadline => return None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 
