@@ -127,6 +127,10 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
     let bound_here = |gateways: &[weir_core::config::GatewayRef]| {
         gateways.is_empty() || gateways.iter().any(|g| g.is(&gw.metadata))
     };
+    let passthrough = server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode == TlsMode::Passthrough);
     let mut out = Vec::new();
     for vs in vss {
         let key = vs.metadata.key();
@@ -145,6 +149,12 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
                     route: r.route.clone(),
                 });
             }
+        }
+        if passthrough {
+            // Istio builds a PASSTHROUGH server's filter chains from `tls`
+            // routes only: an SNI no `tls` route names is refused, never
+            // handed to a `tcp` route.
+            continue;
         }
         for (i, r) in vs.tcp.iter().enumerate() {
             let ports: Vec<_> = r
@@ -255,7 +265,8 @@ impl RouteTable {
 
 /// The route for a connection on `port` with `sni` handled by `server`:
 /// the `tls` route whose SNI pattern matches most specifically (earliest on
-/// a tie), else the first `tcp` route for the port. The SNI must also be
+/// a tie), else (not on a PASSTHROUGH server, which has no `tcp`
+/// candidates) the first `tcp` route for the port. The SNI must also be
 /// one of the server's hosts (already true when `server` came from
 /// [`RouteTable::server`]).
 pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route> {
@@ -463,6 +474,47 @@ spec:
             dest(&route(s, 1883, None).unwrap()),
             "plain.mqtt.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn tcp_routes_apply_to_terminating_servers_not_passthrough_ones() {
+        // One VirtualService with a catch-all `tcp` route on both servers
+        // of a port: Istio routes the SIMPLE server's connections by it and
+        // refuses a PASSTHROUGH server's SNI that no `tls` route names.
+        let c = config(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 9443, name: tls-pass, protocol: TLS}
+    hosts: ["pass.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 9443, name: tls-term, protocol: TLS}
+    hosts: ["term.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: catch-all, namespace: apps}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/edge]
+  tcp:
+  - route: [{destination: {host: backend.apps.svc.cluster.local, port: {number: 9000}}}]
+"#,
+        );
+        let t = RouteTable::build(&c, &labels(&[]));
+        let term = t.server(9443, Some("term.example.com")).unwrap();
+        assert_eq!(term.mode(), Some(TlsMode::Simple));
+        let r = route(term, 9443, Some("term.example.com")).unwrap();
+        assert_eq!(r.name, "apps/catch-all#tcp[0]");
+        assert_eq!(dest(&r), "backend.apps.svc.cluster.local");
+        let pass = t.server(9443, Some("pass.example.com")).unwrap();
+        assert_eq!(pass.mode(), Some(TlsMode::Passthrough));
+        assert!(pass.routes.is_empty(), "{:?}", pass.routes);
+        assert!(route(pass, 9443, Some("pass.example.com")).is_none());
     }
 
     #[test]
