@@ -1,6 +1,7 @@
-//! A KafkaGateway's `tls.minProtocolVersion`, in process with real TLS
-//! handshakes: asking for TLS 1.3, it refuses a TLS 1.2-only client with a
-//! protocol-version alert and serves a TLS 1.3 one.
+//! `tls.minProtocolVersion` / `maxProtocolVersion`, in process with real
+//! TLS handshakes: a KafkaGateway asking for TLS 1.3 at least refuses a
+//! TLS 1.2-only client with a protocol-version alert and serves a TLS 1.3
+//! one; an Istio Gateway SIMPLE server capped at TLS 1.2 does the reverse.
 
 mod common;
 
@@ -44,10 +45,13 @@ async fn handshake(
 async fn protocol_versions_are_enforced() {
     let dir = Dir::new("weir-gw-tlsver");
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["kafka.example.com".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec![
+        "kafka.example.com".to_owned(),
+        "legacy.example.com".to_owned(),
+    ])
+    .unwrap()
+    .self_signed(&key)
+    .unwrap();
     let (crt, pem_key) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
     std::fs::write(&crt, cert.pem()).unwrap();
     std::fs::write(&pem_key, key.serialize_pem()).unwrap();
@@ -57,6 +61,11 @@ async fn protocol_versions_are_enforced() {
         .unwrap();
 
     let kafka_port = free_port();
+    let gateway_port = free_port();
+    // The Gateway server's route goes here; connections only need to be
+    // accepted (the kernel does that from the backlog).
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
     let (crt, pem_key) = (crt.display(), pem_key.display());
     std::fs::write(
         dir.0.join("config.yaml"),
@@ -70,6 +79,24 @@ spec:
   bootstrapHost: kafka.example.com
   brokerHostTemplate: \"b{{id}}-kafka.example.com\"
   upstream: {{bootstrapServers: [\"127.0.0.1:9\"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: apps}}
+spec:
+  servers:
+  - port: {{number: {gateway_port}, name: tls-legacy, protocol: TLS}}
+    hosts: [legacy.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {crt}, privateKey: {pem_key}, maxProtocolVersion: TLSV1_2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: legacy, namespace: apps}}
+spec:
+  hosts: [legacy.example.com]
+  gateways: [edge]
+  tcp:
+  - route: [{{destination: {{host: 127.0.0.1, port: {{number: {backend_port}}}}}}}]
 "
         ),
     )
@@ -94,6 +121,27 @@ spec:
     handshake(kafka, sni, &roots, &TLS13)
         .await
         .expect("KafkaGateway serves TLS 1.3");
+
+    let edge = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    // The Gateway's listener starts with the KafkaGateway's, not before it.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(edge).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sni = "legacy.example.com";
+    let refused = handshake(edge, sni, &roots, &TLS13).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ProtocolVersion")),
+        "Gateway server with maxProtocolVersion TLSV1_2, a TLS 1.3 client: {refused:?}"
+    );
+    handshake(edge, sni, &roots, &TLS12)
+        .await
+        .expect("the Gateway server serves TLS 1.2");
+    drop(backend);
 
     gateway.stop().await;
 }
