@@ -16,8 +16,8 @@
 //!
 //! The first snapshot is built once every kind has been listed, so a node
 //! never gets a config with, say, its DENY policies missing. A kind the
-//! cluster does not serve (404: the Istio or weir CRDs are not installed)
-//! counts as listed and empty, since no such object can exist; it is
+//! cluster does not serve (404: the Istio or weir CRDs are not installed;
+//! for an Istio kind, at neither `v1` nor `v1beta1`) counts as listed and empty, since no such object can exist; it is
 //! watched on, so installing the CRD later works. Any other failure (403:
 //! the ServiceAccount lacks RBAC; the API server unreachable) holds the
 //! first snapshot back and, later, keeps the last listed state of that kind
@@ -54,6 +54,9 @@ pub struct CustomKind {
     pub group: &'static str,
     /// The version watched, e.g. `v1`.
     pub version: &'static str,
+    /// An older version watched instead while the cluster does not serve
+    /// `version` (e.g. `v1beta1`: Istio before 1.22 serves no `v1`).
+    pub fallback: Option<&'static str>,
     /// The kind, e.g. `AuthorizationPolicy`.
     pub kind: &'static str,
     /// The resource's plural, e.g. `authorizationpolicies`.
@@ -68,8 +71,13 @@ impl CustomKind {
 
     /// The kube-rs description of the resource.
     pub fn api_resource(&self) -> ApiResource {
+        self.api_resource_at(self.version)
+    }
+
+    /// The kube-rs description of the resource at `version`.
+    fn api_resource_at(&self, version: &str) -> ApiResource {
         ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            &GroupVersionKind::gvk(self.group, version, self.kind),
             self.plural,
         )
     }
@@ -84,45 +92,40 @@ const fn kind(
     CustomKind {
         group,
         version,
+        fallback: None,
+        kind,
+        plural,
+    }
+}
+
+/// An Istio kind: `v1`, or `v1beta1` on a cluster without `v1`.
+const fn istio(group: &'static str, kind: &'static str, plural: &'static str) -> CustomKind {
+    CustomKind {
+        group,
+        version: "v1",
+        fallback: Some("v1beta1"),
         kind,
         plural,
     }
 }
 
 /// The Istio kinds weir supports, watched at `v1` (served by Istio 1.22 and
-/// later; weir's loader accepts the older versions in files too).
+/// later), or at `v1beta1` where the cluster serves no `v1` (older Istio).
 pub const ISTIO_KINDS: [CustomKind; 6] = [
-    kind(
+    istio(
         "security.istio.io",
-        "v1",
         "PeerAuthentication",
         "peerauthentications",
     ),
-    kind(
+    istio(
         "security.istio.io",
-        "v1",
         "AuthorizationPolicy",
         "authorizationpolicies",
     ),
-    kind("networking.istio.io", "v1", "Gateway", "gateways"),
-    kind(
-        "networking.istio.io",
-        "v1",
-        "VirtualService",
-        "virtualservices",
-    ),
-    kind(
-        "networking.istio.io",
-        "v1",
-        "ServiceEntry",
-        "serviceentries",
-    ),
-    kind(
-        "networking.istio.io",
-        "v1",
-        "DestinationRule",
-        "destinationrules",
-    ),
+    istio("networking.istio.io", "Gateway", "gateways"),
+    istio("networking.istio.io", "VirtualService", "virtualservices"),
+    istio("networking.istio.io", "ServiceEntry", "serviceentries"),
+    istio("networking.istio.io", "DestinationRule", "destinationrules"),
 ];
 
 /// weir's own kinds, served by the CRDs `weir crds` prints.
@@ -393,7 +396,12 @@ enum Update {
     // Boxed: a Pod or Service event is far larger than the others.
     Pod(Box<Result<Event<Pod>, watcher::Error>>),
     Service(Box<Result<Event<KubeService>, watcher::Error>>),
-    Custom(usize, Result<Event<DynamicObject>, watcher::Error>),
+    /// Of the `i`th custom kind, watched at `version`.
+    Custom {
+        i: usize,
+        version: &'static str,
+        result: Result<Event<DynamicObject>, watcher::Error>,
+    },
 }
 
 struct State {
@@ -402,7 +410,7 @@ struct State {
     namespaces: Store<BTreeMap<String, String>>,
     pods: Store<Pod>,
     services: Store<KubeService>,
-    custom: Vec<(CustomKind, String, Store<serde_json::Value>)>,
+    custom: Vec<(CustomKind, Store<serde_json::Value>)>,
     /// The errors last logged, so each is logged once, when it appears.
     reported: BTreeSet<String>,
     /// Kinds with invalid resources in the last snapshot (their gauges are
@@ -427,14 +435,17 @@ impl State {
                 Ok(e) => self.services.apply(e, prune_service),
                 Err(e) => self.services.fail(&e, metrics),
             },
-            Update::Custom(i, r) => {
-                let Some((kind, api_version, store)) = self.custom.get_mut(i) else {
+            Update::Custom { i, version, result } => {
+                let Some((kind, store)) = self.custom.get_mut(i) else {
                     return false;
                 };
-                match r {
-                    Ok(e) => store.apply(e, |o: DynamicObject| {
-                        document::custom_resource(api_version, kind.kind, &o)
-                    }),
+                match result {
+                    Ok(e) => {
+                        let api_version = format!("{}/{version}", kind.group);
+                        store.apply(e, |o: DynamicObject| {
+                            document::custom_resource(&api_version, kind.kind, &o)
+                        })
+                    }
                     Err(e) => store.fail(&e, metrics),
                 }
             }
@@ -446,7 +457,7 @@ impl State {
         done(self.namespaces.listed)
             && done(self.pods.listed)
             && done(self.services.listed)
-            && self.custom.iter().all(|(_, _, s)| done(s.listed))
+            && self.custom.iter().all(|(_, s)| done(s.listed))
     }
 
     /// Every object's document, sorted by source name.
@@ -488,7 +499,7 @@ impl State {
                 }
             }
         }
-        for (kind, _, store) in &self.custom {
+        for (kind, store) in &self.custom {
             for ((ns, name), doc) in &store.items {
                 sources.push(document::source(
                     document::source_name(kind.kind, kind.group, ns, name),
@@ -566,10 +577,111 @@ impl State {
     }
 }
 
+// `any_semantic`: initial lists may be served from the API server's
+// cache, as informers do; the watch that follows brings it up to date.
+fn watcher_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
+/// First and longest pause before trying again a kind whose versions are
+/// all not served.
+const UNSERVED_PAUSE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Watches the `i`th custom kind. A kind with a `fallback` version is
+/// watched at the other version when the cluster answers 404 for one (Istio
+/// before 1.22 serves `v1beta1` only), and the store sees the 404 only when
+/// neither version is served: a cluster's policies at `v1beta1` are never
+/// taken for "no policies", not even for the first snapshot.
+fn custom_stream(client: &Client, kind: CustomKind, i: usize) -> BoxStream<'static, Update> {
+    let watch = {
+        let client = client.clone();
+        move |version: &'static str| {
+            let api =
+                Api::<DynamicObject>::all_with(client.clone(), &kind.api_resource_at(version));
+            watcher(api, watcher_config()).default_backoff().boxed()
+        }
+    };
+    let Some(fallback) = kind.fallback else {
+        let version = kind.version;
+        return watch(version)
+            .map(move |result| Update::Custom { i, version, result })
+            .boxed();
+    };
+    struct Versioned<S> {
+        version: &'static str,
+        stream: S,
+        /// The version left last answered 404 too (nothing served since).
+        other_unserved: bool,
+        pause: Option<Duration>,
+    }
+    let first = Versioned {
+        version: kind.version,
+        stream: watch(kind.version),
+        other_unserved: false,
+        pause: None,
+    };
+    futures::stream::unfold(first, move |mut s| {
+        let watch = watch.clone();
+        async move {
+            loop {
+                if let Some(pause) = s.pause.take() {
+                    tokio::time::sleep(pause).await;
+                    s.pause = Some(pause);
+                }
+                let result = s.stream.next().await?;
+                let unserved = result.as_ref().is_err_and(not_served);
+                if !unserved {
+                    // A watcher says `Init` before it lists; anything after
+                    // that means this version is served.
+                    if result.as_ref().is_ok_and(|e| !matches!(e, Event::Init)) {
+                        s.other_unserved = false;
+                        s.pause = None;
+                    }
+                    if s.version == fallback && matches!(result, Ok(Event::InitDone)) {
+                        tracing::info!(
+                            "the cluster does not serve {}/{} {}: watching {}/{fallback}",
+                            kind.group,
+                            kind.version,
+                            kind.plural,
+                            kind.group,
+                        );
+                    }
+                    let version = s.version;
+                    return Some((Update::Custom { i, version, result }, s));
+                }
+                let left = s.version;
+                let other = if left == kind.version {
+                    fallback
+                } else {
+                    kind.version
+                };
+                s.version = other;
+                s.stream = watch(other);
+                if s.other_unserved {
+                    // Neither is served: the store learns it; both are
+                    // tried on, further apart each time.
+                    let next = s
+                        .pause
+                        .map_or(UNSERVED_PAUSE.0, |p| (p * 2).min(UNSERVED_PAUSE.1));
+                    s.pause = Some(next);
+                    return Some((
+                        Update::Custom {
+                            i,
+                            version: left,
+                            result,
+                        },
+                        s,
+                    ));
+                }
+                s.other_unserved = true;
+            }
+        }
+    })
+    .boxed()
+}
+
 fn streams(client: &Client, custom: &[CustomKind]) -> Vec<BoxStream<'static, Update>> {
-    // `any_semantic`: initial lists may be served from the API server's
-    // cache, as informers do; the watch that follows brings it up to date.
-    let config = || watcher::Config::default().any_semantic();
+    let config = watcher_config;
     let mut s: Vec<BoxStream<'static, Update>> = vec![
         watcher(Api::<Namespace>::all(client.clone()), config())
             .default_backoff()
@@ -585,13 +697,7 @@ fn streams(client: &Client, custom: &[CustomKind]) -> Vec<BoxStream<'static, Upd
             .boxed(),
     ];
     for (i, k) in custom.iter().enumerate() {
-        let api = Api::<DynamicObject>::all_with(client.clone(), &k.api_resource());
-        s.push(
-            watcher(api, config())
-                .default_backoff()
-                .map(move |r| Update::Custom(i, r))
-                .boxed(),
-        );
+        s.push(custom_stream(client, *k, i));
     }
     s
 }
@@ -608,7 +714,7 @@ async fn run(
         .iter()
         .map(|k| {
             let name = format!("{}.{}", k.plural, k.group);
-            (*k, k.api_version(), Store::new(name))
+            (*k, Store::new(name))
         })
         .collect();
     let debounce = options.debounce;

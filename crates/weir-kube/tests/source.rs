@@ -291,6 +291,94 @@ async fn a_kind_that_cannot_be_listed_holds_the_first_snapshot_back() {
     assert_eq!(s.invalid.len(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_istio_without_v1_is_watched_at_v1beta1() {
+    // Istio before 1.22: its CRDs serve v1beta1 (and v1alpha3), no v1.
+    const SECURITY_BETA: &str = "security.istio.io/v1beta1";
+    let api = FakeApi::default();
+    for plural in ["peerauthentications", "authorizationpolicies"] {
+        api.not_installed(SECURITY, plural);
+    }
+    // Networking CRDs not installed at all, at either version.
+    for plural in [
+        "gateways",
+        "virtualservices",
+        "serviceentries",
+        "destinationrules",
+    ] {
+        api.not_installed(NETWORKING, plural);
+        api.not_installed("networking.istio.io/v1beta1", plural);
+    }
+    for plural in [
+        "workloads",
+        "services",
+        "kafkagateways",
+        "kafkaauthorizationpolicies",
+    ] {
+        api.not_installed(WEIR, plural);
+    }
+    api.seed("v1", "namespaces", namespace("data", true));
+    api.seed(
+        "v1",
+        "pods",
+        pod("data", "kafka-0", "198.18.1.10", "node-a"),
+    );
+    let deny = stored(
+        "apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-outside, namespace: data}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {notNamespaces: [apps]}
+",
+    );
+    api.seed(SECURITY_BETA, "authorizationpolicies", deny);
+    api.seed(
+        SECURITY_BETA,
+        "peerauthentications",
+        stored("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: data}\nspec: {mtls: {mode: STRICT}}\n"),
+    );
+    let (mut source, _metrics) = start(&api);
+
+    // The first snapshot already holds the v1beta1 policies: a cluster's
+    // DENY policy is never taken for "none" because v1 answered 404.
+    let s = source.next().await.expect("initial snapshot");
+    assert!(s.invalid.is_empty(), "{:?}", s.invalid);
+    assert_eq!(workload_names(&s.config), ["data/kafka-0"]);
+    let policies: Vec<&str> = s
+        .config
+        .authorization_policies
+        .iter()
+        .map(|p| p.metadata.name.as_str())
+        .collect();
+    assert_eq!(policies, ["deny-outside"]);
+    assert_eq!(s.config.peer_authentications.len(), 1);
+    let doc = s
+        .sources
+        .iter()
+        .find(|d| d.name == "kubernetes:AuthorizationPolicy.security.istio.io/data/deny-outside")
+        .expect("the policy's document");
+    assert!(
+        doc.content
+            .contains("apiVersion: security.istio.io/v1beta1"),
+        "{}",
+        doc.content
+    );
+    assert!(
+        api.count(|r| r.starts_with("GET /apis/security.istio.io/v1beta1/authorizationpolicies?"))
+            >= 1
+    );
+
+    // Watched at v1beta1 from then on: changes there are followed.
+    let mut allow = allow_policy("allow-apps");
+    allow["apiVersion"] = json!(SECURITY_BETA);
+    api.push("ADDED", SECURITY_BETA, "authorizationpolicies", allow);
+    let s = source.next().await.unwrap();
+    assert_eq!(s.config.authorization_policies.len(), 2);
+}
+
 /// The documents of `examples/<dir>` (the repo's examples, as a user
 /// would `kubectl apply -f` them).
 fn example_documents(dir: &str) -> Vec<Value> {
