@@ -1,5 +1,5 @@
 //! `weir`: a zero-trust ambient service mesh for event streaming.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 /// `println!` for the commands whose output is read by other programs
 /// (`weir check ... | head -1`): a reader that went away ends the command
@@ -17,6 +17,7 @@ mod crds;
 mod demo;
 mod explain;
 mod gateway;
+mod malloc;
 mod node;
 
 use std::process::ExitCode;
@@ -51,8 +52,14 @@ fn main() -> ExitCode {
     match cli.command {
         cli::Command::Check(args) => check::run(&args),
         cli::Command::Explain(args) => explain::run(&args),
-        cli::Command::Node(args) => node::run(*args),
-        cli::Command::Gateway(args) => gateway::run(*args),
+        cli::Command::Node(args) => {
+            malloc::tune_for_proxying();
+            node::run(*args)
+        }
+        cli::Command::Gateway(args) => {
+            malloc::tune_for_proxying();
+            gateway::run(*args)
+        }
         cli::Command::Control(args) => control::run(*args),
         cli::Command::Crds => crds::run(),
         cli::Command::Demo(args) => demo::run(args),
