@@ -25,6 +25,15 @@ pub const NAMED_NETNS_DIR: &str = "/var/run/netns";
 /// Listen backlog for in-pod listeners.
 const LISTEN_BACKLOG: i32 = 1024;
 
+/// Where a namespace's ephemeral port range is (read from a thread inside it).
+const PORT_RANGE_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The kernel's default ephemeral port range.
+const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
+
+/// Ports [`NetnsWorker::connect_as`] tries before it gives up.
+const SOURCE_PORT_ATTEMPTS: usize = 8;
+
 /// An open handle to a network namespace (a file descriptor on an nsfs file).
 ///
 /// Holding the handle keeps the namespace alive even if its name is removed.
@@ -161,6 +170,8 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct NetnsWorker {
     tx: mpsc::Sender<Job>,
     netns: Arc<str>,
+    /// The namespace's ephemeral port range, read when the worker started.
+    ports: (u16, u16),
 }
 
 impl fmt::Debug for NetnsWorker {
@@ -177,11 +188,16 @@ impl NetnsWorker {
         let ns = netns.try_clone()?;
         let name: Arc<str> = netns.path.display().to_string().into();
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<(u16, u16)>>(1);
         std::thread::Builder::new()
             .name("weir-netns".into())
             .spawn(move || {
-                let entered = ns.enter_current_thread();
+                let entered = ns.enter_current_thread().map(|()| {
+                    std::fs::read_to_string(PORT_RANGE_SYSCTL)
+                        .ok()
+                        .and_then(|s| parse_port_range(&s))
+                        .unwrap_or(DEFAULT_PORT_RANGE)
+                });
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
                 drop(ns);
@@ -195,11 +211,15 @@ impl NetnsWorker {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })?;
-        ready_rx
+        let ports = ready_rx
             .recv()
             .map_err(|_| io::Error::other("netns worker thread exited during start-up"))??;
-        tracing::debug!(netns = %name, "netns worker started");
-        Ok(NetnsWorker { tx, netns: name })
+        tracing::debug!(netns = %name, ?ports, "netns worker started");
+        Ok(NetnsWorker {
+            tx,
+            netns: name,
+            ports,
+        })
     }
 
     /// The namespace path the worker serves (for messages).
@@ -291,10 +311,20 @@ impl NetnsWorker {
 
     /// Connects to `dst` from inside the namespace *as* `source`: the socket
     /// is transparent (`IP_TRANSPARENT`, needs CAP_NET_ADMIN) and bound to
-    /// `source` with a port the kernel picks, never `avoid_port` (the
-    /// client's own, whose redirected connection conntrack still holds with
-    /// the same addresses). The replies only reach this socket if the
-    /// namespace routes them back (see `CaptureRules::install_source_routing`).
+    /// `source` with a port of the namespace's ephemeral range, never
+    /// `avoid_port` (the client's own, whose redirected connection conntrack
+    /// still holds with the same addresses). The replies only reach this
+    /// socket if the namespace routes them back (see
+    /// `CaptureRules::install_source_routing`).
+    ///
+    /// The port is drawn at random and bound with `SO_REUSEADDR`, and
+    /// another is tried if that one is taken for `dst`: a `bind` to port 0
+    /// would make the kernel search the whole range for a port no socket
+    /// holds, for every connection, which with tens of thousands of sockets
+    /// in TIME_WAIT takes milliseconds of CPU each (connection rates fell to
+    /// a few hundred per second). Sharing a port between connections to
+    /// different destinations is what `connect` does by itself; the 4-tuple
+    /// stays unique because `connect` refuses one in use (`EADDRNOTAVAIL`).
     pub async fn connect_as(
         &self,
         dst: SocketAddr,
@@ -302,7 +332,7 @@ impl NetnsWorker {
         source: IpAddr,
         avoid_port: u16,
     ) -> io::Result<tokio::net::TcpStream> {
-        for _ in 0..3 {
+        for _ in 0..SOURCE_PORT_ATTEMPTS {
             let sock = self
                 .run_async(move || new_socket(Domain::for_address(dst), mark))
                 .await??;
@@ -311,19 +341,56 @@ impl NetnsWorker {
             } else {
                 sock.set_ip_transparent_v6(true)?;
             }
-            sock.bind(&SocketAddr::new(source, 0).into())?;
-            let port = sock.local_addr()?.as_socket().map(|a| a.port());
-            if port == Some(avoid_port) {
-                continue;
+            sock.set_reuse_address(true)?;
+            let port = random_port(self.ports, avoid_port);
+            match sock.bind(&SocketAddr::new(source, port).into()) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                r => r?,
             }
-            return tokio::net::TcpSocket::from_std_stream(sock.into())
+            match tokio::net::TcpSocket::from_std_stream(sock.into())
                 .connect(dst)
-                .await;
+                .await
+            {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse
+                    ) =>
+                {
+                    continue
+                }
+                r => return r,
+            }
         }
         Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("no free port on {source} other than {avoid_port}"),
+            format!(
+                "no free port on {source} for {dst} in {}-{} after {SOURCE_PORT_ATTEMPTS} attempts",
+                self.ports.0, self.ports.1
+            ),
         ))
+    }
+}
+
+/// `ip_local_port_range`'s "low high".
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (lo > 0 && lo <= hi).then_some((lo, hi))
+}
+
+/// A port of `lo..=hi` other than `avoid` (unless it is the only one).
+fn random_port((lo, hi): (u16, u16), avoid: u16) -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let n = u64::from(hi - lo) + 1;
+    loop {
+        // Each RandomState has fresh keys: a cheap random u64 without a
+        // random-number crate.
+        let offset = RandomState::new().hash_one(0u8) % n;
+        let port = lo + u16::try_from(offset).expect("offset < n <= 65536");
+        if port != avoid || n == 1 {
+            return port;
+        }
     }
 }
 
@@ -369,6 +436,31 @@ mod tests {
             let err = Netns::open_named(bad).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn port_ranges_and_random_ports() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("20000 65535"), Some((20000, 65535)));
+        for bad in ["", "1", "60999 32768", "0 10", "a b"] {
+            assert_eq!(parse_port_range(bad), None, "{bad:?}");
+        }
+        // The worker read its namespace's range (this one's, here).
+        let worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
+        let expected = std::fs::read_to_string(PORT_RANGE_SYSCTL)
+            .ok()
+            .and_then(|s| parse_port_range(&s))
+            .unwrap_or(DEFAULT_PORT_RANGE);
+        assert_eq!(worker.ports, expected);
+        // In range, never the avoided port, and spread over the range.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let p = random_port((40000, 40009), 40003);
+            assert!((40000..=40009).contains(&p) && p != 40003, "{p}");
+            seen.insert(p);
+        }
+        assert_eq!(seen.len(), 9);
+        assert_eq!(random_port((5000, 5000), 5000), 5000);
     }
 
     #[test]
