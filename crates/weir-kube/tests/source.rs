@@ -377,6 +377,29 @@ spec:
     api.push("ADDED", SECURITY_BETA, "authorizationpolicies", allow);
     let s = source.next().await.unwrap();
     assert_eq!(s.config.authorization_policies.len(), 2);
+
+    // A kind served at neither version is tried on: Istio's networking
+    // CRDs installed later (at v1beta1) bring their Gateway in.
+    assert!(s.config.gateways.is_empty());
+    api.with_installed("networking.istio.io/v1beta1", "gateways");
+    api.seed(
+        "networking.istio.io/v1beta1",
+        "gateways",
+        stored(
+            "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: edge, namespace: data}
+spec:
+  servers:
+  - port: {number: 6651, name: tls-pulsar, protocol: TLS}
+    hosts: [\"*\"]
+    tls: {mode: PASSTHROUGH}
+",
+        ),
+    );
+    let s = source.next().await.unwrap();
+    assert_eq!(s.config.gateways.len(), 1, "{:?}", s.invalid);
+    assert_eq!(s.config.authorization_policies.len(), 2);
 }
 
 /// The documents of `examples/<dir>` (the repo's examples, as a user
