@@ -439,33 +439,57 @@ fn start_server(server: &Host) -> Result<HostChild> {
     Ok(child)
 }
 
-/// Runs `f` and prints the CPU time the processes `procs` used meanwhile.
+/// Runs `f` and prints the CPU time and minor page faults of the processes
+/// `procs` meanwhile (many faults per MB moved mean buffers are being
+/// faulted in afresh, e.g. a malloc that returns memory too eagerly).
 fn with_cpu<T>(procs: &[(&str, u32)], f: impl FnOnce() -> T) -> T {
-    let before: Vec<Option<u64>> = procs.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+    let before: Vec<Option<ProcStat>> = procs.iter().map(|(_, pid)| proc_stat(*pid)).collect();
     let t = Instant::now();
     let r = f();
     let wall = t.elapsed().as_secs_f64();
-    let mut line = String::new();
+    let (mut cpu, mut faults) = (String::new(), String::new());
     for ((name, pid), b) in procs.iter().zip(before) {
-        if let (Some(b), Some(a)) = (b, cpu_ticks(*pid)) {
+        if let (Some(b), Some(a)) = (b, proc_stat(*pid)) {
             // /proc reports in USER_HZ = 100 ticks per second.
-            let _ = write!(line, " {name} {:.2}", (a.saturating_sub(b)) as f64 / 100.0);
+            let ticks = a.cpu_ticks.saturating_sub(b.cpu_ticks);
+            let _ = write!(cpu, " {name} {:.2}", ticks as f64 / 100.0);
+            let _ = write!(
+                faults,
+                " {name} {}",
+                a.minor_faults.saturating_sub(b.minor_faults)
+            );
         }
     }
     println!(
-        "      cpu s:{line} (wall {wall:.2} s, 2 cores = {:.2} cpu s)",
+        "      cpu s:{cpu} (wall {wall:.2} s, 2 cores = {:.2} cpu s); page faults:{faults}",
         wall * 2.0
     );
     r
 }
 
+/// What `/proc/<pid>/stat` says of a process (all threads).
+struct ProcStat {
+    /// utime + stime, in USER_HZ ticks.
+    cpu_ticks: u64,
+    /// minflt.
+    minor_faults: u64,
+}
+
 /// utime + stime of a process (all threads), in USER_HZ ticks.
 fn cpu_ticks(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.cpu_ticks)
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    // Fields 10, 14 and 15 of stat(5); `rest` starts at field 3.
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        cpu_ticks: field(14)? + field(15)?,
+        minor_faults: field(10)?,
+    })
 }
 
 /// Where a load runs: the client host, the server address, and the
