@@ -28,6 +28,9 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// Where a namespace's ephemeral port range is (read from a thread inside it).
 const PORT_RANGE_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
+/// The ports of that range the kernel does not pick (`1000,2000-2010`).
+const RESERVED_PORTS_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
 /// The kernel's default ephemeral port range.
 const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 
@@ -170,8 +173,8 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct NetnsWorker {
     tx: mpsc::Sender<Job>,
     netns: Arc<str>,
-    /// The namespace's ephemeral port range, read when the worker started.
-    ports: (u16, u16),
+    /// The namespace's ephemeral ports, read when the worker started.
+    ports: Arc<SourcePorts>,
 }
 
 impl fmt::Debug for NetnsWorker {
@@ -188,16 +191,13 @@ impl NetnsWorker {
         let ns = netns.try_clone()?;
         let name: Arc<str> = netns.path.display().to_string().into();
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<(u16, u16)>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<SourcePorts>>(1);
         std::thread::Builder::new()
             .name("weir-netns".into())
             .spawn(move || {
-                let entered = ns.enter_current_thread().map(|()| {
-                    std::fs::read_to_string(PORT_RANGE_SYSCTL)
-                        .ok()
-                        .and_then(|s| parse_port_range(&s))
-                        .unwrap_or(DEFAULT_PORT_RANGE)
-                });
+                let entered = ns
+                    .enter_current_thread()
+                    .map(|()| SourcePorts::of_current_netns());
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
                 drop(ns);
@@ -218,7 +218,7 @@ impl NetnsWorker {
         Ok(NetnsWorker {
             tx,
             netns: name,
-            ports,
+            ports: Arc::new(ports),
         })
     }
 
@@ -311,8 +311,8 @@ impl NetnsWorker {
 
     /// Connects to `dst` from inside the namespace *as* `source`: the socket
     /// is transparent (`IP_TRANSPARENT`, needs CAP_NET_ADMIN) and bound to
-    /// `source` with a port of the namespace's ephemeral range, never
-    /// `avoid_port` (the client's own, whose redirected connection conntrack
+    /// `source` with a port of the namespace's ephemeral range (none of its
+    /// `ip_local_reserved_ports`), never `avoid_port` (the client's own, whose redirected connection conntrack
     /// still holds with the same addresses). The replies only reach this
     /// socket if the namespace routes them back (see
     /// `CaptureRules::install_source_routing`).
@@ -342,7 +342,7 @@ impl NetnsWorker {
                 sock.set_ip_transparent_v6(true)?;
             }
             sock.set_reuse_address(true)?;
-            let port = random_port(self.ports, avoid_port);
+            let port = self.ports.draw(avoid_port);
             match sock.bind(&SocketAddr::new(source, port).into()) {
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 r => r?,
@@ -366,9 +366,59 @@ impl NetnsWorker {
             io::ErrorKind::AddrInUse,
             format!(
                 "no free port on {source} for {dst} in {}-{} after {SOURCE_PORT_ATTEMPTS} attempts",
-                self.ports.0, self.ports.1
+                self.ports.range.0, self.ports.range.1
             ),
         ))
+    }
+}
+
+/// The ports a namespace's kernel would pick for outgoing connections: its
+/// `ip_local_port_range` without its `ip_local_reserved_ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourcePorts {
+    range: (u16, u16),
+    /// Sorted, inclusive ranges.
+    reserved: Vec<(u16, u16)>,
+}
+
+impl SourcePorts {
+    /// Reads the sysctls of the calling thread's namespace (defaults if
+    /// they cannot be read).
+    fn of_current_netns() -> SourcePorts {
+        let read = |path| std::fs::read_to_string(path).ok();
+        SourcePorts {
+            range: read(PORT_RANGE_SYSCTL)
+                .and_then(|s| parse_port_range(&s))
+                .unwrap_or(DEFAULT_PORT_RANGE),
+            reserved: read(RESERVED_PORTS_SYSCTL)
+                .map(|s| parse_port_list(&s))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_reserved(&self, port: u16) -> bool {
+        self.reserved
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    /// A random port of the range, not reserved and not `avoid` (after 64
+    /// draws that all were, the last one: `bind` then has the last word).
+    fn draw(&self, avoid: u16) -> u16 {
+        use std::hash::{BuildHasher, RandomState};
+        let (lo, hi) = self.range;
+        let n = u64::from(hi - lo) + 1;
+        let mut port = lo;
+        for _ in 0..64 {
+            // Each RandomState has fresh keys: a cheap random u64 without a
+            // random-number crate.
+            let offset = RandomState::new().hash_one(0u8) % n;
+            port = lo + u16::try_from(offset).expect("offset < n <= 65535");
+            if port != avoid && !self.is_reserved(port) {
+                break;
+            }
+        }
+        port
     }
 }
 
@@ -379,19 +429,21 @@ fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     (lo > 0 && lo <= hi).then_some((lo, hi))
 }
 
-/// A port of `lo..=hi` other than `avoid` (unless it is the only one).
-fn random_port((lo, hi): (u16, u16), avoid: u16) -> u16 {
-    use std::hash::{BuildHasher, RandomState};
-    let n = u64::from(hi - lo) + 1;
-    loop {
-        // Each RandomState has fresh keys: a cheap random u64 without a
-        // random-number crate.
-        let offset = RandomState::new().hash_one(0u8) % n;
-        let port = lo + u16::try_from(offset).expect("offset < n <= 65536");
-        if port != avoid || n == 1 {
-            return port;
-        }
-    }
+/// `ip_local_reserved_ports`' "1000,2000-2010" (empty: none); entries that
+/// do not parse are left out.
+fn parse_port_list(s: &str) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = s
+        .trim()
+        .split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+            let (lo, hi) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 fn new_socket(domain: Domain, mark: Option<u32>) -> io::Result<Socket> {
@@ -445,22 +497,33 @@ mod tests {
         for bad in ["", "1", "60999 32768", "0 10", "a b"] {
             assert_eq!(parse_port_range(bad), None, "{bad:?}");
         }
-        // The worker read its namespace's range (this one's, here).
+        assert_eq!(parse_port_list("\n"), vec![]);
+        assert_eq!(
+            parse_port_list("40005-40006,40001, x,9-8\n"),
+            vec![(40001, 40001), (40005, 40006)]
+        );
+        // The worker read its namespace's sysctls (this one's, here).
         let worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
-        let expected = std::fs::read_to_string(PORT_RANGE_SYSCTL)
-            .ok()
-            .and_then(|s| parse_port_range(&s))
-            .unwrap_or(DEFAULT_PORT_RANGE);
-        assert_eq!(worker.ports, expected);
-        // In range, never the avoided port, and spread over the range.
+        assert_eq!(*worker.ports, SourcePorts::of_current_netns());
+        // In range, never the avoided or a reserved port, and spread over
+        // the rest.
+        let ports = SourcePorts {
+            range: (40000, 40009),
+            reserved: parse_port_list("40005-40006,40001"),
+        };
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2000 {
-            let p = random_port((40000, 40009), 40003);
-            assert!((40000..=40009).contains(&p) && p != 40003, "{p}");
+            let p = ports.draw(40003);
+            assert!((40000..=40009).contains(&p), "{p}");
+            assert!(![40001, 40003, 40005, 40006].contains(&p), "{p}");
             seen.insert(p);
         }
-        assert_eq!(seen.len(), 9);
-        assert_eq!(random_port((5000, 5000), 5000), 5000);
+        assert_eq!(seen.len(), 6);
+        let single = SourcePorts {
+            range: (5000, 5000),
+            reserved: vec![],
+        };
+        assert_eq!(single.draw(5000), 5000);
     }
 
     #[test]
