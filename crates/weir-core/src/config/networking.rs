@@ -1838,7 +1838,25 @@ fn gateway_binding_warnings(config: &Config, vs: &VirtualService, warnings: &mut
             );
             continue;
         };
-        if !gw.servers.iter().any(|s| s.admits(vs, namespace)) {
+        let admitting: Vec<&Server> = gw
+            .servers
+            .iter()
+            .filter(|s| s.admits(vs, namespace))
+            .collect();
+        let passthrough = |s: &&Server| {
+            s.tls
+                .as_ref()
+                .is_some_and(|t| t.mode == TlsMode::Passthrough)
+        };
+        if !vs.tcp.is_empty() && !admitting.is_empty() && admitting.iter().all(passthrough) {
+            warn(
+                "spec.tcp".to_owned(),
+                format!(
+                    "Gateway {namespace}/{name} serves these hosts from PASSTHROUGH servers only, which route by tls routes (match.sniHosts), as in Istio: these tcp routes are not used by that gateway"
+                ),
+            );
+        }
+        if admitting.is_empty() {
             let hosts: Vec<String> = vs.hosts.iter().map(ToString::to_string).collect();
             let servers: Vec<String> = gw
                 .servers

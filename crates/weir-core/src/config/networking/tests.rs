@@ -590,6 +590,29 @@ fn virtual_services_bound_to_nothing_are_warned_about() {
     );
     let c = load(&(gw.to_owned() + &vs("edge", "a.other.org", "gw")));
     assert_eq!(binding(&c).len(), 1, "a host the server does not serve");
+    // tcp routes on a PASSTHROUGH-only binding: unused, as in Istio.
+    let tcp_vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t, namespace: edge}\nspec:\n  hosts: [a.example.com]\n  gateways: [gw]\n  tcp:\n  - route: [{destination: {host: a.example.com}}]\n";
+    let c = load(&(gw.to_owned() + tcp_vs));
+    let tcp: Vec<&str> = c
+        .warnings
+        .iter()
+        .filter(|w| w.field.as_deref() == Some("spec.tcp"))
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(
+        tcp,
+        ["Gateway edge/gw serves these hosts from PASSTHROUGH servers only, which route by tls routes (match.sniHosts), as in Istio: these tcp routes are not used by that gateway"]
+    );
+    // ... but not when a terminating server of the Gateway also admits them.
+    let simple = "  - port: {number: 8443, name: tls2, protocol: TLS}\n    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n    hosts: [\"./*.example.com\"]\n";
+    let c = load(&(gw.to_owned() + simple + tcp_vs));
+    assert!(
+        !c.warnings
+            .iter()
+            .any(|w| w.field.as_deref() == Some("spec.tcp")),
+        "{:#?}",
+        c.warnings
+    );
     let c = load(&(gw.to_owned() + &vs("edge", "a.example.com", "gateway-typo")));
     assert_eq!(
         binding(&c),
