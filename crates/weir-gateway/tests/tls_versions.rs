@@ -13,7 +13,7 @@ use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use common::{free_port, Dir, TestGateway};
+use common::{free_port, wait_for_port, Dir, TestGateway};
 
 /// Whether a client speaking only `version` completes a handshake with
 /// `addr` for `sni`.
@@ -39,6 +39,24 @@ async fn handshake(
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("handshake timed out".to_owned()),
     }
+}
+
+/// Asserts that a client speaking only `version` is refused with a
+/// protocol-version alert.
+async fn assert_refused(
+    addr: SocketAddr,
+    sni: &'static str,
+    roots: &RootCertStore,
+    version: &'static SupportedProtocolVersion,
+    what: &str,
+) {
+    let refused = handshake(addr, sni, roots, version).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("ProtocolVersion")),
+        "{what}: {refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,33 +129,30 @@ spec:
     let kafka = SocketAddr::from(([127, 0, 0, 1], kafka_port));
 
     let sni = "kafka.example.com";
-    let refused = handshake(kafka, sni, &roots, &TLS12).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("ProtocolVersion")),
-        "KafkaGateway with minProtocolVersion TLSV1_3, a TLS 1.2 client: {refused:?}"
-    );
+    assert_refused(
+        kafka,
+        sni,
+        &roots,
+        &TLS12,
+        "KafkaGateway with minProtocolVersion TLSV1_3, a TLS 1.2 client",
+    )
+    .await;
     handshake(kafka, sni, &roots, &TLS13)
         .await
         .expect("KafkaGateway serves TLS 1.3");
 
-    let edge = SocketAddr::from(([127, 0, 0, 1], gateway_port));
     // The Gateway's listener starts with the KafkaGateway's, not before it.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(edge).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_port(gateway_port).await;
+    let edge = SocketAddr::from(([127, 0, 0, 1], gateway_port));
     let sni = "legacy.example.com";
-    let refused = handshake(edge, sni, &roots, &TLS13).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.contains("ProtocolVersion")),
-        "Gateway server with maxProtocolVersion TLSV1_2, a TLS 1.3 client: {refused:?}"
-    );
+    assert_refused(
+        edge,
+        sni,
+        &roots,
+        &TLS13,
+        "Gateway server with maxProtocolVersion TLSV1_2, a TLS 1.3 client",
+    )
+    .await;
     handshake(edge, sni, &roots, &TLS12)
         .await
         .expect("the Gateway server serves TLS 1.2");

@@ -94,24 +94,31 @@ spec:
 
 /// A cluster with Istio's security CRDs installed, its networking CRDs and
 /// weir's CRDs not installed.
+/// The plurals of Istio's networking kinds and of weir's kinds.
+const NETWORKING_KINDS: [&str; 4] = [
+    "gateways",
+    "virtualservices",
+    "serviceentries",
+    "destinationrules",
+];
+const WEIR_KINDS: [&str; 4] = [
+    "workloads",
+    "services",
+    "kafkagateways",
+    "kafkaauthorizationpolicies",
+];
+
+/// Makes the fake API server answer 404 for these collections.
+fn not_installed(api: &FakeApi, api_version: &str, plurals: &[&str]) {
+    for plural in plurals {
+        api.not_installed(api_version, plural);
+    }
+}
+
 fn cluster() -> FakeApi {
     let api = FakeApi::default();
-    for plural in [
-        "gateways",
-        "virtualservices",
-        "serviceentries",
-        "destinationrules",
-    ] {
-        api.not_installed(NETWORKING, plural);
-    }
-    for plural in [
-        "workloads",
-        "services",
-        "kafkagateways",
-        "kafkaauthorizationpolicies",
-    ] {
-        api.not_installed(WEIR, plural);
-    }
+    not_installed(&api, NETWORKING, &NETWORKING_KINDS);
+    not_installed(&api, WEIR, &WEIR_KINDS);
     api.seed("v1", "namespaces", namespace("data", true));
     api.seed("v1", "namespaces", namespace("apps", false));
     api.seed(
@@ -296,27 +303,15 @@ async fn an_istio_without_v1_is_watched_at_v1beta1() {
     // Istio before 1.22: its CRDs serve v1beta1 (and v1alpha3), no v1.
     const SECURITY_BETA: &str = "security.istio.io/v1beta1";
     let api = FakeApi::default();
-    for plural in ["peerauthentications", "authorizationpolicies"] {
-        api.not_installed(SECURITY, plural);
-    }
+    not_installed(
+        &api,
+        SECURITY,
+        &["peerauthentications", "authorizationpolicies"],
+    );
     // Networking CRDs not installed at all, at either version.
-    for plural in [
-        "gateways",
-        "virtualservices",
-        "serviceentries",
-        "destinationrules",
-    ] {
-        api.not_installed(NETWORKING, plural);
-        api.not_installed("networking.istio.io/v1beta1", plural);
-    }
-    for plural in [
-        "workloads",
-        "services",
-        "kafkagateways",
-        "kafkaauthorizationpolicies",
-    ] {
-        api.not_installed(WEIR, plural);
-    }
+    not_installed(&api, NETWORKING, &NETWORKING_KINDS);
+    not_installed(&api, "networking.istio.io/v1beta1", &NETWORKING_KINDS);
+    not_installed(&api, WEIR, &WEIR_KINDS);
     api.seed("v1", "namespaces", namespace("data", true));
     api.seed(
         "v1",

@@ -36,6 +36,18 @@ impl Drop for Dir {
     }
 }
 
+/// Waits (up to 5 s) until something listens on 127.0.0.1:`port`.
+pub async fn wait_for_port(port: u16) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway never listened on {addr}");
+}
+
 /// A gateway running in this process on 127.0.0.1, its CA in `<dir>/ca`.
 pub struct TestGateway {
     pub admin_port: u16,
@@ -71,16 +83,7 @@ impl TestGateway {
             },
             reload_rx,
         ));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut up = false;
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(up, "the gateway never listened on {addr}");
+        wait_for_port(port).await;
         TestGateway {
             admin_port,
             metrics_port,
