@@ -375,6 +375,12 @@ fn load_document(
                     );
                 }
             }
+            if let Some(why) = unusable_workload_address(spec.address) {
+                ctx.error(
+                    Some("spec.address".to_owned()),
+                    format!("{} {why}", spec.address),
+                );
+            }
             if let Some((other, at)) = addresses.get(&spec.address) {
                 ctx.error(
                     Some("spec.address".to_owned()),
@@ -1058,6 +1064,22 @@ fn condition(ctx: &mut DocCtx<'_>, path: &str, c: RawCondition) -> Option<Condit
     })
 }
 
+/// Why `ip` cannot be a Workload's address, if it cannot. Loopback is
+/// allowed (in-process setups and tests use it); IPv6 is refused because the
+/// node proxy's capture rules and listeners are IPv4 only: traffic to the
+/// address would bypass the mesh instead of being secured by it.
+fn unusable_workload_address(ip: std::net::IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("is the unspecified address, not a workload's"),
+        _ if ip.is_multicast() => Some("is a multicast address, not a workload's"),
+        std::net::IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address, not a workload's"),
+        std::net::IpAddr::V4(_) => None,
+        std::net::IpAddr::V6(_) => Some(
+            "is an IPv6 address: weir's capture rules and listeners are IPv4 only for now, so its traffic would bypass the mesh; give the workload's IPv4 address",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1607,6 +1629,24 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("spec.address"));
         let e = one(&w("a", "not-an-ip"));
         assert_eq!(e.field.as_deref(), Some("spec.address"));
+        // Addresses no workload can have, and IPv6 (capture is IPv4 only:
+        // its traffic would bypass the mesh). Loopback stays allowed.
+        for (addr, says) in [
+            ("0.0.0.0", "unspecified"),
+            ("224.0.0.5", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("'fd00::5'", "IPv4 only"),
+            ("'::'", "unspecified"),
+        ] {
+            let e = one(&w("a", addr));
+            assert_eq!(e.field.as_deref(), Some("spec.address"), "{addr}");
+            assert!(e.message.contains(says), "{addr}: {}", e.message);
+        }
+        Config::from_sources(
+            &[SourceFile::new("w.yaml", w("a", "127.0.0.2"))],
+            MeshSettings::default(),
+        )
+        .unwrap();
     }
 
     #[test]

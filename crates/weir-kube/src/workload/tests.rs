@@ -88,24 +88,43 @@ spec:
 }
 
 #[test]
-fn defaults_and_ipv6() {
+fn defaults() {
     let p = pod(json!({
         "metadata": {"labels": null, "uid": null, "namespace": null},
         "spec": {"serviceAccountName": null},
-        "status": {"podIP": "fd00::5"}
+        "status": {"podIP": "198.18.1.5"}
     }));
     let w = workload_from_pod(&p, &ambient()).unwrap();
     assert_eq!(w.service_account, "default");
     assert_eq!(w.namespace(), "default");
     assert!(w.metadata.labels.is_empty());
     assert!(w.metadata.annotations.is_empty());
-    assert_eq!(w.address.to_string(), "fd00::5");
+    assert_eq!(w.address.to_string(), "198.18.1.5");
     let file = load_one(
-        "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: kafka-0}\nspec: {address: \"fd00::5\", node: node-a}\n",
+        "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: kafka-0}\nspec: {address: 198.18.1.5, node: node-a}\n",
     );
     assert_eq!(w, file);
     let served = serde_yaml_ng::to_string(&document::workload(&w)).unwrap();
     assert_eq!(load_one(&served), w);
+}
+
+/// An IPv6 Pod maps to a Workload document, which the loader then refuses
+/// (capture is IPv4 only), so the source leaves it out as invalid, with the
+/// reason, instead of serving a workload whose traffic would bypass the mesh.
+#[test]
+fn ipv6_pods_are_refused_with_the_reason() {
+    let p = pod(json!({"status": {"podIP": "fd00::5"}}));
+    let w = workload_from_pod(&p, &ambient()).unwrap();
+    assert_eq!(w.address.to_string(), "fd00::5");
+    let served = serde_yaml_ng::to_string(&document::workload(&w)).unwrap();
+    let e = Config::from_sources(
+        &[SourceFile::new("w.yaml", &served)],
+        MeshSettings::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].field.as_deref(), Some("spec.address"));
+    assert!(e.0[0].message.contains("IPv4 only"), "{}", e.0[0].message);
 }
 
 #[test]
