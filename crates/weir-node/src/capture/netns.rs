@@ -332,7 +332,7 @@ impl NetnsWorker {
         source: IpAddr,
         avoid_port: u16,
     ) -> io::Result<tokio::net::TcpStream> {
-        for _ in 0..SOURCE_PORT_ATTEMPTS {
+        for attempt in 0..=SOURCE_PORT_ATTEMPTS {
             let sock = self
                 .run_async(move || new_socket(Domain::for_address(dst), mark))
                 .await??;
@@ -341,11 +341,20 @@ impl NetnsWorker {
             } else {
                 sock.set_ip_transparent_v6(true)?;
             }
-            sock.set_reuse_address(true)?;
-            let port = self.ports.draw(avoid_port);
+            // After the random draws, the kernel's own search: slow with many
+            // sockets around, but it finds a port if one is free.
+            let port = if attempt < SOURCE_PORT_ATTEMPTS {
+                sock.set_reuse_address(true)?;
+                self.ports.draw(avoid_port)
+            } else {
+                0
+            };
             match sock.bind(&SocketAddr::new(source, port).into()) {
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 r => r?,
+            }
+            if port == 0 && sock.local_addr()?.as_socket().map(|a| a.port()) == Some(avoid_port) {
+                break;
             }
             match tokio::net::TcpSocket::from_std_stream(sock.into())
                 .connect(dst)
@@ -365,7 +374,7 @@ impl NetnsWorker {
         Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!(
-                "no free port on {source} for {dst} in {}-{} after {SOURCE_PORT_ATTEMPTS} attempts",
+                "no free port on {source} for {dst}: {SOURCE_PORT_ATTEMPTS} random ports of {}-{} and the kernel's own choice were taken",
                 self.ports.range.0, self.ports.range.1
             ),
         ))
@@ -524,6 +533,42 @@ mod tests {
             reserved: vec![],
         };
         assert_eq!(single.draw(5000), 5000);
+    }
+
+    /// With every drawn port taken for the destination, the kernel's own
+    /// choice still connects (as root: IP_TRANSPARENT needs CAP_NET_ADMIN).
+    #[tokio::test]
+    async fn connect_as_falls_back_to_the_kernels_port_choice() {
+        let mut worker = NetnsWorker::spawn(&Netns::current().unwrap()).unwrap();
+        let probe = worker.socket(Domain::IPV4, None).unwrap();
+        if probe.set_ip_transparent_v4(true).is_err() {
+            eprintln!("skipped: IP_TRANSPARENT needs CAP_NET_ADMIN");
+            return;
+        }
+        let listener = worker
+            .bind_listener("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let dst = listener.local_addr().unwrap();
+        // One connection holds (127.0.0.1:P -> dst); P is the only port the
+        // worker may draw.
+        let held = worker.connect(dst, None).await.unwrap();
+        let taken = held.local_addr().unwrap().port();
+        worker.ports = Arc::new(SourcePorts {
+            range: (taken, taken),
+            reserved: vec![],
+        });
+        let (stream, accepted) = tokio::join!(
+            worker.connect_as(dst, None, "127.0.0.1".parse().unwrap(), 0),
+            async {
+                let _first = listener.accept().await.unwrap();
+                listener.accept().await.unwrap()
+            }
+        );
+        let stream = stream.expect("the kernel's choice connects");
+        assert_ne!(stream.local_addr().unwrap().port(), taken);
+        assert_eq!(accepted.1, stream.local_addr().unwrap());
+        drop(held);
     }
 
     #[test]
