@@ -948,6 +948,14 @@ fn mesh_checks(
 fn stop_mesh(mesh: &mut Mesh, client: &Host, server: &Host, notes: &mut Vec<String>) {
     println!("== mesh teardown");
     for node in [&mesh.a, &mesh.b] {
+        // What the load left behind: live memory plus what malloc keeps free.
+        if let Ok(kib) = node.rss_kib() {
+            println!(
+                "  {}: RSS after the load {:.1} MiB",
+                node.name,
+                kib as f64 / 1024.0
+            );
+        }
         let tail = node.log_tail(200);
         let warn = tail
             .lines()
