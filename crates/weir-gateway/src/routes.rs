@@ -127,10 +127,6 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
     let bound_here = |gateways: &[weir_core::config::GatewayRef]| {
         gateways.is_empty() || gateways.iter().any(|g| g.is(&gw.metadata))
     };
-    let passthrough = server
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.mode == TlsMode::Passthrough);
     let mut out = Vec::new();
     for vs in vss {
         let key = vs.metadata.key();
@@ -150,7 +146,7 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
                 });
             }
         }
-        if passthrough {
+        if server.is_passthrough() {
             // Istio builds a PASSTHROUGH server's filter chains from `tls`
             // routes only: an SNI no `tls` route names is refused, never
             // handed to a `tcp` route.

@@ -168,6 +168,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Whether this is a `tls.mode: PASSTHROUGH` server, which Istio routes
+    /// by `tls` routes (SNI) only, never by `tcp` routes.
+    pub fn is_passthrough(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode == TlsMode::Passthrough)
+    }
+
     /// Whether VirtualService `vs` may attach to this server of a Gateway in
     /// `gateway_namespace` (as Istio binds them): one of the server's hosts
     /// admits the VirtualService's namespace and intersects one of its hosts.
@@ -1843,12 +1851,10 @@ fn gateway_binding_warnings(config: &Config, vs: &VirtualService, warnings: &mut
             .iter()
             .filter(|s| s.admits(vs, namespace))
             .collect();
-        let passthrough = |s: &&Server| {
-            s.tls
-                .as_ref()
-                .is_some_and(|t| t.mode == TlsMode::Passthrough)
-        };
-        if !vs.tcp.is_empty() && !admitting.is_empty() && admitting.iter().all(passthrough) {
+        if !vs.tcp.is_empty()
+            && !admitting.is_empty()
+            && admitting.iter().all(|s| s.is_passthrough())
+        {
             warn(
                 "spec.tcp".to_owned(),
                 format!(
