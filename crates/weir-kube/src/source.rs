@@ -17,8 +17,9 @@
 //! The first snapshot is built once every kind has been listed, so a node
 //! never gets a config with, say, its DENY policies missing. A kind the
 //! cluster does not serve (404: the Istio or weir CRDs are not installed;
-//! for an Istio kind, at neither `v1` nor `v1beta1`) counts as listed and empty, since no such object can exist; it is
-//! watched on, so installing the CRD later works. Any other failure (403:
+//! for an Istio kind, at neither `v1` nor `v1beta1`) counts as listed and
+//! empty, since no such object can exist; it is watched on, so installing
+//! the CRD later works. Any other failure (403:
 //! the ServiceAccount lacks RBAC; the API server unreachable) holds the
 //! first snapshot back and, later, keeps the last listed state of that kind
 //! while the watch is retried. Changes are batched: a snapshot is built at
@@ -64,9 +65,9 @@ pub struct CustomKind {
 }
 
 impl CustomKind {
-    /// `group/version`.
-    pub fn api_version(&self) -> String {
-        format!("{}/{}", self.group, self.version)
+    /// `group/version`, for `version`.
+    fn api_version_at(&self, version: &str) -> Arc<str> {
+        format!("{}/{version}", self.group).into()
     }
 
     /// The kube-rs description of the resource.
@@ -396,10 +397,10 @@ enum Update {
     // Boxed: a Pod or Service event is far larger than the others.
     Pod(Box<Result<Event<Pod>, watcher::Error>>),
     Service(Box<Result<Event<KubeService>, watcher::Error>>),
-    /// Of the `i`th custom kind, watched at `version`.
+    /// Of the `i`th custom kind, watched at `api_version`.
     Custom {
         i: usize,
-        version: &'static str,
+        api_version: Arc<str>,
         result: Result<Event<DynamicObject>, watcher::Error>,
     },
 }
@@ -435,17 +436,18 @@ impl State {
                 Ok(e) => self.services.apply(e, prune_service),
                 Err(e) => self.services.fail(&e, metrics),
             },
-            Update::Custom { i, version, result } => {
+            Update::Custom {
+                i,
+                api_version,
+                result,
+            } => {
                 let Some((kind, store)) = self.custom.get_mut(i) else {
                     return false;
                 };
                 match result {
-                    Ok(e) => {
-                        let api_version = format!("{}/{version}", kind.group);
-                        store.apply(e, |o: DynamicObject| {
-                            document::custom_resource(&api_version, kind.kind, &o)
-                        })
-                    }
+                    Ok(e) => store.apply(e, |o: DynamicObject| {
+                        document::custom_resource(&api_version, kind.kind, &o)
+                    }),
                     Err(e) => store.fail(&e, metrics),
                 }
             }
@@ -602,26 +604,34 @@ fn custom_stream(client: &Client, kind: CustomKind, i: usize) -> BoxStream<'stat
         }
     };
     let Some(fallback) = kind.fallback else {
-        let version = kind.version;
-        return watch(version)
-            .map(move |result| Update::Custom { i, version, result })
+        let api_version = kind.api_version_at(kind.version);
+        return watch(kind.version)
+            .map(move |result| Update::Custom {
+                i,
+                api_version: api_version.clone(),
+                result,
+            })
             .boxed();
     };
+    // The preferred version and the fallback, each with its apiVersion.
+    let versions = [kind.version, fallback];
+    let api_versions = versions.map(|v| kind.api_version_at(v));
     struct Versioned<S> {
-        version: &'static str,
+        /// Index in `versions` of the one watched.
+        at: usize,
         stream: S,
         /// The version left last answered 404 too (nothing served since).
         other_unserved: bool,
         pause: Option<Duration>,
     }
     let first = Versioned {
-        version: kind.version,
-        stream: watch(kind.version),
+        at: 0,
+        stream: watch(versions[0]),
         other_unserved: false,
         pause: None,
     };
     futures::stream::unfold(first, move |mut s| {
-        let watch = watch.clone();
+        let (watch, api_versions) = (watch.clone(), api_versions.clone());
         async move {
             loop {
                 if let Some(pause) = s.pause.take() {
@@ -637,26 +647,27 @@ fn custom_stream(client: &Client, kind: CustomKind, i: usize) -> BoxStream<'stat
                         s.other_unserved = false;
                         s.pause = None;
                     }
-                    if s.version == fallback && matches!(result, Ok(Event::InitDone)) {
+                    if s.at == 1 && matches!(result, Ok(Event::InitDone)) {
                         tracing::info!(
-                            "the cluster does not serve {}/{} {}: watching {}/{fallback}",
-                            kind.group,
-                            kind.version,
+                            "the cluster does not serve {} {}: watching {}",
+                            api_versions[0],
                             kind.plural,
-                            kind.group,
+                            api_versions[1],
                         );
                     }
-                    let version = s.version;
-                    return Some((Update::Custom { i, version, result }, s));
+                    let api_version = api_versions[s.at].clone();
+                    return Some((
+                        Update::Custom {
+                            i,
+                            api_version,
+                            result,
+                        },
+                        s,
+                    ));
                 }
-                let left = s.version;
-                let other = if left == kind.version {
-                    fallback
-                } else {
-                    kind.version
-                };
-                s.version = other;
-                s.stream = watch(other);
+                let left = s.at;
+                s.at = 1 - left;
+                s.stream = watch(versions[s.at]);
                 if s.other_unserved {
                     // Neither is served: the store learns it; both are
                     // tried on, further apart each time.
@@ -664,10 +675,11 @@ fn custom_stream(client: &Client, kind: CustomKind, i: usize) -> BoxStream<'stat
                         .pause
                         .map_or(UNSERVED_PAUSE.0, |p| (p * 2).min(UNSERVED_PAUSE.1));
                     s.pause = Some(next);
+                    let api_version = api_versions[left].clone();
                     return Some((
                         Update::Custom {
                             i,
-                            version: left,
+                            api_version,
                             result,
                         },
                         s,
@@ -681,17 +693,16 @@ fn custom_stream(client: &Client, kind: CustomKind, i: usize) -> BoxStream<'stat
 }
 
 fn streams(client: &Client, custom: &[CustomKind]) -> Vec<BoxStream<'static, Update>> {
-    let config = watcher_config;
     let mut s: Vec<BoxStream<'static, Update>> = vec![
-        watcher(Api::<Namespace>::all(client.clone()), config())
+        watcher(Api::<Namespace>::all(client.clone()), watcher_config())
             .default_backoff()
             .map(Update::Namespace)
             .boxed(),
-        watcher(Api::<Pod>::all(client.clone()), config())
+        watcher(Api::<Pod>::all(client.clone()), watcher_config())
             .default_backoff()
             .map(|r| Update::Pod(Box::new(r)))
             .boxed(),
-        watcher(Api::<KubeService>::all(client.clone()), config())
+        watcher(Api::<KubeService>::all(client.clone()), watcher_config())
             .default_backoff()
             .map(|r| Update::Service(Box::new(r)))
             .boxed(),
