@@ -171,6 +171,14 @@ fn workload_names(config: &Config) -> Vec<String> {
         .collect()
 }
 
+fn policy_names(config: &Config) -> Vec<&str> {
+    config
+        .authorization_policies
+        .iter()
+        .map(|p| p.metadata.name.as_str())
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn snapshots_follow_the_cluster_and_skip_invalid_resources() {
     let api = cluster();
@@ -190,12 +198,7 @@ async fn snapshots_follow_the_cluster_and_skip_invalid_resources() {
         "client → 9092 = port"
     );
     assert_eq!(s.config.peer_authentications.len(), 1);
-    let policies: Vec<&str> = s
-        .config
-        .authorization_policies
-        .iter()
-        .map(|p| p.metadata.name.as_str())
-        .collect();
+    let policies = policy_names(&s.config);
     assert_eq!(
         policies,
         ["allow-apps"],
@@ -342,12 +345,7 @@ spec:
     let s = source.next().await.expect("initial snapshot");
     assert!(s.invalid.is_empty(), "{:?}", s.invalid);
     assert_eq!(workload_names(&s.config), ["data/kafka-0"]);
-    let policies: Vec<&str> = s
-        .config
-        .authorization_policies
-        .iter()
-        .map(|p| p.metadata.name.as_str())
-        .collect();
+    let policies = policy_names(&s.config);
     assert_eq!(policies, ["deny-outside"]);
     assert_eq!(s.config.peer_authentications.len(), 1);
     let doc = s

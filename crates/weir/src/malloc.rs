@@ -15,9 +15,9 @@
 //! frame) get their own mapping, returned at once when freed. The price:
 //! after a burst a proxy's RSS stays up to that much per heap higher (at
 //! the end of the benchmark node-b held 28–34 MiB instead of 19; 16 MiB
-//! kept 32–35 for no fewer faults). A fixed
-//! threshold also turns off glibc's dynamic adjustment. Settings the user
-//! made (`GLIBC_TUNABLES=glibc.malloc.…`, `MALLOC_TRIM_THRESHOLD_`,
+//! kept 32–35 for no fewer faults). A fixed threshold also turns off
+//! glibc's dynamic adjustment. Settings the user made
+//! (`GLIBC_TUNABLES=glibc.malloc.…`, `MALLOC_TRIM_THRESHOLD_`,
 //! `MALLOC_MMAP_THRESHOLD_`) are left in force. An allocator crate
 //! (jemalloc, mimalloc) would do the same at the cost of building C code.
 #![allow(unsafe_code)]

@@ -1,6 +1,7 @@
 //! Documents → typed kinds, collecting every error with its location.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -97,7 +98,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
     // (kind, namespace, name) → where it was first defined.
     let mut seen: HashMap<(String, String, String), DocumentRef> = HashMap::new();
     // address → (workload key, where)
-    let mut addresses: HashMap<std::net::IpAddr, (String, DocumentRef)> = HashMap::new();
+    let mut addresses: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
 
     for src in sources {
         for (index, de) in serde_yaml_ng::Deserializer::from_str(&src.content).enumerate() {
@@ -276,7 +277,7 @@ fn load_document(
     value: Value,
     config: &mut Config,
     seen: &mut HashMap<(String, String, String), DocumentRef>,
-    addresses: &mut HashMap<std::net::IpAddr, (String, DocumentRef)>,
+    addresses: &mut HashMap<IpAddr, (String, DocumentRef)>,
 ) {
     let Some(map) = value.as_mapping() else {
         ctx.error(
@@ -1068,13 +1069,13 @@ fn condition(ctx: &mut DocCtx<'_>, path: &str, c: RawCondition) -> Option<Condit
 /// allowed (in-process setups and tests use it); IPv6 is refused because the
 /// node proxy's capture rules and listeners are IPv4 only: traffic to the
 /// address would bypass the mesh instead of being secured by it.
-fn unusable_workload_address(ip: std::net::IpAddr) -> Option<&'static str> {
+fn unusable_workload_address(ip: IpAddr) -> Option<&'static str> {
     match ip {
         _ if ip.is_unspecified() => Some("is the unspecified address, not a workload's"),
         _ if ip.is_multicast() => Some("is a multicast address, not a workload's"),
-        std::net::IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address, not a workload's"),
-        std::net::IpAddr::V4(_) => None,
-        std::net::IpAddr::V6(_) => Some(
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address, not a workload's"),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(_) => Some(
             "is an IPv6 address: weir's capture rules and listeners are IPv4 only for now, so its traffic would bypass the mesh; give the workload's IPv4 address",
         ),
     }
