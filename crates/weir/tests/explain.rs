@@ -159,6 +159,9 @@ fn semantics_table() {
     let ap = |ns: &str, name: &str, spec: &str| {
         format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
     };
+    let dry = |ns: &str, name: &str, value: &str, spec: &str| {
+        format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}, annotations: {{istio.io/dry-run: {value}}}}}\nspec: {spec}\n")
+    };
     let sel = "selector: {matchLabels: {app: kafka}}";
     let p = "spiffe://cluster.local/ns/apps/sa/producer";
     let t0 = "2024-01-01T00:00:00Z";
@@ -222,6 +225,12 @@ fn semantics_table() {
         (ap("kafka", "l7", "{rules: [{to: [{operation: {methods: [GET]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/l7")),
         (ap("kafka", "l7", "{action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: [\"9092\"]}}]}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/l7")),
         (ap("kafka", "l7", "{action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: [\"9092\"]}}]}]}"), p, None, 9093, "allow", "PERMISSIVE", None),
+        // istio.io/dry-run: "true": neither denies nor counts as an ALLOW policy
+        (dry("kafka", "deny-all", "\"true\"", "{action: DENY, rules: [{}]}"), p, None, 9092, "allow", "PERMISSIVE", None),
+        (dry("kafka", "nothing", "\"True\"", "{}") + &ap("kafka", "all", "{rules: [{}]}"), p, None, 9092, "allow", "PERMISSIVE", Some("kafka/all")),
+        // ... only true: "false" or a value that is not a boolean is enforced
+        (dry("kafka", "deny-all", "\"false\"", "{action: DENY, rules: [{}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/deny-all")),
+        (dry("kafka", "deny-all", "\"yes\"", "{action: DENY, rules: [{}]}"), p, None, 9092, "deny", "PERMISSIVE", Some("kafka/deny-all")),
     ];
     for (i, (policies, from, ip, port, decision, mode, policy)) in table.iter().enumerate() {
         let cfg = case(&dir, i, policies);
@@ -303,7 +312,7 @@ fn check_reports_every_error_with_location() {
         "bad.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: kafka}\nspec: {action: CUSTOM, provider: {name: opa}}\n---\n\
          apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: kafka}\nspec: {address: 198.18.0.1, node: a, colour: blue}\n",
+         apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: kafka}\nspec: {address: 198.18.0.1, node: a, colour: blue, size: 3}\n",
     );
     let out = weir().arg("check").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -322,6 +331,13 @@ fn check_reports_every_error_with_location() {
         ),
         "{stderr}"
     );
+    // Every error of a document, not only the first serde met.
+    assert!(
+        stderr.contains(
+            "document 3 (index 2) Workload kafka/w: field spec.size: unknown field \"size\""
+        ),
+        "{stderr}"
+    );
 
     let out = weir()
         .args(["check", "-o", "json"])
@@ -331,7 +347,7 @@ fn check_reports_every_error_with_location() {
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
-    assert!(v["errors"].as_array().unwrap().len() >= 3, "{v:#}");
+    assert_eq!(v["errors"].as_array().unwrap().len(), 4, "{v:#}");
     assert_eq!(v["errors"][0]["document"]["index"], 0);
     // The same keys as for a valid config, so scripts need no second shape.
     assert_eq!(v["kinds"], serde_json::json!({}), "{v:#}");

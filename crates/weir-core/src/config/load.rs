@@ -439,7 +439,9 @@ fn load_document(
                 ap.metadata.namespace.clone(),
                 ap.metadata.name.clone(),
             );
-            config.authorization_policies.push(ap);
+            if !is_dry_run(ctx, &ap.metadata) {
+                config.authorization_policies.push(ap);
+            }
         }
         "Gateway" | "VirtualService" | "ServiceEntry" | "DestinationRule" | "Service" => {
             let Some(k) = super::networking::load(ctx, &kind, value, config) else {
@@ -468,19 +470,86 @@ fn load_document(
     seen.insert(key, ctx.doc.clone());
 }
 
+/// At most this many structural errors are reported per document.
+const MAX_ERRORS_PER_DOCUMENT: usize = 20;
+
 /// Deserializes a whole document strictly, reporting the failing field's path.
+///
+/// serde stops at a document's first unknown field or wrong type; to report
+/// every such error, not only the first, the failing field is taken out of
+/// the document and it is parsed again, until it parses (the result is then
+/// still refused) or the error is not one a removed field can get past: a
+/// missing field, a list element (removing it would renumber the ones after
+/// it), or an error without a field.
 pub(super) fn typed<S: DeserializeOwned>(
     ctx: &mut DocCtx<'_>,
     value: Value,
 ) -> Option<(ObjectMeta, Option<S>)> {
-    match serde_path_to_error::deserialize::<_, Document<S>>(value) {
-        Ok(doc) => Some((doc.metadata, doc.spec)),
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = (path != ".").then_some(path);
-            ctx.error(field, clean_serde_message(&e.into_inner().to_string()));
-            None
+    let e = match serde_path_to_error::deserialize::<_, Document<S>>(&value) {
+        Ok(doc) => return Some((doc.metadata, doc.spec)),
+        Err(e) => e,
+    };
+    let mut value = value;
+    let mut removed: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next.take() {
+        let path = e.path().clone();
+        let shown = path.to_string();
+        let message = e.into_inner().to_string();
+        if let Some(field) = missing_field(&message) {
+            // A field taken out to get past an earlier error is not missing.
+            let full = if shown == "." {
+                field.to_owned()
+            } else {
+                format!("{shown}.{field}")
+            };
+            if removed.contains(&full) {
+                break;
+            }
         }
+        ctx.error(
+            (shown != ".").then(|| shown.clone()),
+            clean_serde_message(&message),
+        );
+        if removed.len() + 1 >= MAX_ERRORS_PER_DOCUMENT || !remove_field(&mut value, &path) {
+            break;
+        }
+        removed.push(shown);
+        if let Err(e) = serde_path_to_error::deserialize::<_, Document<S>>(&value) {
+            next = Some(e);
+        }
+    }
+    None
+}
+
+/// The field of serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// Removes the mapping entry at `path` from `value`; false if `path` does not
+/// end in a mapping key or leads nowhere.
+fn remove_field(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let child = match (segment, at) {
+            (Segment::Map { key }, Value::Mapping(m)) => m.get_mut(key.as_str()),
+            (Segment::Seq { index }, Value::Sequence(s)) => s.get_mut(*index),
+            _ => None,
+        };
+        match child {
+            Some(c) => at = c,
+            None => return false,
+        }
+    }
+    match at {
+        Value::Mapping(m) => m.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -615,6 +684,39 @@ fn peer_authentication(
 }
 
 // ---------------------------------------------------------------- AuthorizationPolicy
+
+/// Istio's annotation for an AuthorizationPolicy that is evaluated but not
+/// enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Whether an AuthorizationPolicy is marked dry-run. Such a policy is
+/// validated but left out of the config, as istiod leaves it out of what it
+/// sends to ztunnel in ambient mode: it neither allows nor denies anything.
+/// The value is read as Go's `strconv.ParseBool` reads it, as istiod does; any
+/// other value means "enforced", with a warning.
+fn is_dry_run(ctx: &mut DocCtx<'_>, meta: &ObjectMeta) -> bool {
+    let Some(v) = meta.annotations.get(DRY_RUN_ANNOTATION) else {
+        return false;
+    };
+    let field = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
+    match v.as_str() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => {
+            ctx.warn(
+                Some(field),
+                "dry-run: this policy is not enforced (ambient mode does not evaluate dry-run policies); remove the annotation to enforce it",
+            );
+            true
+        }
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
+        other => {
+            ctx.warn(
+                Some(field),
+                format!("{other:?} is not a boolean (true or false): the policy is enforced"),
+            );
+            false
+        }
+    }
+}
 
 fn authorization_policy(
     ctx: &mut DocCtx<'_>,
@@ -1124,6 +1226,68 @@ mod tests {
     }
 
     #[test]
+    fn every_structural_error_of_a_document_is_reported() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: a, namespace: kafka, labelz: {x: y}}\n\
+             spec:\n  action: 7\n  rules:\n  - from:\n    - source:\n        principalz: [a]\n  selectr: {}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: kafka}\n\
+             spec: {mtlz: {mode: STRICT}, selectr: {}}\n",
+        );
+        let got: Vec<(usize, Option<&str>)> = e
+            .iter()
+            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Some("metadata.labelz")),
+                (0, Some("spec.action")),
+                (0, Some("spec.selectr")),
+                (0, Some("spec.rules[0].from[0].source.principalz")),
+                (1, Some("spec.mtlz")),
+                (1, Some("spec.selectr")),
+            ],
+            "{e:#?}"
+        );
+        assert!(e[1].message.contains("invalid type"), "{}", e[1].message);
+    }
+
+    #[test]
+    fn a_removed_field_is_not_then_reported_missing() {
+        // `address` has the wrong type and is required: one error, not a
+        // second "missing field" caused by taking it out.
+        let e = one(
+            "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: x}\n\
+             spec: {address: [1], node: n}\n",
+        );
+        assert_eq!(e.field.as_deref(), Some("spec.address"));
+        // A missing field that was never there is reported, after the others.
+        let e = errors(
+            "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: x}\n\
+             spec: {adress: 198.18.0.1, node: n}\n",
+        );
+        let fields: Vec<_> = e.iter().map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, [Some("spec.adress"), Some("spec")], "{e:#?}");
+        assert!(
+            e[1].message.contains("missing field \"address\""),
+            "{}",
+            e[1].message
+        );
+    }
+
+    #[test]
+    fn errors_in_list_elements_stop_the_document() {
+        // Removing a list element would renumber the later ones, so the
+        // first error in one ends the document's report.
+        let e = one(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: a, namespace: kafka}\nspec: {rules: [7, 8]}\n",
+        );
+        assert_eq!(e.field.as_deref(), Some("spec.rules[0]"));
+    }
+
+    #[test]
     fn a_pod_uid_annotation_must_be_a_uid() {
         let e = one("apiVersion: weir.dev/v1alpha1\nkind: Workload\n\
              metadata: {name: a, namespace: x, annotations: {weir.dev/pod-uid: \"../1\"}}\n\
@@ -1264,6 +1428,47 @@ mod tests {
 
     fn ap_doc(ns: &str, spec: &str) -> String {
         format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    #[test]
+    fn a_dry_run_policy_is_checked_but_not_enforced() {
+        let doc = |value: &str, spec: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: k, annotations: {{istio.io/dry-run: {value}}}}}\nspec: {spec}\n")
+        };
+        let src = |y: &str| [SourceFile::new("p.yaml", y)];
+        let c = Config::from_sources(
+            &src(&doc("\"true\"", "{action: DENY, rules: [{}]}")),
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert!(c.authorization_policies.is_empty());
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        assert_eq!(
+            c.warnings[0].field.as_deref(),
+            Some("metadata.annotations[istio.io/dry-run]")
+        );
+        assert!(
+            c.warnings[0].message.contains("not enforced"),
+            "{}",
+            c.warnings[0].message
+        );
+        // Enforced: false, and (with a warning) a value that is not a boolean.
+        let c = Config::from_sources(
+            &src(&doc("\"false\"", "{rules: [{}]}")),
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.authorization_policies.len(), 1);
+        assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+        let w = warnings(&doc("\"yes\"", "{rules: [{}]}"));
+        assert!(
+            w[0].message.contains("\"yes\" is not a boolean"),
+            "{}",
+            w[0].message
+        );
+        // Still validated: a dry-run policy with an error is refused.
+        let e = one(&doc("\"true\"", "{action: AUDIT}"));
+        assert_eq!(e.field.as_deref(), Some("spec.action"));
     }
 
     #[test]
