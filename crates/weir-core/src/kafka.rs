@@ -69,7 +69,11 @@ impl ResourceType {
                     | AlterConfigs
                     | All
             ),
-            ResourceType::Group => matches!(op, Read | Describe | Delete | All),
+            // DescribeConfigs and AlterConfigs since Kafka 3.8 (KIP-848 group configs).
+            ResourceType::Group => matches!(
+                op,
+                Read | Describe | Delete | DescribeConfigs | AlterConfigs | All
+            ),
             ResourceType::TransactionalId => matches!(op, Write | Describe | All),
             ResourceType::Cluster => matches!(
                 op,

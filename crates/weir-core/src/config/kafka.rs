@@ -1776,6 +1776,11 @@ mod tests {
         let w = warn(&format!("{GW}{}", policy("kafka", "{rules: [{resources: [{type: topic, name: t}], operations: [IdempotentWrite, Write]}]}")));
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(w[0].0, "spec.rules[0].operations[0]");
+        // Group configs (Kafka 3.8, KIP-848): defined for groups, no warning;
+        // IdempotentWrite is not.
+        let w = warn(&format!("{GW}{}", policy("kafka", "{rules: [{resources: [{type: group, name: g}], operations: [DescribeConfigs, AlterConfigs, IdempotentWrite]}]}")));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].0, "spec.rules[0].operations[2]");
         let w = warn(&format!(
             "{GW}{}",
             policy("kafka", "{rules: [{operations: []}]}")
