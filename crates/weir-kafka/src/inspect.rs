@@ -130,6 +130,12 @@ pub(crate) struct Inspection {
     pub sessionless: bool,
     /// Metadata facts.
     pub metadata: Option<MetadataFacts>,
+    /// OffsetFetch v2-v7: null topics, i.e. every partition the group has
+    /// offsets for.
+    pub all_partitions: bool,
+    /// OffsetFetch v8+: the groups (names in the body) asked for every
+    /// partition.
+    pub all_partitions_groups: Vec<Range<usize>>,
 }
 
 impl Inspection {
@@ -359,21 +365,28 @@ pub(crate) fn inspect(
                 let group = body_name(&mut r, f, "group_id")?;
                 ins.whole
                     .push(check(ResourceType::Group, group, Operation::Describe));
+                // Null topics (v2+): every partition with an offset.
+                ins.all_partitions = v >= 2 && r.array(f, "topics")?.is_none();
             } else {
+                let mut all_groups = Vec::new();
                 ins.entries = Some(entries(&mut r, f, "groups", |r| {
-                    let group = body_name(r, f, "group_id")?;
+                    let group = r.required_string(f, "group_id")?;
                     if v >= 9 {
                         r.string(f, "member_id")?;
                         r.i32("member_epoch")?;
                     }
                     let mut partitions = Vec::new();
-                    if let Some(n) = r.array(f, "topics")? {
-                        for _ in 0..n {
-                            r.required_string(f, "topic name")?;
-                            partitions.extend(r.i32_array(f, "partition_indexes")?);
-                            r.skip_tags(f)?;
+                    match r.array(f, "topics")? {
+                        None => all_groups.push(group.clone()),
+                        Some(n) => {
+                            for _ in 0..n {
+                                r.required_string(f, "topic name")?;
+                                partitions.extend(r.i32_array(f, "partition_indexes")?);
+                                r.skip_tags(f)?;
+                            }
                         }
                     }
+                    let group = NameRef::Body(group);
                     r.skip_tags(f)?;
                     Ok((
                         check(ResourceType::Group, group, Operation::Describe),
@@ -382,6 +395,7 @@ pub(crate) fn inspect(
                         0,
                     ))
                 })?);
+                ins.all_partitions_groups = all_groups;
             }
         }
         ApiKey::FindCoordinator => {

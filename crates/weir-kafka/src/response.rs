@@ -48,8 +48,11 @@ pub(crate) struct ResponseWork {
     /// Apply response-side authorization (Metadata listing, OffsetFetch
     /// topics, ListGroups).
     pub enforce: bool,
-    /// Metadata: the request asked for every topic.
+    /// Metadata: the request asked for every topic. OffsetFetch v2-v7: for
+    /// every partition of the group.
     pub all_topics: bool,
+    /// OffsetFetch v8+: the groups asked for every partition.
+    pub all_topics_groups: Vec<StrBytes>,
     /// Metadata v0: denied topics were forwarded; drop them from the
     /// response before adding their error entries.
     pub drop_denied: bool,
@@ -64,6 +67,7 @@ impl ResponseWork {
             whole: None,
             enforce: false,
             all_topics: false,
+            all_topics_groups: Vec::new(),
             drop_denied: false,
         }
     }
@@ -345,7 +349,17 @@ fn process_strict(
             }
             let mut changed = false;
             if w.enforce {
+                // As Kafka answers: a topic asked for by name that may not be
+                // described gets an error; from "every partition" it is left
+                // out, so the answer does not tell that it exists.
                 let authz = &mut *ctx.authz;
+                if w.all_topics {
+                    let before = r.topics.len();
+                    r.topics.retain(|t| {
+                        authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
+                    });
+                    changed |= r.topics.len() != before;
+                }
                 for t in &mut r.topics {
                     if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
                         for p in &mut t.partitions {
@@ -357,6 +371,13 @@ fn process_strict(
                     }
                 }
                 for g in &mut r.groups {
+                    if w.all_topics_groups.contains(&g.group_id.0) {
+                        let before = g.topics.len();
+                        g.topics.retain(|t| {
+                            authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
+                        });
+                        changed |= g.topics.len() != before;
+                    }
                     for t in &mut g.topics {
                         if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
                             for p in &mut t.partitions {

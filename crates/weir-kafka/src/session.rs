@@ -265,6 +265,14 @@ impl RequestSide<'_> {
         if let Some(m) = &ins.metadata {
             work.all_topics = m.all_topics;
         }
+        if api == ApiKey::OffsetFetch {
+            work.all_topics = ins.all_partitions;
+            work.all_topics_groups = ins
+                .all_partitions_groups
+                .iter()
+                .map(|r| StrBytes::from_utf8(body.slice(r.clone())).unwrap_or_default())
+                .collect();
+        }
         let no_response = api == ApiKey::Produce && ins.acks == 0;
 
         // Whole-request checks.

@@ -997,3 +997,118 @@ async fn apis_the_gateway_cannot_authorize_are_refused_under_a_policy() {
     send(&mut h.client, &frame).await;
     assert_eq!(next(&mut h.broker_frames).await.wire(), &frame);
 }
+
+fn offset_fetch_v7_response(topics: &[&'static str]) -> OffsetFetchResponse {
+    let mut r = OffsetFetchResponse::default();
+    for name in topics {
+        let mut t = offset_fetch_response::OffsetFetchResponseTopic::default();
+        t.name = topic(name);
+        let mut p = offset_fetch_response::OffsetFetchResponsePartition::default();
+        p.committed_offset = 42;
+        t.partitions.push(p);
+        r.topics.push(t);
+    }
+    r
+}
+
+/// As Kafka's handleOffsetFetchRequest: asked for every partition (null
+/// topics), topics the principal may not describe are left out; asked for
+/// by name, they get TOPIC_AUTHORIZATION_FAILED.
+#[tokio::test]
+async fn offset_fetch_of_every_partition_leaves_out_denied_topics() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    // v7, null topics.
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = group("g");
+    req.topics = None;
+    send(&mut h.client, &request_frame(7, 1, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(7, 1, &offset_fetch_v7_response(&["orders", "secret-a"])),
+    )
+    .await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 7);
+    let got: Vec<(String, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.to_string(), t.partitions[0].error_code))
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0)]);
+
+    // v7, named topics: the denied one is answered with 29.
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = group("g");
+    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+    t.name = topic("secret-a");
+    t.partition_indexes = vec![0];
+    req.topics = Some(vec![t]);
+    send(&mut h.client, &request_frame(7, 2, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(7, 2, &offset_fetch_v7_response(&["secret-a"])),
+    )
+    .await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 7);
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions[0].error_code, 29);
+    assert_eq!(r.topics[0].partitions[0].committed_offset, -1);
+
+    // v8: per group; "all" asked for every partition, "named" for one topic.
+    let mut req = OffsetFetchRequest::default();
+    let mut all = offset_fetch_request::OffsetFetchRequestGroup::default();
+    all.group_id = group("all");
+    all.topics = None;
+    let mut named = offset_fetch_request::OffsetFetchRequestGroup::default();
+    named.group_id = group("named");
+    let mut t = offset_fetch_request::OffsetFetchRequestTopics::default();
+    t.name = topic("secret-b");
+    t.partition_indexes = vec![0];
+    named.topics = Some(vec![t]);
+    req.groups = vec![all, named];
+    send(&mut h.client, &request_frame(8, 3, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = OffsetFetchResponse::default();
+    for (g, topics) in [
+        ("all", &["orders", "secret-b"][..]),
+        ("named", &["secret-b"][..]),
+    ] {
+        let mut rg = offset_fetch_response::OffsetFetchResponseGroup::default();
+        rg.group_id = group(g);
+        for name in topics {
+            let mut t = offset_fetch_response::OffsetFetchResponseTopics::default();
+            t.name = topic(name);
+            let mut p = offset_fetch_response::OffsetFetchResponsePartitions::default();
+            p.committed_offset = 42;
+            t.partitions.push(p);
+            rg.topics.push(t);
+        }
+        resp.groups.push(rg);
+    }
+    send(&mut h.broker, &response_frame(8, 3, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 8);
+    let got: Vec<(String, Vec<(String, i16)>)> = r
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.to_string(),
+                g.topics
+                    .iter()
+                    .map(|t| (t.name.to_string(), t.partitions[0].error_code))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("all".into(), vec![("orders".into(), 0)]),
+            ("named".into(), vec![("secret-b".into(), 29)]),
+        ]
+    );
+}
