@@ -53,6 +53,9 @@ pub(crate) struct ResponseWork {
     pub all_topics: bool,
     /// OffsetFetch v8+: the groups asked for every partition.
     pub all_topics_groups: Vec<StrBytes>,
+    /// Metadata: topics the client asked to auto-create without Create
+    /// permission (auto-creation was switched off for the request).
+    pub uncreatable: Vec<StrBytes>,
     /// Metadata v0: denied topics were forwarded; drop them from the
     /// response before adding their error entries.
     pub drop_denied: bool,
@@ -68,6 +71,7 @@ impl ResponseWork {
             enforce: false,
             all_topics: false,
             all_topics_groups: Vec::new(),
+            uncreatable: Vec::new(),
             drop_denied: false,
         }
     }
@@ -173,6 +177,19 @@ fn process_strict(
                         .iter()
                         .any(|d| t.name.as_ref().is_some_and(|n| n.0 == d.name))
                 });
+            }
+            // A topic that does not exist and may not be created is, as
+            // Kafka answers it, TOPIC_AUTHORIZATION_FAILED rather than the
+            // UNKNOWN_TOPIC_OR_PARTITION of a broker told not to create it.
+            for t in &mut r.topics {
+                if t.error_code == codes::UNKNOWN_TOPIC_OR_PARTITION
+                    && t.name
+                        .as_ref()
+                        .is_some_and(|n| w.uncreatable.contains(&n.0))
+                {
+                    t.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                    t.topic_authorized_operations = i32::MIN;
+                }
             }
             if w.enforce && w.all_topics {
                 let authz = &mut *ctx.authz;

@@ -327,15 +327,14 @@ impl RequestSide<'_> {
             } else {
                 if let Some(at) = ins.metadata.as_ref().and_then(|m| m.auto_create_at) {
                     // Kafka: Create on the cluster, else Create on the topic.
-                    if patch_auto_create.is_none()
-                        && !self.authz.allowed_as(
-                            Ask::TopicCreation,
-                            ResourceType::Topic,
-                            &name,
-                            Operation::Create,
-                        )
-                    {
+                    if !self.authz.allowed_as(
+                        Ask::TopicCreation,
+                        ResourceType::Topic,
+                        &name,
+                        Operation::Create,
+                    ) {
                         patch_auto_create = Some(at);
+                        work.uncreatable.push(name.clone());
                     }
                 }
                 None

@@ -251,6 +251,39 @@ async fn auto_creation_is_switched_off_without_create_permission() {
     let (_, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
     assert!(!req.allow_auto_topic_creation);
     assert_eq!(req.topics.unwrap().len(), 1);
+    // The broker, told not to create it, answers "unknown"; the client gets
+    // what Kafka answers for a topic it may not create: 29.
+    let mut resp = metadata_response(&[]);
+    let mut t = metadata_response::MetadataResponseTopic::default();
+    t.name = Some(topic("new-topic"));
+    t.error_code = 3;
+    resp.topics.push(t);
+    send(&mut h.broker, &response_frame(9, 1, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, md): (i32, MetadataResponse) = decode_response(f.body(), 9);
+    assert_eq!(md.topics.len(), 1);
+    assert_eq!(md.topics[0].error_code, 29);
+
+    // A topic that exists is answered as it is, Create or not; and without
+    // allow_auto_topic_creation an unknown topic stays unknown.
+    let mut req = metadata_request(Some(&["new-topic", "orders"]));
+    req.allow_auto_topic_creation = false;
+    send(&mut h.client, &request_frame(9, 2, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = metadata_response(&["orders"]);
+    let mut t = metadata_response::MetadataResponseTopic::default();
+    t.name = Some(topic("new-topic"));
+    t.error_code = 3;
+    resp.topics.push(t);
+    send(&mut h.broker, &response_frame(9, 2, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, md): (i32, MetadataResponse) = decode_response(f.body(), 9);
+    let got: Vec<(String, i16)> = md
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0), ("new-topic".into(), 3)]);
 }
 
 fn create_topics(names: &[&'static str]) -> CreateTopicsRequest {
