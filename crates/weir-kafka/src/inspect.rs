@@ -418,14 +418,29 @@ pub(crate) fn inspect(
                 })?);
             }
         }
-        ApiKey::JoinGroup
-        | ApiKey::SyncGroup
-        | ApiKey::Heartbeat
-        | ApiKey::LeaveGroup
-        | ApiKey::ConsumerGroupHeartbeat => {
+        ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Heartbeat | ApiKey::LeaveGroup => {
             let group = body_name(&mut r, f, "group_id")?;
             ins.whole
                 .push(check(ResourceType::Group, group, Operation::Read));
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            let group = body_name(&mut r, f, "group_id")?;
+            ins.whole
+                .push(check(ResourceType::Group, group, Operation::Read));
+            // Kafka 3.8+: Describe on every subscribed topic name, else
+            // the whole answer is TOPIC_AUTHORIZATION_FAILED.
+            r.string(f, "member_id")?;
+            r.i32("member_epoch")?;
+            r.string(f, "instance_id")?;
+            r.string(f, "rack_id")?;
+            r.i32("rebalance_timeout_ms")?;
+            if let Some(n) = r.array(f, "subscribed_topic_names")? {
+                for _ in 0..n {
+                    let name = body_name(&mut r, f, "subscribed topic name")?;
+                    ins.whole
+                        .push(check(ResourceType::Topic, name, Operation::Describe));
+                }
+            }
         }
         ApiKey::DescribeGroups | ApiKey::DeleteGroups => {
             let op = if api == ApiKey::DescribeGroups {

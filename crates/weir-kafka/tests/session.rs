@@ -1145,3 +1145,34 @@ async fn offset_fetch_of_every_partition_leaves_out_denied_topics() {
         ]
     );
 }
+
+/// Kafka 3.8+ (KIP-848): a ConsumerGroupHeartbeat needs Read on the group
+/// and Describe on every subscribed topic name; one undescribable topic
+/// makes the whole answer TOPIC_AUTHORIZATION_FAILED.
+#[tokio::test]
+async fn consumer_group_heartbeat_needs_describe_on_subscribed_topics() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let hb = |topics: &[&'static str]| {
+        let mut r = ConsumerGroupHeartbeatRequest::default();
+        r.group_id = group("g");
+        r.member_id = StrBytes::from_static_str("m-1");
+        r.rebalance_timeout_ms = 30_000;
+        r.subscribed_topic_names = Some(topics.iter().map(|t| topic(t)).collect());
+        r
+    };
+    // One denied topic: answered by the gateway, the broker sees nothing.
+    send(
+        &mut h.client,
+        &request_frame(0, 1, &hb(&["orders", "secret-x"])),
+    )
+    .await;
+    let f = next(&mut h.client_frames).await;
+    let (corr, r): (i32, ConsumerGroupHeartbeatResponse) = decode_response(f.body(), 0);
+    assert_eq!((corr, r.error_code), (1, 29));
+    // Only describable topics: forwarded with its fields intact.
+    send(&mut h.client, &request_frame(0, 2, &hb(&["orders"]))).await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, req): (RequestHeader, ConsumerGroupHeartbeatRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 2);
+    assert_eq!(req, hb(&["orders"]));
+}
