@@ -89,6 +89,8 @@ impl ResponseWork {
             | ApiKey::Fetch => true,
             ApiKey::Produce => self.version >= 10,
             ApiKey::OffsetFetch | ApiKey::ListGroups => self.enforce,
+            // v5+ returns the created topics' configs (DescribeConfigs).
+            ApiKey::CreateTopics => self.enforce && self.version >= 5,
             _ => false,
         }
     }
@@ -478,6 +480,23 @@ fn process_strict(
             true
         }),
         ApiKey::CreateTopics => transcode::<CreateTopicsResponse>(body, v, |r| {
+            let mut changed = !denied.is_empty();
+            if w.enforce && v >= 5 {
+                // As Kafka: the configs of a created topic the principal may
+                // not DescribeConfigs are withheld, with 29 in their place.
+                let authz = &mut *ctx.authz;
+                for t in &mut r.topics {
+                    if t.error_code == 0
+                        && !authz.allowed(ResourceType::Topic, &t.name, Operation::DescribeConfigs)
+                    {
+                        t.topic_config_error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                        t.num_partitions = -1;
+                        t.replication_factor = -1;
+                        t.configs = Some(Vec::new());
+                        changed = true;
+                    }
+                }
+            }
             for d in denied {
                 let mut t = create_topics_response::CreatableTopicResult::default();
                 t.name = TopicName(d.name.clone());
@@ -488,7 +507,7 @@ fn process_strict(
                 t.configs = None;
                 r.topics.push(t);
             }
-            true
+            changed
         }),
         ApiKey::DeleteTopics => transcode::<DeleteTopicsResponse>(body, v, |r| {
             for d in denied {

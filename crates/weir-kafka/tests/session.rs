@@ -1176,3 +1176,59 @@ async fn consumer_group_heartbeat_needs_describe_on_subscribed_topics() {
     assert_eq!(hdr.correlation_id, 2);
     assert_eq!(req, hb(&["orders"]));
 }
+
+/// CreateTopics v5+ answers with the created topics' configs; as Kafka, a
+/// topic the principal may not DescribeConfigs gets them withheld, with
+/// topic_config_error_code 29 (the topic is still created).
+#[tokio::test]
+async fn create_topics_withholds_configs_without_describe_configs() {
+    let mut h = harness(
+        deny(vec![(
+            ResourceType::Topic,
+            "hidden",
+            Operation::DescribeConfigs,
+        )]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(5, 1, &create_topics(&["shown", "hidden"])),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = CreateTopicsResponse::default();
+    for name in ["shown", "hidden"] {
+        let mut t = create_topics_response::CreatableTopicResult::default();
+        t.name = topic(name);
+        t.num_partitions = 1;
+        t.replication_factor = 1;
+        let mut c = create_topics_response::CreatableTopicConfigs::default();
+        c.name = StrBytes::from_static_str("retention.ms");
+        c.value = Some(StrBytes::from_static_str("604800000"));
+        t.configs = Some(vec![c]);
+        resp.topics.push(t);
+    }
+    send(&mut h.broker, &response_frame(5, 1, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, CreateTopicsResponse) = decode_response(f.body(), 5);
+    let got: Vec<(String, i16, i16, i32, usize)> = r
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                t.error_code,
+                t.topic_config_error_code,
+                t.num_partitions,
+                t.configs.as_ref().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("shown".into(), 0, 0, 1, 1),
+            ("hidden".into(), 0, 29, -1, 0),
+        ]
+    );
+}
