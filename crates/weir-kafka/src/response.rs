@@ -88,13 +88,49 @@ impl ResponseWork {
             | ApiKey::ApiVersions
             | ApiKey::Fetch => true,
             ApiKey::Produce => self.version >= 10,
-            ApiKey::OffsetFetch | ApiKey::ListGroups => self.enforce,
+            ApiKey::OffsetFetch | ApiKey::ListGroups | ApiKey::DescribeGroups => self.enforce,
             // v5+ returns the created topics' configs (DescribeConfigs).
             ApiKey::CreateTopics => self.enforce && self.version >= 5,
             _ => false,
         }
     }
 }
+
+/// Kafka's AclOperation code of `op`, the bit it sets in a response's
+/// `*_authorized_operations` field.
+fn acl_operation_code(op: Operation) -> Option<u32> {
+    Some(match op {
+        Operation::Read => 3,
+        Operation::Write => 4,
+        Operation::Create => 5,
+        Operation::Delete => 6,
+        Operation::Alter => 7,
+        Operation::Describe => 8,
+        Operation::DescribeConfigs => 10,
+        Operation::AlterConfigs => 11,
+        Operation::IdempotentWrite => 12,
+        Operation::All => return None,
+    })
+}
+
+/// The `*_authorized_operations` bit field a broker computes from its ACLs,
+/// computed from the gateway's policy instead: one bit per operation Kafka
+/// defines for the resource type that the principal is allowed.
+fn authorized_operations(authz: &mut SessionAuthz, resource: ResourceType, name: &str) -> i32 {
+    let mut bits = 0i32;
+    for op in Operation::ALL {
+        if let Some(code) = acl_operation_code(op) {
+            if resource.supports(op) && authz.allowed(resource, name, op) {
+                bits |= 1 << code;
+            }
+        }
+    }
+    bits
+}
+
+/// The broker's value of an `*_authorized_operations` field when the client
+/// did not ask for it.
+const NOT_REQUESTED: i32 = i32::MIN;
 
 /// What response processing uses from its session.
 pub(crate) struct ResponseCtx<'a> {
@@ -200,6 +236,26 @@ fn process_strict(
                     None => false,
                 });
             }
+            if w.enforce {
+                // Asked for (include_*_authorized_operations): answer what
+                // the gateway's policy allows, not the broker's ACLs.
+                let authz = &mut *ctx.authz;
+                for t in &mut r.topics {
+                    if let Some(n) = &t.name {
+                        if t.topic_authorized_operations != NOT_REQUESTED && t.error_code == 0 {
+                            t.topic_authorized_operations =
+                                authorized_operations(authz, ResourceType::Topic, n);
+                        }
+                    }
+                }
+                if r.cluster_authorized_operations != NOT_REQUESTED {
+                    r.cluster_authorized_operations = authorized_operations(
+                        authz,
+                        ResourceType::Cluster,
+                        crate::authz::CLUSTER_RESOURCE,
+                    );
+                }
+            }
             for d in denied {
                 let mut t = metadata_response::MetadataResponseTopic::default();
                 t.error_code = d.code;
@@ -248,6 +304,13 @@ fn process_strict(
             for b in &mut r.brokers {
                 ctx.registry.learn_broker(b.broker_id.0, &b.host, b.port);
                 rewrite(ctx.mapper, b.broker_id.0, &mut b.host, &mut b.port);
+            }
+            if w.enforce && r.cluster_authorized_operations != NOT_REQUESTED {
+                r.cluster_authorized_operations = authorized_operations(
+                    ctx.authz,
+                    ResourceType::Cluster,
+                    crate::authz::CLUSTER_RESOURCE,
+                );
             }
             true
         }),
@@ -461,6 +524,16 @@ fn process_strict(
             })
         }
         ApiKey::DescribeGroups => transcode::<DescribeGroupsResponse>(body, v, |r| {
+            let mut changed = !denied.is_empty();
+            if w.enforce {
+                for g in &mut r.groups {
+                    if g.authorized_operations != NOT_REQUESTED && g.error_code == 0 {
+                        g.authorized_operations =
+                            authorized_operations(ctx.authz, ResourceType::Group, &g.group_id);
+                        changed = true;
+                    }
+                }
+            }
             for d in denied {
                 let mut g = describe_groups_response::DescribedGroup::default();
                 g.error_code = d.code;
@@ -468,7 +541,7 @@ fn process_strict(
                 g.authorized_operations = i32::MIN;
                 r.groups.push(g);
             }
-            true
+            changed
         }),
         ApiKey::DeleteGroups => transcode::<DeleteGroupsResponse>(body, v, |r| {
             for d in denied {

@@ -1232,3 +1232,54 @@ async fn create_topics_withholds_configs_without_describe_configs() {
         ]
     );
 }
+
+/// include_*_authorized_operations: the bit fields are the gateway's
+/// policy (Kafka's AclOperation codes, the operations Kafka defines per
+/// resource type), not what the broker's own ACLs allow.
+#[tokio::test]
+async fn authorized_operations_come_from_the_policy() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Topic, "orders", Operation::Write),
+            (ResourceType::Group, "g", Operation::Delete),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let bits = |codes: &[u32]| codes.iter().fold(0i32, |b, c| b | 1 << c);
+    let mut req = metadata_request(Some(&["orders"]));
+    req.include_topic_authorized_operations = true;
+    req.include_cluster_authorized_operations = true;
+    send(&mut h.client, &request_frame(10, 1, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    // The broker has no ACLs: it says everything is allowed.
+    let mut resp = metadata_response(&["orders"]);
+    resp.topics[0].topic_authorized_operations = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+    resp.cluster_authorized_operations = bits(&[5, 7, 8, 9, 10, 11, 12]);
+    send(&mut h.broker, &response_frame(10, 1, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, md): (i32, MetadataResponse) = decode_response(f.body(), 10);
+    // Write (4) is denied; ClusterAction (9) is not something weir grants.
+    assert_eq!(
+        md.topics[0].topic_authorized_operations,
+        bits(&[3, 5, 6, 7, 8, 10, 11])
+    );
+    assert_eq!(
+        md.cluster_authorized_operations,
+        bits(&[5, 7, 8, 10, 11, 12])
+    );
+
+    let mut req = DescribeGroupsRequest::default();
+    req.groups = vec![group("g")];
+    req.include_authorized_operations = true;
+    send(&mut h.client, &request_frame(5, 2, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = DescribeGroupsResponse::default();
+    let mut g = describe_groups_response::DescribedGroup::default();
+    g.group_id = group("g");
+    g.authorized_operations = bits(&[3, 6, 8]);
+    resp.groups.push(g);
+    send(&mut h.broker, &response_frame(5, 2, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, DescribeGroupsResponse) = decode_response(f.body(), 5);
+    assert_eq!(r.groups[0].authorized_operations, bits(&[3, 8, 10, 11]));
+}
