@@ -138,6 +138,9 @@ pub(crate) struct Inspection {
     /// OffsetFetch v8+: the groups (names in the body) asked for every
     /// partition.
     pub all_partitions_groups: Vec<Range<usize>>,
+    /// OffsetFetch v0-v1: the topics (names in the body) and partitions
+    /// asked for; those versions answer a denied group per partition.
+    pub offset_fetch_topics: Vec<(Range<usize>, Vec<i32>)>,
 }
 
 impl Inspection {
@@ -368,7 +371,15 @@ pub(crate) fn inspect(
                 ins.whole
                     .push(check(ResourceType::Group, group, Operation::Describe));
                 // Null topics (v2+): every partition with an offset.
-                ins.all_partitions = v >= 2 && r.array(f, "topics")?.is_none();
+                let topics = r.array(f, "topics")?;
+                ins.all_partitions = v >= 2 && topics.is_none();
+                if v <= 1 {
+                    for _ in 0..topics.unwrap_or(0) {
+                        let name = r.required_string(f, "topic name")?;
+                        let partitions = r.i32_array(f, "partition_indexes")?;
+                        ins.offset_fetch_topics.push((name, partitions));
+                    }
+                }
             } else {
                 let mut all_groups = Vec::new();
                 ins.entries = Some(entries(&mut r, f, "groups", |r| {

@@ -427,6 +427,22 @@ fn process_strict(
             if let Some(code) = w.whole {
                 r.error_code = code;
                 r.topics.clear();
+                if v < 2 {
+                    // No top-level error field: each partition carries it.
+                    for d in denied {
+                        let mut t = offset_fetch_response::OffsetFetchResponseTopic::default();
+                        t.name = TopicName(d.name.clone());
+                        for &p in &d.partitions {
+                            let mut part =
+                                offset_fetch_response::OffsetFetchResponsePartition::default();
+                            part.partition_index = p;
+                            part.committed_offset = -1;
+                            part.error_code = d.code;
+                            t.partitions.push(part);
+                        }
+                        r.topics.push(t);
+                    }
+                }
                 return true;
             }
             let mut changed = false;

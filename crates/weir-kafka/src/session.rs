@@ -290,6 +290,17 @@ impl RequestSide<'_> {
             return Ok(match whole_code {
                 Some(code) => {
                     work.whole = Some(code);
+                    // OffsetFetch v0-v1 have no top-level error: the code
+                    // goes to every partition asked for, as Kafka answers.
+                    for (name, partitions) in &ins.offset_fetch_topics {
+                        work.denied.push(Denied {
+                            name: StrBytes::from_utf8(body.slice(name.clone())).unwrap_or_default(),
+                            id: [0; 16],
+                            partitions: partitions.clone(),
+                            code,
+                            kind: 0,
+                        });
+                    }
                     Plan::Answer(Box::new(work))
                 }
                 None => Plan::Forward(frame.into_wire(), Some(reply_for(work))),

@@ -1283,3 +1283,46 @@ async fn authorized_operations_come_from_the_policy() {
     let (_, r): (i32, DescribeGroupsResponse) = decode_response(f.body(), 5);
     assert_eq!(r.groups[0].authorized_operations, bits(&[3, 8, 10, 11]));
 }
+
+/// OffsetFetch v0-v1 have no top-level error code: a denied group is
+/// answered with GROUP_AUTHORIZATION_FAILED on every partition asked for
+/// (Kafka's OffsetFetchRequest.getErrorResponse); v2+ use the top-level
+/// field.
+#[tokio::test]
+async fn offset_fetch_v1_answers_a_denied_group_per_partition() {
+    let mut h = harness(
+        deny(vec![(ResourceType::Group, "g", Operation::Describe)]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = group("g");
+    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+    t.name = topic("orders");
+    t.partition_indexes = vec![0, 2];
+    req.topics = Some(vec![t]);
+    send(&mut h.client, &request_frame(1, 1, &req)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 1);
+    let got: Vec<(String, i32, i16, i64)> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    p.error_code,
+                    p.committed_offset,
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("orders".into(), 0, 30, -1), ("orders".into(), 2, 30, -1)]
+    );
+    send(&mut h.client, &request_frame(3, 2, &req)).await;
+    let f = next(&mut h.client_frames).await;
+    let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 3);
+    assert_eq!((r.error_code, r.topics.len()), (30, 0));
+}
