@@ -34,7 +34,7 @@ pub mod codes {
     pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
     /// UNKNOWN_TOPIC_ID
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
-    /// UNKNOWN_TOPIC_OR_PARTITION.
+    /// UNKNOWN_TOPIC_OR_PARTITION
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 }
 

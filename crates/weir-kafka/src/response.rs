@@ -128,8 +128,8 @@ fn authorized_operations(authz: &mut SessionAuthz, resource: ResourceType, name:
     bits
 }
 
-/// The broker's value of an `*_authorized_operations` field when the client
-/// did not ask for it.
+/// The value of an `*_authorized_operations` field when the client did not
+/// ask for it (and in answers to denied resources, as Kafka leaves it).
 const NOT_REQUESTED: i32 = i32::MIN;
 
 /// What response processing uses from its session.
@@ -226,7 +226,7 @@ fn process_strict(
                         .is_some_and(|n| w.uncreatable.contains(&n.0))
                 {
                     t.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
-                    t.topic_authorized_operations = i32::MIN;
+                    t.topic_authorized_operations = NOT_REQUESTED;
                 }
             }
             if w.enforce && w.all_topics {
@@ -261,7 +261,7 @@ fn process_strict(
                 t.error_code = d.code;
                 t.name = Some(TopicName(d.name.clone()));
                 t.topic_id = uuid(d.id);
-                t.topic_authorized_operations = i32::MIN;
+                t.topic_authorized_operations = NOT_REQUESTED;
                 r.topics.push(t);
             }
             true
@@ -457,15 +457,16 @@ fn process_strict(
                         authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
                     });
                     changed |= r.topics.len() != before;
-                }
-                for t in &mut r.topics {
-                    if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
-                        for p in &mut t.partitions {
-                            p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
-                            p.committed_offset = -1;
-                            p.metadata = None;
+                } else {
+                    for t in &mut r.topics {
+                        if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
+                            for p in &mut t.partitions {
+                                p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                                p.committed_offset = -1;
+                                p.metadata = None;
+                            }
+                            changed = true;
                         }
-                        changed = true;
                     }
                 }
                 for g in &mut r.groups {
@@ -475,6 +476,7 @@ fn process_strict(
                             authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
                         });
                         changed |= g.topics.len() != before;
+                        continue;
                     }
                     for t in &mut g.topics {
                         if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
@@ -554,7 +556,7 @@ fn process_strict(
                 let mut g = describe_groups_response::DescribedGroup::default();
                 g.error_code = d.code;
                 g.group_id = GroupId(d.name.clone());
-                g.authorized_operations = i32::MIN;
+                g.authorized_operations = NOT_REQUESTED;
                 r.groups.push(g);
             }
             changed

@@ -270,7 +270,7 @@ impl RequestSide<'_> {
             work.all_topics_groups = ins
                 .all_partitions_groups
                 .iter()
-                .map(|r| StrBytes::from_utf8(body.slice(r.clone())).unwrap_or_default())
+                .map(|r| body_str(&body, r.clone()))
                 .collect();
         }
         let no_response = api == ApiKey::Produce && ins.acks == 0;
@@ -294,7 +294,7 @@ impl RequestSide<'_> {
                     // goes to every partition asked for, as Kafka answers.
                     for (name, partitions) in &ins.offset_fetch_topics {
                         work.denied.push(Denied {
-                            name: StrBytes::from_utf8(body.slice(name.clone())).unwrap_or_default(),
+                            name: body_str(&body, name.clone()),
                             id: [0; 16],
                             partitions: partitions.clone(),
                             code,
@@ -356,7 +356,7 @@ impl RequestSide<'_> {
                 // (a cluster-level config resource: the broker id).
                 let answer_name = match (&e.check.name, config_api(api)) {
                     (NameRef::Cluster, true) => config_resource_name(&body, e, entries.flexible)
-                        .map(|r| StrBytes::from_utf8(body.slice(r)).unwrap_or_default())
+                        .map(|r| body_str(&body, r))
                         .unwrap_or_else(|| name.clone()),
                     _ => name.clone(),
                 };
@@ -436,7 +436,7 @@ impl RequestSide<'_> {
     /// if an id is unknown.
     async fn name_of(&self, body: &Bytes, name: &NameRef, refresh: bool) -> StrBytes {
         match name {
-            NameRef::Body(r) => StrBytes::from_utf8(body.slice(r.clone())).unwrap_or_default(),
+            NameRef::Body(r) => body_str(body, r.clone()),
             NameRef::Cluster => StrBytes::from_static_str(CLUSTER_RESOURCE),
             NameRef::TopicId(id) => {
                 let registry = self.proxy.registry();
@@ -473,6 +473,12 @@ impl RequestSide<'_> {
         }
         ok
     }
+}
+
+/// The string at `range` of a request body (names are UTF-8 on the wire;
+/// anything else reads as empty, as no resource has that name).
+fn body_str(body: &Bytes, range: std::ops::Range<usize>) -> StrBytes {
+    StrBytes::from_utf8(body.slice(range)).unwrap_or_default()
 }
 
 fn reply_for(work: ResponseWork) -> Reply {
