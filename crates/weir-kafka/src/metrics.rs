@@ -253,6 +253,11 @@ impl TopicMeter {
         self.cache.insert(Box::from(topic), c);
     }
 
+    /// The metrics this meter counts into.
+    pub(crate) fn metrics(&self) -> &KafkaMetrics {
+        &self.metrics
+    }
+
     /// Counts a request (handles cached per (API key, version)).
     pub(crate) fn request(&mut self, api_key: &'static str, api_version: i16) {
         let metrics = &self.metrics;

@@ -140,6 +140,23 @@ pub(crate) struct ResponseCtx<'a> {
     pub fetched: &'a mut TopicMeter,
 }
 
+impl ResponseCtx<'_> {
+    /// Whether `op` on `resource` `name` is allowed; a denial is counted in
+    /// `weir_kafka_authorization_denials_total` as one at request time is.
+    /// (Listings the gateway filters ask [`SessionAuthz::allowed`] directly:
+    /// leaving a topic out of a listing is not a denial, as Kafka does not
+    /// log one.)
+    fn allowed(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
+        let ok = self.authz.allowed(resource, name, op);
+        if !ok {
+            self.fetched
+                .metrics()
+                .denial(resource, name, &self.authz.principal_label, op);
+        }
+        ok
+    }
+}
+
 /// Decodes `body` (or starts from an empty response when `body` is
 /// `None`), lets `f` change it, and re-encodes it if `f` says it changed
 /// (always when synthesized).
@@ -259,7 +276,8 @@ fn process_strict(
             for d in denied {
                 let mut t = metadata_response::MetadataResponseTopic::default();
                 t.error_code = d.code;
-                t.name = Some(TopicName(d.name.clone()));
+                // By id (v12+), a topic answered without its name: null.
+                t.name = (!(d.name.is_empty() && v >= 12)).then(|| TopicName(d.name.clone()));
                 t.topic_id = uuid(d.id);
                 t.topic_authorized_operations = NOT_REQUESTED;
                 r.topics.push(t);
@@ -342,7 +360,8 @@ fn process_strict(
             changed || !denied.is_empty()
         }),
         ApiKey::Fetch => transcode::<FetchResponse>(body, v, |r| {
-            for t in &r.responses {
+            let mut blanked = false;
+            for t in &mut r.responses {
                 let name: Option<std::borrow::Cow<'_, str>> = if v <= 12 {
                     Some(std::borrow::Cow::Borrowed(&t.topic.0))
                 } else {
@@ -350,6 +369,24 @@ fn process_strict(
                         .topic_name(t.topic_id.as_bytes())
                         .map(|n| std::borrow::Cow::Owned(n.to_string()))
                 };
+                if w.enforce {
+                    // As Kafka: every partition a response carries is checked,
+                    // also those an incremental fetch session holds without
+                    // naming them, so a policy change cuts a running consumer
+                    // off at its next fetch.
+                    let code = match &name {
+                        Some(n) => (!ctx.allowed(ResourceType::Topic, n, Operation::Read))
+                            .then_some(codes::TOPIC_AUTHORIZATION_FAILED),
+                        None => Some(codes::UNKNOWN_TOPIC_ID),
+                    };
+                    if let Some(code) = code {
+                        for p in &mut t.partitions {
+                            *p = fetch_error_partition(p.partition_index, code);
+                        }
+                        blanked = true;
+                        continue;
+                    }
+                }
                 let mut count = crate::records::RecordCount::default();
                 for p in &t.partitions {
                     if let Some(recs) = &p.records {
@@ -361,23 +398,42 @@ fn process_strict(
                     None => ctx.fetched.add(&t.topic_id.to_string(), count),
                 }
             }
-            let mut changed = false;
+            let mut changed = blanked;
             for e in &mut r.node_endpoints {
                 ctx.registry.learn_broker(e.node_id.0, &e.host, e.port);
                 rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
                 changed = true;
             }
+            // A partition denied at request time that the broker answered
+            // anyway (its fetch session held it) has its error entry already.
+            let remaining: Vec<Denied>;
+            let denied = if blanked {
+                remaining = denied
+                    .iter()
+                    .map(|d| {
+                        let answered = r.responses.iter().find(|t| {
+                            if v <= 12 {
+                                t.topic.0 == d.name
+                            } else {
+                                *t.topic_id.as_bytes() == d.id
+                            }
+                        });
+                        let mut d = d.clone();
+                        if let Some(t) = answered {
+                            d.partitions
+                                .retain(|p| !t.partitions.iter().any(|a| a.partition_index == *p));
+                        }
+                        d
+                    })
+                    .filter(|d| !d.partitions.is_empty())
+                    .collect();
+                &remaining[..]
+            } else {
+                &denied[..]
+            };
             r.responses.extend(denied_partitions(
                 denied,
-                |p, code| {
-                    fetch_response::PartitionData::default()
-                        .with_partition_index(p)
-                        .with_error_code(code)
-                        .with_high_watermark(-1)
-                        .with_last_stable_offset(-1)
-                        .with_log_start_offset(-1)
-                        .with_records(Some(Bytes::new()))
-                },
+                fetch_error_partition,
                 |d, partitions| {
                     fetch_response::FetchableTopicResponse::default()
                         .with_topic(TopicName(d.name.clone()))
@@ -449,44 +505,45 @@ fn process_strict(
             if w.enforce {
                 // As Kafka answers: a topic asked for by name that may not be
                 // described gets an error; from "every partition" it is left
-                // out, so the answer does not tell that it exists.
-                let authz = &mut *ctx.authz;
+                // out, so the answer does not tell that it exists (and is
+                // not counted as a denial).
+                // (The v0-v7 and v8+ topic types differ, with the same fields.)
+                macro_rules! deny_named {
+                    ($topics:expr) => {{
+                        let mut changed = false;
+                        for t in $topics {
+                            if !ctx.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
+                                for p in &mut t.partitions {
+                                    p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
+                                    p.committed_offset = -1;
+                                    p.metadata = None;
+                                }
+                                changed = true;
+                            }
+                        }
+                        changed
+                    }};
+                }
                 if w.all_topics {
                     let before = r.topics.len();
+                    let authz = &mut *ctx.authz;
                     r.topics.retain(|t| {
                         authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
                     });
                     changed |= r.topics.len() != before;
                 } else {
-                    for t in &mut r.topics {
-                        if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
-                            for p in &mut t.partitions {
-                                p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
-                                p.committed_offset = -1;
-                                p.metadata = None;
-                            }
-                            changed = true;
-                        }
-                    }
+                    changed |= deny_named!(&mut r.topics);
                 }
                 for g in &mut r.groups {
                     if w.all_topics_groups.contains(&g.group_id.0) {
                         let before = g.topics.len();
+                        let authz = &mut *ctx.authz;
                         g.topics.retain(|t| {
                             authz.allowed(ResourceType::Topic, &t.name, Operation::Describe)
                         });
                         changed |= g.topics.len() != before;
-                        continue;
-                    }
-                    for t in &mut g.topics {
-                        if !authz.allowed(ResourceType::Topic, &t.name, Operation::Describe) {
-                            for p in &mut t.partitions {
-                                p.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
-                                p.committed_offset = -1;
-                                p.metadata = None;
-                            }
-                            changed = true;
-                        }
+                    } else {
+                        changed |= deny_named!(&mut g.topics);
                     }
                 }
             }
@@ -765,6 +822,17 @@ fn process_strict(
 /// responses share: one topic entry per denied element, holding one
 /// partition entry (built by `partition` from its index and the error code)
 /// per partition the request named.
+/// A Fetch partition answered with `code` and no data.
+fn fetch_error_partition(index: i32, code: i16) -> fetch_response::PartitionData {
+    fetch_response::PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_records(Some(Bytes::new()))
+}
+
 fn denied_partitions<T, P>(
     denied: &[Denied],
     partition: impl Fn(i32, i16) -> P,

@@ -358,6 +358,19 @@ impl RequestSide<'_> {
                     (NameRef::Cluster, true) => config_resource_name(&body, e, entries.flexible)
                         .map(|r| body_str(&body, r))
                         .unwrap_or_else(|| name.clone()),
+                    // Asked for by id, a topic the principal may not
+                    // Describe is answered without its name, as Kafka does
+                    // (the id does not reveal the name).
+                    (NameRef::TopicId(_), _)
+                        if code == codes::TOPIC_AUTHORIZATION_FAILED
+                            && !self.authz.allowed(
+                                ResourceType::Topic,
+                                &name,
+                                Operation::Describe,
+                            ) =>
+                    {
+                        StrBytes::default()
+                    }
                     _ => name.clone(),
                 };
                 work.denied.push(Denied {

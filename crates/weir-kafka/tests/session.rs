@@ -1049,7 +1049,8 @@ fn offset_fetch_v7_response(topics: &[&'static str]) -> OffsetFetchResponse {
 /// by name, they get TOPIC_AUTHORIZATION_FAILED.
 #[tokio::test]
 async fn offset_fetch_of_every_partition_leaves_out_denied_topics() {
-    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let (proxy, registry) = proxy_registered(Arc::new(TestAuthz { deny: vec![] }));
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
     // v7, null topics.
     let mut req = OffsetFetchRequest::default();
     req.group_id = group("g");
@@ -1142,6 +1143,15 @@ async fn offset_fetch_of_every_partition_leaves_out_denied_topics() {
         vec![
             ("all".into(), vec![("orders".into(), 0)]),
             ("named".into(), vec![("secret-b".into(), 29)]),
+        ]
+    );
+    // The topics asked for by name are counted denials; those left out of
+    // an every-partition answer are not (Kafka does not log them either).
+    assert_eq!(
+        metric_lines(&registry, "weir_kafka_authorization_denials_total"),
+        vec![
+            r#"weir_kafka_authorization_denials_total{topic="secret-a",resource_type="topic",resource="secret-a",principal="anonymous",operation="Describe"} 1"#,
+            r#"weir_kafka_authorization_denials_total{topic="secret-b",resource_type="topic",resource="secret-b",principal="anonymous",operation="Describe"} 1"#,
         ]
     );
 }
@@ -1325,4 +1335,238 @@ async fn offset_fetch_v1_answers_a_denied_group_per_partition() {
     let f = next(&mut h.client_frames).await;
     let (_, r): (i32, OffsetFetchResponse) = decode_response(f.body(), 3);
     assert_eq!((r.error_code, r.topics.len()), (30, 0));
+}
+
+/// Denies Read on `orders` once `deny` is set; a new epoch tells sessions
+/// to drop the answers they cached (a policy reload).
+struct Reloadable {
+    deny: std::sync::atomic::AtomicBool,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl Reloadable {
+    fn deny_orders(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.deny.store(true, SeqCst);
+        self.epoch.fetch_add(1, SeqCst);
+    }
+}
+
+impl weir_kafka::Authorizer for Reloadable {
+    fn authorize(
+        &self,
+        _: &weir_core::kafka::Principal,
+        _: ResourceType,
+        name: &str,
+        op: Operation,
+    ) -> weir_kafka::Decision {
+        if name == "orders"
+            && op == Operation::Read
+            && self.deny.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            weir_kafka::Decision::deny("reloaded")
+        } else {
+            weir_kafka::Decision::allow("test allow")
+        }
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn fetch_response_with(name: &'static str, partition: i32, recs: Bytes) -> FetchResponse {
+    let mut resp = FetchResponse::default();
+    resp.session_id = 5;
+    let mut t = fetch_response::FetchableTopicResponse::default();
+    t.topic = topic(name);
+    let mut p = fetch_response::PartitionData::default();
+    p.partition_index = partition;
+    p.high_watermark = 4;
+    p.records = Some(recs);
+    t.partitions.push(p);
+    resp.responses.push(t);
+    resp
+}
+
+/// As Kafka's handleFetchRequest, which authorizes every partition of the
+/// fetch session on each request: a partition the session holds without the
+/// request naming it is cut off once the policy denies it.
+#[tokio::test]
+async fn an_incremental_fetch_session_is_checked_again_after_a_policy_reload() {
+    let authz = Arc::new(Reloadable {
+        deny: false.into(),
+        epoch: 0.into(),
+    });
+    let (proxy, registry) = proxy_registered(authz.clone());
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+
+    // A full fetch opens the session (id 5 in the broker's answer).
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.session_id = 0;
+    req.session_epoch = 0;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = topic("orders");
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = 0;
+    t.partitions.push(p);
+    req.topics.push(t);
+    send(&mut h.client, &request_frame(11, 1, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let resp = fetch_response_with("orders", 0, records(4, 20));
+    send(&mut h.broker, &response_frame(11, 1, &resp)).await;
+    let (_, r): (i32, FetchResponse) = decode_response(next(&mut h.client_frames).await.body(), 11);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(
+        (p.error_code, p.records.as_ref().unwrap().len()),
+        (0, records(4, 20).len())
+    );
+
+    // The policy now denies Read on orders; the next incremental fetch
+    // names nothing, and the broker answers from the session it holds.
+    authz.deny_orders();
+    let mut inc = FetchRequest::default();
+    inc.replica_id = BrokerId(-1);
+    inc.session_id = 5;
+    inc.session_epoch = 1;
+    send(&mut h.client, &request_frame(11, 2, &inc)).await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, fwd): (RequestHeader, FetchRequest) = decode_request(f.body());
+    assert_eq!((fwd.session_id, fwd.session_epoch), (5, 1));
+    let resp = fetch_response_with("orders", 0, records(4, 20));
+    send(&mut h.broker, &response_frame(11, 2, &resp)).await;
+    let (_, r): (i32, FetchResponse) = decode_response(next(&mut h.client_frames).await.body(), 11);
+    assert_eq!(r.session_id, 5, "the session itself is the broker's");
+    let got: Vec<(String, i32, i16, i64, usize)> = r
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.topic.to_string(),
+                    p.partition_index,
+                    p.error_code,
+                    p.high_watermark,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0, 29, -1, 0)]);
+
+    // Naming the partition again (a new offset) is denied at request time;
+    // the broker's session still answers it: one error entry, not two.
+    let mut again = inc.clone();
+    again.session_epoch = 2;
+    again.topics = req.topics.clone();
+    send(&mut h.client, &request_frame(11, 3, &again)).await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, fwd): (RequestHeader, FetchRequest) = decode_request(f.body());
+    assert!(
+        fwd.topics.is_empty(),
+        "the denied partition is not forwarded"
+    );
+    let resp = fetch_response_with("orders", 0, records(4, 20));
+    send(&mut h.broker, &response_frame(11, 3, &resp)).await;
+    let (_, r): (i32, FetchResponse) = decode_response(next(&mut h.client_frames).await.body(), 11);
+    let got: Vec<(String, i32, i16)> = r
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.topic.to_string(), p.partition_index, p.error_code))
+        })
+        .collect();
+    assert_eq!(got, vec![("orders".into(), 0, 29)]);
+
+    // Only the records delivered before the reload are counted as fetched;
+    // each cut-off answer is a counted denial.
+    assert_eq!(
+        metric_lines(&registry, "weir_kafka_fetched_records_total"),
+        vec![r#"weir_kafka_fetched_records_total{topic="orders"} 4"#]
+    );
+    assert_eq!(
+        metric_lines(&registry, "weir_kafka_authorization_denials_total"),
+        vec![
+            r#"weir_kafka_authorization_denials_total{topic="orders",resource_type="topic",resource="orders",principal="anonymous",operation="Read"} 3"#
+        ]
+    );
+}
+
+/// As Kafka (KafkaApis' metadata and ControllerApis' deleteTopics): a topic
+/// asked for by id that the principal may not describe is answered with a
+/// null name, so the id does not reveal it.
+#[tokio::test]
+async fn a_topic_denied_by_id_is_answered_without_its_name() {
+    let proxy = deny(vec![]);
+    let id = [7u8; 16];
+    proxy.registry().learn_topic(id, "secret-payroll");
+    proxy.registry().learn_topic([8u8; 16], "orders");
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+
+    let mut req = MetadataRequest::default();
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.topic_id = uuid::Uuid::from_bytes(id);
+    t.name = None;
+    req.topics = Some(vec![t]);
+    send(&mut h.client, &request_frame(12, 1, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    send(
+        &mut h.broker,
+        &response_frame(12, 1, &metadata_response(&[])),
+    )
+    .await;
+    let (_, r): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 12);
+    let got: Vec<(Option<String>, [u8; 16], i16)> = r
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().map(|n| n.to_string()),
+                *t.topic_id.as_bytes(),
+                t.error_code,
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(None, id, 29)]);
+
+    // DeleteTopics v6 by id: Delete denied on a topic the principal may
+    // describe keeps the name; one it may not describe does not.
+    let mut h = harness(
+        {
+            let p = deny(vec![(ResourceType::Topic, "orders", Operation::Delete)]);
+            p.registry().learn_topic(id, "secret-payroll");
+            p.registry().learn_topic([8u8; 16], "orders");
+            p
+        },
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut req = DeleteTopicsRequest::default();
+    for tid in [id, [8u8; 16]] {
+        let mut t = delete_topics_request::DeleteTopicState::default();
+        t.name = None;
+        t.topic_id = uuid::Uuid::from_bytes(tid);
+        req.topics.push(t);
+    }
+    send(&mut h.client, &request_frame(6, 2, &req)).await;
+    let (_, r): (i32, DeleteTopicsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 6);
+    let mut got: Vec<(Option<String>, [u8; 16], i16)> = r
+        .responses
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().map(|n| n.to_string()),
+                *t.topic_id.as_bytes(),
+                t.error_code,
+            )
+        })
+        .collect();
+    got.sort_by_key(|g| g.1);
+    assert_eq!(
+        got,
+        vec![(None, id, 29), (Some("orders".into()), [8u8; 16], 29)]
+    );
 }

@@ -233,3 +233,37 @@ pub async fn ended(session: tokio::task::JoinHandle<Result<(), SessionError>>) -
         .expect("session task panicked")
         .expect_err("session ended without an error")
 }
+
+/// A proxy whose metrics are registered, for tests that read them.
+pub fn proxy_registered(
+    authz: Arc<dyn Authorizer>,
+) -> (
+    Arc<KafkaProxy>,
+    Arc<std::sync::Mutex<prometheus_client::registry::Registry>>,
+) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = KafkaMetrics::register(&mut registry);
+    let proxy = KafkaProxy::new(
+        KafkaProxyConfig::new(mapper(), vec![]),
+        Arc::new(TcpConnector::default()),
+        authz,
+        metrics,
+    );
+    (Arc::new(proxy), Arc::new(std::sync::Mutex::new(registry)))
+}
+
+/// The samples of `registry` whose line starts with `name`, sorted.
+pub fn metric_lines(
+    registry: &std::sync::Mutex<prometheus_client::registry::Registry>,
+    name: &str,
+) -> Vec<String> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry.lock().unwrap()).unwrap();
+    let mut lines: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
