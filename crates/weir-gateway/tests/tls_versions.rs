@@ -2,6 +2,7 @@
 //! TLS handshakes: a KafkaGateway asking for TLS 1.3 at least refuses a
 //! TLS 1.2-only client with a protocol-version alert and serves a TLS 1.3
 //! one; an Istio Gateway SIMPLE server capped at TLS 1.2 does the reverse.
+//! Both pick AES-128-GCM over the AES-256-GCM the client lists first.
 
 mod common;
 
@@ -16,13 +17,14 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use common::{free_port, wait_for_port, Dir, TestGateway};
 
 /// Whether a client speaking only `version` completes a handshake with
-/// `addr` for `sni`.
+/// `addr` for `sni`, and the suite it got. The client lists its suites in
+/// rustls' order (AES-256-GCM first, as OpenSSL's default).
 async fn handshake(
     addr: SocketAddr,
     sni: &'static str,
     roots: &RootCertStore,
     version: &'static SupportedProtocolVersion,
-) -> Result<(), String> {
+) -> Result<rustls::CipherSuite, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[version])
@@ -35,7 +37,12 @@ async fn handshake(
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(sni).unwrap(), tcp);
     match tokio::time::timeout(Duration::from_secs(10), tls).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(tls)) => Ok(tls
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .expect("a completed handshake has a suite")
+            .suite()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("handshake timed out".to_owned()),
     }
@@ -137,9 +144,10 @@ spec:
         "KafkaGateway with minProtocolVersion TLSV1_3, a TLS 1.2 client",
     )
     .await;
-    handshake(kafka, sni, &roots, &TLS13)
+    let suite = handshake(kafka, sni, &roots, &TLS13)
         .await
         .expect("KafkaGateway serves TLS 1.3");
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 
     // The Gateway's listener starts with the KafkaGateway's, not before it.
     wait_for_port(gateway_port).await;
@@ -153,9 +161,13 @@ spec:
         "Gateway server with maxProtocolVersion TLSV1_2, a TLS 1.3 client",
     )
     .await;
-    handshake(edge, sni, &roots, &TLS12)
+    let suite = handshake(edge, sni, &roots, &TLS12)
         .await
         .expect("the Gateway server serves TLS 1.2");
+    assert_eq!(
+        suite,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
     drop(backend);
 
     gateway.stop().await;
