@@ -375,7 +375,7 @@ pub async fn run_with(
     let upstreams = Arc::new(Upstreams::new(
         identity.clone(),
         id.clone(),
-        options.common.connect_timeout,
+        options.common.pool_config(),
     ));
 
     let ctx = Arc::new(Ctx {

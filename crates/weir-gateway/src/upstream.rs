@@ -172,19 +172,12 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    /// Upstream connections with identity `source` (the gateway's).
-    pub fn new(
-        identity: Arc<IdentityManager>,
-        source: SpiffeId,
-        connect_timeout: Duration,
-    ) -> Self {
-        let pool = Pool::new(
-            PoolConfig {
-                connect_timeout,
-                ..PoolConfig::default()
-            },
-            Arc::new(GatewayConnector { identity }),
-        );
+    /// Upstream connections with identity `source` (the gateway's); HBONE
+    /// upstreams pooled with `pool` (whose connect timeout bounds plain TCP
+    /// and DNS too).
+    pub fn new(identity: Arc<IdentityManager>, source: SpiffeId, pool: PoolConfig) -> Self {
+        let connect_timeout = pool.connect_timeout;
+        let pool = Pool::new(pool, Arc::new(GatewayConnector { identity }));
         Self {
             pool,
             source,

@@ -1,6 +1,6 @@
 //! What a node proxy and a gateway are configured with alike: where config
-//! and the mesh CA come from, the admin endpoints, and the timings of
-//! reload, drain and connect. `NodeOptions` and the gateway's options each
+//! and the mesh CA come from, the admin endpoints, the timings of reload,
+//! drain and connect, and the HBONE connection pool. `NodeOptions` and the gateway's options each
 //! hold one and add their own.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 
 use serde::Serialize;
 use weir_core::MeshSettings;
+use weir_hbone::PoolConfig;
 use weir_identity::{CertificateAuthority, IdentityManager, TlsMetrics};
 
 /// Options shared by `weir node` and `weir gateway` (dumped, flattened, by
@@ -40,6 +41,13 @@ pub struct ProxyOptions {
     /// passthrough destination, an upstream; DNS included).
     #[serde(serialize_with = "serialize_secs")]
     pub connect_timeout: Duration,
+    /// HBONE: at most this many tunnels share one HTTP/2 connection to a
+    /// destination; the next one opens another connection.
+    pub hbone_max_streams: usize,
+    /// HBONE: busy tunnels to one destination are spread over up to this
+    /// many connections before they share one (1: share one connection up
+    /// to `hbone_max_streams`, as ztunnel does).
+    pub hbone_parallel_connections: usize,
 }
 
 impl ProxyOptions {
@@ -59,6 +67,18 @@ impl ProxyOptions {
             reload_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            hbone_max_streams: PoolConfig::default().max_streams_per_connection,
+            hbone_parallel_connections: PoolConfig::default().parallel_connections,
+        }
+    }
+
+    /// The HBONE connection pool settings these options set.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            max_streams_per_connection: self.hbone_max_streams.max(1),
+            parallel_connections: self.hbone_parallel_connections.max(1),
+            connect_timeout: self.connect_timeout,
+            ..PoolConfig::default()
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 use weir_core::config::Workload;
 use weir_core::{Config, SpiffeId};
-use weir_hbone::{BoxFuture, Connector, Pool, PoolConfig, Shutdown, ShutdownSignal};
+use weir_hbone::{BoxFuture, Connector, Pool, Shutdown, ShutdownSignal};
 use weir_identity::{Direction, FailureReason, IdentityManager};
 
 use crate::capture::{pod_netns, CaptureRules, Netns, NetnsWorker, PROXY_MARK};
@@ -222,7 +222,7 @@ impl WorkloadProxy {
         };
 
         let pool = Pool::new(
-            PoolConfig::default(),
+            ctx.options.common.pool_config(),
             Arc::new(NetnsConnector {
                 worker: worker.clone(),
                 identity: ctx.identity.clone(),
@@ -401,7 +401,7 @@ mod tests {
             workload,
             worker: worker.clone(),
             pool: Pool::new(
-                PoolConfig::default(),
+                weir_hbone::PoolConfig::default(),
                 Arc::new(NetnsConnector { worker, identity }),
             ),
             original_source: false,

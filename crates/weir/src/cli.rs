@@ -214,6 +214,16 @@ pub struct ProxyArgs {
     /// Worker threads of the async runtime (default: one per core).
     #[arg(long, env = "WEIR_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// HBONE: at most this many tunnels share one HTTP/2 connection to a
+    /// destination; the next one opens another connection (as ztunnel).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    pub hbone_max_streams: u32,
+    /// HBONE: busy tunnels to one destination are spread over up to this
+    /// many connections (TLS sessions, each driven on one core) before they
+    /// share one [default: the number of cores, at most 4]. 1 shares one
+    /// connection up to --hbone-max-streams, as ztunnel does.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
+    pub hbone_parallel_connections: Option<u32>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -234,6 +244,11 @@ impl ProxyArgs {
             reload_interval: self.reload_interval,
             drain_timeout: self.drain_timeout,
             connect_timeout: self.connect_timeout,
+            hbone_max_streams: self.hbone_max_streams as usize,
+            hbone_parallel_connections: self.hbone_parallel_connections.map_or_else(
+                || weir_hbone::PoolConfig::default().parallel_connections,
+                |n| n as usize,
+            ),
         }
     }
 }
@@ -741,6 +756,48 @@ mod tests {
             argv.extend_from_slice(&["--control", "198.18.0.1", "--control-token-file", "t"]);
             let e = super::Cli::try_parse_from(&argv).unwrap_err().to_string();
             assert!(e.contains("--control") && e.contains("has no port"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hbone_pool_flags_reach_the_pool() {
+        use clap::Parser;
+        let node = |extra: &[&str]| -> Result<weir_hbone::PoolConfig, String> {
+            let mut argv = vec!["weir", "node", "--node", "node-a", "--config", "cfg"];
+            argv.extend_from_slice(extra);
+            match super::Cli::try_parse_from(&argv)
+                .map_err(|e| e.to_string())?
+                .command
+            {
+                super::Command::Node(n) => Ok(n
+                    .proxy
+                    .options(weir_core::MeshSettings::default())
+                    .pool_config()),
+                _ => unreachable!(),
+            }
+        };
+        let d = node(&[]).unwrap();
+        let default = weir_hbone::PoolConfig::default();
+        assert_eq!(d.max_streams_per_connection, 100);
+        assert_eq!(d.parallel_connections, default.parallel_connections);
+        assert_eq!(d.connect_timeout, Duration::from_secs(10));
+        let c = node(&[
+            "--hbone-max-streams=5",
+            "--hbone-parallel-connections=1",
+            "--connect-timeout=3s",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_streams_per_connection,
+                c.parallel_connections,
+                c.connect_timeout
+            ),
+            (5, 1, Duration::from_secs(3))
+        );
+        for bad in ["--hbone-max-streams=0", "--hbone-parallel-connections=0"] {
+            let e = node(&[bad]).unwrap_err();
+            assert!(e.contains("not in 1.."), "{bad}: {e}");
         }
     }
 
