@@ -249,6 +249,12 @@ impl RequestSide<'_> {
             ));
         }
 
+        let frame = if api == ApiKey::Fetch {
+            clamp_fetch_max_bytes(frame, v, start, self.proxy.config().max_frame_size / 2)
+        } else {
+            frame
+        };
+
         let mut work = ResponseWork::new(api, v);
         work.enforce = enforcing;
         if !enforcing && api != ApiKey::Produce {
@@ -486,6 +492,37 @@ impl RequestSide<'_> {
         }
         ok
     }
+}
+
+/// A Fetch request whose `max_bytes` is above `cap` gets `cap` instead, as
+/// a broker caps it at its `fetch.max.bytes`: the response must fit in the
+/// gateway's frame limit, which also bounds responses, and a response over
+/// it would close the connection on every retry. Half the limit leaves room
+/// for the one record batch a broker returns past `max_bytes` (KIP-74) and
+/// the per-partition fields; the default 100 MiB limit leaves clients'
+/// default 50 MiB untouched. (`max_bytes` exists from v3, after
+/// `replica_id` up to v14, `max_wait_ms` and `min_bytes`.)
+fn clamp_fetch_max_bytes(frame: Frame, version: i16, start: usize, cap: usize) -> Frame {
+    if version < 3 {
+        return frame;
+    }
+    let at = start + if version <= 14 { 12 } else { 8 };
+    let Some(field) = frame.body().get(at..at + 4) else {
+        return frame;
+    };
+    let max_bytes = i32::from_be_bytes(field.try_into().expect("four bytes"));
+    let cap = i32::try_from(cap).unwrap_or(i32::MAX).max(1);
+    if max_bytes <= cap {
+        return frame;
+    }
+    tracing::debug!(
+        max_bytes,
+        cap,
+        "Fetch max_bytes capped to half the frame limit"
+    );
+    let mut wire = BytesMut::from(&frame.wire()[..]);
+    wire[4 + at..4 + at + 4].copy_from_slice(&cap.to_be_bytes());
+    Frame::from_wire(wire.freeze())
 }
 
 /// The string at `range` of a request body (names are UTF-8 on the wire;

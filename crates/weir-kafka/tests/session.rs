@@ -1570,3 +1570,56 @@ async fn a_topic_denied_by_id_is_answered_without_its_name() {
         vec![(None, id, 29), (Some("orders".into()), [8u8; 16], 29)]
     );
 }
+
+/// The gateway's frame limit bounds responses too, so a Fetch asking for
+/// more than half of it is capped (as a broker's fetch.max.bytes caps it);
+/// one asking for less is forwarded byte for byte. With and without a
+/// policy, in a version with replica_id (v11) and one without (v15).
+#[tokio::test]
+async fn fetch_max_bytes_is_capped_to_fit_the_frame_limit() {
+    for authz in [
+        Arc::new(AllowAll) as Arc<dyn weir_kafka::Authorizer>,
+        Arc::new(TestAuthz { deny: vec![] }),
+    ] {
+        let (proxy, _) = proxy_with_max_frame(authz, 1 << 20);
+        proxy.registry().learn_topic([3; 16], "orders");
+        let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+        for (corr, (version, asked, forwarded)) in [
+            (11, 52_428_800, 524_288),
+            (15, 52_428_800, 524_288),
+            (11, 100_000, 100_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut req = FetchRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.max_wait_ms = 500;
+            req.min_bytes = 1;
+            req.max_bytes = asked;
+            req.session_epoch = -1;
+            let mut t = fetch_request::FetchTopic::default();
+            t.topic = topic("orders");
+            t.topic_id = uuid::Uuid::from_bytes([3; 16]);
+            let mut p = fetch_request::FetchPartition::default();
+            p.partition_max_bytes = 1 << 20;
+            t.partitions.push(p);
+            req.topics.push(t);
+            let sent = request_frame(version, corr as i32, &req);
+            send(&mut h.client, &sent).await;
+            let f = next(&mut h.broker_frames).await;
+            let (_, fwd): (RequestHeader, FetchRequest) = decode_request(f.body());
+            assert_eq!(fwd.max_bytes, forwarded, "v{version} asking {asked}");
+            assert_eq!(
+                (fwd.max_wait_ms, fwd.min_bytes, fwd.topics.len()),
+                (500, 1, 1)
+            );
+            if asked == forwarded {
+                assert_eq!(f.wire(), &sent, "unchanged requests pass as they came");
+            }
+            let resp = fetch_response_with("orders", 0, records(1, 10));
+            send(&mut h.broker, &response_frame(version, corr as i32, &resp)).await;
+            let _ = next(&mut h.client_frames).await;
+        }
+    }
+}
