@@ -36,6 +36,8 @@ pub mod codes {
     pub const UNKNOWN_TOPIC_ID: i16 = 100;
     /// UNKNOWN_TOPIC_OR_PARTITION
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    /// LEADER_NOT_AVAILABLE
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
 }
 
 /// The error code a broker answers when `resource` is not authorized.

@@ -56,6 +56,9 @@ pub(crate) struct ResponseWork {
     /// Metadata: topics the client asked to auto-create without Create
     /// permission (auto-creation was switched off for the request).
     pub uncreatable: Vec<StrBytes>,
+    /// Metadata: topics the gateway asked the broker to create just before
+    /// (auto-creation was switched off for the client's request).
+    pub creating: Vec<StrBytes>,
     /// Metadata v0: denied topics were forwarded; drop them from the
     /// response before adding their error entries.
     pub drop_denied: bool,
@@ -72,6 +75,7 @@ impl ResponseWork {
             all_topics: false,
             all_topics_groups: Vec::new(),
             uncreatable: Vec::new(),
+            creating: Vec::new(),
             drop_denied: false,
         }
     }
@@ -236,14 +240,19 @@ fn process_strict(
             // A topic that does not exist and may not be created is, as
             // Kafka answers it, TOPIC_AUTHORIZATION_FAILED rather than the
             // UNKNOWN_TOPIC_OR_PARTITION of a broker told not to create it.
+            // One the gateway had created just before (the broker may not
+            // show it yet) is LEADER_NOT_AVAILABLE, as a broker answers a
+            // topic it has just auto-created: the client retries.
             for t in &mut r.topics {
-                if t.error_code == codes::UNKNOWN_TOPIC_OR_PARTITION
-                    && t.name
-                        .as_ref()
-                        .is_some_and(|n| w.uncreatable.contains(&n.0))
-                {
+                if t.error_code != codes::UNKNOWN_TOPIC_OR_PARTITION {
+                    continue;
+                }
+                let Some(n) = &t.name else { continue };
+                if w.uncreatable.contains(&n.0) {
                     t.error_code = codes::TOPIC_AUTHORIZATION_FAILED;
                     t.topic_authorized_operations = NOT_REQUESTED;
+                } else if w.creating.contains(&n.0) {
+                    t.error_code = codes::LEADER_NOT_AVAILABLE;
                 }
             }
             if w.enforce && w.all_topics {

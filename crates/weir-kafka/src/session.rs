@@ -47,6 +47,8 @@ enum Reply {
     Upstream(Option<Box<ResponseWork>>),
     /// The gateway answers alone.
     Gateway(Box<ResponseWork>),
+    /// Read the broker's response to a request the gateway added, and drop it.
+    Discard,
 }
 
 struct InFlight {
@@ -65,6 +67,9 @@ enum Plan {
     Answer(Box<ResponseWork>),
     /// acks=0 produce with denied topics: forward the rest, then close.
     ForwardThenClose(Option<Bytes>, String),
+    /// Forward a request of the gateway's own first (its response dropped),
+    /// then the client's.
+    Prelude(Bytes, Bytes, Reply),
 }
 
 /// Runs a session between `client` and `upstream` until either closes.
@@ -187,6 +192,14 @@ impl RequestSide<'_> {
             Plan::ForwardThenClose(bytes, topic) => {
                 out.extend(bytes);
                 return Ok(Some(SessionError::DeniedWithoutResponse { topic }));
+            }
+            Plan::Prelude(first, bytes, reply) => {
+                out.push(first);
+                if tx.send(entry(Reply::Discard)).await.is_err() {
+                    return Err(SessionError::UpstreamClosed { pending: 0 });
+                }
+                out.push(bytes);
+                Some(entry(reply))
             }
         };
         if let Some(e) = queued {
@@ -331,6 +344,8 @@ impl RequestSide<'_> {
         // Per-element checks.
         let mut keep = vec![true; entries.items.len()];
         let mut patch_auto_create = None;
+        // Metadata auto-creation: the topics the principal may create.
+        let mut creatable = vec![false; entries.items.len()];
         for (i, e) in entries.items.iter().enumerate() {
             let name = self.name_of(&body, &e.check.name, enforcing).await;
             let code = if let Some(code) = whole_code {
@@ -352,6 +367,9 @@ impl RequestSide<'_> {
                     ) {
                         patch_auto_create = Some(at);
                         work.uncreatable.push(name.clone());
+                    } else {
+                        creatable[i] = true;
+                        work.creating.push(name.clone());
                     }
                 }
                 None
@@ -414,16 +432,33 @@ impl RequestSide<'_> {
             }
         }
         let kept = keep.iter().filter(|k| **k).count();
+        // Auto-creation switched off for topics the principal may not
+        // create: the ones it may create are created by a Metadata request
+        // of the gateway's own, forwarded first with only them (and its
+        // answer dropped), as a broker would create them from the client's.
+        let creation = match patch_auto_create {
+            Some(_) if creatable.contains(&true) => {
+                Some(filter_request(&body, entries, &creatable, None))
+            }
+            _ => {
+                work.creating.clear();
+                None
+            }
+        };
+        let forward = |bytes, work| match creation {
+            Some(first) => Plan::Prelude(first, bytes, reply_for(work)),
+            None => Plan::Forward(bytes, Some(reply_for(work))),
+        };
 
         if kept == entries.items.len() {
             let bytes = match patch_auto_create {
                 Some(at) => patch_false(&body, at),
                 None => frame.into_wire(),
             };
-            return Ok(Plan::Forward(
-                bytes,
-                (!no_response).then(|| reply_for(work)),
-            ));
+            if no_response {
+                return Ok(Plan::Forward(bytes, None));
+            }
+            return Ok(forward(bytes, work));
         }
         if no_response {
             let topic = work
@@ -447,7 +482,7 @@ impl RequestSide<'_> {
             return Ok(Plan::Forward(frame.into_wire(), Some(reply_for(work))));
         }
         let bytes = filter_request(&body, entries, &keep, patch_auto_create);
-        Ok(Plan::Forward(bytes, Some(reply_for(work))))
+        Ok(forward(bytes, work))
     }
 
     /// A name as a string: from the body, the registry (topic ids; with
@@ -639,6 +674,21 @@ impl ResponseSide<'_> {
         pending: usize,
     ) -> Result<Bytes, SessionError> {
         let bytes = match e.reply {
+            Reply::Discard => {
+                let frame = frames
+                    .next()
+                    .await?
+                    .ok_or(SessionError::UpstreamClosed { pending })?;
+                let (corr, _) = parse_response_header(frame.body(), e.header_version)
+                    .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
+                if corr != e.correlation_id {
+                    return Err(SessionError::CorrelationMismatch {
+                        expected: e.correlation_id,
+                        got: corr,
+                    });
+                }
+                return Ok(Bytes::new());
+            }
             Reply::Gateway(work) => {
                 let body = self.process(&work, None)?.unwrap_or_default();
                 response_frame(e.correlation_id, e.header_version, &body)

@@ -23,7 +23,7 @@ use kafka_protocol::messages::*;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weir_core::kafka::Principal;
+use weir_core::kafka::{Operation, Principal, ResourceType};
 use weir_kafka::frame::FrameReader;
 use weir_kafka::{
     AllowAll, Authorizer, BrokerAddr, HostMapper, KafkaMetrics, KafkaProxy, KafkaProxyConfig, Side,
@@ -498,6 +498,80 @@ async fn allowed_and_denied_topics_with_real_clients() {
     assert_eq!(
         gw.metric("weir_kafka_produced_records_total", &[r#"topic="orders""#]),
         100.0
+    );
+}
+
+/// Metadata naming a topic the client may create and one it may not
+/// (auto-creation asked for): librdkafka's mock cluster creates the first
+/// and not the second, as a Kafka broker with ACLs would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_auto_creation_against_a_real_cluster() {
+    let (_cluster, brokers) = mock_cluster(1, &["orders:1"]);
+    let gw = Gateway::start(
+        1,
+        brokers,
+        Arc::new(TestAuthz {
+            deny: vec![
+                (ResourceType::Topic, "no-create", Operation::Create),
+                (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+            ],
+        }),
+    )
+    .await;
+    let s = TcpStream::connect((BOOTSTRAP_IP, gw.port)).await.unwrap();
+    let (r, mut w) = s.into_split();
+    let mut frames = FrameReader::new(r, Side::Upstream, 1 << 20);
+    let metadata = |names: &[&'static str], create: bool| {
+        let mut req = MetadataRequest::default();
+        req.allow_auto_topic_creation = create;
+        req.topics = Some(
+            names
+                .iter()
+                .map(|n| {
+                    let mut t = metadata_request::MetadataRequestTopic::default();
+                    t.name = Some(topic(n));
+                    t
+                })
+                .collect(),
+        );
+        req
+    };
+    let codes = |resp: &MetadataResponse| -> Vec<(String, i16)> {
+        resp.topics
+            .iter()
+            .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+            .collect()
+    };
+    w.write_all(&request_frame(
+        9,
+        1,
+        &metadata(&["may-create", "no-create"], true),
+    ))
+    .await
+    .unwrap();
+    let (corr, resp): (i32, MetadataResponse) =
+        decode_response(common::next(&mut frames).await.body(), 9);
+    assert_eq!(corr, 1);
+    let got = codes(&resp);
+    assert!(
+        got == [("may-create".into(), 0), ("no-create".into(), 29)]
+            || got == [("may-create".into(), 5), ("no-create".into(), 29)],
+        "{got:?}"
+    );
+    // Asked again without auto-creation: one exists now, the other does not.
+    w.write_all(&request_frame(
+        9,
+        2,
+        &metadata(&["may-create", "no-create"], false),
+    ))
+    .await
+    .unwrap();
+    let (corr, resp): (i32, MetadataResponse) =
+        decode_response(common::next(&mut frames).await.body(), 9);
+    assert_eq!(corr, 2);
+    assert_eq!(
+        codes(&resp),
+        [("may-create".into(), 0), ("no-create".into(), 3)]
     );
 }
 

@@ -1623,3 +1623,88 @@ async fn fetch_max_bytes_is_capped_to_fit_the_frame_limit() {
         }
     }
 }
+
+/// A v4+ Metadata request naming a topic the client may create and one it
+/// may not: as Kafka, the first is created and the second is not. The
+/// gateway forwards a Metadata request of its own for the creatable topic
+/// with auto-creation on (its answer is not passed on), then the client's
+/// with auto-creation off.
+#[tokio::test]
+async fn mixed_auto_creation_creates_only_what_may_be_created() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Topic, "no-create", Operation::Create),
+            (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(9, 7, &metadata_request(Some(&["may-create", "no-create"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, first): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 7);
+    assert!(first.allow_auto_topic_creation);
+    let names = |r: &MetadataRequest| -> Vec<String> {
+        r.topics
+            .iter()
+            .flatten()
+            .map(|t| t.name.as_ref().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&first), ["may-create"]);
+    let f = next(&mut h.broker_frames).await;
+    let (_, second): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert!(!second.allow_auto_topic_creation);
+    assert_eq!(names(&second), ["may-create", "no-create"]);
+
+    // The broker answers its creation request (dropped), then the client's
+    // before it shows the new topic.
+    let mut created = metadata_response(&[]);
+    let mut t = metadata_response::MetadataResponseTopic::default();
+    t.name = Some(topic("may-create"));
+    t.error_code = 5;
+    created.topics.push(t);
+    send(&mut h.broker, &response_frame(9, 7, &created)).await;
+    let mut resp = metadata_response(&[]);
+    for name in ["may-create", "no-create"] {
+        let mut t = metadata_response::MetadataResponseTopic::default();
+        t.name = Some(topic(name));
+        t.error_code = 3;
+        resp.topics.push(t);
+    }
+    send(&mut h.broker, &response_frame(9, 7, &resp)).await;
+    let f = next(&mut h.client_frames).await;
+    let (corr, md): (i32, MetadataResponse) = decode_response(f.body(), 9);
+    assert_eq!(corr, 7);
+    let got: Vec<(String, i16)> = md
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect();
+    // LEADER_NOT_AVAILABLE (being created: retry) and 29.
+    assert_eq!(
+        got,
+        vec![("may-create".into(), 5), ("no-create".into(), 29)]
+    );
+
+    // One answer per client request: the next one is answered next.
+    send(
+        &mut h.client,
+        &request_frame(9, 8, &metadata_request(Some(&["may-create"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (_, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert!(req.allow_auto_topic_creation, "nothing to switch off");
+    send(
+        &mut h.broker,
+        &response_frame(9, 8, &metadata_response(&["may-create"])),
+    )
+    .await;
+    let (corr, md): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 9);
+    assert_eq!((corr, md.topics[0].error_code), (8, 0));
+}
