@@ -14,6 +14,11 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 104_857_600;
 /// How much the read buffer grows by when it needs room (large reads keep
 /// the produce path at few syscalls per megabyte).
 const READ_CHUNK: usize = 256 * 1024;
+/// Room reserved at once for the rest of a frame; a larger frame's buffer
+/// grows (doubling) as its bytes arrive, so a size prefix alone cannot make
+/// the gateway reserve up to the frame limit. 1 MiB covers the usual
+/// produce request (librdkafka's and Java's 1 MB batches) in one go.
+const UPFRONT: usize = 1 << 20;
 
 /// One complete frame, size prefix included.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +111,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Some(size) => 4 + size - self.buf.len(),
                 None => 4 - self.buf.len(),
             };
-            self.buf.reserve(needed.max(READ_CHUNK));
+            let room = needed.min(self.buf.len().max(UPFRONT));
+            self.buf.reserve(room.max(READ_CHUNK));
             let n = match self.io.read_buf(&mut self.buf).await {
                 Ok(n) => n,
                 // Inside a frame (only a partial one is ever left in the
@@ -251,6 +257,38 @@ mod tests {
         );
         // Exactly at the limit is fine.
         assert_eq!(read_all(framed(&[0; 100]), 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn memory_follows_the_bytes_that_arrive_not_the_declared_size() {
+        // A 50 MiB frame declared, 10 bytes of it sent, then nothing.
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(rx, Side::Client, 100 << 20);
+        let mut prefix = (50u32 << 20).to_be_bytes().to_vec();
+        prefix.extend([0u8; 10]);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &prefix)
+            .await
+            .unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(200), r.next()).await;
+        assert!(pending.is_err(), "the frame is not complete");
+        assert!(
+            r.buf.capacity() <= 2 * UPFRONT,
+            "{} bytes reserved for 14 received",
+            r.buf.capacity()
+        );
+        // The whole frame still arrives intact.
+        let body: Vec<u8> = (0..(50u32 << 20) - 10).map(|i| i as u8).collect();
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &body)
+                .await
+                .unwrap();
+            tx
+        });
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!(f.body().len(), 50 << 20);
+        assert_eq!(&f.body()[..10], &[0u8; 10]);
+        assert_eq!(f.body()[10 + 300], 300u32 as u8);
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]
