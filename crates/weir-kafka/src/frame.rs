@@ -182,6 +182,8 @@ pub(crate) async fn write_chunks<W: AsyncWrite + Unpin>(
     w: &mut W,
     chunks: &mut Vec<Bytes>,
 ) -> std::io::Result<()> {
+    // An empty chunk (a dropped answer) would make a lone write return 0.
+    chunks.retain(|c| !c.is_empty());
     let mut first = 0;
     while first < chunks.len() {
         let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
@@ -289,6 +291,18 @@ mod tests {
         assert_eq!(&f.body()[..10], &[0u8; 10]);
         assert_eq!(f.body()[10 + 300], 300u32 as u8);
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn empty_chunks_are_skipped_not_written() {
+        let mut out = Vec::new();
+        write_chunks(&mut out, &mut vec![Bytes::new()])
+            .await
+            .unwrap();
+        let mut chunks = vec![Bytes::new(), Bytes::from_static(b"ab"), Bytes::new()];
+        write_chunks(&mut out, &mut chunks).await.unwrap();
+        assert_eq!(out, b"ab");
+        assert!(chunks.is_empty());
     }
 
     #[tokio::test]
