@@ -70,9 +70,11 @@ pub enum SessionError {
     /// The SNI matches neither the bootstrap host nor the broker host template.
     #[error("SNI {sni:?} is neither the bootstrap host nor a broker host of this Kafka gateway")]
     UnknownHost { sni: String },
-    /// A request of an API the gateway authorizes, in a version it cannot
-    /// read, so it cannot be checked (the gateway's ApiVersions never offers it).
-    #[error("client sent {api} v{version}, which the gateway cannot inspect for authorization (it offers v{min}-v{max})")]
+    /// A request in a version the gateway cannot read where it must read it:
+    /// an API it authorizes (with a policy in force), or one whose responses
+    /// carry broker addresses, in a newer version (the gateway's ApiVersions
+    /// never offers it).
+    #[error("client sent {api} v{version}, a version the gateway cannot read to authorize it or rewrite broker addresses (it offers v{min}-v{max})")]
     UnsupportedVersion {
         api: &'static str,
         version: i16,

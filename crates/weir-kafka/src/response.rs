@@ -452,6 +452,20 @@ fn process_strict(
             ));
             changed || !denied.is_empty()
         }),
+        ApiKey::ShareFetch => transcode::<ShareFetchResponse>(body, v, |r| {
+            for e in &mut r.node_endpoints {
+                ctx.registry.learn_broker(e.node_id.0, &e.host, e.port);
+                rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
+            }
+            !r.node_endpoints.is_empty()
+        }),
+        ApiKey::ShareAcknowledge => transcode::<ShareAcknowledgeResponse>(body, v, |r| {
+            for e in &mut r.node_endpoints {
+                ctx.registry.learn_broker(e.node_id.0, &e.host, e.port);
+                rewrite(ctx.mapper, e.node_id.0, &mut e.host, &mut e.port);
+            }
+            !r.node_endpoints.is_empty()
+        }),
         ApiKey::ListOffsets => transcode::<ListOffsetsResponse>(body, v, |r| {
             r.topics.extend(denied_partitions(
                 denied,

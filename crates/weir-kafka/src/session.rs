@@ -29,7 +29,9 @@ use crate::inspect::{
 use crate::metrics::TopicMeter;
 use crate::proxy::KafkaProxy;
 use crate::response::{process, Denied, ResponseCtx, ResponseWork};
-use crate::versions::{allowed_unchecked, inspected_versions, is_inspected};
+use crate::versions::{
+    allowed_unchecked, carries_addresses, inspected_versions, is_inspected, rewritten_versions,
+};
 use crate::wire::Reader;
 
 /// Requests in flight per connection before the gateway stops reading the
@@ -230,10 +232,24 @@ impl RequestSide<'_> {
                 Some(Reply::Upstream(None)),
             ));
         };
+        let unsupported =
+            |range: kafka_protocol::protocol::VersionRange| SessionError::UnsupportedVersion {
+                api: hdr.api_name(),
+                version: v,
+                min: range.min,
+                max: range.max,
+            };
         let Some(range) = inspected_versions(api) else {
+            // Not enforcing here (an API the gateway cannot authorize was
+            // refused above).
+            let work = match rewritten_versions(api) {
+                Some(r) if v > r.max => return Err(unsupported(r)),
+                Some(r) if v >= r.min => Some(Box::new(ResponseWork::new(api, v))),
+                _ => None,
+            };
             return Ok(Plan::Forward(
                 frame.into_wire(),
-                Some(Reply::Upstream(None)),
+                Some(Reply::Upstream(work)),
             ));
         };
         if !is_inspected(api, v) {
@@ -243,13 +259,8 @@ impl RequestSide<'_> {
                 work.whole = Some(codes::UNSUPPORTED_VERSION);
                 return Ok(Plan::Answer(Box::new(work)));
             }
-            if enforcing && authorized_api(api) {
-                return Err(SessionError::UnsupportedVersion {
-                    api: hdr.api_name(),
-                    version: v,
-                    min: range.min,
-                    max: range.max,
-                });
+            if (enforcing && authorized_api(api)) || (v > range.max && carries_addresses(api)) {
+                return Err(unsupported(range));
             }
             if api == ApiKey::Produce
                 && produce_acks(v, hdr.flexible(), frame.body(), start) == Some(0)

@@ -71,6 +71,42 @@ pub fn inspected_versions(api: ApiKey) -> Option<VersionRange> {
     Some(range)
 }
 
+/// The versions of `api` the gateway reads only to rewrite the broker
+/// addresses in its responses, for APIs it does not authorize: the share
+/// group (KIP-932) fetches, whose responses carry `node_endpoints`. Without
+/// a policy they are offered in these versions; with one, not at all, as
+/// every API the gateway cannot authorize.
+pub fn rewritten_versions(api: ApiKey) -> Option<VersionRange> {
+    match api {
+        ApiKey::ShareFetch => Some(
+            <ShareFetchRequest as Message>::VERSIONS
+                .intersect(&<ShareFetchResponse as Message>::VERSIONS),
+        ),
+        ApiKey::ShareAcknowledge => Some(
+            <ShareAcknowledgeRequest as Message>::VERSIONS
+                .intersect(&<ShareAcknowledgeResponse as Message>::VERSIONS),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether responses of `api` carry broker addresses the gateway must
+/// rewrite; a request of such an API in a version newer than the gateway
+/// reads is refused (closing the connection, as a broker does), so no
+/// address passes unrewritten.
+pub fn carries_addresses(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::Metadata
+            | ApiKey::FindCoordinator
+            | ApiKey::DescribeCluster
+            | ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ShareFetch
+            | ApiKey::ShareAcknowledge
+    )
+}
+
 /// APIs a broker answers without any ACL check: version negotiation, SASL
 /// authentication and client telemetry (KIP-714). With an authorization
 /// policy in force, these and the inspected APIs are the only ones the
@@ -108,8 +144,10 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, enforcing: bool) -> bool
         let Ok(api) = ApiKey::try_from(k.api_key) else {
             return !enforcing;
         };
-        let Some(ours) = inspected_versions(api) else {
-            return !enforcing || needs_no_authorization(api);
+        let ours = match (inspected_versions(api), rewritten_versions(api)) {
+            (Some(r), _) => r,
+            (None, Some(r)) if !enforcing => r,
+            _ => return !enforcing || needs_no_authorization(api),
         };
         let min = k.min_version.max(ours.min);
         let max = k.max_version.min(ours.max);
@@ -130,6 +168,35 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, enforcing: bool) -> bool
 mod tests {
     use super::*;
     use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+    #[test]
+    fn share_fetches_are_offered_in_readable_versions_without_a_policy_only() {
+        let broker = || {
+            let mut r = ApiVersionsResponse::default();
+            r.api_keys = vec![
+                key(ApiKey::ShareFetch as i16, 0, 1),
+                key(ApiKey::ShareAcknowledge as i16, 0, 1),
+            ];
+            r
+        };
+        let mut r = broker();
+        assert!(cap_api_versions(&mut r, false));
+        let got: Vec<(i16, i16, i16)> = r
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (ApiKey::ShareFetch as i16, 1, 1),
+                (ApiKey::ShareAcknowledge as i16, 1, 1)
+            ]
+        );
+        let mut r = broker();
+        assert!(cap_api_versions(&mut r, true));
+        assert!(r.api_keys.is_empty());
+    }
 
     fn key(api: i16, min: i16, max: i16) -> ApiVersion {
         let mut k = ApiVersion::default();

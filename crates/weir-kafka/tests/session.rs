@@ -1711,3 +1711,102 @@ async fn mixed_auto_creation_creates_only_what_may_be_created() {
         decode_response(next(&mut h.client_frames).await.body(), 9);
     assert_eq!((corr, md.topics[0].error_code), (8, 0));
 }
+
+/// Share-group fetches (KIP-932) are not authorized by the gateway, so they
+/// are offered only without a policy; their responses' node endpoints are
+/// rewritten like Produce's and Fetch's, so a share consumer following a
+/// leader change dials the gateway, not the broker.
+#[tokio::test]
+async fn share_fetch_and_acknowledge_node_endpoints_are_rewritten() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    let endpoint = |id: i32| {
+        let mut e = share_fetch_response::NodeEndpoint::default();
+        e.node_id = BrokerId(id);
+        e.host = StrBytes::from_string(format!("10.1.0.{id}"));
+        e.port = 19092;
+        e
+    };
+    send(
+        &mut h.client,
+        &request_frame(1, 1, &ShareFetchRequest::default()),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = ShareFetchResponse::default();
+    resp.node_endpoints = vec![endpoint(2), endpoint(3)];
+    send(&mut h.broker, &response_frame(1, 1, &resp)).await;
+    let (_, r): (i32, ShareFetchResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 1);
+    let got: Vec<(i32, String, i32)> = r
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, "b2-kafka.example.com".into(), PORT as i32),
+            (3, "b3-kafka.example.com".into(), PORT as i32),
+        ]
+    );
+
+    send(
+        &mut h.client,
+        &request_frame(1, 2, &ShareAcknowledgeRequest::default()),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = ShareAcknowledgeResponse::default();
+    let mut e = share_acknowledge_response::NodeEndpoint::default();
+    e.node_id = BrokerId(4);
+    e.host = StrBytes::from_static_str("10.1.0.4");
+    e.port = 19092;
+    resp.node_endpoints.push(e);
+    send(&mut h.broker, &response_frame(1, 2, &resp)).await;
+    let (_, r): (i32, ShareAcknowledgeResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 1);
+    assert_eq!(r.node_endpoints[0].host.to_string(), "b4-kafka.example.com");
+}
+
+/// A request frame built by hand (flexible header v2), for versions
+/// kafka-protocol cannot encode.
+fn raw_request(api_key: i16, version: i16, correlation_id: i32, body: &[u8]) -> Bytes {
+    let mut b = Vec::new();
+    b.extend_from_slice(&api_key.to_be_bytes());
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(&correlation_id.to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    b.push(0); // no tagged fields
+    b.extend_from_slice(body);
+    let mut f = (b.len() as u32).to_be_bytes().to_vec();
+    f.extend(b);
+    Bytes::from(f)
+}
+
+/// Without a policy, a version newer than the gateway reads passes through
+/// unchanged, except for the APIs whose responses carry broker addresses:
+/// those close the connection (the gateway's ApiVersions never offered the
+/// version), so no address reaches a client unrewritten.
+#[tokio::test]
+async fn newer_versions_of_apis_with_broker_addresses_are_refused() {
+    // Heartbeat v99: no addresses, passes.
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    let hb = raw_request(ApiKey::Heartbeat as i16, 99, 1, &[0; 8]);
+    send(&mut h.client, &hb).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &hb);
+    for (api, version) in [
+        (ApiKey::Metadata, 99),
+        (ApiKey::FindCoordinator, 99),
+        (ApiKey::DescribeCluster, 99),
+        (ApiKey::Produce, 99),
+        (ApiKey::Fetch, 99),
+        (ApiKey::ShareFetch, 99),
+    ] {
+        let h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+        let mut client = h.client;
+        send(&mut client, &raw_request(api as i16, version, 1, &[0; 8])).await;
+        let e = ended(h.session).await;
+        assert_eq!(e.reason(), "unsupported_version", "{api:?}: {e}");
+        assert!(e.to_string().contains(&format!("v{version}")), "{e}");
+    }
+}
