@@ -259,13 +259,38 @@ impl RouteTable {
     }
 }
 
-/// The route for a connection on `port` with `sni` handled by `server`:
-/// the `tls` route whose SNI pattern matches most specifically (earliest on
-/// a tie), else (not on a PASSTHROUGH server, which has no `tcp`
-/// candidates) the first `tcp` route for the port. The SNI must also be
-/// one of the server's hosts (already true when `server` came from
+/// The route for a connection on `port` with `sni` handled by `server`.
+/// On a PASSTHROUGH server (which has no `tcp` candidates): the `tls` route
+/// whose SNI pattern matches most specifically (earliest on a tie). On a
+/// terminating or TCP server: the first `tcp` route for the port, as Istio
+/// routes the plaintext of a terminated server; failing that (a weir
+/// extension) the best `tls` route by SNI. The SNI must also be one of the
+/// server's hosts (already true when `server` came from
 /// [`RouteTable::server`]).
 pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route> {
+    let tcp = || {
+        server.routes.iter().find(|c| match &c.kind {
+            CandidateKind::Tcp(ports) => {
+                ports.is_empty() || ports.iter().any(|p| p.is_none_or(|p| p == port))
+            }
+            CandidateKind::Tls(_) => false,
+        })
+    };
+    let passthrough = server.mode() == Some(TlsMode::Passthrough);
+    let chosen = match (!passthrough).then(tcp).flatten() {
+        Some(c) => Some(c),
+        None => best_tls(server, port, sni),
+    }?;
+    Some(Route {
+        name: chosen.name.clone(),
+        namespace: chosen.namespace.clone(),
+        route: chosen.route.clone(),
+    })
+}
+
+/// The `tls` route of `server` whose SNI pattern matches `sni` most
+/// specifically (earliest on a tie).
+fn best_tls<'a>(server: &'a ServerEntry, port: u16, sni: Option<&str>) -> Option<&'a Candidate> {
     let mut best: Option<(&Candidate, usize)> = None;
     for c in &server.routes {
         let CandidateKind::Tls(matches) = &c.kind else {
@@ -287,19 +312,7 @@ pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route
             }
         }
     }
-    let chosen = best.map(|(c, _)| c).or_else(|| {
-        server.routes.iter().find(|c| match &c.kind {
-            CandidateKind::Tcp(ports) => {
-                ports.is_empty() || ports.iter().any(|p| p.is_none_or(|p| p == port))
-            }
-            CandidateKind::Tls(_) => false,
-        })
-    })?;
-    Some(Route {
-        name: chosen.name.clone(),
-        namespace: chosen.namespace.clone(),
-        route: chosen.route.clone(),
-    })
+    best.map(|(c, _)| c)
 }
 
 #[cfg(test)]
@@ -469,6 +482,57 @@ spec:
         assert_eq!(
             dest(&route(s, 1883, None).unwrap()),
             "plain.mqtt.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn a_terminating_server_takes_its_tcp_route_before_a_tls_route() {
+        // As Istio: a terminated server's plaintext goes by `tcp` routes; a
+        // `tls` route naming the same SNI (meant for the PASSTHROUGH server
+        // on the port) must not get the decrypted bytes. Without a `tcp`
+        // route, weir still honours the `tls` route.
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 8883, name: tls-pass, protocol: TLS}
+    hosts: ["*.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8883, name: tls-term, protocol: TLS}
+    hosts: ["legacy.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mqtt, namespace: apps}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: tls-broker.apps.svc.cluster.local, port: {number: 8883}}}]
+TCP
+"#;
+        let tcp = "  tcp:\n  - route: [{destination: {host: plain-broker.apps.svc.cluster.local, port: {number: 1883}}}]";
+        let c = config(&yaml.replace("TCP", tcp));
+        let t = RouteTable::build(&c, &labels(&[]));
+        let legacy = t.server(8883, Some("legacy.example.com")).unwrap();
+        assert_eq!(legacy.mode(), Some(TlsMode::Simple));
+        let r = route(legacy, 8883, Some("legacy.example.com")).unwrap();
+        assert_eq!(dest(&r), "plain-broker.apps.svc.cluster.local");
+        let other = t.server(8883, Some("a.example.com")).unwrap();
+        assert_eq!(
+            dest(&route(other, 8883, Some("a.example.com")).unwrap()),
+            "tls-broker.apps.svc.cluster.local"
+        );
+        let c = config(&yaml.replace("TCP", ""));
+        let t = RouteTable::build(&c, &labels(&[]));
+        let legacy = t.server(8883, Some("legacy.example.com")).unwrap();
+        assert_eq!(
+            dest(&route(legacy, 8883, Some("legacy.example.com")).unwrap()),
+            "tls-broker.apps.svc.cluster.local"
         );
     }
 
