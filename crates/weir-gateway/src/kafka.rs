@@ -333,7 +333,7 @@ impl Connector for MeshConnector {
             };
             match self
                 .upstreams
-                .connect(&self.config, &dest, &self.namespace)
+                .connect(&self.config, &dest, &self.namespace, None)
                 .await
             {
                 Ok(c) => Ok(Box::new(c.stream) as BoxStream),

@@ -433,7 +433,12 @@ async fn proxy(
     };
     let upstream = match ctx
         .upstreams
-        .connect(&snap.config, &dest.destination, &route.namespace)
+        .connect(
+            &snap.config,
+            &dest.destination,
+            &route.namespace,
+            Some(info.port),
+        )
         .await
     {
         Ok(u) => u,
@@ -492,7 +497,12 @@ async fn proxy_terminated(
     };
     let upstream = match ctx
         .upstreams
-        .connect(&snap.config, &dest.destination, &route.namespace)
+        .connect(
+            &snap.config,
+            &dest.destination,
+            &route.namespace,
+            Some(info.port),
+        )
         .await
     {
         Ok(u) => u,

@@ -190,16 +190,18 @@ impl Upstreams {
         &self.source
     }
 
-    /// Resolves `dest` (its host relative to `namespace`) and connects to one
-    /// of its endpoints, chosen by weight; on failure tries others (up to
-    /// three attempts in all).
+    /// Resolves `dest` (its host relative to `namespace`; without a port,
+    /// the host's only port or `listener_port`) and connects to one of its
+    /// endpoints, chosen by weight; on failure tries others (up to three
+    /// attempts in all).
     pub async fn connect(
         &self,
         config: &Config,
         dest: &Destination,
         namespace: &str,
+        listener_port: Option<u16>,
     ) -> Result<Connected, UpstreamError> {
-        let resolved = config.resolve_destination(dest, namespace)?;
+        let resolved = config.resolve_destination_on(dest, namespace, listener_port)?;
         let weights: Vec<u32> = resolved.endpoints.iter().map(|(_, w)| *w).collect();
         let mut last = None;
         for i in weighted_order(&weights, random())

@@ -1802,10 +1802,11 @@ pub(crate) fn cross_check(config: &Config, warnings: &mut Vec<ConfigError>) {
                     .map(move |(j, d)| (format!("spec.tcp[{i}].route[{j}].destination"), d))
             }));
         for (field, rd) in routes {
-            if let Err(e) =
-                config.resolve_destination(&rd.destination, vs.metadata.namespace.as_str())
-            {
-                if let Some(doc) = &vs.doc {
+            match config.resolve_destination(&rd.destination, vs.metadata.namespace.as_str()) {
+                // Without a port, the server's port decides at connect time.
+                Ok(_) | Err(ResolveError::PortRequired { .. }) => {}
+                Err(e) => {
+                    let Some(doc) = &vs.doc else { continue };
                     warnings.push(ConfigError {
                         document: Some(doc.clone()),
                         file: doc.file.clone(),
@@ -1958,7 +1959,7 @@ pub enum ResolveError {
         port: u16,
         available: String,
     },
-    #[error("destination {host:?} has several ports ({available}): set destination.port.number")]
+    #[error("destination {host:?} has several ports ({available}) and none is the server's port: set destination.port.number")]
     PortRequired { host: String, available: String },
     #[error("destination {host:?}: no DestinationRule defines subset {subset:?}")]
     UnknownSubset { host: String, subset: String },
@@ -2030,7 +2031,15 @@ fn qualify(host: &str, namespace: &str, config: &Config) -> String {
             };
         }
     }
-    host.to_owned()
+    short_name_fqdn(host, namespace).unwrap_or_else(|| host.to_owned())
+}
+
+/// Istio's reading of a host without a dot (ResolveShortnameToFQDN): the
+/// service of that name in `namespace`, `name.<namespace>.svc.cluster.local`.
+/// `None` for a host with a dot, `*`, or an IP address.
+fn short_name_fqdn(host: &str, namespace: &str) -> Option<String> {
+    (!host.contains('.') && !host.contains('*') && !host.contains(':') && !host.is_empty())
+        .then(|| format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}"))
 }
 
 impl Config {
@@ -2105,6 +2114,18 @@ impl Config {
         d: &Destination,
         namespace: &str,
     ) -> Result<ResolvedDestination, ResolveError> {
+        self.resolve_destination_on(d, namespace, None)
+    }
+
+    /// [`Config::resolve_destination`] for a connection that arrived on
+    /// `listener_port`: as Istio, a destination without a port takes the
+    /// host's only port, else the listener's (if the host has it).
+    pub fn resolve_destination_on(
+        &self,
+        d: &Destination,
+        namespace: &str,
+        listener_port: Option<u16>,
+    ) -> Result<ResolvedDestination, ResolveError> {
         let subset = match &d.subset {
             Some(s) => Some(self.subset_labels(&d.host, namespace, s).ok_or_else(|| {
                 ResolveError::UnknownSubset {
@@ -2117,8 +2138,12 @@ impl Config {
         let in_subset = |labels: &BTreeMap<String, String>| {
             subset.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
         };
-        if let Some(se) = self.service_entry_for(&d.host, namespace) {
-            return self.resolve_entry(se, d, &in_subset);
+        let entry = self.service_entry_for(&d.host, namespace).or_else(|| {
+            short_name_fqdn(&d.host, namespace)
+                .and_then(|fq| self.service_entry_for(&fq, namespace))
+        });
+        if let Some(se) = entry {
+            return self.resolve_entry(se, d, listener_port, &in_subset);
         }
         if let Some(n) = service_name(&d.host, namespace) {
             if let Some(svc) = self.service(n.namespace, n.name) {
@@ -2138,12 +2163,13 @@ impl Config {
                         }
                     })?,
                     (None, [only]) => only,
-                    (None, _) => {
-                        return Err(ResolveError::PortRequired {
+                    (None, ports) => ports
+                        .iter()
+                        .find(|sp| Some(sp.port) == listener_port)
+                        .ok_or_else(|| ResolveError::PortRequired {
                             host: d.host.clone(),
                             available: available(),
-                        })
-                    }
+                        })?,
                 };
                 let target = port.target_port.unwrap_or(port.port);
                 let endpoints: Vec<(Endpoint, u32)> = self
@@ -2183,7 +2209,7 @@ impl Config {
             }
         }
         if let Ok(ip) = d.host.parse::<IpAddr>() {
-            let Some(port) = d.port else {
+            let Some(port) = d.port.or(listener_port) else {
                 return Err(ResolveError::PortRequired {
                     host: d.host.clone(),
                     available: "any".to_owned(),
@@ -2203,6 +2229,7 @@ impl Config {
         &self,
         se: &ServiceEntry,
         d: &Destination,
+        listener_port: Option<u16>,
         in_subset: &dyn Fn(&BTreeMap<String, String>) -> bool,
     ) -> Result<ResolvedDestination, ResolveError> {
         let available = || {
@@ -2222,12 +2249,13 @@ impl Config {
                     }
                 })?,
                 (None, [only]) => only,
-                (None, _) => {
-                    return Err(ResolveError::PortRequired {
+                (None, ports) => ports
+                    .iter()
+                    .find(|sp| Some(sp.number) == listener_port)
+                    .ok_or_else(|| ResolveError::PortRequired {
                         host: d.host.clone(),
                         available: available(),
-                    })
-                }
+                    })?,
             };
         let default_port = port.target_port.unwrap_or(port.number);
         let mut endpoints = Vec::new();

@@ -760,11 +760,27 @@ fn service_names_resolve_like_kubernetes_dns() {
         c.resolve_destination(&dest("kafka", Some(9092), Some("v9")), "data"),
         Err(ResolveError::UnknownSubset { .. })
     ));
-    // Ports.
+    // Ports. Without one, several ports need the server's port (Istio's
+    // GetDestinationCluster: the only port, else the listener's).
     assert!(matches!(
         c.resolve_destination(&dest("kafka.data", None, None), "x"),
         Err(ResolveError::PortRequired { .. })
     ));
+    let r = c
+        .resolve_destination_on(&dest("kafka.data", None, None), "x", Some(9092))
+        .unwrap();
+    assert_eq!(
+        (r.port, addrs(&r)[0].as_str()),
+        (9092, "198.18.0.10:9092 (workload data/kafka-0)")
+    );
+    assert!(matches!(
+        c.resolve_destination_on(&dest("kafka.data", None, None), "x", Some(443)),
+        Err(ResolveError::PortRequired { .. })
+    ));
+    let r = c
+        .resolve_destination_on(&dest("198.18.1.1", None, None), "x", Some(8883))
+        .unwrap();
+    assert_eq!(r.port, 8883);
     let e = c
         .resolve_destination(&dest("kafka.data", Some(1), None), "x")
         .unwrap_err();
@@ -830,6 +846,55 @@ fn service_entries_resolve_to_mesh_plain_or_dns_endpoints() {
         .resolve_destination(&dest("vip.example.net", None, None), "edge")
         .unwrap();
     assert_eq!(addrs(&r), vec!["198.18.7.7:1883"]);
+}
+
+/// As Istio (ResolveShortnameToFQDN): a destination host without a dot is
+/// `name.<VirtualService namespace>.svc.cluster.local`, which may be a
+/// ServiceEntry's host (operators' per-broker entries); a DestinationRule's
+/// short host is read the same way.
+#[test]
+fn a_short_destination_name_finds_the_service_entry_of_its_fqdn() {
+    let c = load(
+        &(mesh()
+            + "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: broker-0, namespace: kafka}
+spec:
+  hosts: [broker-0.kafka.svc.cluster.local]
+  ports: [{number: 9093, name: tls}, {number: 9092, name: plain}]
+  resolution: STATIC
+  endpoints:
+  - {address: 198.18.5.5, labels: {zone: a}}
+  - {address: 198.18.5.6, labels: {zone: b}}
+" + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: broker-0, namespace: kafka}
+spec:
+  host: broker-0
+  subsets:
+  - {name: a, labels: {zone: a}}
+"),
+    );
+    let r = c
+        .resolve_destination(&dest("broker-0", Some(9093), None), "kafka")
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.5.5:9093", "198.18.5.6:9093"]);
+    let r = c
+        .resolve_destination(&dest("broker-0", Some(9093), Some("a")), "kafka")
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.5.5:9093"]);
+    // From another namespace the short name means another host.
+    assert_eq!(
+        c.resolve_destination(&dest("broker-0", Some(9093), None), "edge"),
+        Err(ResolveError::UnknownHost("broker-0".into()))
+    );
+    // Two ports, none given: the server's port picks one.
+    let r = c
+        .resolve_destination_on(&dest("broker-0", None, None), "kafka", Some(9092))
+        .unwrap();
+    assert_eq!(addrs(&r), vec!["198.18.5.5:9092", "198.18.5.6:9092"]);
 }
 
 #[test]
