@@ -1598,6 +1598,22 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<serde_json::Value>,
+    /// The `tls.mode`s its traffic policies set (top level, per port, per
+    /// subset), so a route to a host that asks for TLS origination, which
+    /// weir does not do, is refused rather than sent in plaintext.
+    #[serde(skip)]
+    pub tls_modes: Vec<UpstreamTlsMode>,
+}
+
+/// One `tls.mode` of a DestinationRule traffic policy and where it applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsMode {
+    /// A subset's policy (else the rule's).
+    pub subset: Option<String>,
+    /// A `portLevelSettings` entry (else the policy's top level).
+    pub port: Option<u16>,
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    pub mode: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1632,23 +1648,46 @@ struct RawSubset {
     traffic_policy: Option<Value>,
 }
 
-/// Warns about upstream TLS settings in a traffic policy (top level or per port).
-fn warn_upstream_tls(ctx: &mut DocCtx<'_>, p: &str, policy: &Value) {
+/// Reads the upstream TLS settings of a traffic policy (top level or per
+/// port) into `modes`, warning about each: weir does not originate TLS.
+fn upstream_tls(
+    ctx: &mut DocCtx<'_>,
+    p: &str,
+    policy: &Value,
+    subset: Option<&str>,
+    modes: &mut Vec<UpstreamTlsMode>,
+) {
     let Some(m) = policy.as_mapping() else { return };
-    if m.get("tls").is_some() {
-        ctx.warn(
-            Some(format!("{p}.tls")),
-            "ignored: weir secures upstream connections itself (HBONE mTLS to mesh workloads, plain TCP otherwise)",
-        );
+    let mut one = |ctx: &mut DocCtx<'_>, field: String, tls: &Value, port: Option<u16>| {
+        let mode = tls
+            .get("mode")
+            .and_then(Value::as_str)
+            .unwrap_or("DISABLE")
+            .to_owned();
+        let message = if matches!(mode.as_str(), "SIMPLE" | "MUTUAL") {
+            format!("weir does not originate TLS to upstreams: connections routed to this host with mode {mode} are refused rather than sent in plaintext (carry the client's TLS through with a PASSTHROUGH server instead)")
+        } else {
+            "ignored: weir secures upstream connections itself (HBONE mTLS to mesh workloads, plain TCP otherwise)".to_owned()
+        };
+        ctx.warn(Some(field), message);
+        modes.push(UpstreamTlsMode {
+            subset: subset.map(str::to_owned),
+            port,
+            mode,
+        });
+    };
+    if let Some(tls) = m.get("tls") {
+        one(ctx, format!("{p}.tls"), tls, None);
     }
     if let Some(ports) = m.get("portLevelSettings").and_then(Value::as_sequence) {
         for (i, ps) in ports.iter().enumerate() {
-            if ps.as_mapping().is_some_and(|m| m.get("tls").is_some()) {
-                ctx.warn(
-                    Some(format!("{p}.portLevelSettings[{i}].tls")),
-                    "ignored: weir secures upstream connections itself (HBONE mTLS to mesh workloads, plain TCP otherwise)",
-                );
-            }
+            let Some(tls) = ps.get("tls") else { continue };
+            let port = ps
+                .get("port")
+                .and_then(|p| p.get("number"))
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok());
+            one(ctx, format!("{p}.portLevelSettings[{i}].tls"), tls, port);
         }
     }
 }
@@ -1676,15 +1715,22 @@ fn destination_rule(
             String::new()
         }
     };
+    let mut tls_modes = Vec::new();
     if let Some(tp) = &spec.traffic_policy {
-        warn_upstream_tls(ctx, "spec.trafficPolicy", tp);
+        upstream_tls(ctx, "spec.trafficPolicy", tp, None, &mut tls_modes);
     }
     let mut subsets = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for (i, s) in spec.subsets.unwrap_or_default().into_iter().enumerate() {
         let p = format!("spec.subsets[{i}]");
         if let Some(tp) = &s.traffic_policy {
-            warn_upstream_tls(ctx, &format!("{p}.trafficPolicy"), tp);
+            upstream_tls(
+                ctx,
+                &format!("{p}.trafficPolicy"),
+                tp,
+                s.name.as_deref(),
+                &mut tls_modes,
+            );
         }
         let Some(name) = s.name.filter(|n| !n.is_empty()) else {
             ctx.error(Some(format!("{p}.name")), "missing: a subset needs a name");
@@ -1707,6 +1753,7 @@ fn destination_rule(
         host,
         subsets,
         traffic_policy: spec.traffic_policy.and_then(to_json),
+        tls_modes,
     }
 }
 
@@ -1965,6 +2012,12 @@ pub enum ResolveError {
     UnknownSubset { host: String, subset: String },
     #[error("destination {host:?} has no endpoints{why}")]
     NoEndpoints { host: String, why: String },
+    #[error("destination {host:?}: DestinationRule {rule} asks for TLS origination (mode {mode}), which weir does not do; refused rather than sent in plaintext")]
+    UpstreamTls {
+        host: String,
+        rule: String,
+        mode: String,
+    },
 }
 
 impl ResolveError {
@@ -1977,6 +2030,7 @@ impl ResolveError {
             }
             ResolveError::UnknownSubset { .. } => "unknown_subset",
             ResolveError::NoEndpoints { .. } => "no_endpoints",
+            ResolveError::UpstreamTls { .. } => "upstream_tls",
         }
     }
 }
@@ -2121,6 +2175,49 @@ impl Config {
     /// `listener_port`: as Istio, a destination without a port takes the
     /// host's only port, else the listener's (if the host has it).
     pub fn resolve_destination_on(
+        &self,
+        d: &Destination,
+        namespace: &str,
+        listener_port: Option<u16>,
+    ) -> Result<ResolvedDestination, ResolveError> {
+        let r = self.resolve_endpoints(d, namespace, listener_port)?;
+        if let Some((rule, mode)) =
+            self.upstream_tls_mode(&d.host, namespace, r.port, d.subset.as_deref())
+        {
+            if matches!(mode, "SIMPLE" | "MUTUAL") {
+                return Err(ResolveError::UpstreamTls {
+                    host: d.host.clone(),
+                    rule,
+                    mode: mode.to_owned(),
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    /// The `tls.mode` DestinationRules set for `host` (read from
+    /// `namespace`) on `port` and `subset`, with the rule's name: the most
+    /// specific setting wins (a subset's over the rule's, a port's over the
+    /// policy's top level), as in Istio.
+    fn upstream_tls_mode(
+        &self,
+        host: &str,
+        namespace: &str,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Option<(String, &str)> {
+        let fq = qualify(host, namespace, self);
+        self.destination_rules
+            .iter()
+            .filter(|d| qualify(&d.host, &d.metadata.namespace, self) == fq)
+            .flat_map(|d| d.tls_modes.iter().map(move |m| (d, m)))
+            .filter(|(_, m)| m.subset.is_none() || m.subset.as_deref() == subset)
+            .filter(|(_, m)| m.port.is_none_or(|p| p == port))
+            .max_by_key(|(_, m)| (m.subset.is_some(), m.port.is_some()))
+            .map(|(d, m)| (d.metadata.key(), m.mode.as_str()))
+    }
+
+    fn resolve_endpoints(
         &self,
         d: &Destination,
         namespace: &str,

@@ -644,6 +644,70 @@ fn destination_rule_upstream_tls_is_ignored_with_a_warning() {
     assert!(c.destination_rules[0].traffic_policy.is_some());
 }
 
+/// A DestinationRule asking for TLS origination (SIMPLE/MUTUAL) makes the
+/// destination refused, not sent in plaintext; the most specific setting
+/// (subset over rule, port over top level) decides, as in Istio.
+#[test]
+fn tls_origination_asked_for_refuses_the_destination() {
+    let c = load(
+        &(mesh()
+            + "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: data}
+spec:
+  hosts: [broker.example.net]
+  ports: [{number: 9093, name: tls}, {number: 9092, name: plain}]
+  resolution: DNS
+" + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext, namespace: data}
+spec:
+  host: broker.example.net
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings:
+    - port: {number: 9092}
+      tls: {mode: DISABLE}
+" + "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: kafka-tls, namespace: data}
+spec:
+  host: kafka
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {tls: {mode: MUTUAL}}
+"),
+    );
+    let e = c
+        .resolve_destination(&dest("broker.example.net", Some(9093), None), "edge")
+        .unwrap_err();
+    assert_eq!(e.metric_label(), "upstream_tls");
+    assert!(
+        e.to_string().contains("data/ext") && e.to_string().contains("SIMPLE"),
+        "{e}"
+    );
+    // Port 9092's own setting (DISABLE) wins over the top level.
+    assert!(c
+        .resolve_destination(&dest("broker.example.net", Some(9092), None), "edge")
+        .is_ok());
+    // Only the subset that asks for it.
+    assert!(c
+        .resolve_destination(&dest("kafka", Some(9092), Some("v2")), "data")
+        .is_err_and(|e| e.metric_label() == "upstream_tls"));
+    assert!(c
+        .resolve_destination(&dest("kafka", Some(9092), None), "data")
+        .is_ok());
+    let w: Vec<_> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        w.iter().any(|m| m.contains("mode SIMPLE are refused")),
+        "{w:?}"
+    );
+}
+
 #[test]
 fn service_entry_validation() {
     one_error(
