@@ -103,6 +103,18 @@ impl HostPattern {
         }
     }
 
+    /// Whether every name `self` matches is matched by `other` (Istio's
+    /// `SubsetOf`: an SNI host must be one of a VirtualService's hosts).
+    pub fn subset_of(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (_, HostPattern::Any) => true,
+            (HostPattern::Any, _) => false,
+            (HostPattern::Exact(a), b) => b.matches(a),
+            (HostPattern::Wildcard(_), HostPattern::Exact(_)) => false,
+            (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => a.ends_with(b.as_str()),
+        }
+    }
+
     /// How specific a match is, for choosing between several that match
     /// (Envoy's rule: an exact name beats any wildcard, a longer wildcard
     /// suffix beats a shorter one, `*` comes last).
@@ -1044,18 +1056,32 @@ fn gateway_refs(
     out
 }
 
-/// Fields of Istio's match attributes a gateway cannot evaluate.
+/// Fields of Istio's match attributes a gateway cannot evaluate: refused
+/// in a VirtualService bound to a gateway; in a mesh-only one (no
+/// `gateways`, or only `mesh`), which no weir gateway uses, a warning.
 fn refuse_source_matching(
     ctx: &mut DocCtx<'_>,
     p: &str,
+    gateway_bound: bool,
     subnets: &Option<Vec<String>>,
     labels: &Option<BTreeMap<String, String>>,
     ns: &Option<String>,
 ) {
+    let say = |ctx: &mut DocCtx<'_>, field: String, why: &str| {
+        if gateway_bound {
+            ctx.error(Some(field), format!("not supported by weir's gateway: {why}"));
+        } else {
+            ctx.warn(
+                Some(field),
+                "ignored: this VirtualService is bound to no gateway (sidecars and waypoints only), so no weir gateway uses it",
+            );
+        }
+    };
     if subnets.as_ref().is_some_and(|s| !s.is_empty()) {
-        ctx.error(
-            Some(format!("{p}.destinationSubnets")),
-            "not supported by weir's gateway: a gateway connection has no original destination address to match",
+        say(
+            ctx,
+            format!("{p}.destinationSubnets"),
+            "a gateway connection has no original destination address to match",
         );
     }
     if labels.as_ref().is_some_and(|l| !l.is_empty()) || ns.is_some() {
@@ -1064,9 +1090,10 @@ fn refuse_source_matching(
         } else {
             "sourceLabels"
         };
-        ctx.error(
-            Some(format!("{p}.{field}")),
-            "not supported by weir's gateway: it matches the calling sidecar, and a gateway's clients are outside the mesh; bind the route with gateways instead",
+        say(
+            ctx,
+            format!("{p}.{field}"),
+            "it matches the calling sidecar, and a gateway's clients are outside the mesh; bind the route with gateways instead",
         );
     }
 }
@@ -1152,11 +1179,22 @@ fn virtual_service(
     let ns = metadata.namespace.clone();
     let mut hosts = Vec::new();
     let raw_hosts = spec.hosts.unwrap_or_default();
+    let has_l4 = spec.tls.as_ref().is_some_and(|t| !t.is_empty())
+        || spec.tcp.as_ref().is_some_and(|t| !t.is_empty());
     if raw_hosts.is_empty() {
-        ctx.error(
-            Some("spec.hosts".to_owned()),
-            "a VirtualService needs at least one host",
-        );
+        if has_l4 {
+            ctx.error(
+                Some("spec.hosts".to_owned()),
+                "a VirtualService with tls or tcp routes needs at least one host",
+            );
+        } else {
+            // Istio's delegate VirtualService: used from another one's
+            // http route, never bound to a Gateway on its own.
+            ctx.warn(
+                Some("spec.hosts".to_owned()),
+                "no hosts: a delegate VirtualService (used by another one's http routes), which weir does not use",
+            );
+        }
     }
     for (i, h) in raw_hosts.iter().enumerate() {
         match HostPattern::parse(h) {
@@ -1168,6 +1206,9 @@ fn virtual_service(
         }
     }
     let gateways = gateway_refs(ctx, "spec.gateways", spec.gateways, &ns);
+    let gateway_bound = gateways
+        .iter()
+        .any(|g| matches!(g, GatewayRef::Named { .. }));
     let has_http = match &spec.http {
         None | Some(Value::Null) => false,
         Some(Value::Sequence(s)) => !s.is_empty(),
@@ -1196,6 +1237,7 @@ fn virtual_service(
             refuse_source_matching(
                 ctx,
                 &mp,
+                gateway_bound,
                 &m.destination_subnets,
                 &m.source_labels,
                 &m.source_namespace,
@@ -1212,10 +1254,10 @@ fn virtual_service(
                 let hp = format!("{mp}.sniHosts[{k}]");
                 match HostPattern::parse(h) {
                     Some(pat) => {
-                        if !hosts.iter().any(|vh| vh.intersects(&pat)) {
+                        if !hosts.is_empty() && !hosts.iter().any(|vh| pat.subset_of(vh)) {
                             ctx.error(
                                 Some(hp),
-                                format!("{h:?} matches none of the VirtualService's hosts (Istio requires sniHosts to be among spec.hosts)"),
+                                format!("{h:?} is not within any of the VirtualService's hosts (Istio requires each SNI host to be a subset of one of spec.hosts)"),
                             );
                         }
                         sni_hosts.push(pat);
@@ -1244,6 +1286,7 @@ fn virtual_service(
             refuse_source_matching(
                 ctx,
                 &mp,
+                gateway_bound,
                 &m.destination_subnets,
                 &m.source_labels,
                 &m.source_namespace,

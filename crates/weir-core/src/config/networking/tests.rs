@@ -523,7 +523,13 @@ fn virtual_service_rules_follow_istio_validation() {
     one_error(
         &vs("  - match: [{sniHosts: [b.example.com]}]\n    route: [{destination: {host: a}}]\n"),
         "spec.tls[0].match[0].sniHosts[0]",
-        "none of the VirtualService's hosts",
+        "not within any of the VirtualService's hosts",
+    );
+    // A subset, not merely an overlap (Istio's validateSniHost).
+    one_error(
+        &vs("  - match: [{sniHosts: ['*.example.com']}]\n    route: [{destination: {host: a}}]\n"),
+        "spec.tls[0].match[0].sniHosts[0]",
+        "subset of one of spec.hosts",
     );
     one_error(
         &vs("  - match: [{sniHosts: [a.example.com], sourceLabels: {app: x}}]\n    route: [{destination: {host: a}}]\n"),
@@ -544,6 +550,25 @@ fn virtual_service_rules_follow_istio_validation() {
         &vs("  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: '*.x.com'}}]\n"),
         "spec.tls[0].route[0].destination.host",
         "concrete host",
+    );
+    // A mesh-only VirtualService (no gateways) with source matches: no
+    // weir gateway uses it, so a warning, not an error; and a delegate
+    // VirtualService (no hosts, http routes only) likewise.
+    let c = load(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: x}\nspec:\n  hosts: [a.example.com]\n  tcp:\n  - match: [{sourceLabels: {app: x}, destinationSubnets: [10.0.0.0/8]}]\n    route: [{destination: {host: a, port: {number: 1}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: delegate, namespace: x}\nspec:\n  http:\n  - route: [{destination: {host: a}}]\n",
+    );
+    let fields: Vec<_> = c.warnings.iter().filter_map(|w| w.field.as_deref()).collect();
+    for f in [
+        "spec.tcp[0].match[0].sourceLabels",
+        "spec.tcp[0].match[0].destinationSubnets",
+        "spec.hosts",
+    ] {
+        assert!(fields.contains(&f), "{f}: {fields:?}");
+    }
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  tcp:\n  - route: [{destination: {host: a, port: {number: 1}}}]\n",
+        "spec.hosts",
+        "needs at least one host",
     );
     // http routes are accepted with a warning.
     let c = load(
