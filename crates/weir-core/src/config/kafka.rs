@@ -158,6 +158,11 @@ impl BrokerHostTemplate {
                 "{s:?} does not yield a DNS name (e.g. {sample:?}): use lower-case letters, digits, '-' and '.', with {BROKER_ID_PLACEHOLDER} inside a label"
             ));
         }
+        if looks_like_an_address(&sample) {
+            return Err(format!(
+                "{s:?} yields IP addresses (e.g. {sample:?}): {NO_SNI_FOR_ADDRESSES}"
+            ));
+        }
         Ok(t)
     }
 
@@ -284,6 +289,17 @@ impl From<BootstrapServer> for String {
     fn from(b: BootstrapServer) -> String {
         b.to_string()
     }
+}
+
+/// Why a KafkaGateway's host names cannot be IP addresses.
+const NO_SNI_FOR_ADDRESSES: &str = "TLS clients send no SNI for an IP address (RFC 6066; librdkafka and Java alike), and the gateway routes Kafka connections by SNI: use DNS names";
+
+/// Whether a host name reads as an IPv4 address to a TLS client: its last
+/// label is all digits (no real top-level domain is).
+fn looks_like_an_address(host: &str) -> bool {
+    host.rsplit('.')
+        .next()
+        .is_some_and(|l| !l.is_empty() && l.bytes().all(|c| c.is_ascii_digit()))
 }
 
 /// A DNS host name: dot-separated labels of lower-case letters, digits and
@@ -508,6 +524,12 @@ fn kafka_gateway(
                     format!(
                         "{h:?} is not a DNS host name (letters, digits, '-' and '.'; no wildcards)"
                     ),
+                );
+                None
+            } else if looks_like_an_address(&lower) {
+                ctx.error(
+                    Some("spec.bootstrapHost".to_owned()),
+                    format!("{h:?} is an IP address: {NO_SNI_FOR_ADDRESSES}"),
                 );
                 None
             } else if let Some(id) = template.as_ref().and_then(|t| t.broker_id(&lower)) {
@@ -1414,6 +1436,8 @@ mod tests {
             ("\"b{id}-kafka.example.com\"", "\"b{id}{x}.example.com\"", "spec.brokerHostTemplate", "only placeholder"),
             ("bootstrapHost: kafka.example.com", "bootstrapHost: b7-kafka.example.com", "spec.bootstrapHost", "also the host of broker 7"),
             ("bootstrapHost: kafka.example.com", "bootstrapHost: \"*.example.com\"", "spec.bootstrapHost", "not a DNS host name"),
+            ("bootstrapHost: kafka.example.com", "bootstrapHost: 198.51.100.7", "spec.bootstrapHost", "no SNI for an IP address"),
+            ("\"b{id}-kafka.example.com\"", "\"10.0.0.{id}\"", "spec.brokerHostTemplate", "yields IP addresses"),
             ("\"198.18.0.10:9092\"", "\"fd00::1:9092\"", "spec.upstream.bootstrapServers[1]", "must be in brackets"),
             ("\"198.18.0.10:9092\"", "\"198.18.0.10\"", "spec.upstream.bootstrapServers[1]", "not host:port"),
             ("\"198.18.0.10:9092\"", "\"198.18.0.10:0\"", "spec.upstream.bootstrapServers[1]", "not a port number"),
