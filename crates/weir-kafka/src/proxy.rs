@@ -138,7 +138,7 @@ impl KafkaProxy {
                 sni: sni.to_owned(),
             })?;
         let candidates = match target {
-            SniTarget::Bootstrap => self.registry.bootstrap_order(),
+            SniTarget::Bootstrap => self.registry.bootstrap_candidates(),
             SniTarget::Broker(id) => {
                 if self.registry.broker(id).is_none() {
                     if let Err(e) = self
@@ -167,7 +167,10 @@ impl KafkaProxy {
         Ok(Route { target, candidates })
     }
 
-    /// Connects to the first reachable candidate of `route`.
+    /// Connects to the first reachable candidate of `route`. A broker that
+    /// cannot be reached at the address the gateway knows may have moved (a
+    /// rescheduled pod advertising its IP): after one brokers-only metadata
+    /// refresh, a new address is tried once.
     pub async fn connect(&self, route: &Route) -> Result<(BrokerAddr, BoxStream), SessionError> {
         let mut last = None;
         for addr in &route.candidates {
@@ -176,6 +179,28 @@ impl KafkaProxy {
                 Err(e) => {
                     tracing::debug!(upstream = %addr, error = %e, "Kafka upstream connect failed");
                     last = Some((addr.clone(), e));
+                }
+            }
+        }
+        if let (SniTarget::Broker(id), Some((failed, _))) = (route.target, &last) {
+            let moved = |r: &BrokerRegistry| r.broker(id).is_some_and(|a| a != *failed);
+            if let Err(e) = self
+                .registry
+                .refresh(
+                    self.connector.as_ref(),
+                    false,
+                    self.config.refresh_timeout,
+                    moved,
+                )
+                .await
+            {
+                tracing::warn!(broker = id, error = %e, "metadata refresh for an unreachable broker failed");
+            }
+            if let Some(addr) = self.registry.broker(id).filter(|a| a != failed) {
+                tracing::info!(broker = id, from = %failed, to = %addr, "broker moved; connecting to its new address");
+                match self.connector.connect(&addr.host, addr.port).await {
+                    Ok(s) => return Ok((addr, s)),
+                    Err(e) => last = Some((addr, e)),
                 }
             }
         }

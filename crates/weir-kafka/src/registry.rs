@@ -23,6 +23,10 @@ use crate::frame::{Frame, FrameReader};
 use crate::header::parse_response_header;
 use crate::upstream::Connector;
 
+/// How many learned brokers are tried after the configured bootstrap
+/// servers (each failed attempt may cost a connect timeout).
+pub const LEARNED_FALLBACKS: usize = 3;
+
 /// A broker's address as the cluster advertises it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BrokerAddr {
@@ -84,6 +88,24 @@ impl BrokerRegistry {
             let n = self.next.fetch_add(1, Ordering::Relaxed) % v.len();
             v.rotate_left(n);
         }
+        v
+    }
+
+    /// Where to bootstrap: the configured servers (rotated, as
+    /// [`BrokerRegistry::bootstrap_order`]), then up to
+    /// [`LEARNED_FALLBACKS`] brokers learned from metadata that are not
+    /// among them, so that a cluster whose configured bootstrap servers are
+    /// down is still reached through the brokers that are up.
+    pub fn bootstrap_candidates(&self) -> Vec<BrokerAddr> {
+        let mut v = self.bootstrap_order();
+        let extra: Vec<BrokerAddr> = self
+            .brokers()
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| !v.contains(a))
+            .take(LEARNED_FALLBACKS)
+            .collect();
+        v.extend(extra);
         v
     }
 
@@ -188,7 +210,7 @@ impl BrokerRegistry {
         all_topics: bool,
     ) -> Result<MetadataResponse, RefreshError> {
         let mut last = None;
-        let order = self.bootstrap_order();
+        let order = self.bootstrap_candidates();
         for addr in &order {
             match connector.connect(&addr.host, addr.port).await {
                 Ok(stream) => return metadata_exchange(stream, addr, all_topics).await,

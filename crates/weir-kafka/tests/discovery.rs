@@ -17,9 +17,33 @@ use weir_kafka::{AllowAll, BrokerAddr, Side, SniTarget};
 use common::{proxy_with, response_frame};
 
 /// A bootstrap server that answers ApiVersions v0 and Metadata with the
-/// brokers in `brokers`; counts Metadata requests.
+/// brokers in `brokers` (broker N at 10.9.0.N:9092); counts Metadata requests.
 async fn bootstrap_server(
     brokers: Arc<Mutex<Vec<i32>>>,
+    metadata_requests: Arc<Mutex<Vec<bool>>>,
+) -> BrokerAddr {
+    bootstrap_server_at(
+        Arc::new(move || {
+            brokers
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|id| {
+                    let host = format!("10.9.0.{id}");
+                    (*id, BrokerAddr { host, port: 9092 })
+                })
+                .collect()
+        }),
+        metadata_requests,
+    )
+    .await
+}
+
+type BrokerList = Arc<dyn Fn() -> Vec<(i32, BrokerAddr)> + Send + Sync>;
+
+/// A bootstrap server whose Metadata lists what `brokers` returns.
+async fn bootstrap_server_at(
+    brokers: BrokerList,
     metadata_requests: Arc<Mutex<Vec<bool>>>,
 ) -> BrokerAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -58,11 +82,11 @@ async fn bootstrap_server(
                         let req = MetadataRequest::decode(&mut body, 12).unwrap();
                         metadata_requests.lock().unwrap().push(req.topics.is_none());
                         let mut resp = MetadataResponse::default();
-                        for id in brokers.lock().unwrap().iter() {
+                        for (id, at) in brokers() {
                             let mut b = metadata_response::MetadataResponseBroker::default();
-                            b.node_id = BrokerId(*id);
-                            b.host = StrBytes::from_string(format!("10.9.0.{id}"));
-                            b.port = 9092;
+                            b.node_id = BrokerId(id);
+                            b.host = StrBytes::from_string(at.host);
+                            b.port = i32::from(at.port);
                             resp.brokers.push(b);
                         }
                         response_frame(12, corr, &resp)
@@ -172,4 +196,66 @@ async fn serve_with_reports_the_connection_only_once_routed() {
         .unwrap_err();
     assert_eq!(err.reason(), "unknown_host");
     assert!(!called);
+}
+
+fn addr_of(l: &TcpListener) -> BrokerAddr {
+    let a = l.local_addr().unwrap();
+    BrokerAddr {
+        host: a.ip().to_string(),
+        port: a.port(),
+    }
+}
+
+/// An address nothing listens on (connections are refused at once).
+async fn dead_addr() -> BrokerAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    addr_of(&l)
+}
+
+/// A broker rescheduled to a new address (a pod advertising its IP): the
+/// gateway's connection to the old one fails, one metadata refresh finds
+/// the new one, and the client's connection goes there.
+#[tokio::test]
+async fn a_broker_that_moved_is_found_at_its_new_address() {
+    let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new_addr = addr_of(&live);
+    let old_addr = dead_addr().await;
+    let listed = new_addr.clone();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let bootstrap = bootstrap_server_at(
+        Arc::new(move || vec![(1, listed.clone())]),
+        requests.clone(),
+    )
+    .await;
+    let (proxy, _) = proxy_with(Arc::new(AllowAll), vec![bootstrap]);
+    proxy
+        .registry()
+        .learn_broker(1, &old_addr.host, i32::from(old_addr.port));
+
+    let route = proxy.resolve("b1-kafka.example.com").await.unwrap();
+    assert_eq!(route.candidates, vec![old_addr.clone()]);
+    assert!(requests.lock().unwrap().is_empty(), "known: no refresh yet");
+    let (connected, _stream) = proxy.connect(&route).await.unwrap();
+    assert_eq!(connected, new_addr);
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    assert_eq!(proxy.registry().broker(1), Some(new_addr));
+    drop(live);
+}
+
+/// With every configured bootstrap server down, a bootstrap connection
+/// (and a metadata refresh) goes to a broker learned from metadata.
+#[tokio::test]
+async fn learned_brokers_stand_in_for_bootstrap_servers_that_are_down() {
+    let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker = addr_of(&live);
+    let dead = dead_addr().await;
+    let (proxy, _) = proxy_with(Arc::new(AllowAll), vec![dead.clone()]);
+    proxy
+        .registry()
+        .learn_broker(2, &broker.host, i32::from(broker.port));
+    let route = proxy.resolve("kafka.example.com").await.unwrap();
+    assert_eq!(route.candidates, vec![dead, broker.clone()]);
+    let (connected, _stream) = proxy.connect(&route).await.unwrap();
+    assert_eq!(connected, broker);
+    drop(live);
 }

@@ -1069,7 +1069,10 @@ fn refuse_source_matching(
 ) {
     let say = |ctx: &mut DocCtx<'_>, field: String, why: &str| {
         if gateway_bound {
-            ctx.error(Some(field), format!("not supported by weir's gateway: {why}"));
+            ctx.error(
+                Some(field),
+                format!("not supported by weir's gateway: {why}"),
+            );
         } else {
             ctx.warn(
                 Some(field),

@@ -557,7 +557,11 @@ fn virtual_service_rules_follow_istio_validation() {
     let c = load(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: x}\nspec:\n  hosts: [a.example.com]\n  tcp:\n  - match: [{sourceLabels: {app: x}, destinationSubnets: [10.0.0.0/8]}]\n    route: [{destination: {host: a, port: {number: 1}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: delegate, namespace: x}\nspec:\n  http:\n  - route: [{destination: {host: a}}]\n",
     );
-    let fields: Vec<_> = c.warnings.iter().filter_map(|w| w.field.as_deref()).collect();
+    let fields: Vec<_> = c
+        .warnings
+        .iter()
+        .filter_map(|w| w.field.as_deref())
+        .collect();
     for f in [
         "spec.tcp[0].match[0].sourceLabels",
         "spec.tcp[0].match[0].destinationSubnets",
