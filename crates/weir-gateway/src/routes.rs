@@ -33,7 +33,7 @@ pub struct ServerEntry {
     pub index: usize,
     pub server: Server,
     /// Candidate routes in precedence order (VirtualServices oldest first,
-    /// then by namespace/name; routes in document order).
+    /// then by name, then by namespace, as Istio; routes in document order).
     pub routes: Vec<Candidate>,
 }
 
@@ -112,16 +112,18 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
         .iter()
         .filter(|vs| attaches(vs, &gw.metadata, server))
         .collect();
+    // Istio's sortConfigByCreationTime: oldest first, then by name, then
+    // by namespace.
     vss.sort_by(|a, b| {
         (
             &a.metadata.creation_timestamp,
-            &a.metadata.namespace,
             &a.metadata.name,
+            &a.metadata.namespace,
         )
             .cmp(&(
                 &b.metadata.creation_timestamp,
-                &b.metadata.namespace,
                 &b.metadata.name,
+                &b.metadata.namespace,
             ))
     });
     let bound_here = |gateways: &[weir_core::config::GatewayRef]| {
@@ -483,6 +485,23 @@ spec:
             dest(&route(s, 1883, None).unwrap()),
             "plain.mqtt.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn virtual_services_of_the_same_age_are_taken_by_name_then_namespace() {
+        // Istio's sortConfigByCreationTime: aaa (in namespace zzz) comes
+        // before zzz (in namespace aaa).
+        let vs = |ns: &str, name: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/edge]\n  tcp:\n  - route: [{{destination: {{host: {ns}-{name}.example.net, port: {{number: 1}}}}}}]\n")
+        };
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: istio-system}}\nspec:\n  servers:\n  - port: {{number: 1883, name: mqtt, protocol: TCP}}\n    hosts: ['*/*']\n{}{}",
+            vs("aaa", "zzz"),
+            vs("zzz", "aaa")
+        );
+        let t = RouteTable::build(&config(&yaml), &labels(&[]));
+        let s = t.server(1883, None).unwrap();
+        assert_eq!(dest(&route(s, 1883, None).unwrap()), "zzz-aaa.example.net");
     }
 
     #[test]

@@ -845,7 +845,6 @@ impl GatewayRef {
             Some((ns, name)) => (ns, name),
             None => (vs_namespace, s),
         };
-        // Istio also accepts FQDN-ish `name.ns.svc.cluster.local`: rare; not supported.
         (super::load::is_dns_label(ns) && super::load::is_dns_subdomain(name)).then(|| {
             GatewayRef::Named {
                 namespace: ns.to_owned(),
@@ -1045,6 +1044,20 @@ fn gateway_refs(
 ) -> Vec<GatewayRef> {
     let mut out = Vec::new();
     for (i, g) in v.unwrap_or_default().iter().enumerate() {
+        // Istio's legacy form (resolveGatewayName): a dotted name without a
+        // `/` is `name.namespace[.svc.cluster.local]`.
+        let legacy = match g.split_once('.') {
+            Some((name, rest)) if !g.contains('/') => {
+                let namespace = rest.split('.').next().unwrap_or(rest);
+                ctx.warn(
+                    Some(format!("{p}[{i}]")),
+                    format!("{g:?} is Istio's legacy form, read as {namespace}/{name}: write namespace/name"),
+                );
+                Some(format!("{namespace}/{name}"))
+            }
+            _ => None,
+        };
+        let g = legacy.as_deref().unwrap_or(g);
         match GatewayRef::parse(g, ns) {
             Some(r) => out.push(r),
             None => ctx.error(

@@ -650,6 +650,32 @@ fn virtual_services_bound_to_nothing_are_warned_about() {
             "no Gateway edge/gateway-typo in this configuration: these routes are used by no gateway until it exists".to_owned()
         )]
     );
+    // Istio's legacy FQDN form binds, with a warning to write ns/name.
+    for legacy in ["gw.edge.svc.cluster.local", "gw.edge"] {
+        let c = load(&(gw.to_owned() + &vs("apps", "a.example.com", legacy)));
+        assert_eq!(
+            c.virtual_services[0].gateways[0],
+            GatewayRef::Named {
+                namespace: "edge".into(),
+                name: "gw".into()
+            },
+            "{legacy}"
+        );
+        assert_eq!(
+            binding(&c),
+            [
+                (
+                    "spec.gateways[0]".to_owned(),
+                    format!("{legacy:?} is Istio's legacy form, read as edge/gw: write namespace/name")
+                ),
+                (
+                    "spec.hosts".to_owned(),
+                    "no server of Gateway edge/gw admits hosts [a.example.com] from namespace apps (its server hosts: [./*.example.com]): these routes are not used by that gateway".to_owned()
+                )
+            ],
+            "{legacy}"
+        );
+    }
 }
 
 #[test]
