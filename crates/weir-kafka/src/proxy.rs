@@ -13,7 +13,7 @@ use crate::error::SessionError;
 use crate::frame::DEFAULT_MAX_FRAME_SIZE;
 use crate::mapper::{HostMapper, SniTarget};
 use crate::metrics::KafkaMetrics;
-use crate::registry::{BrokerAddr, BrokerRegistry};
+use crate::registry::{attempt, BrokerAddr, BrokerRegistry};
 use crate::upstream::{BoxStream, Connector};
 
 /// Settings of one Kafka-aware listener.
@@ -173,8 +173,9 @@ impl KafkaProxy {
     /// refresh, a new address is tried once.
     pub async fn connect(&self, route: &Route) -> Result<(BrokerAddr, BoxStream), SessionError> {
         let mut last = None;
-        for addr in &route.candidates {
-            match self.connector.connect(&addr.host, addr.port).await {
+        let n = route.candidates.len();
+        for (i, addr) in route.candidates.iter().enumerate() {
+            match attempt(self.connector.as_ref(), addr, i + 1 < n).await {
                 Ok(s) => return Ok((addr.clone(), s)),
                 Err(e) => {
                     tracing::debug!(upstream = %addr, error = %e, "Kafka upstream connect failed");

@@ -211,8 +211,8 @@ impl BrokerRegistry {
     ) -> Result<MetadataResponse, RefreshError> {
         let mut last = None;
         let order = self.bootstrap_candidates();
-        for addr in &order {
-            match connector.connect(&addr.host, addr.port).await {
+        for (i, addr) in order.iter().enumerate() {
+            match attempt(connector, addr, i + 1 < order.len()).await {
                 Ok(stream) => return metadata_exchange(stream, addr, all_topics).await,
                 Err(e) => last = Some(e),
             }
@@ -229,6 +229,31 @@ impl BrokerRegistry {
 }
 
 const CLIENT_ID: &str = "weir-gateway";
+
+/// Bound on connecting to one of several candidates while others remain,
+/// so that one unresponsive (black-holed) server does not use up the
+/// caller's whole timeout; the last candidate gets the connector's own.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to `addr`, within [`ATTEMPT_TIMEOUT`] if `more` candidates remain.
+pub(crate) async fn attempt(
+    connector: &dyn Connector,
+    addr: &BrokerAddr,
+    more: bool,
+) -> std::io::Result<crate::upstream::BoxStream> {
+    let connect = connector.connect(&addr.host, addr.port);
+    if !more {
+        return connect.await;
+    }
+    tokio::time::timeout(ATTEMPT_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {ATTEMPT_TIMEOUT:?}; trying the next server"),
+            ))
+        })
+}
 
 /// ApiVersions v0 (which every broker answers) to learn the Metadata
 /// versions, then Metadata with no topics (brokers only) or all topics.

@@ -259,3 +259,58 @@ async fn learned_brokers_stand_in_for_bootstrap_servers_that_are_down() {
     assert_eq!(connected, broker);
     drop(live);
 }
+
+/// Dials plain TCP, except `hole`, where a connection never completes (a
+/// black-holed address: SYNs dropped).
+struct BlackHole {
+    hole: BrokerAddr,
+}
+
+impl weir_kafka::Connector for BlackHole {
+    fn connect<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> weir_kafka::upstream::BoxFuture<'a, std::io::Result<weir_kafka::BoxStream>> {
+        Box::pin(async move {
+            if host == self.hole.host && port == self.hole.port {
+                std::future::pending::<()>().await;
+            }
+            let s = tokio::net::TcpStream::connect((host, port)).await?;
+            Ok(Box::new(s) as weir_kafka::BoxStream)
+        })
+    }
+}
+
+/// One unresponsive bootstrap server costs a bounded wait (3 s), not the
+/// whole timeout, before the next is tried.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_bootstrap_server_does_not_stall_the_next() {
+    let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let good = addr_of(&live);
+    let hole = BrokerAddr {
+        host: "198.18.255.1".into(),
+        port: 9092,
+    };
+    let proxy = weir_kafka::KafkaProxy::new(
+        weir_kafka::KafkaProxyConfig::new(common::mapper(), vec![hole.clone(), good.clone()]),
+        Arc::new(BlackHole { hole: hole.clone() }),
+        Arc::new(AllowAll),
+        Arc::new(weir_kafka::KafkaMetrics::unregistered()),
+    );
+    let route = proxy.resolve("kafka.example.com").await.unwrap();
+    assert_eq!(route.candidates, vec![hole, good.clone()]);
+    let started = tokio::time::Instant::now();
+    let (connected, _s) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), proxy.connect(&route))
+            .await
+            .expect("stuck on the black-holed server")
+            .unwrap();
+    assert_eq!(connected, good);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(3) && waited < std::time::Duration::from_secs(4),
+        "{waited:?}"
+    );
+    drop(live);
+}
