@@ -249,7 +249,7 @@ impl Upstreams {
             }),
             Endpoint::Dns { host, port } => {
                 let lookup = tokio::net::lookup_host((host.as_str(), *port));
-                let addrs: Vec<SocketAddr> =
+                let mut addrs: Vec<SocketAddr> =
                     match tokio::time::timeout(self.connect_timeout, lookup).await {
                         Ok(Ok(a)) => a.collect(),
                         Ok(Err(e)) => {
@@ -269,6 +269,10 @@ impl Upstreams {
                     host: host.clone(),
                     message: "no addresses".to_owned(),
                 };
+                // Spread connections over every address the name has, as
+                // Istio's DNS resolution (Envoy's STRICT_DNS) balances over
+                // them, starting each connection at a random one.
+                rotate_randomly(&mut addrs, random());
                 for addr in addrs.into_iter().take(MAX_ATTEMPTS) {
                     // A name that resolves to a mesh Workload goes over the mesh.
                     let r = match config.workload_by_address(addr.ip()) {
@@ -334,6 +338,14 @@ impl Upstreams {
 }
 
 /// A pseudo-random number for load balancing (not for anything secret).
+/// Rotates `v` to start at index `r % len`, keeping the order after it.
+fn rotate_randomly<T>(v: &mut [T], r: u64) {
+    if !v.is_empty() {
+        let n = (r % v.len() as u64) as usize;
+        v.rotate_left(n);
+    }
+}
+
 pub(crate) fn random() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -380,6 +392,21 @@ pub fn pick_destination(route: &[RouteDestination]) -> Option<&RouteDestination>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_addresses_are_spread_over() {
+        let mut firsts = std::collections::BTreeSet::new();
+        for r in 0..6 {
+            let mut v = vec![1, 2, 3];
+            rotate_randomly(&mut v, r);
+            assert_eq!(v.len(), 3);
+            // A rotation: the order after the start is kept.
+            assert_eq!(v[1], v[0] % 3 + 1);
+            firsts.insert(v[0]);
+        }
+        assert_eq!(firsts.len(), 3, "every address comes first for some r");
+        rotate_randomly(&mut Vec::<u8>::new(), 7);
+    }
 
     #[test]
     fn weights_are_honoured() {
