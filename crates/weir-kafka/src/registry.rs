@@ -23,6 +23,9 @@ use crate::frame::{Frame, FrameReader};
 use crate::header::parse_response_header;
 use crate::upstream::Connector;
 
+/// The shortest time between two metadata refreshes of the same kind.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How many learned brokers are tried after the configured bootstrap
 /// servers (each failed attempt may cost a connect timeout).
 pub const LEARNED_FALLBACKS: usize = 3;
@@ -66,6 +69,8 @@ pub struct BrokerRegistry {
     brokers: RwLock<HashMap<i32, BrokerAddr>>,
     topics: RwLock<HashMap<[u8; 16], Arc<str>>>,
     refresh: tokio::sync::Mutex<()>,
+    /// When the last refresh ended: (any, an every-topic one).
+    refreshed: std::sync::Mutex<(Option<tokio::time::Instant>, Option<tokio::time::Instant>)>,
 }
 
 impl BrokerRegistry {
@@ -77,6 +82,7 @@ impl BrokerRegistry {
             brokers: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             refresh: tokio::sync::Mutex::new(()),
+            refreshed: std::sync::Mutex::new((None, None)),
         }
     }
 
@@ -197,10 +203,29 @@ impl BrokerRegistry {
         if satisfied(self) {
             return Ok(());
         }
-        let resp = tokio::time::timeout(timeout, self.fetch_metadata(connector, all_topics))
+        // At most one refresh of a kind per MIN_REFRESH_INTERVAL: what the
+        // last one learned is current enough, and clients naming unknown
+        // brokers or topic ids cannot turn every connection into a metadata
+        // request to the cluster.
+        let recent =
+            |t: Option<tokio::time::Instant>| t.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL);
+        let (any, every_topic) = *self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if recent(every_topic) || (!all_topics && recent(any)) {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(timeout, self.fetch_metadata(connector, all_topics))
             .await
-            .map_err(|_| RefreshError::Timeout(timeout))??;
-        self.learn_metadata(&resp);
+            .map_err(|_| RefreshError::Timeout(timeout))
+            .and_then(|r| r);
+        {
+            let now = Some(tokio::time::Instant::now());
+            let mut r = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            r.0 = now;
+            if all_topics && result.is_ok() {
+                r.1 = now;
+            }
+        }
+        self.learn_metadata(&result?);
         Ok(())
     }
 

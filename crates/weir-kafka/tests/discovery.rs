@@ -104,7 +104,7 @@ async fn bootstrap_server_at(
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_broker_added_to_the_cluster_is_found_without_config_changes() {
     let brokers = Arc::new(Mutex::new(vec![1, 2]));
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -125,8 +125,14 @@ async fn a_broker_added_to_the_cluster_is_found_without_config_changes() {
     proxy.resolve("b1-kafka.example.com").await.unwrap();
     assert_eq!(requests.lock().unwrap().len(), 1);
 
-    // Broker 3 joins the cluster; a client dials its name.
+    // Broker 3 joins the cluster; a client dials its name. Within a second
+    // of the last refresh no new one is made (what it learned is current;
+    // clients naming unknown brokers cannot flood the cluster), after it one is.
     brokers.lock().unwrap().push(3);
+    let err = proxy.resolve("b3-kafka.example.com").await.unwrap_err();
+    assert_eq!(err.reason(), "unknown_broker");
+    assert_eq!(requests.lock().unwrap().len(), 1);
+    tokio::time::sleep(weir_kafka::registry::MIN_REFRESH_INTERVAL).await;
     let route = proxy.resolve("B3-Kafka.Example.Com").await.unwrap();
     assert_eq!(route.candidates[0].to_string(), "10.9.0.3:9092");
     // A brokers-only refresh (empty topic list, not every topic).
