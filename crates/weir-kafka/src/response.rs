@@ -202,11 +202,21 @@ pub(crate) fn process(
     body: Option<Bytes>,
     ctx: &mut ResponseCtx<'_>,
 ) -> Result<Option<BytesMut>, String> {
-    // Produce and Fetch responses are read for metrics and node endpoints
-    // only (hints): one kafka-protocol cannot read (Tansu sends Fetch v12
-    // with a v16 tagged field) is forwarded as it came, uncounted.
-    let tolerant =
-        matches!(w.api, ApiKey::Produce | ApiKey::Fetch) && w.denied.is_empty() && body.is_some();
+    // Produce and Fetch responses are read for metrics only in the versions
+    // without node endpoints: one kafka-protocol cannot read there (Tansu
+    // sends Fetch v12 with a v16 tagged field) is forwarded as it came,
+    // uncounted. Where they may carry node endpoints (Produce v10+, Fetch
+    // v16+), an unreadable one would pass broker addresses unrewritten:
+    // that closes the connection (malformed_response).
+    let endpoints = match w.api {
+        ApiKey::Produce => w.version >= 10,
+        ApiKey::Fetch => w.version >= 16,
+        _ => true,
+    };
+    let tolerant = matches!(w.api, ApiKey::Produce | ApiKey::Fetch)
+        && !endpoints
+        && w.denied.is_empty()
+        && body.is_some();
     match process_strict(w, body, ctx) {
         Err(e) if tolerant => {
             tracing::debug!(api = ?w.api, version = w.version, error = %e, "forwarding a response the gateway cannot read");

@@ -1810,3 +1810,46 @@ async fn newer_versions_of_apis_with_broker_addresses_are_refused() {
         assert!(e.to_string().contains(&format!("v{version}")), "{e}");
     }
 }
+
+/// A Produce or Fetch response the gateway cannot read passes as it came
+/// where it carries no broker addresses (Fetch v12: Tansu's quirk), and
+/// closes the connection where it may (Produce v10+, Fetch v16+), so no
+/// node endpoint reaches the client unrewritten.
+#[tokio::test]
+async fn unreadable_responses_pass_only_where_they_carry_no_addresses() {
+    let garbage = |corr: i32, flexible: bool| {
+        let mut b = corr.to_be_bytes().to_vec();
+        if flexible {
+            b.push(0);
+        }
+        b.extend([0xff; 3]);
+        let mut f = (b.len() as u32).to_be_bytes().to_vec();
+        f.extend(b);
+        Bytes::from(f)
+    };
+    let mut fetch = FetchRequest::default();
+    fetch.replica_id = BrokerId(-1);
+    fetch.session_epoch = -1;
+
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &request_frame(12, 1, &fetch)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let raw = garbage(1, true);
+    send(&mut h.broker, &raw).await;
+    assert_eq!(next(&mut h.client_frames).await.wire(), &raw);
+
+    for (version, request) in [
+        (16, request_frame(16, 2, &fetch)),
+        (
+            10,
+            request_frame(10, 2, &produce(1, &[("orders", &[0])], &records(1, 10))),
+        ),
+    ] {
+        let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+        send(&mut h.client, &request).await;
+        let _ = next(&mut h.broker_frames).await;
+        send(&mut h.broker, &garbage(2, true)).await;
+        let e = ended(h.session).await;
+        assert_eq!(e.reason(), "malformed_response", "v{version}: {e}");
+    }
+}
