@@ -196,7 +196,11 @@ type PrevTls<'a> = (
 /// those of `prev` whose settings and files are unchanged), extension
 /// listeners.
 fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Snapshot {
-    let mut table = RouteTable::build(&config, &ctx.options.labels);
+    let mut table = RouteTable::build_in(
+        &config,
+        &ctx.options.labels,
+        Some(ctx.options.namespace.as_str()),
+    );
     // An extension listener's port is its own (a KafkaGateway names exactly
     // one port for itself): Gateway servers on it are dropped and reported;
     // of two extension listeners on one port, the first is kept.

@@ -106,10 +106,16 @@ fn attaches(vs: &VirtualService, gw: &ObjectMeta, server: &Server) -> bool {
     vs.binds(gw) && server.admits(vs, &gw.namespace)
 }
 
-fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> {
+fn candidates(
+    config: &Config,
+    gw: &Gateway,
+    server: &Server,
+    namespace: Option<&str>,
+) -> Vec<Candidate> {
     let mut vss: Vec<&VirtualService> = config
         .virtual_services
         .iter()
+        .filter(|vs| namespace.is_none_or(|ns| vs.visible_to(ns)))
         .filter(|vs| attaches(vs, &gw.metadata, server))
         .collect();
     // Istio's sortConfigByCreationTime: oldest first, then by name, then
@@ -177,6 +183,17 @@ fn candidates(config: &Config, gw: &Gateway, server: &Server) -> Vec<Candidate> 
 impl RouteTable {
     /// The listeners of a gateway instance with `labels`.
     pub fn build(config: &Config, labels: &BTreeMap<String, String>) -> RouteTable {
+        Self::build_in(config, labels, None)
+    }
+
+    /// [`RouteTable::build`] for a gateway instance in `namespace`: only
+    /// VirtualServices whose `exportTo` makes them visible there are used,
+    /// as Istio's gateways see them (`None`: every VirtualService).
+    pub fn build_in(
+        config: &Config,
+        labels: &BTreeMap<String, String>,
+        namespace: Option<&str>,
+    ) -> RouteTable {
         let mut table = RouteTable::default();
         let mut gateways: Vec<&Gateway> = config.gateways_selecting(labels).collect();
         gateways.sort_by(|a, b| {
@@ -219,7 +236,7 @@ impl RouteTable {
                     gateway: gw.metadata.key(),
                     index,
                     server: server.clone(),
-                    routes: candidates(config, gw, server),
+                    routes: candidates(config, gw, server, namespace),
                 });
             }
         }
@@ -485,6 +502,29 @@ spec:
             dest(&route(s, 1883, None).unwrap()),
             "plain.mqtt.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn export_to_hides_virtual_services_from_gateways_in_other_namespaces() {
+        let vs = |name: &str, export: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: kafka}}\nspec:\n  hosts: ['*']\n  gateways: [istio-system/edge]\n  exportTo: {export}\n  tcp:\n  - route: [{{destination: {{host: {name}.example.net, port: {{number: 1}}}}}}]\n")
+        };
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: istio-system}}\nspec:\n  servers:\n  - port: {{number: 1883, name: mqtt, protocol: TCP}}\n    hosts: ['*/*']\n{}{}",
+            vs("aaa-private", "['.']"),
+            vs("bbb-exported", "[istio-system]")
+        );
+        let c = config(&yaml);
+        let first = |ns: Option<&str>| {
+            let t = RouteTable::build_in(&c, &labels(&[]), ns);
+            let s = t.server(1883, None).unwrap();
+            dest(&route(s, 1883, None).unwrap()).to_owned()
+        };
+        // A gateway in istio-system does not see the kafka-only one.
+        assert_eq!(first(Some("istio-system")), "bbb-exported.example.net");
+        // One in kafka sees both (name order).
+        assert_eq!(first(Some("kafka")), "aaa-private.example.net");
+        assert_eq!(first(None), "aaa-private.example.net");
     }
 
     #[test]

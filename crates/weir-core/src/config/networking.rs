@@ -877,11 +877,24 @@ pub struct VirtualService {
     pub gateways: Vec<GatewayRef>,
     pub tls: Vec<TlsRoute>,
     pub tcp: Vec<TcpRoute>,
+    /// `exportTo`: the namespaces whose proxies may use it (`.` its own,
+    /// `*` all); empty means all, Istio's default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
     #[serde(skip)]
     pub(crate) doc: Option<DocumentRef>,
 }
 
 impl VirtualService {
+    /// Whether a proxy in `namespace` (a gateway's) sees this
+    /// VirtualService under its `exportTo`, as Istio decides it.
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        self.export_to.is_empty()
+            || self.export_to.iter().any(|e| {
+                e == "*" || e == namespace || (e == "." && self.metadata.namespace == namespace)
+            })
+    }
+
     /// Whether the VirtualService as a whole is bound to `gateway`.
     pub fn binds(&self, gateway: &ObjectMeta) -> bool {
         self.gateways.iter().any(|g| g.is(gateway))
@@ -1236,7 +1249,17 @@ fn virtual_service(
             "ignored: weir does not route HTTP; only tls and tcp routes apply",
         );
     }
-    let _ = spec.export_to;
+    let mut export_to = Vec::new();
+    for (i, e) in spec.export_to.unwrap_or_default().into_iter().enumerate() {
+        if e == "." || e == "*" || e == "~" || super::load::is_dns_label(&e) {
+            export_to.push(e);
+        } else {
+            ctx.error(
+                Some(format!("spec.exportTo[{i}]")),
+                format!("{e:?} is not an exportTo value (\".\", \"*\", \"~\" or a namespace)"),
+            );
+        }
+    }
     let mut tls = Vec::new();
     for (i, r) in spec.tls.unwrap_or_default().into_iter().enumerate() {
         let p = format!("spec.tls[{i}]");
@@ -1321,6 +1344,7 @@ fn virtual_service(
         gateways,
         tls,
         tcp,
+        export_to,
         doc: Some(ctx.doc.clone()),
     }
 }

@@ -525,6 +525,11 @@ fn virtual_service_rules_follow_istio_validation() {
         "spec.tls[0].match[0].sniHosts[0]",
         "not within any of the VirtualService's hosts",
     );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [a.example.com]\n  exportTo: [., Bad_NS]\n",
+        "spec.exportTo[1]",
+        "not an exportTo value",
+    );
     // A subset, not merely an overlap (Istio's validateSniHost).
     one_error(
         &vs("  - match: [{sniHosts: ['*.example.com']}]\n    route: [{destination: {host: a}}]\n"),
