@@ -2203,16 +2203,44 @@ impl Config {
             .or(Some(first))
     }
 
+    /// The DestinationRules that apply to `host` (read from `namespace`):
+    /// those whose host is the most specific match of it (an exact host
+    /// over a longer wildcard over a shorter one), as Istio's
+    /// MostSpecificHostMatch picks them; rules for the same host merge.
+    fn rules_for(&self, host: &str, namespace: &str) -> Vec<&DestinationRule> {
+        let fq = qualify(host, namespace, self);
+        let matching: Vec<(&DestinationRule, String, usize)> = self
+            .destination_rules
+            .iter()
+            .filter_map(|d| {
+                let h = qualify(&d.host, &d.metadata.namespace, self);
+                let p = HostPattern::parse(&h)?;
+                p.matches(&fq).then(|| (d, h, p.specificity()))
+            })
+            .collect();
+        let Some(best) = matching.iter().map(|(_, _, s)| *s).max() else {
+            return Vec::new();
+        };
+        let best_host = matching
+            .iter()
+            .find(|(_, _, s)| *s == best)
+            .map(|(_, h, _)| h.clone())
+            .unwrap_or_default();
+        matching
+            .into_iter()
+            .filter(|(_, h, _)| *h == best_host)
+            .map(|(d, _, _)| d)
+            .collect()
+    }
+
     fn subset_labels(
         &self,
         host: &str,
         namespace: &str,
         subset: &str,
     ) -> Option<&BTreeMap<String, String>> {
-        let fq = qualify(host, namespace, self);
-        self.destination_rules
-            .iter()
-            .filter(|d| qualify(&d.host, &d.metadata.namespace, self) == fq)
+        self.rules_for(host, namespace)
+            .into_iter()
             .flat_map(|d| d.subsets.iter())
             .find(|s| s.name == subset)
             .map(|s| &s.labels)
@@ -2289,10 +2317,8 @@ impl Config {
         port: u16,
         subset: Option<&str>,
     ) -> Option<(String, &str)> {
-        let fq = qualify(host, namespace, self);
-        self.destination_rules
-            .iter()
-            .filter(|d| qualify(&d.host, &d.metadata.namespace, self) == fq)
+        self.rules_for(host, namespace)
+            .into_iter()
             .flat_map(|d| d.tls_modes.iter().map(move |m| (d, m)))
             .filter(|(_, m)| m.subset.is_none() || m.subset.as_deref() == subset)
             .filter(|(_, m)| m.port.is_none_or(|p| p == port))

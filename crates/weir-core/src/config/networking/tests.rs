@@ -704,6 +704,33 @@ fn destination_rule_upstream_tls_is_ignored_with_a_warning() {
     assert!(c.destination_rules[0].traffic_policy.is_some());
 }
 
+/// A DestinationRule for a wildcard host applies to the hosts it matches;
+/// the most specific rule wins (Istio's MostSpecificHostMatch).
+#[test]
+fn destination_rules_match_wildcard_hosts_most_specific_first() {
+    let se = |name: &str, host: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: data}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 9093, name: tls}}]\n  resolution: STATIC\n  endpoints:\n  - {{address: 198.18.6.1, labels: {{zone: a}}}}\n  - {{address: 198.18.6.2, labels: {{zone: b}}}}\n")
+    };
+    let dr = |name: &str, host: &str, zone: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: data}}\nspec:\n  host: '{host}'\n  subsets:\n  - {{name: pick, labels: {{zone: {zone}}}}}\n")
+    };
+    let c = load(
+        &(mesh()
+            + &se("b0", "b0.ext.example.com")
+            + &se("b1", "b1.ext.example.com")
+            + &dr("all", "*.ext.example.com", "a")
+            + &dr("b1", "b1.ext.example.com", "b")),
+    );
+    let pick = |host: &str| {
+        addrs(
+            &c.resolve_destination(&dest(host, Some(9093), Some("pick")), "edge")
+                .unwrap_or_else(|e| panic!("{host}: {e}")),
+        )
+    };
+    assert_eq!(pick("b0.ext.example.com"), ["198.18.6.1:9093"]);
+    assert_eq!(pick("b1.ext.example.com"), ["198.18.6.2:9093"]);
+}
+
 /// A DestinationRule asking for TLS origination (SIMPLE/MUTUAL) makes the
 /// destination refused, not sent in plaintext; the most specific setting
 /// (subset over rule, port over top level) decides, as in Istio.
