@@ -258,13 +258,39 @@ impl RouteTable {
         }
     }
 
-    /// The server of `port` that handles a connection with `sni`: the one
-    /// whose host matches most specifically (first Gateway on a tie); for a
-    /// TCP listener, its server.
+    /// The server of `port` that handles a connection with `sni`, among
+    /// those with a host matching it, as Envoy picks a filter chain by
+    /// server name: a PASSTHROUGH server is ranked by its most specific
+    /// `tls` route for `sni` (its chain's names are the routes' sniHosts),
+    /// a terminating one by its most specific host; the highest wins (on a
+    /// tie the more specific server host, then the first Gateway). A PASSTHROUGH server without a route for
+    /// `sni` counts only if no server has one (so the refusal names it).
+    /// For a TCP listener, its server.
     pub fn server(&self, port: u16, sni: Option<&str>) -> Option<&ServerEntry> {
         let l = self.listeners.get(&port)?;
         if l.kind == ListenerKind::Tcp {
             return l.servers.first();
+        }
+        // Ties go to the more specific server host.
+        let mut routed: Option<(&ServerEntry, (usize, usize))> = None;
+        for s in &l.servers {
+            let Some((_, host)) = s.server.best_host(sni) else {
+                continue;
+            };
+            let spec = if s.mode() == Some(TlsMode::Passthrough) {
+                match best_tls(s, port, sni) {
+                    Some((_, spec)) => spec,
+                    None => continue,
+                }
+            } else {
+                host
+            };
+            if routed.is_none_or(|(_, b)| (spec, host) > b) {
+                routed = Some((s, (spec, host)));
+            }
+        }
+        if let Some((s, _)) = routed {
+            return Some(s);
         }
         let mut best: Option<(&ServerEntry, usize)> = None;
         for s in &l.servers {
@@ -298,7 +324,7 @@ pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route
     let passthrough = server.mode() == Some(TlsMode::Passthrough);
     let chosen = match (!passthrough).then(tcp).flatten() {
         Some(c) => Some(c),
-        None => best_tls(server, port, sni),
+        None => best_tls(server, port, sni).map(|(c, _)| c),
     }?;
     Some(Route {
         name: chosen.name.clone(),
@@ -308,8 +334,12 @@ pub fn route(server: &ServerEntry, port: u16, sni: Option<&str>) -> Option<Route
 }
 
 /// The `tls` route of `server` whose SNI pattern matches `sni` most
-/// specifically (earliest on a tie).
-fn best_tls<'a>(server: &'a ServerEntry, port: u16, sni: Option<&str>) -> Option<&'a Candidate> {
+/// specifically (earliest on a tie), with that pattern's specificity.
+fn best_tls<'a>(
+    server: &'a ServerEntry,
+    port: u16,
+    sni: Option<&str>,
+) -> Option<(&'a Candidate, usize)> {
     let mut best: Option<(&Candidate, usize)> = None;
     for c in &server.routes {
         let CandidateKind::Tls(matches) = &c.kind else {
@@ -331,7 +361,7 @@ fn best_tls<'a>(server: &'a ServerEntry, port: u16, sni: Option<&str>) -> Option
             }
         }
     }
-    best.map(|(c, _)| c)
+    best
 }
 
 #[cfg(test)]
@@ -502,6 +532,56 @@ spec:
             dest(&route(s, 1883, None).unwrap()),
             "plain.mqtt.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn on_a_passthrough_port_the_most_specific_route_picks_the_server() {
+        // Istio: a catch-all server's exact sniHost beats another server's
+        // wildcard route for that name (Envoy's filter chain names are the
+        // routes' sniHosts); weir used to pick the server first, by host.
+        // Each VirtualService attaches to one server (namespaced hosts).
+        let c = config(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 6651, name: tls-any, protocol: TLS}
+    hosts: ["apps/*"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 6651, name: tls-example, protocol: TLS}
+    hosts: ["other/*.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: exact, namespace: apps}
+spec:
+  hosts: [foo.example.com]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: [foo.example.com]}]
+    route: [{destination: {host: foo.apps.svc.cluster.local, port: {number: 6651}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wildcard, namespace: other}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: any.other.svc.cluster.local, port: {number: 6651}}}]
+"#,
+        );
+        let t = RouteTable::build(&c, &labels(&[]));
+        let pick = |sni: &str| {
+            let s = t.server(6651, Some(sni)).unwrap();
+            dest(&route(s, 6651, Some(sni)).unwrap()).to_owned()
+        };
+        assert_eq!(pick("foo.example.com"), "foo.apps.svc.cluster.local");
+        assert_eq!(pick("bar.example.com"), "any.other.svc.cluster.local");
     }
 
     #[test]
