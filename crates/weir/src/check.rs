@@ -84,7 +84,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let settings = match args.mesh.settings() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            diag!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -94,7 +94,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             match args.output {
                 Output::Text => {
                     for w in &config.warnings {
-                        eprintln!("warning: {w}");
+                        diag!("warning: {w}");
                     }
                     for line in summary_lines(&config) {
                         out!("{line}");
@@ -109,12 +109,13 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
+            crate::fail_on_broken_pipe(1);
             match args.output {
                 Output::Text => {
                     for e in &errors.0 {
-                        eprintln!("error: {e}");
+                        diag!("error: {e}");
                     }
-                    eprintln!(
+                    diag!(
                         "{} error{} found; nothing was applied",
                         errors.0.len(),
                         if errors.0.len() == 1 { "" } else { "s" }
@@ -141,8 +142,9 @@ fn no_documents(args: &CheckArgs) -> ExitCode {
         "no documents found in {} (directories are searched recursively for *.yaml, *.yml and *.json; empty and comment-only documents do not count)",
         paths.join(", ")
     );
+    crate::fail_on_broken_pipe(1);
     match args.output {
-        Output::Text => eprintln!("error: {message}"),
+        Output::Text => diag!("error: {message}"),
         Output::Json => {
             let out = serde_json::json!({
                 "valid": false,

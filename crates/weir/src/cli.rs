@@ -149,7 +149,24 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a valid duration"));
     }
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("{s:?} is too long (at most 3650d)"));
+    }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// The longest duration a flag takes: ten years (longer ones would overflow
+/// the clocks they are added to).
+const MAX_DURATION_SECS: f64 = 3650.0 * 86400.0;
+
+/// [`parse_duration`] for a flag that must be more than zero (an interval,
+/// a timeout, a certificate lifetime).
+pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than 0"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -194,19 +211,19 @@ pub struct ProxyArgs {
     pub ca: CaArgs,
     /// Lifetime of the certificates the proxy holds (a node's workload
     /// certificates, a gateway's own); they are renewed at half-life.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
     pub cert_ttl: std::time::Duration,
     #[command(flatten)]
     pub admin: AdminArgs,
     /// How often the config paths (and a gateway's certificate files) are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub reload_interval: std::time::Duration,
     /// On shutdown, how long open connections may finish.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
     /// Bound on connecting to a destination: a workload's port, a
     /// passthrough destination, a gateway's upstream (TCP, HBONE, DNS).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: std::time::Duration,
     /// Log format on stderr; RUST_LOG filters (default info).
     #[arg(long, value_enum, default_value_t)]
@@ -309,10 +326,10 @@ pub struct ControlArgs {
     #[arg(long = "san", value_name = "NAME|IP")]
     pub sans: Vec<String>,
     /// Longest lifetime of the workload certificates it signs (and the default).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
     pub cert_ttl: std::time::Duration,
     /// How often the config paths are re-read.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub reload_interval: std::time::Duration,
     /// Log format on stderr; RUST_LOG filters (default info).
     #[arg(long, value_enum, default_value_t)]
@@ -434,7 +451,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "WEIR_GATEWAY_LISTEN_ADDRESS", default_value = "0.0.0.0")]
     pub listen_address: std::net::IpAddr,
     /// Bound on a client's ClientHello and on a terminated TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub client_hello_timeout: std::time::Duration,
 }
 
@@ -810,6 +827,29 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("5 parsecs").is_err());
+        // Too long for the clocks they are added to, and zero where an
+        // interval or timeout must be positive: refused, not a panic.
+        assert!(parse_duration("99999999999999999999999s")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("999999999999999d").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(super::parse_positive_duration("0s")
+            .unwrap_err()
+            .contains("more than 0"));
+        assert!(super::parse_positive_duration("0ms").is_err());
+        use clap::Parser;
+        for flag in [
+            "--reload-interval=0s",
+            "--cert-ttl=0s",
+            "--connect-timeout=0ms",
+        ] {
+            let e =
+                super::Cli::try_parse_from(["weir", "node", "--node", "a", "--config", "c", flag])
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains("must be more than 0"), "{flag}: {e}");
+        }
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
     }

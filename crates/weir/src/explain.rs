@@ -73,7 +73,7 @@ fn policies_use_source_ip(config: &Config) -> bool {
 }
 
 fn fail(msg: String) -> ExitCode {
-    eprintln!("error: {msg}");
+    diag!("error: {msg}");
     ExitCode::from(2)
 }
 
@@ -86,7 +86,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             for e in &e.0 {
-                eprintln!("error: {e}");
+                diag!("error: {e}");
             }
             return fail("the configuration is invalid; run `weir check` on it".to_owned());
         }
@@ -129,7 +129,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     };
     let v = policy::evaluate(&config, workload, &conn);
     if args.source_ip.is_none() && policies_use_source_ip(&config) {
-        eprintln!(
+        diag!(
             "note: no --source-ip given: ipBlocks and source.ip conditions match no address, notIpBlocks and notValues of source.ip match any"
         );
     }

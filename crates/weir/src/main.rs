@@ -10,6 +10,14 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` for the same commands: a closed standard error ends the
+/// command as a closed standard output does, instead of a panic.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::write_stderr(format_args!($($arg)*))
+    };
+}
+
 mod check;
 mod cli;
 mod control;
@@ -24,6 +32,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The exit code a broken pipe ends the command with: 0 unless the command
+/// said its result is a failure ([`fail_on_broken_pipe`]), so that
+/// `weir check bad.yaml | head -1` still fails under `set -o pipefail`.
+static PIPE_EXIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Makes a later broken pipe end the command with `code`.
+fn fail_on_broken_pipe(code: u8) {
+    PIPE_EXIT.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn broken_pipe_exit() -> ! {
+    std::process::exit(i32::from(
+        PIPE_EXIT.load(std::sync::atomic::Ordering::Relaxed),
+    ))
+}
+
 fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -32,10 +56,23 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
         .and_then(|()| stdout.write_all(b"\n"))
     {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            broken_pipe_exit();
         }
-        eprintln!("weir: cannot write to standard output: {e}");
+        write_stderr(format_args!("weir: cannot write to standard output: {e}"));
         std::process::exit(1);
+    }
+}
+
+fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    if let Err(e) = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            broken_pipe_exit();
+        }
     }
 }
 

@@ -388,6 +388,44 @@ fn check_and_explain_end_quietly_when_the_reader_goes_away() {
     }
 }
 
+/// A refused config stays a failure when the reader goes away (so
+/// `weir check bad/ | head -1` fails under pipefail), for stdout (JSON) and
+/// for stderr (the error lines); and a closed stderr is no panic.
+#[test]
+fn a_refused_config_fails_even_when_the_reader_goes_away() {
+    use std::process::Stdio;
+    let dir = TempDir::new("check-pipe");
+    let mut docs = String::new();
+    for i in 0..300 {
+        docs.push_str(&format!(
+            "---\napiVersion: weir.dev/v1alpha1\nkind: Nonsense{i}\nmetadata: {{name: n{i}}}\n"
+        ));
+    }
+    let bad = dir.write("bad.yaml", &docs);
+    for json in [false, true] {
+        let mut cmd = weir();
+        cmd.arg("check").arg(&bad);
+        if json {
+            cmd.args(["--output", "json"]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the stream the answer goes to before weir writes it.
+        if json {
+            drop(child.stdout.take());
+        } else {
+            drop(child.stderr.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "json={json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "json={json}: {stderr}");
+    }
+}
+
 #[test]
 fn check_warns_about_rules_with_http_attributes() {
     let dir = TempDir::new("check-l7");
