@@ -723,32 +723,26 @@ fn authorization_policy(
     metadata: ObjectMeta,
     spec: AuthorizationPolicySpec,
 ) -> Option<AuthorizationPolicy> {
-    let action = match spec.action.as_deref() {
-        None | Some("ALLOW") => Action::Allow,
-        Some("DENY") => Action::Deny,
-        Some("CUSTOM") => {
-            ctx.error(
-                Some("spec.action".to_owned()),
-                "CUSTOM is not supported: it delegates to an external authorizer (ext_authz), which weir does not have; use ALLOW or DENY",
-            );
-            return None;
-        }
-        Some("AUDIT") => {
-            ctx.error(
-                Some("spec.action".to_owned()),
-                "AUDIT is not supported: it only marks requests for an Envoy audit logger, which weir does not have; use ALLOW or DENY",
-            );
-            return None;
-        }
-        Some(other) => {
-            ctx.error(
-                Some("spec.action".to_owned()),
-                format!("{other:?} is not an action; use ALLOW or DENY"),
-            );
-            return None;
-        }
+    // A refused action is reported with every other error of the policy
+    // (its rules are checked as if it were ALLOW), not instead of them.
+    let refused = |ctx: &mut DocCtx<'_>, message: String| {
+        ctx.error(Some("spec.action".to_owned()), message);
+        (Action::Allow, false)
     };
-    if spec.provider.is_some() {
+    let (action, action_ok) = match spec.action.as_deref() {
+        None | Some("ALLOW") => (Action::Allow, true),
+        Some("DENY") => (Action::Deny, true),
+        Some("CUSTOM") => refused(
+            ctx,
+            "CUSTOM is not supported: it delegates to an external authorizer (ext_authz), which weir does not have; use ALLOW or DENY".to_owned(),
+        ),
+        Some("AUDIT") => refused(
+            ctx,
+            "AUDIT is not supported: it only marks requests for an Envoy audit logger, which weir does not have; use ALLOW or DENY".to_owned(),
+        ),
+        Some(other) => refused(ctx, format!("{other:?} is not an action; use ALLOW or DENY")),
+    };
+    if spec.provider.is_some() && action_ok {
         ctx.error(
             Some("spec.provider".to_owned()),
             "provider is only used with action CUSTOM, which weir does not support",
@@ -782,6 +776,9 @@ fn authorization_policy(
             action,
             &metadata.namespace,
         ));
+    }
+    if !action_ok {
+        return None;
     }
     Some(AuthorizationPolicy {
         metadata,
@@ -1337,6 +1334,27 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn a_refused_action_does_not_hide_the_rules_errors() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: k}\n\
+             spec: {action: CUSTOM, rules: [{from: [{source: {ipBlocks: [nope]}}], to: [{operation: {ports: [\"70000\"]}}]}]}\n",
+        );
+        let fields: Vec<_> = e
+            .iter()
+            .map(|e| e.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.action",
+                "spec.rules[0].from[0].source.ipBlocks[0]",
+                "spec.rules[0].to[0].operation.ports[0]"
+            ],
+            "{e:#?}"
+        );
     }
 
     #[test]
