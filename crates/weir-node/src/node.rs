@@ -211,7 +211,11 @@ pub async fn run_with(
             info!(node = %options.node, control_plane = %control, "node proxy starting; waiting for config from the control plane")
         }
         _ => {
-            info!(node = %options.node, workloads = config.workloads_on_node(&options.node).count(), "node proxy starting")
+            let serving = config.workloads_on_node(&options.node).count();
+            info!(node = %options.node, workloads = serving, "node proxy starting");
+            if serving == 0 {
+                warn_no_workloads(&config, &options.node);
+            }
         }
     }
     let mut proxies: HashMap<(String, String), WorkloadProxy> = HashMap::new();
@@ -383,4 +387,18 @@ async fn reconcile(
     }
     ctx.metrics.set_workloads(proxies.len());
     ctx.ready.store(all_ok, Ordering::Release);
+}
+
+/// A node proxy that serves no Workload is most likely started with the
+/// wrong --node (or the config names another): say so, with the nodes the
+/// config does name, as `weir gateway` warns when nothing selects it.
+fn warn_no_workloads(config: &Config, node: &str) {
+    let nodes: std::collections::BTreeSet<&str> =
+        config.workloads.iter().map(|w| w.node.as_str()).collect();
+    let named = if nodes.is_empty() {
+        "none: the config has no Workloads".to_owned()
+    } else {
+        nodes.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    tracing::warn!(node, "no Workload has spec.node {node:?}: this node proxy serves nothing until one does (nodes in the config: {named})");
 }

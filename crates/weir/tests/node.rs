@@ -914,3 +914,29 @@ fn pod_network_namespace_is_found_by_uid() {
     );
     drop(server);
 }
+
+/// A node proxy started with a --node no Workload names says so (with the
+/// nodes the config does name) instead of idling silently. No namespaces:
+/// it serves nothing, so --no-capture is enough.
+#[test]
+fn a_node_that_serves_nothing_says_which_nodes_exist() {
+    let cfg = TempDir::new("ghost-cfg");
+    let state = TempDir::new("ghost-ca");
+    cfg.write(
+        "w.yaml",
+        "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: apps}\nspec: {address: 198.18.0.2, node: node-a, netns: a}\n---\napiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: b, namespace: apps}\nspec: {address: 198.18.0.3, node: node-b, netns: b}\n",
+    );
+    let mut p = NodeProxy::start(
+        "node-typo",
+        &[cfg.path()],
+        Ca::StateDir(state.path()),
+        &["--no-capture"],
+    );
+    p.wait_ready();
+    let log = p.log_text();
+    assert!(
+        log.contains(r#"no Workload has spec.node "node-typo""#)
+            && log.contains("nodes in the config: node-a, node-b"),
+        "{log}"
+    );
+}
