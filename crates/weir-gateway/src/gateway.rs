@@ -130,6 +130,30 @@ impl Snapshot {
             .any(|(tls, files)| TlsFiles::read(tls).ok().as_ref() != files.as_ref())
     }
 
+    /// Why a terminating server or extension listener cannot serve at all
+    /// (no certificate it could use, not even a previous one).
+    fn unservable(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ((gw, i), t) in &self.tls {
+            if t.config.is_none() {
+                out.push(format!(
+                    "Gateway {gw} server {i}: TLS: {}",
+                    t.error.as_deref().unwrap_or("no certificate")
+                ));
+            }
+        }
+        for (port, e) in &self.extensions {
+            if e.config.is_none() {
+                out.push(format!(
+                    "listener {} (port {port}): TLS: {}",
+                    e.listener.name,
+                    e.error.as_deref().unwrap_or("no certificate")
+                ));
+            }
+        }
+        out
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut out = self.table.problems.clone();
         out.extend(self.extension_conflicts.iter().cloned());
@@ -220,9 +244,17 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
         }
     }
     let build = |tls: &ServerTls, old: Option<PrevTls<'_>>| {
+        // A server that had a working config keeps it when the new files
+        // are unusable (a half-written rotation, a key that does not match):
+        // the last good certificate stays in force, the error is reported.
+        let previous = old.and_then(|(_, _, c)| c.clone());
+        let kept = |e: String| match &previous {
+            Some(_) => format!("{e}; still serving the previous certificate"),
+            None => e,
+        };
         let files = match TlsFiles::read(tls) {
             Ok(f) => f,
-            Err(e) => return (None, None, Some(e.to_string())),
+            Err(e) => return (None, previous.clone(), Some(kept(e.to_string()))),
         };
         if let Some((t, Some(f), Some(c))) = old {
             if t == tls && *f == files {
@@ -231,7 +263,7 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
         }
         match server_config(tls, &files, &ctx.identity, &ctx.id) {
             Ok(c) => (Some(files), Some(c), None),
-            Err(e) => (Some(files), None, Some(e.to_string())),
+            Err(e) => (Some(files), previous.clone(), Some(kept(e.to_string()))),
         }
     };
     let mut tls = HashMap::new();
@@ -563,7 +595,10 @@ async fn reconcile(ctx: &Arc<Ctx>, running: &mut BTreeMap<u16, tokio::task::Join
             .insert(port, status);
     }
     ctx.metrics.set_listeners(running.len());
-    ctx.ready.store(all_ok, Ordering::Release);
+    // Ready when every port listens and every terminating server has a
+    // certificate it can use.
+    let servable = ctx.snapshot().unservable().is_empty();
+    ctx.ready.store(all_ok && servable, Ordering::Release);
 }
 
 async fn accept_loop(ctx: Arc<Ctx>, port: u16, listener: TcpListener) {
@@ -628,8 +663,9 @@ async fn spawn_admin(
                     (StatusCode::OK, TEXT, "ready\n".to_owned())
                 } else {
                     let status = c.status.lock().unwrap_or_else(|p| p.into_inner());
-                    let waiting: Vec<String> =
+                    let mut waiting: Vec<String> =
                         status.values().filter_map(|s| s.error.clone()).collect();
+                    waiting.extend(c.snapshot().unservable());
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         TEXT,

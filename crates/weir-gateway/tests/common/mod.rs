@@ -52,6 +52,7 @@ pub async fn wait_for_port(port: u16) {
 pub struct TestGateway {
     pub admin_port: u16,
     pub metrics_port: u16,
+    pub readiness_port: u16,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), weir_gateway::Error>>,
 }
@@ -65,13 +66,13 @@ impl TestGateway {
         extension: Arc<dyn TerminatedListeners>,
         port: u16,
     ) -> TestGateway {
-        let (admin_port, metrics_port) = (free_port(), free_port());
+        let (admin_port, metrics_port, readiness_port) = (free_port(), free_port(), free_port());
         let mut options = GatewayOptions::new(vec![config]);
         options.listen_address = [127, 0, 0, 1].into();
         options.common.state_dir = dir.0.join("ca");
         options.common.admin_addr = ([127, 0, 0, 1], admin_port).into();
         options.common.metrics_addr = ([127, 0, 0, 1], metrics_port).into();
-        options.common.readiness_addr = ([127, 0, 0, 1], free_port()).into();
+        options.common.readiness_addr = ([127, 0, 0, 1], readiness_port).into();
         options.client_hello_timeout = Duration::from_secs(5);
         options.extensions.push(extension);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -87,9 +88,30 @@ impl TestGateway {
         TestGateway {
             admin_port,
             metrics_port,
+            readiness_port,
             stop,
             task,
         }
+    }
+
+    /// `GET /healthz/ready`: the status code and body.
+    pub async fn readiness(&self) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.readiness_port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (code, body)
     }
 
     /// Stops the gateway; it must end without an error within 10 s.
