@@ -42,6 +42,8 @@ pub enum TlsConfigError {
     Identity(#[from] weir_identity::Error),
     #[error("tls.mode {0} does not terminate TLS")]
     NotTerminating(TlsMode),
+    #[error("privateKey {key} does not match serverCertificate {cert} (its first certificate's public key is not this key's)")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
 }
 
 /// The files a config was built from, with their contents, so a change on
@@ -198,7 +200,16 @@ pub fn server_config(
             } else {
                 builder.with_no_client_auth()
             };
-            let mut config = builder.with_single_cert(chain, key)?;
+            let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => TlsConfigError::KeyMismatch {
+                    cert: files
+                        .get(&tls.server_certificate)
+                        .map(|(p, _)| p.to_owned())
+                        .unwrap_or_default(),
+                    key: key_path.to_owned(),
+                },
+                e => e.into(),
+            })?;
             config.ignore_client_order = true;
             Ok(Arc::new(config))
         }

@@ -92,6 +92,15 @@ async fn a_listener_without_a_usable_certificate_is_not_ready() {
         body.contains("kafka:kafka/external") && body.contains("TLS"),
         "{body}"
     );
+    // The message names both files.
+    assert!(
+        body.contains(&format!(
+            "privateKey {} does not match serverCertificate {}",
+            dir.0.join("tls.key").display(),
+            dir.0.join("tls.crt").display()
+        )),
+        "{body}"
+    );
     gw.stop().await;
 }
 

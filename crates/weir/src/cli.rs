@@ -155,6 +155,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// An `IP:PORT` listen address, with a message that shows the form.
+pub fn parse_socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:15020, 0.0.0.0:15020 or [::1]:15020; host names are not resolved)")
+    })
+}
+
 /// The longest duration a flag takes: ten years (longer ones would overflow
 /// the clocks they are added to).
 const MAX_DURATION_SECS: f64 = 3650.0 * 86400.0;
@@ -310,10 +317,10 @@ pub struct ControlArgs {
     #[arg(long = "gateway-service-account", conflicts_with = "config", value_name = "NS/NAME", value_parser = parse_service_account)]
     pub gateway_service_accounts: Vec<String>,
     /// The gRPC endpoint for node proxies and gateways (CA and config).
-    #[arg(long, env = "WEIR_CONTROL_LISTEN", default_value = "0.0.0.0:15012")]
+    #[arg(long, env = "WEIR_CONTROL_LISTEN", default_value = "0.0.0.0:15012", value_parser = parse_socket_addr)]
     pub listen: std::net::SocketAddr,
     /// /metrics, /healthz/ready and /version.
-    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15014")]
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15014", value_parser = parse_socket_addr)]
     pub metrics_addr: std::net::SocketAddr,
     /// YAML file of the nodes' (and gateways') bootstrap tokens:
     /// `nodes: {NODE: TOKEN}`, `gateways: {NAME: {token: TOKEN, identities: [SPIFFE-ID]}}`.
@@ -555,13 +562,13 @@ impl CaArgs {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Admin endpoint (/config_dump); keep it on localhost.
-    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = parse_socket_addr)]
     pub admin_addr: std::net::SocketAddr,
     /// Prometheus endpoint (/metrics).
-    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:15020", value_parser = parse_socket_addr)]
     pub metrics_addr: std::net::SocketAddr,
     /// Readiness endpoint (/healthz/ready).
-    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    #[arg(long, env = "WEIR_READINESS_ADDR", default_value = "0.0.0.0:15021", value_parser = parse_socket_addr)]
     pub readiness_addr: std::net::SocketAddr,
 }
 
@@ -816,6 +823,38 @@ mod tests {
             let e = node(&[bad]).unwrap_err();
             assert!(e.contains("not in 1.."), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn listen_addresses_show_their_form() {
+        assert_eq!(
+            super::parse_socket_addr("127.0.0.1:15020").unwrap(),
+            "127.0.0.1:15020".parse::<std::net::SocketAddr>().unwrap()
+        );
+        for bad in ["localhost:25001", "127.0.0.1", "15020"] {
+            let e = super::parse_socket_addr(bad).unwrap_err();
+            assert!(
+                e.contains("is not IP:PORT (e.g. 127.0.0.1:15020"),
+                "{bad}: {e}"
+            );
+        }
+        use clap::Parser;
+        let e = super::Cli::try_parse_from([
+            "weir",
+            "node",
+            "--node",
+            "a",
+            "--config",
+            "c",
+            "--metrics-addr",
+            "localhost:25001",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--metrics-addr") && e.contains("is not IP:PORT"),
+            "{e}"
+        );
     }
 
     #[test]

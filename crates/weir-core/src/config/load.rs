@@ -1251,6 +1251,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_workload_address_is_quoted() {
+        let e = one(
+            "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, namespace: x}\n\
+             spec: {address: 10.0.0.300, node: n}\n",
+        );
+        assert_eq!(e.field.as_deref(), Some("spec.address"));
+        assert!(
+            e.message.contains("\"10.0.0.300\" is not an IP address"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn a_removed_field_is_not_then_reported_missing() {
         // `address` has the wrong type and is required: one error, not a
         // second "missing field" caused by taking it out.

@@ -68,10 +68,23 @@ impl Workload {
 pub(crate) struct WorkloadSpec {
     #[serde(default = "default_sa")]
     pub service_account: String,
+    #[serde(deserialize_with = "ip_address")]
+    #[cfg_attr(feature = "schema", schemars(with = "IpAddr"))]
     pub address: IpAddr,
     pub node: String,
     #[serde(default)]
     pub netns: Option<String>,
+}
+
+/// An IP address, with a message that repeats the value (serde's says only
+/// "invalid IP address syntax").
+fn ip_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an IP address (an IPv4 address such as 198.18.0.10, or IPv6)"
+        ))
+    })
 }
 
 fn default_sa() -> String {
