@@ -179,7 +179,7 @@ pub fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// This node's name: the proxy serves Workloads whose spec.node equals it.
-    #[arg(long, env = "WEIR_NODE_NAME")]
+    #[arg(long, env = "WEIR_NODE_NAME", value_parser = parse_node_name)]
     pub node: String,
     #[command(flatten)]
     pub proxy: ProxyArgs,
@@ -346,6 +346,44 @@ pub struct ControlArgs {
 }
 
 /// `namespace/name` of a ServiceAccount.
+/// A node name, as Kubernetes names nodes (a DNS subdomain).
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a node name (a Kubernetes node name: lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// A Kubernetes namespace or service-account name as a SPIFFE path
+/// segment: a DNS label (lower-case letters, digits, '-'; at most 63).
+pub fn parse_dns_label(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label (lower-case letters, digits and '-', at most 63, not starting or ending with '-')"
+        ))
+    }
+}
+
 pub fn parse_service_account(s: &str) -> Result<String, String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
@@ -445,13 +483,14 @@ pub struct GatewayArgs {
     #[arg(long, env = "WEIR_GATEWAY_LABELS", default_value = "istio=ingressgateway", value_parser = parse_labels, value_name = "K=V,...")]
     pub labels: std::collections::BTreeMap<String, String>,
     /// The gateway's namespace (its SPIFFE identity spiffe://<td>/ns/<namespace>/sa/<service-account>).
-    #[arg(long, env = "WEIR_GATEWAY_NAMESPACE", default_value = "istio-system")]
+    #[arg(long, env = "WEIR_GATEWAY_NAMESPACE", default_value = "istio-system", value_parser = parse_dns_label)]
     pub namespace: String,
     /// The gateway's service account (its SPIFFE identity).
     #[arg(
         long,
         env = "WEIR_GATEWAY_SERVICE_ACCOUNT",
-        default_value = "weir-gateway"
+        default_value = "weir-gateway",
+        value_parser = parse_dns_label
     )]
     pub service_account: String,
     /// Address the Gateway servers' ports are opened on.
@@ -823,6 +862,42 @@ mod tests {
             let e = node(&[bad]).unwrap_err();
             assert!(e.contains("not in 1.."), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn node_names_are_checked() {
+        use clap::Parser;
+        for bad in ["", "Node A", "node_b"] {
+            let e = super::Cli::try_parse_from(["weir", "node", "--config", "c", "--node", bad])
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.to_string().contains("is not a node name"), "{bad:?}: {e}");
+        }
+        assert!(super::parse_node_name("ip-10-0-0-1.ec2.internal").is_ok());
+    }
+
+    #[test]
+    fn gateway_identity_flags_are_dns_labels() {
+        use clap::Parser;
+        for flag in [
+            "--namespace=Bad NS",
+            "--service-account=Bad SA",
+            "--namespace=-x",
+        ] {
+            let e =
+                super::Cli::try_parse_from(["weir", "gateway", "--config", "c", flag]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{flag}");
+            assert!(e.to_string().contains("is not a DNS label"), "{flag}: {e}");
+        }
+        assert!(super::Cli::try_parse_from([
+            "weir",
+            "gateway",
+            "--config",
+            "c",
+            "--namespace=kafka-edge",
+            "--service-account=gw-1"
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -362,6 +362,11 @@ fn load_document(
             }
             if spec.node.is_empty() {
                 ctx.error(Some("spec.node".to_owned()), "must not be empty");
+            } else if !is_dns_subdomain(&spec.node) {
+                ctx.error(
+                    Some("spec.node".to_owned()),
+                    format!("{:?} is not a node name (a Kubernetes node name: lower-case letters, digits, '-' and '.')", spec.node),
+                );
             }
             if let Some(n) = &spec.netns {
                 if n.is_empty() || n.contains('/') || n == "." || n == ".." {
@@ -1248,6 +1253,17 @@ mod tests {
             "{e:#?}"
         );
         assert!(e[1].message.contains("invalid type"), "{}", e[1].message);
+    }
+
+    #[test]
+    fn a_workload_node_is_a_node_name() {
+        for bad in ["Node A", "node_b"] {
+            let e = one(&format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {{name: a, namespace: x}}\nspec: {{address: 198.18.0.2, node: {bad}}}\n"
+            ));
+            assert_eq!(e.field.as_deref(), Some("spec.node"), "{bad}");
+            assert!(e.message.contains("is not a node name"), "{}", e.message);
+        }
     }
 
     #[test]
