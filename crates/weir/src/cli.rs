@@ -653,6 +653,10 @@ pub struct CheckArgs {
 
 /// The Kafka resource flags of `weir explain`; one of them selects Kafka mode.
 pub const KAFKA_RESOURCE_FLAGS: [&str; 4] = ["topic", "group", "transactional_id", "cluster"];
+/// A Kafka question's flags: a resource, or `--operation` (whose missing
+/// resource `weir explain` then names itself).
+pub const KAFKA_QUESTION_FLAGS: [&str; 5] =
+    ["topic", "group", "transactional_id", "cluster", "operation"];
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -669,10 +673,10 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "IP", conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
     pub source_ip: Option<std::net::IpAddr>,
     /// The destination workload (connection questions).
-    #[arg(long, value_name = "NAMESPACE/WORKLOAD", required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
+    #[arg(long, value_name = "NAMESPACE/WORKLOAD", required_unless_present_any = KAFKA_QUESTION_FLAGS, conflicts_with_all = KAFKA_QUESTION_FLAGS)]
     pub to: Option<String>,
     /// The destination port (connection questions).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), required_unless_present_any = KAFKA_RESOURCE_FLAGS, conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), required_unless_present_any = KAFKA_QUESTION_FLAGS, conflicts_with_all = KAFKA_QUESTION_FLAGS)]
     pub port: Option<u16>,
     /// Kafka question: the topic the request is about.
     #[arg(
@@ -704,7 +708,7 @@ pub struct ExplainArgs {
     /// Kafka question: the operation (Read, Write, Create, Delete, Alter,
     /// Describe, DescribeConfigs, AlterConfigs, IdempotentWrite; any case).
     /// `All` is refused: Kafka never asks it, it is a wildcard in rules.
-    #[arg(long, value_name = "OPERATION", value_parser = parse_kafka_operation, requires = "kafka_resource")]
+    #[arg(long, value_name = "OPERATION", value_parser = parse_kafka_operation)]
     pub operation: Option<weir_core::kafka::Operation>,
     /// Kafka question: the KafkaGateway (needed when there are several).
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "kafka_resource")]
@@ -719,7 +723,18 @@ pub struct ExplainArgs {
 }
 
 fn parse_kafka_operation(s: &str) -> Result<weir_core::kafka::Operation, String> {
-    let op: weir_core::kafka::Operation = s.parse()?;
+    use weir_core::kafka::Operation;
+    let op: Operation = s.parse().map_err(|_| {
+        let asked: Vec<&str> = Operation::ALL
+            .into_iter()
+            .filter(|o| *o != Operation::All)
+            .map(|o| o.as_str())
+            .collect();
+        format!(
+            "unknown Kafka operation {s:?} (expected one of {})",
+            asked.join(", ")
+        )
+    })?;
     if op == weir_core::kafka::Operation::All {
         return Err(format!(
             "{s:?} is not a question Kafka asks: All is a wildcard in rules (a rule with All covers every operation), and every request is authorized for one operation; ask about that one (Read, Write, Create, Delete, Alter, Describe, DescribeConfigs, AlterConfigs or IdempotentWrite)"

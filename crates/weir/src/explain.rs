@@ -49,6 +49,16 @@ pub fn parse_from(s: &str) -> Result<Option<SpiffeId>, String> {
     if s.eq_ignore_ascii_case("plaintext") {
         return Ok(None);
     }
+    if s.eq_ignore_ascii_case("anonymous") {
+        return Err(format!(
+            "--from {s:?} describes a Kafka client without a certificate (Kafka questions: --topic, --group, --transactional-id, --cluster); a connection without mesh mTLS is `plaintext`"
+        ));
+    }
+    if s.contains('=') && !s.contains('/') {
+        return Err(format!(
+            "--from {s:?} is a certificate subject, which only Kafka questions take (--topic, --group, --transactional-id, --cluster); for a connection give a SPIFFE id, a principal or plaintext"
+        ));
+    }
     let full = if s.starts_with("spiffe://") {
         s.to_owned()
     } else {
@@ -91,8 +101,24 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             return fail("the configuration is invalid; run `weir check` on it".to_owned());
         }
     };
+    if config.documents() == 0 {
+        let paths: Vec<String> = args
+            .config
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return fail(format!(
+            "no documents found in {} (directories are searched recursively for *.yaml, *.yml and *.json)",
+            paths.join(", ")
+        ));
+    }
     if let Some(resource) = kafka_resource(args) {
         return run_kafka(args, &config, resource);
+    }
+    if args.operation.is_some() {
+        return fail(
+            "--operation asks a Kafka question: add --topic, --group, --transactional-id or --cluster".to_owned(),
+        );
     }
     let (Some(to), Some(port)) = (args.to.as_deref(), args.port) else {
         return fail(

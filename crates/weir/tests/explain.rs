@@ -586,3 +586,68 @@ fn explain_notes_an_unknown_source_ip_when_policies_test_it() {
         "no policy tests an address: {stderr}"
     );
 }
+
+/// Mistakes in a question get a message about that mistake, not about
+/// something else (each exits 2).
+#[test]
+fn explain_names_the_mistake_in_a_question() {
+    let empty = TempDir::new("explain-empty");
+    let cfg = example().display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--config", &cfg, "--from", "anonymous", "--to", "kafka/kafka-0", "--port", "9092"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a connection without mesh mTLS is `plaintext`",
+        ),
+        (
+            vec!["--config", &cfg, "--from", "CN=billing,O=Example", "--to", "kafka/kafka-0", "--port", "9092"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "is a certificate subject, which only Kafka questions take",
+        ),
+        (
+            vec!["--config", &cfg, "--from", "anonymous", "--operation", "Write"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "--operation asks a Kafka question: add --topic, --group, --transactional-id or --cluster",
+        ),
+        (
+            vec!["--config", &empty.0.display().to_string(), "--from", "plaintext", "--to", "kafka/kafka-0", "--port", "9092"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "no documents found in",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = weir().arg("explain").args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // An unknown operation lists only the ones that can be asked (not All).
+    let out = weir()
+        .args([
+            "explain",
+            "--config",
+            &cfg,
+            "--from",
+            "anonymous",
+            "--topic",
+            "t",
+            "--operation",
+            "Wrte",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("IdempotentWrite)") && !stderr.contains("All)"),
+        "{stderr}"
+    );
+}
