@@ -559,8 +559,31 @@ fn remove_field(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
 }
 
 /// serde's messages use backticks; turn them into quotes that read well in a log.
+/// serde's message in a user's words: quotes instead of backticks, and
+/// what was expected without Rust's type names (`u64`, `struct MutualTls`,
+/// `a sequence`).
 fn clean_serde_message(m: &str) -> String {
-    m.replace('`', "\"")
+    let mut out = m.replace('`', "\"");
+    let Some(at) = out.find(", expected ") else {
+        return out;
+    };
+    let expected = &out[at + ", expected ".len()..];
+    let plain = match expected.split_whitespace().next().unwrap_or("") {
+        "u8" | "u16" | "u32" | "u64" | "usize" => Some("a whole number (0 or more)"),
+        "i8" | "i16" | "i32" | "i64" | "isize" => Some("a whole number"),
+        "f32" | "f64" => Some("a number"),
+        "struct" => Some("a mapping (key: value pairs)"),
+        "a" if expected.starts_with("a sequence") => Some("a list"),
+        "a" if expected.starts_with("a map") => Some("a mapping (key: value pairs)"),
+        "a" if expected.starts_with("a boolean") => Some("true or false"),
+        _ => None,
+    };
+    if let Some(plain) = plain {
+        out.truncate(at);
+        out.push_str(", expected ");
+        out.push_str(plain);
+    }
+    out
 }
 
 pub(super) fn is_dns_label(s: &str) -> bool {
@@ -1253,6 +1276,42 @@ mod tests {
             "{e:#?}"
         );
         assert!(e[1].message.contains("invalid type"), "{}", e[1].message);
+    }
+
+    #[test]
+    fn type_errors_say_what_was_expected_without_rust_type_names() {
+        let cases = [
+            (
+                "spec: {mtls: STRICT}",
+                "spec.mtls",
+                "expected a mapping (key: value pairs)",
+            ),
+            (
+                "spec: {portLevelMtls: [9404]}",
+                "spec.portLevelMtls",
+                "expected a mapping (key: value pairs)",
+            ),
+        ];
+        for (spec, field, expected) in cases {
+            let e = one(&format!(
+                "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: a, namespace: k}}\n{spec}\n"
+            ));
+            assert_eq!(e.field.as_deref(), Some(field), "{spec}");
+            assert!(e.message.contains(expected), "{spec}: {}", e.message);
+            assert!(!e.message.contains("struct "), "{}", e.message);
+        }
+        assert_eq!(
+            clean_serde_message("invalid type: string \"9094\", expected u64"),
+            "invalid type: string \"9094\", expected a whole number (0 or more)"
+        );
+        assert_eq!(
+            clean_serde_message("invalid type: integer `9092`, expected a sequence"),
+            "invalid type: integer \"9092\", expected a list"
+        );
+        assert_eq!(
+            clean_serde_message("unknown variant `X`, expected one of `A`, `B`"),
+            "unknown variant \"X\", expected one of \"A\", \"B\""
+        );
     }
 
     #[test]
