@@ -162,6 +162,12 @@ impl CertificateAuthority {
                 missing: CA_CERT_FILE,
             }),
             (false, false) => {
+                if state_dir.exists() && !state_dir.is_dir() {
+                    return Err(Error::StateDir {
+                        path: state_dir.to_owned(),
+                        source: std::io::Error::other("it is a file, not a directory"),
+                    });
+                }
                 fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
                     path: state_dir.to_owned(),
                     source,
@@ -219,11 +225,29 @@ impl CertificateAuthority {
             path: cert.to_owned(),
             reason,
         };
-        let root_der = CertificateDer::from_pem_slice(&cert_pem)
-            .map_err(|e| invalid_cert(format!("no PEM certificate found ({e})")))?;
+        let root_der = CertificateDer::from_pem_slice(&cert_pem).map_err(|e| {
+            let text = String::from_utf8_lossy(&cert_pem);
+            invalid_cert(if text.contains("PRIVATE KEY-----") {
+                "it holds a private key, not a certificate: are --ca-cert and --ca-key swapped?"
+                    .to_owned()
+            } else {
+                format!("no PEM certificate found ({e})")
+            })
+        })?;
         let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| Error::InvalidCaKey {
             path: key.to_owned(),
-            reason: e.to_string(),
+            reason: if key_pem.contains("BEGIN EC PRIVATE KEY") {
+                "a SEC1 EC key; weir reads PKCS#8: convert it with `openssl pkcs8 -topk8 -nocrypt -in <key> -out <key.pk8>`".to_owned()
+            } else if key_pem.contains("BEGIN RSA PRIVATE KEY") {
+                "a PKCS#1 RSA key; weir reads PKCS#8 (and a P-256 key is recommended): convert it with `openssl pkcs8 -topk8 -nocrypt -in <key> -out <key.pk8>`".to_owned()
+            } else if key_pem.contains("BEGIN CERTIFICATE") && !key_pem.contains("PRIVATE KEY") {
+                "it holds a certificate, not a private key: are --ca-cert and --ca-key swapped?"
+                    .to_owned()
+            } else if !key_pem.contains("-----BEGIN") {
+                "not PEM (no -----BEGIN PRIVATE KEY----- block)".to_owned()
+            } else {
+                e.to_string()
+            },
         })?;
         {
             let (_, x509) = x509_parser::parse_x509_certificate(&root_der)
@@ -645,6 +669,45 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&cert.display().to_string()), "{msg}");
         assert!(msg.contains("--ca-cert"), "{msg}");
+    }
+
+    #[test]
+    fn ca_file_mistakes_are_named() {
+        let dir = temp_dir("mistakes");
+        CertificateAuthority::load_or_create(&dir.join("a"), TrustDomain::default()).unwrap();
+        let (cert, key) = (
+            dir.join("a").join(CA_CERT_FILE),
+            dir.join("a").join(CA_KEY_FILE),
+        );
+        let td = TrustDomain::default;
+        // Swapped files.
+        let e = CertificateAuthority::from_pem_files(&key, &cert, td()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("are --ca-cert and --ca-key swapped?"),
+            "{e}"
+        );
+        // A key that is not PEM, and a SEC1 EC key.
+        let bad = dir.join("bad.pem");
+        fs::write(&bad, "not a key").unwrap();
+        let e = CertificateAuthority::from_pem_files(&cert, &bad, td()).unwrap_err();
+        assert!(e.to_string().contains("not PEM"), "{e}");
+        fs::write(
+            &bad,
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = CertificateAuthority::from_pem_files(&cert, &bad, td()).unwrap_err();
+        assert!(e.to_string().contains("openssl pkcs8 -topk8"), "{e}");
+        // A state directory that is a file.
+        let file = dir.join("afile");
+        fs::write(&file, "x").unwrap();
+        let e = CertificateAuthority::load_or_create(&file, td()).unwrap_err();
+        assert!(
+            e.to_string().contains("it is a file, not a directory"),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

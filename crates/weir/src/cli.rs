@@ -597,6 +597,28 @@ impl CaArgs {
     }
 }
 
+impl AdminArgs {
+    /// The three endpoints need three addresses: two on one would fail to
+    /// bind with an 'address in use' that seems to blame another program.
+    pub fn check(&self) -> Result<(), String> {
+        let named = [
+            ("--admin-addr", self.admin_addr),
+            ("--metrics-addr", self.metrics_addr),
+            ("--readiness-addr", self.readiness_addr),
+        ];
+        for (i, (a, x)) in named.iter().enumerate() {
+            for (b, y) in &named[i + 1..] {
+                if x == y {
+                    return Err(format!(
+                        "{a} and {b} are both {x}: each endpoint needs its own address"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The admin, metrics and readiness endpoints (node proxy and gateway).
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -913,6 +935,29 @@ mod tests {
             "--service-account=gw-1"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn admin_endpoints_need_their_own_addresses() {
+        use clap::Parser;
+        let node = |extra: &[&str]| {
+            let mut argv = vec!["weir", "node", "--node", "a", "--config", "c"];
+            argv.extend_from_slice(extra);
+            match super::Cli::try_parse_from(argv).unwrap().command {
+                super::Command::Node(n) => n.proxy.admin.check(),
+                _ => unreachable!(),
+            }
+        };
+        assert!(node(&[]).is_ok());
+        let e = node(&[
+            "--admin-addr=127.0.0.1:25000",
+            "--metrics-addr=127.0.0.1:25000",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("--admin-addr and --metrics-addr are both 127.0.0.1:25000"),
+            "{e}"
+        );
     }
 
     #[test]

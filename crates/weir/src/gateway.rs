@@ -17,6 +17,10 @@ pub fn run(args: GatewayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = args.proxy.admin.check() {
+        error!("{e}");
+        return ExitCode::from(2);
+    }
     let options = weir_gateway::GatewayOptions {
         common: args.proxy.options(settings),
         labels: args.labels.clone(),

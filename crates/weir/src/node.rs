@@ -30,6 +30,10 @@ pub fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = args.proxy.admin.check() {
+        error!("{e}");
+        return ExitCode::from(2);
+    }
     let options = weir_node::NodeOptions {
         node: args.node.clone(),
         common: args.proxy.options(settings),
