@@ -324,7 +324,12 @@ pub struct ControlArgs {
     pub metrics_addr: std::net::SocketAddr,
     /// YAML file of the nodes' (and gateways') bootstrap tokens:
     /// `nodes: {NODE: TOKEN}`, `gateways: {NAME: {token: TOKEN, identities: [SPIFFE-ID]}}`.
-    #[arg(long, env = "WEIR_NODE_TOKENS", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "WEIR_NODE_TOKENS",
+        value_name = "FILE",
+        required_unless_present = "kubernetes"
+    )]
     pub node_tokens: Option<PathBuf>,
     #[command(flatten)]
     pub ca: CaArgs,
@@ -513,7 +518,8 @@ pub struct ControlClientArgs {
         id = "control",
         env = "WEIR_CONTROL",
         value_name = "HOST:PORT",
-        value_parser = parse_control_address
+        value_parser = parse_control_address,
+        requires_all = ["control_token_file", "control_ca"]
     )]
     pub address: Option<String>,
     /// File holding the token presented to --control: in local mode this
@@ -805,14 +811,14 @@ mod tests {
         assert_eq!(c.token_audiences, [""]);
         // Local mode needs none of them, and the default audience does not
         // count as a cluster-mode flag.
-        let c = control(&["--config", "cfg"]).unwrap();
+        let c = control(&["--config", "cfg", "--node-tokens", "t"]).unwrap();
         assert!(c.node_service_accounts.is_empty());
         for flag in [
             "--token-audience=x",
             "--node-service-account=a/b",
             "--gateway-service-account=a/b",
         ] {
-            let e = control(&["--config", "cfg", flag]).unwrap_err();
+            let e = control(&["--config", "cfg", "--node-tokens", "t", flag]).unwrap_err();
             assert!(
                 e.contains("'--config <PATH>...' cannot be used with"),
                 "{flag}: {e}"
@@ -933,6 +939,63 @@ mod tests {
             "c",
             "--namespace=kafka-edge",
             "--service-account=gw-1"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn control_client_and_local_control_plane_flags_come_together() {
+        use clap::Parser;
+        for argv in [
+            &[
+                "weir",
+                "node",
+                "--node",
+                "a",
+                "--control",
+                "198.18.0.1:15012",
+            ][..],
+            &[
+                "weir",
+                "node",
+                "--node",
+                "a",
+                "--control",
+                "198.18.0.1:15012",
+                "--control-token-file",
+                "t",
+            ][..],
+            &[
+                "weir",
+                "gateway",
+                "--control",
+                "198.18.0.1:15012",
+                "--control-ca",
+                "ca.pem",
+            ][..],
+            &["weir", "control", "--config", "c"][..],
+        ] {
+            let e = super::Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{argv:?}: {e}");
+            let text = e.to_string();
+            assert!(
+                text.contains("--control-token-file")
+                    || text.contains("--control-ca")
+                    || text.contains("--node-tokens"),
+                "{argv:?}: {text}"
+            );
+        }
+        assert!(super::Cli::try_parse_from([
+            "weir",
+            "node",
+            "--node",
+            "a",
+            "--control",
+            "198.18.0.1:15012",
+            "--control-token-file",
+            "t",
+            "--control-ca",
+            "ca.pem"
         ])
         .is_ok());
     }
