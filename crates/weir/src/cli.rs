@@ -236,8 +236,8 @@ pub struct ProxyArgs {
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
     /// Worker threads of the async runtime (default: one per core).
-    #[arg(long, env = "WEIR_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    #[arg(long, env = "WEIR_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// HBONE: at most this many tunnels share one HTTP/2 connection to a
     /// destination; the next one opens another connection (as ztunnel).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
@@ -646,7 +646,7 @@ pub struct MeshArgs {
     #[arg(long, env = "WEIR_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// Root namespace: policies there apply mesh-wide (Istio's rootNamespace).
-    #[arg(long, env = "WEIR_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    #[arg(long, env = "WEIR_ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE, value_parser = parse_dns_label)]
     pub root_namespace: String,
 }
 
@@ -998,6 +998,20 @@ mod tests {
             "ca.pem"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn root_namespace_and_worker_threads_are_checked() {
+        use clap::Parser;
+        for flag in ["--root-namespace=Bad NS", "--worker-threads=0"] {
+            let e =
+                super::Cli::try_parse_from(["weir", "node", "--node", "a", "--config", "c", flag])
+                    .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{flag}: {e}");
+        }
+        let e = super::Cli::try_parse_from(["weir", "check", "--root-namespace=Bad NS", "c"])
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a DNS label"), "{e}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("weir-worker");
     if let Some(n) = args.proxy.worker_threads {
-        rt.worker_threads(n.max(1));
+        rt.worker_threads(usize::from(n));
     }
     let rt = match rt.build() {
         Ok(rt) => rt,
