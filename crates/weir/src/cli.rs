@@ -335,7 +335,7 @@ pub struct ControlArgs {
     pub ca: CaArgs,
     /// A DNS name or IP address for the control plane's serving certificate,
     /// besides its SPIFFE id (repeatable).
-    #[arg(long = "san", value_name = "NAME|IP")]
+    #[arg(long = "san", value_name = "NAME|IP", value_parser = parse_san)]
     pub sans: Vec<String>,
     /// Longest lifetime of the workload certificates it signs (and the default).
     #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
@@ -351,6 +351,18 @@ pub struct ControlArgs {
 }
 
 /// `namespace/name` of a ServiceAccount.
+/// A subject alternative name for a serving certificate: an IP address or
+/// a DNS name (a leading `*.` allowed).
+pub fn parse_san(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    let name = s.strip_prefix("*.").unwrap_or(s).to_ascii_lowercase();
+    parse_node_name(&name).map(|_| s.to_owned()).map_err(|_| {
+        format!("{s:?} is neither an IP address nor a DNS name (letters, digits, '-' and '.'; a leading *. allowed)")
+    })
+}
+
 /// A node name, as Kubernetes names nodes (a DNS subdomain).
 pub fn parse_node_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -998,6 +1010,26 @@ mod tests {
             "ca.pem"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn control_plane_sans_are_names_or_addresses() {
+        for ok in [
+            "weir-control.weir-system.svc",
+            "198.18.0.1",
+            "fd00::1",
+            "*.example.com",
+            "Control.Example.COM",
+        ] {
+            assert!(super::parse_san(ok).is_ok(), "{ok}");
+        }
+        for bad in ["bad name!", "", "a..b", "http://x"] {
+            let e = super::parse_san(bad).unwrap_err();
+            assert!(
+                e.contains("neither an IP address nor a DNS name"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
