@@ -192,6 +192,9 @@ pub(crate) struct Ctx {
     pub drain: Drain,
     snapshot: RwLock<Arc<Snapshot>>,
     ready: AtomicBool,
+    /// Whether it has been ready once (certificate problems after that are
+    /// reported, not made a readiness failure).
+    ever_ready: AtomicBool,
     status: Mutex<BTreeMap<u16, ListenerStatus>>,
     reload: Mutex<ReloadStatus>,
 }
@@ -209,11 +212,13 @@ impl Ctx {
     }
 }
 
-/// A previous build's settings, files and config, to reuse when unchanged.
+/// A previous build's settings, files, config and error, to reuse when
+/// unchanged.
 type PrevTls<'a> = (
     &'a ServerTls,
     &'a Option<TlsFiles>,
     &'a Option<Arc<rustls::ServerConfig>>,
+    &'a Option<String>,
 );
 
 /// Builds the snapshot for `config`: route table, TLS configs (reusing
@@ -247,7 +252,12 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
         // A server that had a working config keeps it when the new files
         // are unusable (a half-written rotation, a key that does not match):
         // the last good certificate stays in force, the error is reported.
-        let previous = old.and_then(|(_, _, c)| c.clone());
+        // Only for the same settings: a server whose TLS settings changed
+        // (SIMPLE to MUTUAL, a higher minimum version, another server at
+        // this index) must not go on with the old ones.
+        let previous = old
+            .filter(|(t, ..)| *t == tls)
+            .and_then(|(_, _, c, _)| c.clone());
         let kept = |e: String| match &previous {
             Some(_) => format!("{e}; still serving the previous certificate"),
             None => e,
@@ -256,9 +266,11 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
             Ok(f) => f,
             Err(e) => return (None, previous.clone(), Some(kept(e.to_string()))),
         };
-        if let Some((t, Some(f), Some(c))) = old {
+        if let Some((t, Some(f), Some(c), error)) = old {
             if t == tls && *f == files {
-                return (Some(files), Some(c.clone()), None);
+                // Unchanged: the same config, and the same error if the
+                // files it was built from were the unusable ones.
+                return (Some(files), Some(c.clone()), error.clone());
             }
         }
         match server_config(tls, &files, &ctx.identity, &ctx.id) {
@@ -275,7 +287,7 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
             let key = (s.gateway.clone(), s.index);
             let old = prev
                 .and_then(|p| p.tls.get(&key))
-                .map(|e| (&e.tls, &e.files, &e.config));
+                .map(|e| (&e.tls, &e.files, &e.config, &e.error));
             let (files, config, error) = build(t, old);
             tls.insert(
                 key,
@@ -295,7 +307,7 @@ fn build_snapshot(ctx: &Ctx, config: Arc<Config>, prev: Option<&Snapshot>) -> Sn
         } else {
             let old = prev
                 .and_then(|p| p.extensions.get(&l.port))
-                .map(|e| (&e.listener.tls, &e.files, &e.config));
+                .map(|e| (&e.listener.tls, &e.files, &e.config, &e.error));
             build(&l.tls, old)
         };
         extensions.insert(
@@ -429,6 +441,7 @@ pub async fn run_with(
             extension_conflicts: Vec::new(),
         })),
         ready: AtomicBool::new(false),
+        ever_ready: AtomicBool::new(false),
         status: Mutex::new(BTreeMap::new()),
         reload: Mutex::new(ReloadStatus::default()),
     });
@@ -595,10 +608,17 @@ async fn reconcile(ctx: &Arc<Ctx>, running: &mut BTreeMap<u16, tokio::task::Join
             .insert(port, status);
     }
     ctx.metrics.set_listeners(running.len());
-    // Ready when every port listens and every terminating server has a
-    // certificate it can use.
+    // Ready when every port listens and, at start-up, every terminating
+    // server has a certificate it can use. Once ready, a server added later
+    // without one is reported but does not take the whole gateway (every
+    // other server's routes) out of its Service, as Envoy keeps serving the
+    // listeners it could build.
     let servable = ctx.snapshot().unservable().is_empty();
-    ctx.ready.store(all_ok && servable, Ordering::Release);
+    let ready = all_ok && (servable || ctx.ever_ready.load(Ordering::Acquire));
+    if ready {
+        ctx.ever_ready.store(true, Ordering::Release);
+    }
+    ctx.ready.store(ready, Ordering::Release);
 }
 
 async fn accept_loop(ctx: Arc<Ctx>, port: u16, listener: TcpListener) {

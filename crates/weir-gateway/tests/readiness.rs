@@ -141,3 +141,39 @@ async fn a_broken_rotation_keeps_the_previous_certificate() {
         .expect("still served with the previous certificate");
     gw.stop().await;
 }
+
+/// A server whose TLS settings change (SIMPLE to MUTUAL) and whose new files
+/// cannot be used is not served with its old settings: a client without a
+/// certificate no longer gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_changed_to_mutual_never_goes_on_without_client_certificates() {
+    let dir = Dir::new("weir-gw-ready-mutual");
+    let (crt, key, root) = cert();
+    std::fs::write(dir.0.join("tls.crt"), &crt).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let port = free_port();
+    let path = config(&dir, port);
+    let gw = TestGateway::start(
+        &dir,
+        path.clone(),
+        Arc::new(weir_gateway::kafka::KafkaListeners::new()),
+        port,
+    )
+    .await;
+    handshake(port, &root)
+        .await
+        .expect("SIMPLE: no client certificate needed");
+    // MUTUAL with a CA file that does not exist.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "mode: SIMPLE,",
+        &format!(
+            "mode: MUTUAL, caCertificates: {},",
+            dir.0.join("missing-ca.pem").display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let refused = handshake(port, &root).await;
+    assert!(refused.is_err(), "served with the old SIMPLE settings");
+    gw.stop().await;
+}
