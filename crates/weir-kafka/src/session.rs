@@ -49,8 +49,10 @@ enum Reply {
     Upstream(Option<Box<ResponseWork>>),
     /// The gateway answers alone.
     Gateway(Box<ResponseWork>),
-    /// Read the broker's response to a request the gateway added, and drop it.
-    Discard,
+    /// Read the broker's answer to the gateway's own auto-creation Metadata
+    /// request (of this version); it is not passed on, but says which
+    /// topics the broker created (or is creating) for the client's answer.
+    Creation(i16),
 }
 
 struct InFlight {
@@ -101,6 +103,7 @@ where
         proxy,
         authz: SessionAuthz::new(proxy.authorizer().clone(), principal),
         fetched: TopicMeter::fetched(proxy.metrics().clone()),
+        created: Vec::new(),
     };
 
     let req = requests.run(&mut client_frames, &mut upstream_w, tx);
@@ -197,7 +200,11 @@ impl RequestSide<'_> {
             }
             Plan::Prelude(first, bytes, reply) => {
                 out.push(first);
-                if tx.send(entry(Reply::Discard)).await.is_err() {
+                if tx
+                    .send(entry(Reply::Creation(hdr.api_version)))
+                    .await
+                    .is_err()
+                {
                     return Err(SessionError::UpstreamClosed { pending: 0 });
                 }
                 out.push(bytes);
@@ -615,6 +622,9 @@ struct ResponseSide<'a> {
     proxy: &'a KafkaProxy,
     authz: SessionAuthz,
     fetched: TopicMeter,
+    /// The topics the last auto-creation Metadata request created (or is
+    /// creating): error 0 or LEADER_NOT_AVAILABLE in its answer.
+    created: Vec<StrBytes>,
 }
 
 impl ResponseSide<'_> {
@@ -685,12 +695,12 @@ impl ResponseSide<'_> {
         pending: usize,
     ) -> Result<Bytes, SessionError> {
         let bytes = match e.reply {
-            Reply::Discard => {
+            Reply::Creation(version) => {
                 let frame = frames
                     .next()
                     .await?
                     .ok_or(SessionError::UpstreamClosed { pending })?;
-                let (corr, _) = parse_response_header(frame.body(), e.header_version)
+                let (corr, at) = parse_response_header(frame.body(), e.header_version)
                     .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
                 if corr != e.correlation_id {
                     return Err(SessionError::CorrelationMismatch {
@@ -698,13 +708,36 @@ impl ResponseSide<'_> {
                         got: corr,
                     });
                 }
+                use kafka_protocol::protocol::Decodable;
+                let mut body = frame.body_bytes().slice(at..);
+                let resp = kafka_protocol::messages::MetadataResponse::decode(&mut body, version)
+                    .map_err(|err| SessionError::MalformedFrame {
+                    side: Side::Upstream,
+                    detail: format!("Metadata v{version} response: {err}"),
+                })?;
+                self.created = resp
+                    .topics
+                    .into_iter()
+                    .filter(|t| {
+                        t.error_code == 0
+                            || t.error_code == crate::inspect::codes::LEADER_NOT_AVAILABLE
+                    })
+                    .filter_map(|t| t.name.map(|n| n.0))
+                    .collect();
                 return Ok(Bytes::new());
             }
             Reply::Gateway(work) => {
                 let body = self.process(&work, None)?.unwrap_or_default();
                 response_frame(e.correlation_id, e.header_version, &body)
             }
-            Reply::Upstream(work) => {
+            Reply::Upstream(mut work) => {
+                if let Some(w) = work.as_mut().filter(|w| !w.creating.is_empty()) {
+                    // Only what the broker did create is "being created";
+                    // a topic it refused (auto-creation off, a policy)
+                    // stays unknown.
+                    let created = std::mem::take(&mut self.created);
+                    w.creating.retain(|n| created.contains(n));
+                }
                 let frame = frames
                     .next()
                     .await?

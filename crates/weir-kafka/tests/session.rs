@@ -1693,6 +1693,34 @@ async fn mixed_auto_creation_creates_only_what_may_be_created() {
         vec![("may-create".into(), 5), ("no-create".into(), 29)]
     );
 
+    // A broker that does not create it (auto.create.topics.enable=false):
+    // the topic stays unknown (3), not "being created" forever.
+    send(
+        &mut h.client,
+        &request_frame(9, 9, &metadata_request(Some(&["may-create", "no-create"]))),
+    )
+    .await;
+    let _ = next(&mut h.broker_frames).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut refused = metadata_response(&[]);
+    let mut t = metadata_response::MetadataResponseTopic::default();
+    t.name = Some(topic("may-create"));
+    t.error_code = 3;
+    refused.topics.push(t);
+    send(&mut h.broker, &response_frame(9, 9, &refused)).await;
+    send(&mut h.broker, &response_frame(9, 9, &resp)).await;
+    let (_, md): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 9);
+    let got: Vec<(String, i16)> = md
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("may-create".into(), 3), ("no-create".into(), 29)]
+    );
+
     // One answer per client request: the next one is answered next.
     send(
         &mut h.client,
