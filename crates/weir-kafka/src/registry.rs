@@ -23,6 +23,14 @@ use crate::frame::{Frame, FrameReader};
 use crate::header::parse_response_header;
 use crate::upstream::Connector;
 
+/// When the registry's metadata refreshes last ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct Refreshed {
+    brokers_attempt: Option<tokio::time::Instant>,
+    every_topic_attempt: Option<tokio::time::Instant>,
+    success: Option<tokio::time::Instant>,
+}
+
 /// The shortest time between two metadata refreshes of the same kind.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -70,7 +78,7 @@ pub struct BrokerRegistry {
     topics: RwLock<HashMap<[u8; 16], Arc<str>>>,
     refresh: tokio::sync::Mutex<()>,
     /// When the last refresh ended: (any, an every-topic one).
-    refreshed: std::sync::Mutex<(Option<tokio::time::Instant>, Option<tokio::time::Instant>)>,
+    refreshed: std::sync::Mutex<Refreshed>,
 }
 
 impl BrokerRegistry {
@@ -82,7 +90,7 @@ impl BrokerRegistry {
             brokers: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             refresh: tokio::sync::Mutex::new(()),
-            refreshed: std::sync::Mutex::new((None, None)),
+            refreshed: std::sync::Mutex::new(Refreshed::default()),
         }
     }
 
@@ -207,10 +215,19 @@ impl BrokerRegistry {
         // last one learned is current enough, and clients naming unknown
         // brokers or topic ids cannot turn every connection into a metadata
         // request to the cluster.
+        // A kind is limited by its last attempt, failed or not (failures
+        // must not turn into a stream of attempts either); a brokers-only
+        // refresh is also skipped right after any successful one, which
+        // learned the brokers too.
         let recent =
             |t: Option<tokio::time::Instant>| t.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL);
-        let (any, every_topic) = *self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-        if recent(every_topic) || (!all_topics && recent(any)) {
+        let last = *self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = if all_topics {
+            recent(last.every_topic_attempt)
+        } else {
+            recent(last.brokers_attempt) || recent(last.success)
+        };
+        if skip {
             return Ok(());
         }
         let result = tokio::time::timeout(timeout, self.fetch_metadata(connector, all_topics))
@@ -220,9 +237,13 @@ impl BrokerRegistry {
         {
             let now = Some(tokio::time::Instant::now());
             let mut r = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            r.0 = now;
-            if all_topics && result.is_ok() {
-                r.1 = now;
+            if all_topics {
+                r.every_topic_attempt = now;
+            } else {
+                r.brokers_attempt = now;
+            }
+            if result.is_ok() {
+                r.success = now;
             }
         }
         self.learn_metadata(&result?);
@@ -388,6 +409,46 @@ mod tests {
         MetadataResponseBroker, MetadataResponseTopic,
     };
     use kafka_protocol::messages::{BrokerId, TopicName};
+
+    /// Counts connection attempts; every one fails.
+    struct Refusing(std::sync::atomic::AtomicUsize);
+
+    impl Connector for Refusing {
+        fn connect<'a>(
+            &'a self,
+            _: &'a str,
+            _: u16,
+        ) -> crate::upstream::BoxFuture<'a, std::io::Result<crate::upstream::BoxStream>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(std::io::Error::other("refused")) })
+        }
+    }
+
+    /// Failed refreshes are limited like successful ones, per kind; a
+    /// failed every-topic refresh does not hold back a brokers-only one.
+    #[tokio::test(start_paused = true)]
+    async fn failing_refreshes_are_limited_too() {
+        let r = BrokerRegistry::new(vec![BrokerAddr {
+            host: "198.18.0.9".into(),
+            port: 9092,
+        }]);
+        let c = Refusing(std::sync::atomic::AtomicUsize::new(0));
+        let t = Duration::from_secs(1);
+        let attempts = || c.0.load(Ordering::SeqCst);
+        assert!(r.refresh(&c, true, t, |_| false).await.is_err());
+        assert_eq!(attempts(), 1);
+        // Within the second: no new every-topic attempt...
+        assert!(r.refresh(&c, true, t, |_| false).await.is_ok());
+        assert_eq!(attempts(), 1);
+        // ... but a brokers-only one still goes (nothing succeeded).
+        assert!(r.refresh(&c, false, t, |_| false).await.is_err());
+        assert_eq!(attempts(), 2);
+        assert!(r.refresh(&c, false, t, |_| false).await.is_ok());
+        assert_eq!(attempts(), 2);
+        tokio::time::sleep(MIN_REFRESH_INTERVAL).await;
+        assert!(r.refresh(&c, true, t, |_| false).await.is_err());
+        assert_eq!(attempts(), 3);
+    }
 
     #[test]
     fn learns_brokers_and_topic_ids() {
