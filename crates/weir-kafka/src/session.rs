@@ -249,10 +249,12 @@ impl RequestSide<'_> {
         let Some(range) = inspected_versions(api) else {
             // Not enforcing here (an API the gateway cannot authorize was
             // refused above).
+            // Outside the versions it reads, such an API's addresses could
+            // not be rewritten: refused, as a broker refuses a version.
             let work = match rewritten_versions(api) {
-                Some(r) if v > r.max => return Err(unsupported(r)),
-                Some(r) if v >= r.min => Some(Box::new(ResponseWork::new(api, v))),
-                _ => None,
+                Some(r) if v > r.max || v < r.min => return Err(unsupported(r)),
+                Some(_) => Some(Box::new(ResponseWork::new(api, v))),
+                None => None,
             };
             return Ok(Plan::Forward(
                 frame.into_wire(),

@@ -1829,6 +1829,8 @@ async fn newer_versions_of_apis_with_broker_addresses_are_refused() {
         (ApiKey::Produce, 99),
         (ApiKey::Fetch, 99),
         (ApiKey::ShareFetch, 99),
+        // Below the readable range too (v0 also carries node endpoints).
+        (ApiKey::ShareFetch, 0),
     ] {
         let h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
         let mut client = h.client;

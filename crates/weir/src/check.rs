@@ -84,6 +84,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let settings = match args.mesh.settings() {
         Ok(s) => s,
         Err(e) => {
+            crate::fail_on_broken_pipe(2);
             diag!("error: {e}");
             return ExitCode::from(2);
         }

@@ -624,11 +624,18 @@ impl AdminArgs {
             ("--metrics-addr", self.metrics_addr),
             ("--readiness-addr", self.readiness_addr),
         ];
+        // Port 0 binds any free port (twice is fine); an unspecified
+        // address (0.0.0.0) clashes with every address on its port.
+        let clash = |x: &std::net::SocketAddr, y: &std::net::SocketAddr| {
+            x.port() != 0
+                && x.port() == y.port()
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        };
         for (i, (a, x)) in named.iter().enumerate() {
             for (b, y) in &named[i + 1..] {
-                if x == y {
+                if clash(x, y) {
                     return Err(format!(
-                        "{a} and {b} are both {x}: each endpoint needs its own address"
+                        "{a} {x} and {b} {y} use the same port: each endpoint needs its own address"
                     ));
                 }
             }
@@ -1064,9 +1071,19 @@ mod tests {
         ])
         .unwrap_err();
         assert!(
-            e.contains("--admin-addr and --metrics-addr are both 127.0.0.1:25000"),
+            e.contains(
+                "--admin-addr 127.0.0.1:25000 and --metrics-addr 127.0.0.1:25000 use the same port"
+            ),
             "{e}"
         );
+        // 0.0.0.0 clashes with any address on its port; port 0 never does.
+        assert!(node(&["--admin-addr=127.0.0.1:15021"]).is_err());
+        assert!(node(&[
+            "--admin-addr=127.0.0.1:0",
+            "--metrics-addr=127.0.0.1:0",
+            "--readiness-addr=127.0.0.1:0"
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn policies_use_source_ip(config: &Config) -> bool {
 }
 
 fn fail(msg: String) -> ExitCode {
+    crate::fail_on_broken_pipe(2);
     diag!("error: {msg}");
     ExitCode::from(2)
 }
@@ -95,6 +96,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     let config = match Config::load_paths(&args.config, settings) {
         Ok(c) => c,
         Err(e) => {
+            crate::fail_on_broken_pipe(2);
             for e in &e.0 {
                 diag!("error: {e}");
             }
