@@ -269,10 +269,11 @@ impl Upstreams {
                     host: host.clone(),
                     message: "no addresses".to_owned(),
                 };
-                // Spread connections over every address the name has, as
-                // Istio's DNS resolution (Envoy's STRICT_DNS) balances over
-                // them, starting each connection at a random one.
-                rotate_randomly(&mut addrs, random());
+                // Spread connections over the addresses the name has,
+                // starting each at a random one, as Istio's DNS resolution
+                // balances over them; within the resolver's first address
+                // family only (an IPv4-only pod must not start with IPv6).
+                spread(&mut addrs, random());
                 for addr in addrs.into_iter().take(MAX_ATTEMPTS) {
                     // A name that resolves to a mesh Workload goes over the mesh.
                     let r = match config.workload_by_address(addr.ip()) {
@@ -337,7 +338,17 @@ impl Upstreams {
     }
 }
 
-/// A pseudo-random number for load balancing (not for anything secret).
+/// Rotates the leading run of addresses of the resolver's first family to
+/// start at `r % run`; the other family's addresses stay behind, in order.
+fn spread(addrs: &mut [SocketAddr], r: u64) {
+    let family = addrs.first().map(SocketAddr::is_ipv4);
+    let same = addrs
+        .iter()
+        .take_while(|a| Some(a.is_ipv4()) == family)
+        .count();
+    rotate_randomly(&mut addrs[..same], r);
+}
+
 /// Rotates `v` to start at index `r % len`, keeping the order after it.
 fn rotate_randomly<T>(v: &mut [T], r: u64) {
     if !v.is_empty() {
@@ -346,6 +357,7 @@ fn rotate_randomly<T>(v: &mut [T], r: u64) {
     }
 }
 
+/// A pseudo-random number for load balancing (not for anything secret).
 pub(crate) fn random() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -392,6 +404,22 @@ pub fn pick_destination(route: &[RouteDestination]) -> Option<&RouteDestination>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_spreading_keeps_the_first_family_first() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for r in 0..4 {
+            let mut v = vec![
+                a("198.18.0.1:1"),
+                a("198.18.0.2:1"),
+                a("[fd00::1]:1"),
+                a("[fd00::2]:1"),
+            ];
+            spread(&mut v, r);
+            assert!(v[0].is_ipv4() && v[1].is_ipv4(), "{v:?}");
+            assert_eq!(&v[2..], &[a("[fd00::1]:1"), a("[fd00::2]:1")]);
+        }
+    }
 
     #[test]
     fn dns_addresses_are_spread_over() {

@@ -851,10 +851,6 @@ fn process_strict(
     }
 }
 
-/// The error entries of denied topics in the shape most per-partition
-/// responses share: one topic entry per denied element, holding one
-/// partition entry (built by `partition` from its index and the error code)
-/// per partition the request named.
 /// A Fetch partition answered with `code` and no data.
 fn fetch_error_partition(index: i32, code: i16) -> fetch_response::PartitionData {
     fetch_response::PartitionData::default()
@@ -866,6 +862,10 @@ fn fetch_error_partition(index: i32, code: i16) -> fetch_response::PartitionData
         .with_records(Some(Bytes::new()))
 }
 
+/// The error entries of denied topics in the shape most per-partition
+/// responses share: one topic entry per denied element, holding one
+/// partition entry (built by `partition` from its index and the error code)
+/// per partition the request named.
 fn denied_partitions<T, P>(
     denied: &[Denied],
     partition: impl Fn(i32, i16) -> P,

@@ -558,13 +558,13 @@ fn remove_field(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
     }
 }
 
-/// serde's messages use backticks; turn them into quotes that read well in a log.
 /// serde's message in a user's words: quotes instead of backticks, and
 /// what was expected without Rust's type names (`u64`, `struct MutualTls`,
 /// `a sequence`).
 fn clean_serde_message(m: &str) -> String {
     let mut out = m.replace('`', "\"");
-    let Some(at) = out.find(", expected ") else {
+    // The last one: a quoted value may itself contain ", expected ".
+    let Some(at) = out.rfind(", expected ") else {
         return out;
     };
     let expected = &out[at + ", expected ".len()..];

@@ -1769,8 +1769,22 @@ fn upstream_tls(
                 .get("port")
                 .and_then(|p| p.get("number"))
                 .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok());
-            one(ctx, format!("{p}.portLevelSettings[{i}].tls"), tls, port);
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0);
+            let Some(port) = port else {
+                // Istio refuses such an entry; it must not become rule-wide.
+                ctx.warn(
+                    Some(format!("{p}.portLevelSettings[{i}].port")),
+                    "ignored: a port-level setting needs port.number (1-65535)",
+                );
+                continue;
+            };
+            one(
+                ctx,
+                format!("{p}.portLevelSettings[{i}].tls"),
+                tls,
+                Some(port),
+            );
         }
     }
 }
@@ -2292,6 +2306,16 @@ impl Config {
         listener_port: Option<u16>,
     ) -> Result<ResolvedDestination, ResolveError> {
         let r = self.resolve_endpoints(d, namespace, listener_port)?;
+        // Per connection: look the rules up only if one asks for TLS
+        // origination at all (cheap; usually none does).
+        let originates = self.destination_rules.iter().any(|d| {
+            d.tls_modes
+                .iter()
+                .any(|m| matches!(m.mode.as_str(), "SIMPLE" | "MUTUAL"))
+        });
+        if !originates {
+            return Ok(r);
+        }
         if let Some((rule, mode)) =
             self.upstream_tls_mode(&d.host, namespace, r.port, d.subset.as_deref())
         {
