@@ -2346,7 +2346,18 @@ impl Config {
             .flat_map(|d| d.tls_modes.iter().map(move |m| (d, m)))
             .filter(|(_, m)| m.subset.is_none() || m.subset.as_deref() == subset)
             .filter(|(_, m)| m.port.is_none_or(|p| p == port))
-            .max_by_key(|(_, m)| (m.subset.is_some(), m.port.is_some()))
+            .max_by_key(|(d, m)| {
+                // Most specific setting first; between rules for one host,
+                // the oldest one's policy, as Istio merges them.
+                (
+                    m.subset.is_some(),
+                    m.port.is_some(),
+                    std::cmp::Reverse((
+                        d.metadata.creation_timestamp.clone(),
+                        d.metadata.name.clone(),
+                    )),
+                )
+            })
             .map(|(d, m)| (d.metadata.key(), m.mode.as_str()))
     }
 

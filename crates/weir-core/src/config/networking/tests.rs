@@ -793,6 +793,20 @@ spec:
         w.iter().any(|m| m.contains("mode SIMPLE are refused")),
         "{w:?}"
     );
+    // Two rules for one host: the older one's policy (Istio merges them so).
+    let two = |first: &str, second: &str| {
+        let dr = |name: &str, ts: &str, mode: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: data, creationTimestamp: '{ts}'}}\nspec:\n  host: broker.example.net\n  trafficPolicy: {{tls: {{mode: {mode}}}}}\n")
+        };
+        load(&(mesh()
+            + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: data}\nspec:\n  hosts: [broker.example.net]\n  ports: [{number: 9093, name: tls}]\n  resolution: DNS\n"
+            + &dr("a", "2024-01-01T00:00:00Z", first)
+            + &dr("b", "2025-01-01T00:00:00Z", second)))
+        .resolve_destination(&dest("broker.example.net", Some(9093), None), "edge")
+        .is_ok()
+    };
+    assert!(!two("SIMPLE", "DISABLE"), "the older SIMPLE decides");
+    assert!(two("DISABLE", "SIMPLE"), "the older DISABLE decides");
 }
 
 #[test]
