@@ -603,7 +603,9 @@ pub struct CaArgs {
     /// PEM file of the mesh root CA certificate (instead of --state-dir).
     #[arg(long, requires = "ca_key", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
-    /// PEM file of the mesh root CA's private key (PKCS#8, P-256).
+    /// PEM file of the mesh root CA's private key (PKCS#8; the CA weir
+    /// creates itself uses P-256, and a key of another type rcgen signs
+    /// with, such as RSA, works too).
     #[arg(long, requires = "ca_cert", value_name = "PEM")]
     pub ca_key: Option<PathBuf>,
 }
