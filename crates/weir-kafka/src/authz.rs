@@ -161,6 +161,24 @@ impl SessionAuthz {
         !self.authorizer.allows_everything()
     }
 
+    /// [`SessionAuthz::allowed_as`], counting a denial in `metrics`
+    /// (`weir_kafka_authorization_denials_total`) under the resource and
+    /// operation.
+    pub(crate) fn check_counted(
+        &mut self,
+        metrics: &crate::metrics::KafkaMetrics,
+        ask: Ask,
+        resource: ResourceType,
+        name: &str,
+        op: Operation,
+    ) -> bool {
+        let ok = self.allowed_as(ask, resource, name, op);
+        if !ok {
+            metrics.denial(resource, name, &self.principal_label, op);
+        }
+        ok
+    }
+
     /// Whether `op` on `resource` `name` is allowed.
     pub(crate) fn allowed(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
         self.allowed_as(Ask::Acl, resource, name, op)

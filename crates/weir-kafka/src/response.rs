@@ -151,13 +151,13 @@ impl ResponseCtx<'_> {
     /// leaving a topic out of a listing is not a denial, as Kafka does not
     /// log one.)
     fn allowed(&mut self, resource: ResourceType, name: &str, op: Operation) -> bool {
-        let ok = self.authz.allowed(resource, name, op);
-        if !ok {
-            self.fetched
-                .metrics()
-                .denial(resource, name, &self.authz.principal_label, op);
-        }
-        ok
+        self.authz.check_counted(
+            self.fetched.metrics(),
+            crate::authz::Ask::Acl,
+            resource,
+            name,
+            op,
+        )
     }
 }
 

@@ -539,13 +539,8 @@ impl RequestSide<'_> {
     /// Asks `ask` about `op` on `resource` `name`; a denial is counted
     /// under that resource and operation.
     fn check(&mut self, ask: Ask, resource: ResourceType, name: &str, op: Operation) -> bool {
-        let ok = self.authz.allowed_as(ask, resource, name, op);
-        if !ok {
-            self.proxy
-                .metrics()
-                .denial(resource, name, &self.authz.principal_label, op);
-        }
-        ok
+        self.authz
+            .check_counted(self.proxy.metrics(), ask, resource, name, op)
     }
 }
 
@@ -698,18 +693,8 @@ impl ResponseSide<'_> {
     ) -> Result<Bytes, SessionError> {
         let bytes = match e.reply {
             Reply::Creation(version) => {
-                let frame = frames
-                    .next()
-                    .await?
-                    .ok_or(SessionError::UpstreamClosed { pending })?;
-                let (corr, at) = parse_response_header(frame.body(), e.header_version)
-                    .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
-                if corr != e.correlation_id {
-                    return Err(SessionError::CorrelationMismatch {
-                        expected: e.correlation_id,
-                        got: corr,
-                    });
-                }
+                let (frame, at) =
+                    broker_response(frames, e.correlation_id, e.header_version, pending).await?;
                 use kafka_protocol::protocol::Decodable;
                 let mut body = frame.body_bytes().slice(at..);
                 let resp = kafka_protocol::messages::MetadataResponse::decode(&mut body, version)
@@ -740,18 +725,8 @@ impl ResponseSide<'_> {
                     let created = std::mem::take(&mut self.created);
                     w.creating.retain(|n| created.contains(n));
                 }
-                let frame = frames
-                    .next()
-                    .await?
-                    .ok_or(SessionError::UpstreamClosed { pending })?;
-                let (corr, at) = parse_response_header(frame.body(), e.header_version)
-                    .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
-                if corr != e.correlation_id {
-                    return Err(SessionError::CorrelationMismatch {
-                        expected: e.correlation_id,
-                        got: corr,
-                    });
-                }
+                let (frame, at) =
+                    broker_response(frames, e.correlation_id, e.header_version, pending).await?;
                 match work {
                     None => frame.into_wire(),
                     Some(work) => {
@@ -790,6 +765,30 @@ impl ResponseSide<'_> {
             detail: format!("{:?} v{} response: {detail}", work.api, work.version),
         })
     }
+}
+
+/// The broker's next response, checked to answer the request with
+/// `correlation_id`, and where its body starts (after a header of
+/// `header_version`).
+async fn broker_response<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R>,
+    correlation_id: i32,
+    header_version: i16,
+    pending: usize,
+) -> Result<(Frame, usize), SessionError> {
+    let frame = frames
+        .next()
+        .await?
+        .ok_or(SessionError::UpstreamClosed { pending })?;
+    let (corr, at) = parse_response_header(frame.body(), header_version)
+        .map_err(|m| SessionError::malformed(Side::Upstream, m))?;
+    if corr != correlation_id {
+        return Err(SessionError::CorrelationMismatch {
+            expected: correlation_id,
+            got: corr,
+        });
+    }
+    Ok((frame, at))
 }
 
 fn frames_ready<R: AsyncRead + Unpin>(frames: &mut FrameReader<R>) -> Result<bool, SessionError> {
