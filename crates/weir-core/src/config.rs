@@ -41,6 +41,7 @@ pub use istio::{
     PeerAuthentication, Rule, ServiceAccountMatch, Source, StringMatch,
 };
 pub use kafka::{KafkaAuthorizationPolicy, KafkaGateway};
+pub use load::{is_dns_label, is_dns_subdomain};
 pub use meta::{ObjectMeta, Timestamp, WorkloadSelector};
 pub use networking::{
     Destination, DestinationRule, DestinationSource, Endpoint, EndpointAddress, EntryPort, Gateway,

@@ -365,15 +365,7 @@ pub fn parse_san(s: &str) -> Result<String, String> {
 
 /// A node name, as Kubernetes names nodes (a DNS subdomain).
 pub fn parse_node_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
+    let ok = weir_core::config::is_dns_subdomain(s);
     if ok {
         Ok(s.to_owned())
     } else {
@@ -386,12 +378,7 @@ pub fn parse_node_name(s: &str) -> Result<String, String> {
 /// A Kubernetes namespace or service-account name as a SPIFFE path
 /// segment: a DNS label (lower-case letters, digits, '-'; at most 63).
 pub fn parse_dns_label(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
+    let ok = weir_core::config::is_dns_label(s);
     if ok {
         Ok(s.to_owned())
     } else {

@@ -586,7 +586,8 @@ fn clean_serde_message(m: &str) -> String {
     out
 }
 
-pub(super) fn is_dns_label(s: &str) -> bool {
+/// A Kubernetes DNS label (RFC 1123): namespaces, service accounts.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
@@ -595,7 +596,8 @@ pub(super) fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-pub(super) fn is_dns_subdomain(s: &str) -> bool {
+/// A Kubernetes DNS subdomain: object and node names.
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
