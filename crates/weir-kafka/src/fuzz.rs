@@ -17,7 +17,7 @@ use crate::authz::{AllowAll, Authorizer, Decision, SessionAuthz};
 use crate::error::Side;
 use crate::frame::FrameReader;
 use crate::header::parse_request_header;
-use crate::inspect::{filter_request, inspect};
+use crate::inspect::{filter_request, inspect, metadata_as_v4, METADATA_NO_AUTO_CREATE};
 use crate::mapper::HostMapper;
 use crate::metrics::{KafkaMetrics, TopicMeter};
 use crate::registry::BrokerRegistry;
@@ -93,6 +93,32 @@ pub fn request(body: &[u8]) -> bool {
     );
     if let Some(m) = &again.metadata {
         assert!(m.auto_create_at.is_none(), "auto-creation was switched off");
+    }
+    if api == ApiKey::Metadata && hdr.api_version < METADATA_NO_AUTO_CREATE {
+        // v0-v3 have no flag to patch: forwarded as v4 with it off, the
+        // same topics, and a header that still reads.
+        let upgraded = metadata_as_v4(&filtered, false);
+        let hdr4 = parse_request_header(&upgraded[4..]).expect("a v4 header parses");
+        assert_eq!(hdr4.api_version, METADATA_NO_AUTO_CREATE);
+        assert_eq!(hdr4.correlation_id, hdr.correlation_id);
+        let start4 = hdr4.body_offset.expect("Metadata has a body");
+        let v4 = inspect(api, METADATA_NO_AUTO_CREATE, false, &upgraded[4..], start4)
+            .expect("the upgraded request parses");
+        let v4_items: Vec<&[u8]> = v4
+            .entries
+            .as_ref()
+            .map(|l| {
+                l.items
+                    .iter()
+                    .map(|e| &upgraded[4..][e.range.clone()])
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(kept, v4_items, "the upgrade keeps the topics");
+        assert!(
+            !v4.metadata.is_some_and(|m| m.auto_creates()),
+            "auto-creation off"
+        );
     }
     true
 }

@@ -118,6 +118,17 @@ pub(crate) struct MetadataFacts {
     pub all_topics: bool,
     /// Where allow_auto_topic_creation is, if the version has it and it is true.
     pub auto_create_at: Option<usize>,
+    /// v0-v3 with a topic list: the broker creates every topic it does not
+    /// have (those versions have no allow_auto_topic_creation; Kafka reads
+    /// them as true).
+    pub implicit_auto_create: bool,
+}
+
+impl MetadataFacts {
+    /// Whether the broker would create topics the request names.
+    pub fn auto_creates(&self) -> bool {
+        self.auto_create_at.is_some() || self.implicit_auto_create
+    }
 }
 
 /// What a request asks, for authorization.
@@ -330,6 +341,7 @@ pub(crate) fn inspect(
             ins.metadata = Some(MetadataFacts {
                 all_topics,
                 auto_create_at,
+                implicit_auto_create: v < 4 && !all_topics && n.unwrap_or(0) > 0,
             });
             ins.entries = Some(list);
         }
@@ -827,6 +839,26 @@ pub(crate) fn filter_request(
     if let Some(at) = patch_false_at.filter(|at| *at >= end) {
         out[tail_at + (at - end)] = 0;
     }
+    let size = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    out.freeze()
+}
+
+/// The Metadata version a v0-v3 request is forwarded as when the broker
+/// must not auto-create what it names: v4 is v1-v3 with
+/// allow_auto_topic_creation appended (and v0 for a non-empty topic list),
+/// and its response is v3's.
+pub(crate) const METADATA_NO_AUTO_CREATE: i16 = 4;
+
+/// A Metadata v0-v3 request frame (with its size prefix) as the same
+/// request of version [`METADATA_NO_AUTO_CREATE`] with
+/// allow_auto_topic_creation `auto_create`. The request header (v1) does
+/// not change between these versions.
+pub(crate) fn metadata_as_v4(frame: &[u8], auto_create: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame.len() + 1);
+    out.extend_from_slice(frame);
+    out[6..8].copy_from_slice(&METADATA_NO_AUTO_CREATE.to_be_bytes());
+    out.extend_from_slice(&[u8::from(auto_create)]);
     let size = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&size.to_be_bytes());
     out.freeze()

@@ -59,9 +59,9 @@ pub(crate) struct ResponseWork {
     /// Metadata: topics the gateway asked the broker to create just before
     /// (auto-creation was switched off for the client's request).
     pub creating: Vec<StrBytes>,
-    /// Metadata v0: denied topics were forwarded; drop them from the
-    /// response before adding their error entries.
-    pub drop_denied: bool,
+    /// Metadata v0-v3 forwarded as this version (auto-creation switched
+    /// off): the broker's answer is read as this version.
+    pub forwarded_as: Option<i16>,
 }
 
 impl ResponseWork {
@@ -76,7 +76,7 @@ impl ResponseWork {
             all_topics_groups: Vec::new(),
             uncreatable: Vec::new(),
             creating: Vec::new(),
-            drop_denied: false,
+            forwarded_as: None,
         }
     }
 
@@ -169,13 +169,25 @@ fn transcode<T: Decodable + Encodable + Default>(
     version: i16,
     f: impl FnOnce(&mut T) -> bool,
 ) -> Result<Option<BytesMut>, String> {
+    transcode_as(body, None, version, f)
+}
+
+/// [`transcode`] of a body the broker wrote as `read_as` (if not
+/// `version`): written back as `version` even if unchanged.
+fn transcode_as<T: Decodable + Encodable + Default>(
+    body: Option<Bytes>,
+    read_as: Option<i16>,
+    version: i16,
+    f: impl FnOnce(&mut T) -> bool,
+) -> Result<Option<BytesMut>, String> {
     let synthesized = body.is_none();
+    let read_as = read_as.unwrap_or(version);
     let mut msg = match body {
-        Some(mut b) => T::decode(&mut b, version).map_err(|e| e.to_string())?,
+        Some(mut b) => T::decode(&mut b, read_as).map_err(|e| e.to_string())?,
         None => T::default(),
     };
     let changed = f(&mut msg);
-    if !changed && !synthesized {
+    if !changed && !synthesized && read_as == version {
         return Ok(None);
     }
     let mut out = BytesMut::new();
@@ -235,17 +247,10 @@ fn process_strict(
     let denied = &w.denied;
     match w.api {
         ApiKey::ApiVersions => api_versions(body, v, w.enforce),
-        ApiKey::Metadata => transcode::<MetadataResponse>(body, v, |r| {
+        ApiKey::Metadata => transcode_as::<MetadataResponse>(body, w.forwarded_as, v, |r| {
             ctx.registry.learn_metadata(r);
             for b in &mut r.brokers {
                 rewrite(ctx.mapper, b.node_id.0, &mut b.host, &mut b.port);
-            }
-            if w.drop_denied {
-                r.topics.retain(|t| {
-                    !denied
-                        .iter()
-                        .any(|d| t.name.as_ref().is_some_and(|n| n.0 == d.name))
-                });
             }
             // A topic that does not exist and may not be created is, as
             // Kafka answers it, TOPIC_AUTHORIZATION_FAILED rather than the

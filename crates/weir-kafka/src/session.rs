@@ -24,7 +24,8 @@ use crate::error::{SessionError, Side};
 use crate::frame::{write_chunks, Frame, FrameReader};
 use crate::header::{parse_request_header, parse_response_header, RequestHeader};
 use crate::inspect::{
-    codes, config_resource_name, denial_code, filter_request, inspect, patch_false, NameRef,
+    codes, config_resource_name, denial_code, filter_request, inspect, metadata_as_v4, patch_false,
+    NameRef, METADATA_NO_AUTO_CREATE,
 };
 use crate::metrics::TopicMeter;
 use crate::proxy::KafkaProxy;
@@ -363,9 +364,12 @@ impl RequestSide<'_> {
 
         // Per-element checks.
         let mut keep = vec![true; entries.items.len()];
-        let mut patch_auto_create = None;
-        // Metadata auto-creation: the topics the principal may create.
+        // Metadata auto-creation: the topics the principal may create, and
+        // whether the forwarded request must not create any (some named
+        // topic may not be created).
+        let auto_creates = ins.metadata.as_ref().is_some_and(|m| m.auto_creates());
         let mut creatable = vec![false; entries.items.len()];
+        let mut switch_off = false;
         for (i, e) in entries.items.iter().enumerate() {
             let name = self.name_of(&body, &e.check.name, enforcing).await;
             let code = if let Some(code) = whole_code {
@@ -377,7 +381,7 @@ impl RequestSide<'_> {
             } else if !self.check(e.check.ask, e.check.resource, &name, e.check.op) {
                 Some(denial_code(e.check.resource))
             } else {
-                if let Some(at) = ins.metadata.as_ref().and_then(|m| m.auto_create_at) {
+                if auto_creates {
                     // Kafka: Create on the cluster, else Create on the topic.
                     if !self.authz.allowed_as(
                         Ask::TopicCreation,
@@ -385,7 +389,7 @@ impl RequestSide<'_> {
                         &name,
                         Operation::Create,
                     ) {
-                        patch_auto_create = Some(at);
+                        switch_off = true;
                         work.uncreatable.push(name.clone());
                     } else {
                         creatable[i] = true;
@@ -456,15 +460,28 @@ impl RequestSide<'_> {
         // create: the ones it may create are created by a Metadata request
         // of the gateway's own, forwarded first with only them (and its
         // answer dropped), as a broker would create them from the client's.
-        let creation = match patch_auto_create {
-            Some(_) if creatable.contains(&true) => {
-                Some(filter_request(&body, entries, &creatable, None))
-            }
-            _ => {
-                work.creating.clear();
-                None
-            }
+        let creation = if switch_off && creatable.contains(&true) {
+            Some(filter_request(&body, entries, &creatable, None))
+        } else {
+            work.creating.clear();
+            None
         };
+        // Switched off by setting allow_auto_topic_creation to false (v4+),
+        // or, in v0-v3, which have no such field, by forwarding the request
+        // as v4 (the response is read as v4 and written back as the
+        // client's version). v0 is also forwarded as v4 when topics are
+        // cut out: an empty v0 list would mean every topic.
+        let patch_auto_create = ins
+            .metadata
+            .as_ref()
+            .and_then(|m| m.auto_create_at)
+            .filter(|_| switch_off);
+        let as_v4 = api == ApiKey::Metadata
+            && v < METADATA_NO_AUTO_CREATE
+            && (switch_off || (v == 0 && kept < entries.items.len()));
+        if as_v4 {
+            work.forwarded_as = Some(METADATA_NO_AUTO_CREATE);
+        }
         let forward = |bytes, work| match creation {
             Some(first) => Plan::Prelude(first, bytes, reply_for(work)),
             None => Plan::Forward(bytes, Some(reply_for(work))),
@@ -473,6 +490,7 @@ impl RequestSide<'_> {
         if kept == entries.items.len() {
             let bytes = match patch_auto_create {
                 Some(at) => patch_false(&body, at),
+                None if as_v4 => metadata_as_v4(frame.wire(), false),
                 None => frame.into_wire(),
             };
             if no_response {
@@ -489,19 +507,14 @@ impl RequestSide<'_> {
             let rest = (kept > 0).then(|| filter_request(&body, entries, &keep, None));
             return Ok(Plan::ForwardThenClose(rest, topic));
         }
-        let v0_metadata = api == ApiKey::Metadata && v == 0;
         let must_forward = (api == ApiKey::Fetch && !ins.sessionless) || (api == ApiKey::Metadata);
         if kept == 0 && !must_forward {
             return Ok(Plan::Answer(Box::new(work)));
         }
-        if v0_metadata {
-            // An empty v0 topic list means every topic: forward as it is
-            // and drop the denied topics from the response instead.
-            work.all_topics = false;
-            work.drop_denied = true;
-            return Ok(Plan::Forward(frame.into_wire(), Some(reply_for(work))));
+        let mut bytes = filter_request(&body, entries, &keep, patch_auto_create);
+        if as_v4 {
+            bytes = metadata_as_v4(&bytes, !switch_off);
         }
-        let bytes = filter_request(&body, entries, &keep, patch_auto_create);
         Ok(forward(bytes, work))
     }
 

@@ -573,6 +573,31 @@ async fn mixed_auto_creation_against_a_real_cluster() {
         codes(&resp),
         [("may-create".into(), 0), ("no-create".into(), 3)]
     );
+
+    // Metadata v1 (kafka-python 2.0's version) has no
+    // allow_auto_topic_creation: the broker is asked as v4 with it off, and
+    // the answer comes back as v1.
+    w.write_all(&request_frame(
+        1,
+        3,
+        &metadata(&["no-create", "orders"], true),
+    ))
+    .await
+    .unwrap();
+    let (corr, resp): (i32, MetadataResponse) =
+        decode_response(common::next(&mut frames).await.body(), 1);
+    assert_eq!(corr, 3);
+    assert_eq!(
+        codes(&resp),
+        [("no-create".into(), 29), ("orders".into(), 0)]
+    );
+    assert!(resp.brokers.iter().all(|b| b.host.starts_with("127.0.1.")));
+    w.write_all(&request_frame(4, 4, &metadata(&["no-create"], false)))
+        .await
+        .unwrap();
+    let (_, resp): (i32, MetadataResponse) =
+        decode_response(common::next(&mut frames).await.body(), 4);
+    assert_eq!(codes(&resp), [("no-create".into(), 3)], "not created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1883,3 +1883,174 @@ async fn unreadable_responses_pass_only_where_they_carry_no_addresses() {
         assert_eq!(e.reason(), "malformed_response", "v{version}: {e}");
     }
 }
+
+/// A response body decoded at `version`, with nothing left over (a body
+/// written at another version would not read cleanly).
+fn decode_exact_metadata(frame_body: &[u8], version: i16) -> (i32, MetadataResponse) {
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+    let mut b = Bytes::copy_from_slice(frame_body);
+    let h = ResponseHeader::decode(&mut b, MetadataResponse::header_version(version)).unwrap();
+    let md = MetadataResponse::decode(&mut b, version).unwrap();
+    assert!(b.is_empty(), "{} bytes after a v{version} body", b.len());
+    (h.correlation_id, md)
+}
+
+fn topic_names(r: &MetadataRequest) -> Vec<String> {
+    r.topics
+        .iter()
+        .flatten()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect()
+}
+
+fn topic_codes(md: &MetadataResponse) -> Vec<(String, i16)> {
+    md.topics
+        .iter()
+        .map(|t| (t.name.as_ref().unwrap().to_string(), t.error_code))
+        .collect()
+}
+
+/// Metadata v0-v3 have no allow_auto_topic_creation: a broker creates every
+/// topic they name. A topic the principal may not create is not created
+/// through them either: the request goes to the broker as v4 with
+/// auto-creation off, and its answer comes back in the client's version
+/// (kafka-python 2.0 asks Metadata v1).
+#[tokio::test]
+async fn old_metadata_versions_do_not_auto_create_without_create_permission() {
+    for v in [0, 1, 2, 3] {
+        // orders exists: answered as it is, Create or not.
+        let mut h = harness(
+            deny(vec![
+                (ResourceType::Topic, "orders", Operation::Create),
+                (ResourceType::Topic, "new-topic", Operation::Create),
+                (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+            ]),
+            DEFAULT_MAX_FRAME_SIZE,
+        );
+        send(
+            &mut h.client,
+            &request_frame(v, 3, &metadata_request(Some(&["orders", "new-topic"]))),
+        )
+        .await;
+        let f = next(&mut h.broker_frames).await;
+        let (hdr, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
+        assert_eq!(hdr.request_api_version, 4, "v{v} forwarded as v4");
+        assert_eq!(hdr.correlation_id, 3);
+        assert_eq!(hdr.client_id.as_deref(), Some("test-client"));
+        assert!(!req.allow_auto_topic_creation, "v{v}");
+        assert_eq!(topic_names(&req), ["orders", "new-topic"]);
+
+        let mut resp = metadata_response(&["orders"]);
+        resp.throttle_time_ms = 0;
+        resp.cluster_id = Some(StrBytes::from_static_str("cluster-a"));
+        let mut t = metadata_response::MetadataResponseTopic::default();
+        t.name = Some(topic("new-topic"));
+        t.error_code = 3;
+        resp.topics.push(t);
+        send(&mut h.broker, &response_frame(4, 3, &resp)).await;
+        let f = next(&mut h.client_frames).await;
+        let (corr, md) = decode_exact_metadata(f.body(), v);
+        assert_eq!(corr, 3);
+        assert_eq!(
+            topic_codes(&md),
+            vec![("orders".into(), 0), ("new-topic".into(), 29)],
+            "v{v}"
+        );
+        assert!(
+            md.brokers
+                .iter()
+                .all(|b| b.host.ends_with("-kafka.example.com")),
+            "v{v}: {:?}",
+            md.brokers
+        );
+        assert_eq!(md.cluster_id.is_some(), v >= 2);
+    }
+}
+
+/// v0-v3 requests stay as they are where nothing needs switching off; v0
+/// with a topic cut out goes as v4 (an empty v0 list means every topic).
+#[tokio::test]
+async fn old_metadata_versions_pass_unchanged_unless_something_is_withheld() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    let asked = request_frame(1, 4, &metadata_request(Some(&["may-create"])));
+    send(&mut h.client, &asked).await;
+    let f = next(&mut h.broker_frames).await;
+    assert_eq!(f.wire(), &asked, "forwarded byte for byte");
+    send(
+        &mut h.broker,
+        &response_frame(1, 4, &metadata_response(&["may-create"])),
+    )
+    .await;
+    let (_, md) = decode_exact_metadata(next(&mut h.client_frames).await.body(), 1);
+    assert_eq!(topic_codes(&md), vec![("may-create".into(), 0)]);
+
+    // v0, only a topic the principal may not see: the broker is asked for
+    // no topic at all (auto-creation stays on), not for every topic.
+    send(
+        &mut h.client,
+        &request_frame(0, 5, &metadata_request(Some(&["secret-x"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, req): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert_eq!(hdr.request_api_version, 4);
+    assert!(req.allow_auto_topic_creation);
+    assert_eq!(req.topics.as_ref().map(Vec::len), Some(0));
+    send(
+        &mut h.broker,
+        &response_frame(4, 5, &metadata_response(&[])),
+    )
+    .await;
+    let (corr, md) = decode_exact_metadata(next(&mut h.client_frames).await.body(), 0);
+    assert_eq!(corr, 5);
+    assert_eq!(topic_codes(&md), vec![("secret-x".into(), 29)]);
+}
+
+/// v2 naming a topic that may be created and one that may not: the first
+/// is created by the gateway's own request in the client's version (which
+/// auto-creates), the client's goes as v4 with auto-creation off.
+#[tokio::test]
+async fn old_metadata_versions_create_only_what_may_be_created() {
+    let mut h = harness(
+        deny(vec![
+            (ResourceType::Topic, "no-create", Operation::Create),
+            (ResourceType::Cluster, "kafka-cluster", Operation::Create),
+        ]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(2, 6, &metadata_request(Some(&["may-create", "no-create"]))),
+    )
+    .await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, first): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert_eq!(hdr.request_api_version, 2);
+    assert_eq!(topic_names(&first), ["may-create"]);
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, second): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert_eq!(hdr.request_api_version, 4);
+    assert!(!second.allow_auto_topic_creation);
+    assert_eq!(topic_names(&second), ["may-create", "no-create"]);
+
+    let mut created = metadata_response(&[]);
+    let mut t = metadata_response::MetadataResponseTopic::default();
+    t.name = Some(topic("may-create"));
+    t.error_code = 5;
+    created.topics.push(t);
+    send(&mut h.broker, &response_frame(2, 6, &created)).await;
+    let mut resp = metadata_response(&[]);
+    for name in ["may-create", "no-create"] {
+        let mut t = metadata_response::MetadataResponseTopic::default();
+        t.name = Some(topic(name));
+        t.error_code = 3;
+        resp.topics.push(t);
+    }
+    send(&mut h.broker, &response_frame(4, 6, &resp)).await;
+    let (corr, md) = decode_exact_metadata(next(&mut h.client_frames).await.body(), 2);
+    assert_eq!(corr, 6);
+    assert_eq!(
+        topic_codes(&md),
+        vec![("may-create".into(), 5), ("no-create".into(), 29)]
+    );
+}
