@@ -201,7 +201,14 @@ impl Upstreams {
         namespace: &str,
         listener_port: Option<u16>,
     ) -> Result<Connected, UpstreamError> {
-        let resolved = config.resolve_destination_on(dest, namespace, listener_port)?;
+        // The gateway's namespace (its identity's) decides which
+        // ServiceEntries and DestinationRules it sees.
+        let resolved = config.resolve_destination_on(
+            dest,
+            namespace,
+            listener_port,
+            Some(self.source.namespace()),
+        )?;
         let weights: Vec<u32> = resolved.endpoints.iter().map(|(_, w)| *w).collect();
         let mut last = None;
         for i in weighted_order(&weights, random())

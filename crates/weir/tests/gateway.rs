@@ -365,6 +365,27 @@ spec:
   ports: [{{number: 443, name: tls, protocol: TLS, targetPort: 8443}}]
   resolution: DNS
   endpoints: [{{address: echo-backend.internal.test}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: private, namespace: messaging}}
+spec:
+  hosts: [private.example.com]
+  gateways: [{GATEWAY_NS}/edge]
+  tls:
+  - match: [{{sniHosts: [private.example.com]}}]
+    route: [{{destination: {{host: private.internal.test, port: {{number: 443}}}}}}]
+---
+# Visible in its own namespace only: not to the gateway (Istio's exportTo).
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: private, namespace: messaging}}
+spec:
+  hosts: [private.internal.test]
+  exportTo: ["."]
+  ports: [{{number: 443, name: tls, protocol: TLS, targetPort: 8443}}]
+  resolution: STATIC
+  endpoints: [{{address: {BACKEND_B_IP}}}]
 "#
         ),
     );
@@ -449,6 +470,34 @@ spec:
         ERRORS,
         &[("listener", "8883"), ("reason", "unknown_sni")],
         1.0,
+    );
+
+    // A route to a ServiceEntry not exported to the gateway's namespace:
+    // refused, and the log says why.
+    let r = tls_client(
+        &outside,
+        GATEWAY_IP,
+        8883,
+        "private.example.com",
+        "hello-weir",
+        TlsOpts {
+            ca: Some(&ca),
+            ..Default::default()
+        },
+    );
+    assert!(
+        !r.reply.contains("riew-olleh"),
+        "a ServiceEntry exported to its own namespace only was reached: {r:?}"
+    );
+    gw.expect_metric_at_least(
+        ERRORS,
+        &[("listener", "8883"), ("reason", "unknown_destination")],
+        1.0,
+    );
+    assert!(
+        gw.log_text().contains("not exported to namespace"),
+        "no log line naming exportTo:\n{}",
+        gw.log_text()
     );
 
     // A plaintext client on the TLS port.

@@ -868,6 +868,33 @@ impl From<GatewayRef> for String {
     }
 }
 
+/// Whether a resource of namespace `own` with `exportTo` `export_to` is
+/// visible to proxies in namespace `viewer`, as Istio decides it: no
+/// `exportTo` (the mesh default) or `*` is every namespace, `.` its own,
+/// `~` none, a name that namespace.
+pub fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == viewer || (e == "." && own == viewer))
+}
+
+/// A `spec.exportTo` list, each value checked.
+fn export_to(ctx: &mut DocCtx<'_>, raw: Option<Vec<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, e) in raw.unwrap_or_default().into_iter().enumerate() {
+        if e == "." || e == "*" || e == "~" || super::load::is_dns_label(&e) {
+            out.push(e);
+        } else {
+            ctx.error(
+                Some(format!("spec.exportTo[{i}]")),
+                format!("{e:?} is not an exportTo value (\".\", \"*\", \"~\" or a namespace)"),
+            );
+        }
+    }
+    out
+}
+
 /// An Istio `VirtualService`, reduced to its `tls` and `tcp` routes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualService {
@@ -889,10 +916,7 @@ impl VirtualService {
     /// Whether a proxy in `namespace` (a gateway's) sees this
     /// VirtualService under its `exportTo`, as Istio decides it.
     pub fn visible_to(&self, namespace: &str) -> bool {
-        self.export_to.is_empty()
-            || self.export_to.iter().any(|e| {
-                e == "*" || e == namespace || (e == "." && self.metadata.namespace == namespace)
-            })
+        exported_to(&self.export_to, &self.metadata.namespace, namespace)
     }
 
     /// Whether the VirtualService as a whole is bound to `gateway`.
@@ -1249,17 +1273,7 @@ fn virtual_service(
             "ignored: weir does not route HTTP; only tls and tcp routes apply",
         );
     }
-    let mut export_to = Vec::new();
-    for (i, e) in spec.export_to.unwrap_or_default().into_iter().enumerate() {
-        if e == "." || e == "*" || e == "~" || super::load::is_dns_label(&e) {
-            export_to.push(e);
-        } else {
-            ctx.error(
-                Some(format!("spec.exportTo[{i}]")),
-                format!("{e:?} is not an exportTo value (\".\", \"*\", \"~\" or a namespace)"),
-            );
-        }
-    }
+    let export_to = export_to(ctx, spec.export_to);
     let mut tls = Vec::new();
     for (i, r) in spec.tls.unwrap_or_default().into_iter().enumerate() {
         let p = format!("spec.tls[{i}]");
@@ -1389,6 +1403,17 @@ pub struct ServiceEntry {
     pub endpoints: Vec<WorkloadEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<BTreeMap<String, String>>,
+    /// `exportTo`: the namespaces whose proxies see it (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+impl ServiceEntry {
+    /// Whether a proxy in `namespace` sees this ServiceEntry under its
+    /// `exportTo`.
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        exported_to(&self.export_to, &self.metadata.namespace, namespace)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1654,8 +1679,10 @@ fn service_entry(
             "resolution DNS with a wildcard host needs endpoints (a wildcard cannot be resolved)",
         );
     }
-    let _ = (spec.export_to, spec.subject_alt_names);
+    let export_to = export_to(ctx, spec.export_to);
+    let _ = spec.subject_alt_names;
     ServiceEntry {
+        export_to,
         metadata,
         hosts,
         addresses,
@@ -1686,6 +1713,28 @@ pub struct DestinationRule {
     /// weir does not do, is refused rather than sent in plaintext.
     #[serde(skip)]
     pub tls_modes: Vec<UpstreamTlsMode>,
+    /// `exportTo`: the namespaces whose proxies see it (empty: all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+impl DestinationRule {
+    /// Istio's namespace-local rules of its namespace: what a proxy there
+    /// looks at first (no `exportTo`, `*`, `.` or its own namespace).
+    fn local(&self) -> bool {
+        let ns = &self.metadata.namespace;
+        self.export_to.is_empty()
+            || self
+                .export_to
+                .iter()
+                .any(|e| e == "*" || e == "." || e == ns)
+    }
+
+    /// Exported beyond its namespace (not only `.` or its own name).
+    fn exported(&self) -> bool {
+        let ns = &self.metadata.namespace;
+        !(self.export_to.len() == 1 && (self.export_to[0] == "." || &self.export_to[0] == ns))
+    }
 }
 
 /// One `tls.mode` of a DestinationRule traffic policy and where it applies.
@@ -1844,8 +1893,10 @@ fn destination_rule(
             labels: s.labels.unwrap_or_default(),
         });
     }
-    let _ = (spec.export_to, spec.workload_selector);
+    let export_to = export_to(ctx, spec.export_to);
+    let _ = spec.workload_selector;
     DestinationRule {
+        export_to,
         metadata,
         host,
         subsets,
@@ -2109,6 +2160,13 @@ pub enum ResolveError {
     UnknownSubset { host: String, subset: String },
     #[error("destination {host:?} has no endpoints{why}")]
     NoEndpoints { host: String, why: String },
+    #[error("destination host {host:?}: ServiceEntry {entry} is not exported to namespace {namespace} (its exportTo: {export_to})")]
+    NotExported {
+        host: String,
+        entry: String,
+        namespace: String,
+        export_to: String,
+    },
     #[error("destination {host:?}: DestinationRule {rule} asks for TLS origination (mode {mode}), which weir does not do; refused rather than sent in plaintext")]
     UpstreamTls {
         host: String,
@@ -2121,7 +2179,9 @@ impl ResolveError {
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ResolveError::UnknownHost(_) => "unknown_destination",
+            ResolveError::UnknownHost(_) | ResolveError::NotExported { .. } => {
+                "unknown_destination"
+            }
             ResolveError::UnknownPort { .. } | ResolveError::PortRequired { .. } => {
                 "destination_port"
             }
@@ -2202,12 +2262,19 @@ impl Config {
     }
 
     /// The ServiceEntry that declares `host` (exactly), preferring one in
-    /// `namespace`.
-    pub fn service_entry_for(&self, host: &str, namespace: &str) -> Option<&ServiceEntry> {
+    /// `namespace`; with `viewer`, only those its `exportTo` shows to a
+    /// proxy in that namespace.
+    pub fn service_entry_for(
+        &self,
+        host: &str,
+        namespace: &str,
+        viewer: Option<&str>,
+    ) -> Option<&ServiceEntry> {
         let mut found = self
             .service_entries
             .iter()
-            .filter(|e| e.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)));
+            .filter(|e| e.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+            .filter(|e| viewer.is_none_or(|v| e.visible_to(v)));
         let first = found.next()?;
         if first.metadata.namespace == namespace {
             return Some(first);
@@ -2217,15 +2284,93 @@ impl Config {
             .or(Some(first))
     }
 
-    /// The DestinationRules that apply to `host` (read from `namespace`):
-    /// those whose host is the most specific match of it (an exact host
-    /// over a longer wildcard over a shorter one), as Istio's
-    /// MostSpecificHostMatch picks them; rules for the same host merge.
-    fn rules_for(&self, host: &str, namespace: &str) -> Vec<&DestinationRule> {
+    /// The DestinationRules that apply to `host` (read from `namespace`)
+    /// for a proxy in namespace `viewer`, as Istio's destinationRule lookup
+    /// finds them: the rules of the proxy's own namespace first, then
+    /// those the service's namespace exports to it, then those the root
+    /// namespace exports to it (a proxy in the root namespace looks at the
+    /// root's rules exported nowhere else first, at its other rules last).
+    /// Without `viewer` (weir check), every rule counts. Within each step,
+    /// the rules whose host is the most specific match (exact over a longer
+    /// wildcard over a shorter one, MostSpecificHostMatch); rules for the
+    /// same host merge.
+    fn rules_for(
+        &self,
+        host: &str,
+        namespace: &str,
+        viewer: Option<&str>,
+    ) -> Vec<&DestinationRule> {
+        let Some(proxy) = viewer else {
+            return self.most_specific_rules(host, namespace, |_| true);
+        };
+        let root = self.settings.root_namespace.as_str();
+        let first = if proxy == root {
+            self.most_specific_rules(host, namespace, |d| {
+                d.metadata.namespace == root && d.local() && !d.exported()
+            })
+        } else {
+            self.most_specific_rules(host, namespace, |d| {
+                d.metadata.namespace == proxy && d.local()
+            })
+        };
+        if !first.is_empty() {
+            return first;
+        }
+        let visible = |d: &DestinationRule| {
+            d.exported()
+                && (d.export_to.is_empty() || d.export_to.iter().any(|e| e == "*" || e == proxy))
+        };
+        let exported_from = |ns: &str| {
+            let mut rules = self.most_specific_rules(host, namespace, |d| {
+                d.metadata.namespace == ns && d.exported()
+            });
+            rules.retain(|d| visible(d));
+            rules
+        };
+        if let Some(svc_ns) = self.service_namespace(host, namespace, proxy) {
+            let rules = exported_from(svc_ns);
+            if !rules.is_empty() {
+                return rules;
+            }
+        }
+        exported_from(root)
+    }
+
+    /// The namespace of the service `host` names (read from `namespace`)
+    /// for a proxy in `viewer`: its ServiceEntry's, else its Service's.
+    fn service_namespace<'a>(
+        &'a self,
+        host: &str,
+        namespace: &str,
+        viewer: &str,
+    ) -> Option<&'a str> {
+        let entry = self
+            .service_entry_for(host, namespace, Some(viewer))
+            .or_else(|| {
+                short_name_fqdn(host, namespace)
+                    .and_then(|fq| self.service_entry_for(&fq, namespace, Some(viewer)))
+            });
+        if let Some(se) = entry {
+            return Some(se.metadata.namespace.as_str());
+        }
+        let n = service_name(host, namespace)?;
+        self.service(n.namespace, n.name)
+            .map(|s| s.metadata.namespace.as_str())
+    }
+
+    /// Of the DestinationRules `keep` admits, those whose host is the most
+    /// specific match of `host` (read from `namespace`).
+    fn most_specific_rules(
+        &self,
+        host: &str,
+        namespace: &str,
+        keep: impl Fn(&DestinationRule) -> bool,
+    ) -> Vec<&DestinationRule> {
         let fq = qualify(host, namespace, self);
         let matching: Vec<(&DestinationRule, String, usize)> = self
             .destination_rules
             .iter()
+            .filter(|d| keep(d))
             .filter_map(|d| {
                 let h = qualify(&d.host, &d.metadata.namespace, self);
                 let p = HostPattern::parse(&h)?;
@@ -2252,8 +2397,9 @@ impl Config {
         host: &str,
         namespace: &str,
         subset: &str,
+        viewer: Option<&str>,
     ) -> Option<&BTreeMap<String, String>> {
-        self.rules_for(host, namespace)
+        self.rules_for(host, namespace, viewer)
             .into_iter()
             .flat_map(|d| d.subsets.iter())
             .find(|s| s.name == subset)
@@ -2293,19 +2439,23 @@ impl Config {
         d: &Destination,
         namespace: &str,
     ) -> Result<ResolvedDestination, ResolveError> {
-        self.resolve_destination_on(d, namespace, None)
+        self.resolve_destination_on(d, namespace, None, None)
     }
 
     /// [`Config::resolve_destination`] for a connection that arrived on
-    /// `listener_port`: as Istio, a destination without a port takes the
-    /// host's only port, else the listener's (if the host has it).
+    /// `listener_port` of a proxy in namespace `viewer`: as Istio, a
+    /// destination without a port takes the host's only port, else the
+    /// listener's (if the host has it); ServiceEntries and DestinationRules
+    /// count as their `exportTo` and Istio's lookup order for that
+    /// namespace say (without `viewer`, all of them).
     pub fn resolve_destination_on(
         &self,
         d: &Destination,
         namespace: &str,
         listener_port: Option<u16>,
+        viewer: Option<&str>,
     ) -> Result<ResolvedDestination, ResolveError> {
-        let r = self.resolve_endpoints(d, namespace, listener_port)?;
+        let r = self.resolve_endpoints(d, namespace, listener_port, viewer)?;
         // Per connection: look the rules up only if one asks for TLS
         // origination at all (cheap; usually none does).
         let originates = self.destination_rules.iter().any(|d| {
@@ -2317,7 +2467,7 @@ impl Config {
             return Ok(r);
         }
         if let Some((rule, mode)) =
-            self.upstream_tls_mode(&d.host, namespace, r.port, d.subset.as_deref())
+            self.upstream_tls_mode(&d.host, namespace, r.port, d.subset.as_deref(), viewer)
         {
             if matches!(mode, "SIMPLE" | "MUTUAL") {
                 return Err(ResolveError::UpstreamTls {
@@ -2340,8 +2490,9 @@ impl Config {
         namespace: &str,
         port: u16,
         subset: Option<&str>,
+        viewer: Option<&str>,
     ) -> Option<(String, &str)> {
-        self.rules_for(host, namespace)
+        self.rules_for(host, namespace, viewer)
             .into_iter()
             .flat_map(|d| d.tls_modes.iter().map(move |m| (d, m)))
             .filter(|(_, m)| m.subset.is_none() || m.subset.as_deref() == subset)
@@ -2366,23 +2517,27 @@ impl Config {
         d: &Destination,
         namespace: &str,
         listener_port: Option<u16>,
+        viewer: Option<&str>,
     ) -> Result<ResolvedDestination, ResolveError> {
         let subset = match &d.subset {
-            Some(s) => Some(self.subset_labels(&d.host, namespace, s).ok_or_else(|| {
-                ResolveError::UnknownSubset {
-                    host: d.host.clone(),
-                    subset: s.clone(),
-                }
-            })?),
+            Some(s) => Some(
+                self.subset_labels(&d.host, namespace, s, viewer)
+                    .ok_or_else(|| ResolveError::UnknownSubset {
+                        host: d.host.clone(),
+                        subset: s.clone(),
+                    })?,
+            ),
             None => None,
         };
         let in_subset = |labels: &BTreeMap<String, String>| {
             subset.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
         };
-        let entry = self.service_entry_for(&d.host, namespace).or_else(|| {
-            short_name_fqdn(&d.host, namespace)
-                .and_then(|fq| self.service_entry_for(&fq, namespace))
-        });
+        let entry = self
+            .service_entry_for(&d.host, namespace, viewer)
+            .or_else(|| {
+                short_name_fqdn(&d.host, namespace)
+                    .and_then(|fq| self.service_entry_for(&fq, namespace, viewer))
+            });
         if let Some(se) = entry {
             return self.resolve_entry(se, d, listener_port, &in_subset);
         }
@@ -2462,6 +2617,21 @@ impl Config {
                 source: DestinationSource::Address,
                 endpoints: vec![(self.endpoint_for_ip(ip, port), 1)],
             });
+        }
+        if let Some(v) = viewer {
+            // Not seen because of exportTo: say so.
+            let hidden = self.service_entry_for(&d.host, namespace, None).or_else(|| {
+                short_name_fqdn(&d.host, namespace)
+                    .and_then(|fq| self.service_entry_for(&fq, namespace, None))
+            });
+            if let Some(se) = hidden {
+                return Err(ResolveError::NotExported {
+                    host: d.host.clone(),
+                    entry: se.metadata.key(),
+                    namespace: v.to_owned(),
+                    export_to: se.export_to.join(", "),
+                });
+            }
         }
         Err(ResolveError::UnknownHost(d.host.clone()))
     }

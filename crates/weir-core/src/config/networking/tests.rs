@@ -932,18 +932,18 @@ fn service_names_resolve_like_kubernetes_dns() {
         Err(ResolveError::PortRequired { .. })
     ));
     let r = c
-        .resolve_destination_on(&dest("kafka.data", None, None), "x", Some(9092))
+        .resolve_destination_on(&dest("kafka.data", None, None), "x", Some(9092), None)
         .unwrap();
     assert_eq!(
         (r.port, addrs(&r)[0].as_str()),
         (9092, "198.18.0.10:9092 (workload data/kafka-0)")
     );
     assert!(matches!(
-        c.resolve_destination_on(&dest("kafka.data", None, None), "x", Some(443)),
+        c.resolve_destination_on(&dest("kafka.data", None, None), "x", Some(443), None),
         Err(ResolveError::PortRequired { .. })
     ));
     let r = c
-        .resolve_destination_on(&dest("198.18.1.1", None, None), "x", Some(8883))
+        .resolve_destination_on(&dest("198.18.1.1", None, None), "x", Some(8883), None)
         .unwrap();
     assert_eq!(r.port, 8883);
     let e = c
@@ -1057,7 +1057,7 @@ spec:
     );
     // Two ports, none given: the server's port picks one.
     let r = c
-        .resolve_destination_on(&dest("broker-0", None, None), "kafka", Some(9092))
+        .resolve_destination_on(&dest("broker-0", None, None), "kafka", Some(9092), None)
         .unwrap();
     assert_eq!(addrs(&r), vec!["198.18.5.5:9092", "198.18.5.6:9092"]);
 }
@@ -1075,4 +1075,103 @@ fn config_lists_gateways_selecting_an_instance() {
     assert_eq!(names, vec!["edge/gw"]);
     let summary = c.summary();
     assert!(summary.contains(&("Gateway", 2)), "{summary:?}");
+}
+
+/// ServiceEntry exportTo: a gateway sees only what is exported to its
+/// namespace (weir check, with no namespace, sees every entry).
+#[test]
+fn service_entry_export_to_hides_entries_from_other_namespaces() {
+    let se = |name: &str, ns: &str, export: &str, ip: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{name}.example.net]\n  exportTo: {export}\n  ports: [{{number: 9093, name: tls}}]\n  resolution: STATIC\n  endpoints: [{{address: {ip}}}]\n")
+    };
+    let c = load(
+        &(se("private", "kafka", "['.']", "198.18.7.1")
+            + &se("edge-only", "kafka", "[istio-system]", "198.18.7.2")
+            + &se("nobody", "kafka", "['~']", "198.18.7.3")
+            + &se("all", "kafka", "['*']", "198.18.7.4")),
+    );
+    let seen = |host: &str, viewer: Option<&str>| {
+        c.resolve_destination_on(&dest(host, Some(9093), None), "kafka", None, viewer)
+            .map(|r| addrs(&r))
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        seen("private.example.net", Some("kafka")),
+        Ok(vec!["198.18.7.1:9093".to_owned()])
+    );
+    let hidden = seen("private.example.net", Some("istio-system")).unwrap_err();
+    assert!(
+        hidden.contains("kafka/private") && hidden.contains("not exported to namespace istio-system"),
+        "{hidden}"
+    );
+    assert_eq!(
+        seen("edge-only.example.net", Some("istio-system")),
+        Ok(vec!["198.18.7.2:9093".to_owned()])
+    );
+    assert!(seen("edge-only.example.net", Some("apps")).is_err());
+    assert!(seen("nobody.example.net", Some("kafka")).is_err());
+    assert!(seen("all.example.net", Some("apps")).is_ok());
+    // weir check's view: every entry.
+    assert!(seen("nobody.example.net", None).is_ok());
+    assert_eq!(c.service_entries[0].export_to, ["."]);
+}
+
+/// Which DestinationRule a gateway uses, as Istio's lookup: its own
+/// namespace's first, then the service's namespace's exported rules, then
+/// the root namespace's; rules elsewhere do not apply. A gateway in the
+/// root namespace takes the root's rules exported only there first.
+#[test]
+fn destination_rules_are_looked_up_by_namespace_as_istio_does() {
+    let se = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b0, namespace: kafka}\nspec:\n  hosts: [b0.example.net]\n  ports: [{number: 9093, name: tls}]\n  resolution: STATIC\n  endpoints: [{address: 198.18.7.10}]\n";
+    let dr = |name: &str, ns: &str, export: &str, mode: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: b0.example.net\n  exportTo: {export}\n  trafficPolicy: {{tls: {{mode: {mode}}}}}\n")
+    };
+    let refused_by = |c: &Config, viewer: &str| -> Option<String> {
+        match c.resolve_destination_on(
+            &dest("b0.example.net", Some(9093), None),
+            "kafka",
+            None,
+            Some(viewer),
+        ) {
+            Ok(_) => None,
+            Err(ResolveError::UpstreamTls { rule, .. }) => Some(rule),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // The service's namespace asks for TLS origination; a rule in a third
+    // namespace does not apply to anyone else.
+    let c = load(
+        &(se.to_owned()
+            + &dr("svc", "kafka", "['*']", "SIMPLE")
+            + &dr("elsewhere", "apps", "['*']", "DISABLE")),
+    );
+    assert_eq!(refused_by(&c, "istio-system").as_deref(), Some("kafka/svc"));
+    assert_eq!(refused_by(&c, "edge").as_deref(), Some("kafka/svc"));
+    // The gateway's own namespace comes first ...
+    assert_eq!(refused_by(&c, "apps"), None);
+    // ... and a private rule of the service's namespace is not seen.
+    let c = load(&(se.to_owned() + &dr("svc", "kafka", "['.']", "SIMPLE")));
+    assert_eq!(refused_by(&c, "istio-system"), None);
+    assert_eq!(refused_by(&c, "kafka").as_deref(), Some("kafka/svc"));
+    // Root namespace: a rule exported only there wins for a gateway there;
+    // a public one comes after the service namespace's.
+    let c = load(
+        &(se.to_owned()
+            + &dr("svc", "kafka", "['*']", "SIMPLE")
+            + &dr("root", "istio-system", "['.']", "DISABLE")),
+    );
+    assert_eq!(refused_by(&c, "istio-system"), None);
+    assert_eq!(refused_by(&c, "edge").as_deref(), Some("kafka/svc"));
+    let c = load(
+        &(se.to_owned()
+            + &dr("svc", "kafka", "['*']", "DISABLE")
+            + &dr("root", "istio-system", "['*']", "SIMPLE")),
+    );
+    assert_eq!(refused_by(&c, "istio-system"), None);
+    let c = load(&(se.to_owned() + &dr("root", "istio-system", "['*']", "SIMPLE")));
+    assert_eq!(refused_by(&c, "edge").as_deref(), Some("istio-system/root"));
+    assert_eq!(
+        refused_by(&c, "istio-system").as_deref(),
+        Some("istio-system/root")
+    );
 }
