@@ -189,6 +189,25 @@ pub struct Transfer {
     pub error: Option<io::Error>,
 }
 
+impl Transfer {
+    /// Whether the connection failed, for `istio_tcp_connections_failed_total`:
+    /// an error other than a peer's reset or abort, or a write to a side
+    /// that had gone, which end connections as a close does (ztunnel counts
+    /// those as a normal end too). The access log shows every error.
+    pub fn failed(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| {
+            !matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::NotConnected
+                    | io::ErrorKind::UnexpectedEof
+            )
+        })
+    }
+}
+
 /// Forwards between `client` and `server` until both directions end or
 /// either fails. Both directions are polled by this one future, which holds
 /// the two sides and at most one chunk per direction.
@@ -238,6 +257,38 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         (a, b)
+    }
+
+    /// A client that resets its connection ends it, as ztunnel counts it;
+    /// it is not a failed connection. A real reset through forward().
+    #[tokio::test]
+    async fn a_peer_reset_is_an_end_not_a_failure() {
+        let (client, proxy_c) = pair().await;
+        let (proxy_s, _server) = pair().await;
+        let (received, sent) = (Counter::default(), Counter::default());
+        let fwd = tokio::spawn(async move { forward(proxy_c, proxy_s, &received, &sent).await });
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let t = tokio::time::timeout(std::time::Duration::from_secs(10), fwd)
+            .await
+            .expect("forward ends after a reset")
+            .unwrap();
+        assert!(
+            t.error
+                .as_ref()
+                .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionReset),
+            "{:?}",
+            t.error
+        );
+        assert!(!t.failed());
+        let other = Transfer {
+            received: 0,
+            sent: 0,
+            error: Some(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+        };
+        assert!(other.failed());
     }
 
     /// client <-> [proxy_c | forward | proxy_s] <-> server: bytes arrive

@@ -197,7 +197,7 @@ spec:
     9404: {mode: PERMISSIVE}
 ",
     );
-    let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let (node_a, node_b) = two_nodes(&[cfg.path()], state.path());
     let _servers = start_servers(
         &server_host,
         &[
@@ -241,6 +241,20 @@ spec:
     assert!(
         text.contains("> 198.18.0.4.9000:") && !text.contains("198.18.0.4.15008"),
         "passthrough did not go straight to 198.18.0.4:9000:\n{text}"
+    );
+
+    // Passthrough is reported by the client's node without mTLS and, as
+    // ztunnel does, without a source principal (none was presented).
+    node_a.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "source"),
+            ("source_workload", "client"),
+            ("source_principal", "unknown"),
+            ("destination_workload", "unknown"),
+            ("connection_security_policy", "unknown"),
+        ],
+        1.0,
     );
 
     // The admitted plaintext connection is reported without mTLS.

@@ -2620,10 +2620,12 @@ impl Config {
         }
         if let Some(v) = viewer {
             // Not seen because of exportTo: say so.
-            let hidden = self.service_entry_for(&d.host, namespace, None).or_else(|| {
-                short_name_fqdn(&d.host, namespace)
-                    .and_then(|fq| self.service_entry_for(&fq, namespace, None))
-            });
+            let hidden = self
+                .service_entry_for(&d.host, namespace, None)
+                .or_else(|| {
+                    short_name_fqdn(&d.host, namespace)
+                        .and_then(|fq| self.service_entry_for(&fq, namespace, None))
+                });
             if let Some(se) = hidden {
                 return Err(ResolveError::NotExported {
                     host: d.host.clone(),

@@ -125,7 +125,7 @@ async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Respond
         .metrics
         .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
     let t = forward(tunnel, upstream, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.error.is_some());
+    ctx.metrics.close(&counters, t.failed());
     conn.log("allow", FLAG_NONE, "HBONE", Some(&t), None);
 }
 
@@ -193,6 +193,6 @@ pub(crate) async fn plaintext(
         .metrics
         .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
     let t = forward(client, upstream, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.error.is_some());
+    ctx.metrics.close(&counters, t.failed());
     conn.log("allow", FLAG_NONE, "plaintext admitted", Some(&t), None);
 }

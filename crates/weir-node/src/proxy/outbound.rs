@@ -38,7 +38,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         let conn = Conn {
             direction: "outbound",
             src_addr: peer,
-            src: peers.lookup(local.workload.address, Some(&local.id)),
+            // The source's identity is presented over mTLS only: to a
+            // destination outside the mesh its principal is unknown (as
+            // ztunnel reports it).
+            src: peers.lookup(
+                local.workload.address,
+                dst_id.is_some().then_some(&local.id),
+            ),
             dst_addr: target,
             dst: match &dst_id {
                 Some(id) => peers.lookup(target.ip(), Some(id)),
@@ -66,7 +72,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
                 Err(e) => {
                     warn!(peer = %conn.src_addr, target = %conn.dst_addr, error = %e, "HBONE connection failed");
                     let flags = match e.rejected_status() {
-                        Some(s) if s == http::StatusCode::FORBIDDEN => FLAG_DENY,
+                        // 403 from weir, 401 from ztunnel: a policy denial.
+                        Some(s)
+                            if s == http::StatusCode::FORBIDDEN
+                                || s == http::StatusCode::UNAUTHORIZED =>
+                        {
+                            FLAG_DENY
+                        }
                         _ => FLAG_CONNECT,
                     };
                     Err((flags, e.to_string()))
@@ -99,7 +111,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
     };
     let counters = ctx.metrics.open(conn.labels(REPORTER_SOURCE, FLAG_NONE));
     let t = forward(app, upstream, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.error.is_some());
+    ctx.metrics.close(&counters, t.failed());
     conn.log("allow", FLAG_NONE, reason, Some(&t), None);
 }
 

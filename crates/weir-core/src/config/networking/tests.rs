@@ -1101,7 +1101,8 @@ fn service_entry_export_to_hides_entries_from_other_namespaces() {
     );
     let hidden = seen("private.example.net", Some("istio-system")).unwrap_err();
     assert!(
-        hidden.contains("kafka/private") && hidden.contains("not exported to namespace istio-system"),
+        hidden.contains("kafka/private")
+            && hidden.contains("not exported to namespace istio-system"),
         "{hidden}"
     );
     assert_eq!(
