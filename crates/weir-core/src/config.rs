@@ -31,7 +31,7 @@ mod workload;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -196,6 +196,19 @@ pub struct Config {
     by_address: HashMap<IpAddr, usize>,
     #[serde(skip)]
     by_name: HashMap<(String, String), usize>,
+    /// Service cluster IP → index in `services`.
+    #[serde(skip)]
+    by_cluster_ip: HashMap<IpAddr, usize>,
+}
+
+/// The backends of a connection to a Service's cluster IP and port.
+#[derive(Debug)]
+pub struct ServiceBackends<'a> {
+    pub service: &'a Service,
+    /// The Workloads' port.
+    pub target_port: u16,
+    /// The Workloads the Service selects (none: nowhere to go).
+    pub workloads: Vec<&'a Workload>,
 }
 
 impl Config {
@@ -230,6 +243,36 @@ impl Config {
             .enumerate()
             .map(|(i, w)| ((w.namespace().to_owned(), w.name().to_owned()), i))
             .collect();
+        self.by_cluster_ip = self
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.cluster_ips.iter().map(move |ip| (*ip, i)))
+            .collect();
+    }
+
+    /// The Service whose cluster IP is `ip`.
+    pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<&Service> {
+        self.by_cluster_ip.get(&ip).map(|&i| &self.services[i])
+    }
+
+    /// Where a connection to `addr` goes if `addr` is a Service's cluster
+    /// IP and one of its ports: the Workloads the Service selects, at the
+    /// port's target port. `None` if `addr` is not a Service port.
+    pub fn service_backends(&self, addr: SocketAddr) -> Option<ServiceBackends<'_>> {
+        let service = self.service_by_cluster_ip(addr.ip())?;
+        let port = service.ports.iter().find(|p| p.port == addr.port())?;
+        let workloads = self
+            .workloads
+            .iter()
+            .filter(|w| w.namespace() == service.metadata.namespace)
+            .filter(|w| service.selects(&w.metadata.labels))
+            .collect();
+        Some(ServiceBackends {
+            service,
+            target_port: port.target_port.unwrap_or(port.port),
+            workloads,
+        })
     }
 
     pub fn workload_by_address(&self, ip: IpAddr) -> Option<&Workload> {

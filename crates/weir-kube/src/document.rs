@@ -83,7 +83,11 @@ pub fn service(s: &Service) -> Value {
         "apiVersion": WEIR_API_VERSION,
         "kind": "Service",
         "metadata": meta_value(&s.metadata),
-        "spec": {"selector": s.selector, "ports": ports},
+        "spec": if s.cluster_ips.is_empty() {
+            json!({"selector": s.selector, "ports": ports})
+        } else {
+            json!({"selector": s.selector, "ports": ports, "clusterIPs": s.cluster_ips})
+        },
     })
 }
 

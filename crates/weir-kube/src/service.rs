@@ -141,9 +141,31 @@ pub fn service_from_kube<'a>(
             metadata: ObjectMeta::new(namespace, name),
             selector,
             ports,
+            cluster_ips: cluster_ips(spec),
         },
         dropped,
     ))
+}
+
+/// The Service's IPv4 cluster IPs (`clusterIPs`, else `clusterIP`; none
+/// for a headless Service). IPv6 ones are left out: capture is IPv4 only.
+fn cluster_ips(spec: Option<&k8s_openapi::api::core::v1::ServiceSpec>) -> Vec<std::net::IpAddr> {
+    let Some(spec) = spec else { return Vec::new() };
+    let listed = spec
+        .cluster_ips
+        .clone()
+        .filter(|l| !l.is_empty())
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for raw in listed {
+        if let Ok(ip @ std::net::IpAddr::V4(v4)) = raw.parse::<std::net::IpAddr>() {
+            if !v4.is_unspecified() && !v4.is_loopback() && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
 }
 
 /// The number of the container port called `name` in every selected Pod
@@ -245,6 +267,7 @@ kind: Service
 metadata: {name: kafka, namespace: data}
 spec:
   selector: {app: kafka}
+  clusterIP: 10.96.0.10
   ports:
   - {name: client, port: 9092, targetPort: 29092}
   - {name: internal, port: 9093, targetPort: 19093}
@@ -276,6 +299,29 @@ spec:
             "{e:?}"
         );
         assert!(e.to_string().contains("TCP only"), "{e}");
+    }
+
+    /// Cluster IPs: the IPv4 ones of clusterIPs (dual-stack), none for a
+    /// headless Service; they survive the served document.
+    #[test]
+    fn cluster_ips_are_the_ipv4_ones() {
+        let dual = kube_service(json!({"selector": {"app": "kafka"},
+            "clusterIP": "fd00::10", "clusterIPs": ["fd00::10", "10.96.0.11"],
+            "ports": [{"port": 9092}]}));
+        let (s, _) = service_from_kube(&dual, []).unwrap();
+        assert_eq!(
+            s.cluster_ips,
+            ["10.96.0.11".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let served = serde_yaml_ng::to_string(&document::service(&s)).unwrap();
+        assert_eq!(load_one(&served), s);
+        let headless = kube_service(json!({"selector": {"app": "kafka"},
+            "clusterIP": "None", "ports": [{"port": 9092}]}));
+        assert!(service_from_kube(&headless, [])
+            .unwrap()
+            .0
+            .cluster_ips
+            .is_empty());
     }
 
     #[test]

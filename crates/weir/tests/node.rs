@@ -954,3 +954,98 @@ fn a_node_that_serves_nothing_says_which_nodes_exist() {
         "{log}"
     );
 }
+
+/// A Service's cluster IP (a virtual address no host has): the client's
+/// node sends the connection over HBONE to a Workload the Service selects,
+/// at the port's targetPort, as ztunnel does for a service VIP; the
+/// server's STRICT policy admits it (it is mTLS). A Service that selects
+/// no Workload refuses the connection, counted as CONNECT.
+#[test]
+fn service_cluster_ip_reaches_a_selected_workload_over_hbone() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("vip");
+    let client_host = net.add_host("client", CLIENT_IP);
+    let server_host = net.add_host("server", SERVER_IP);
+    let cfg = TempDir::new("vip-cfg");
+    let state = TempDir::new("vip-ca");
+    cfg.write(
+        "mesh.yaml",
+        &(workload("client", "apps", "client", &client_host, "node-a")
+            + &server_workload(&server_host)
+            + "---
+apiVersion: weir.dev/v1alpha1
+kind: Service
+metadata: {name: bootstrap, namespace: data}
+spec:
+  selector: {app: server}
+  clusterIP: 198.18.0.100
+  ports: [{name: client, port: 80, targetPort: 9000}]
+---
+apiVersion: weir.dev/v1alpha1
+kind: Service
+metadata: {name: empty, namespace: data}
+spec:
+  selector: {app: nobody}
+  clusterIP: 198.18.0.101
+  ports: [{name: client, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: data}
+spec: {mtls: {mode: STRICT}}
+"),
+    );
+    let (node_a, node_b) = two_nodes(&[cfg.path()], state.path());
+    let _server = start_servers(&server_host, &[(APP_PORT, "VIP-REPLY-MARKER")]);
+
+    let capture = net.tcpdump_filtered(BRIDGE, "tcp");
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    let r = client(&client_host, vip, 80, "through-the-vip");
+    let text = capture.stop();
+    assert_reply(
+        &r,
+        "VIP-REPLY-MARKER",
+        "client -> Service cluster IP 198.18.0.100:80",
+    );
+    assert!(
+        text.contains("> 198.18.0.3.15008:") && !text.contains("198.18.0.100"),
+        "the cluster IP connection did not go over HBONE to the server:\n{text}"
+    );
+    let client_id = spiffe("apps", "client");
+    node_b.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", client_id.as_str()),
+            ("destination_workload", "server"),
+        ],
+        1.0,
+    );
+    node_a.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "source"),
+            ("destination_workload", "server"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+        1.0,
+    );
+
+    // A Service with nothing behind it: refused, counted.
+    let r = client(&client_host, Ipv4Addr::new(198, 18, 0, 101), 80, "nowhere");
+    assert_no_reply(&r, "VIP-REPLY-MARKER", "client -> empty Service");
+    node_a.expect_metric_at_least(
+        FAILED,
+        &[("reporter", "source"), ("response_flags", "CONNECT")],
+        1.0,
+    );
+    assert!(
+        node_a.log_text().contains("selects no Workload"),
+        "no log line for the empty Service:\n{}",
+        node_a.log_text()
+    );
+}

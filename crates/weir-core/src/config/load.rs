@@ -159,6 +159,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
     }
 
     super::kafka::cross_check(&config, &mut errors, &mut warnings);
+    cluster_ip_check(&config, &addresses, &seen, &mut errors);
     if errors.is_empty() {
         super::networking::cross_check(&config, &mut warnings);
         shadowed_peer_authentication_warnings(&config, &mut warnings);
@@ -1198,6 +1199,51 @@ fn condition(ctx: &mut DocCtx<'_>, path: &str, c: RawCondition) -> Option<Condit
 /// allowed (in-process setups and tests use it); IPv6 is refused because the
 /// node proxy's capture rules and listeners are IPv4 only: traffic to the
 /// address would bypass the mesh instead of being secured by it.
+/// A Service's cluster IP must be virtual: no Workload's address, and no
+/// other Service's (a connection to it would not know where to go).
+fn cluster_ip_check(
+    config: &Config,
+    workloads: &HashMap<IpAddr, (String, DocumentRef)>,
+    documents: &HashMap<(String, String, String), DocumentRef>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let doc_of = |s: &super::Service| {
+        documents.get(&(
+            "Service".to_owned(),
+            s.metadata.namespace.clone(),
+            s.metadata.name.clone(),
+        ))
+    };
+    let mut seen: HashMap<IpAddr, &super::Service> = HashMap::new();
+    for s in &config.services {
+        let Some(doc) = doc_of(s) else { continue };
+        for ip in &s.cluster_ips {
+            let clash = if let Some((w, at)) = workloads.get(ip) {
+                Some(format!("{ip} is the address of Workload {w} ({at}); a cluster IP is virtual: give the Service an address no Workload has"))
+            } else {
+                seen.get(ip).map(|other| {
+                    let at = doc_of(other).map(|d| format!(" ({d})")).unwrap_or_default();
+                    format!(
+                        "{ip} is already the cluster IP of Service {}{at}",
+                        other.metadata.key()
+                    )
+                })
+            };
+            match clash {
+                Some(message) => errors.push(ConfigError {
+                    document: Some(doc.clone()),
+                    file: doc.file.clone(),
+                    field: Some("spec.clusterIP".to_owned()),
+                    message,
+                }),
+                None => {
+                    seen.insert(*ip, s);
+                }
+            }
+        }
+    }
+}
+
 fn unusable_workload_address(ip: IpAddr) -> Option<&'static str> {
     match ip {
         _ if ip.is_unspecified() => Some("is the unspecified address, not a workload's"),

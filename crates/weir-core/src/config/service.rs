@@ -1,8 +1,10 @@
 //! `weir.dev/v1alpha1` `Service`: the local-mode stand-in for a Kubernetes
 //! Service, so that a route destination such as `kafka.data.svc.cluster.local`
-//! resolves to the Workloads it selects.
+//! resolves to the Workloads it selects, and a connection to its cluster IP
+//! (a virtual address no Workload has) reaches one of them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,11 @@ pub struct Service {
     /// map). An empty selector selects no Workload, as in Kubernetes.
     pub selector: BTreeMap<String, String>,
     pub ports: Vec<ServicePort>,
+    /// Its virtual addresses (Kubernetes' `clusterIP`/`clusterIPs`): a
+    /// node proxy sends a connection to one of them, on one of the ports,
+    /// to one of the selected Workloads, over HBONE, as ztunnel does.
+    #[serde(rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 impl Service {
@@ -47,6 +54,11 @@ pub(crate) struct ServiceSpec {
     selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     ports: Option<Vec<RawServicePort>>,
+    /// `None` (or empty) for a headless service, as in Kubernetes.
+    #[serde(default, rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(default, rename = "clusterIPs")]
+    cluster_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,9 +171,58 @@ pub(crate) fn service(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: ServiceS
             "with several ports every port needs a name (as in Kubernetes)",
         );
     }
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let given = spec
+        .cluster_ip
+        .map(|ip| ("spec.clusterIP".to_owned(), ip))
+        .into_iter()
+        .chain(
+            spec.cluster_ips
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip)),
+        );
+    for (field, raw) in given {
+        if raw.is_empty() || raw == "None" {
+            continue; // headless
+        }
+        let ip: IpAddr = match raw.parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                ctx.error(
+                    Some(field),
+                    format!("{raw:?} is not an IP address (or None for a headless Service)"),
+                );
+                continue;
+            }
+        };
+        if let Some(why) = unusable_cluster_ip(ip) {
+            ctx.error(Some(field), format!("{ip} {why}"));
+            continue;
+        }
+        if !cluster_ips.contains(&ip) {
+            cluster_ips.push(ip);
+        }
+    }
     Service {
         metadata,
         selector,
         ports,
+        cluster_ips,
+    }
+}
+
+fn unusable_cluster_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() || ip.is_loopback() => {
+            Some("cannot be a cluster IP (unspecified or loopback: capture leaves it alone)")
+        }
+        _ if ip.is_multicast() => Some("is a multicast address, not a cluster IP"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address, not a cluster IP"),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(_) => Some(
+            "is an IPv6 address: weir's capture is IPv4 only for now, so connections to it would bypass the mesh",
+        ),
     }
 }

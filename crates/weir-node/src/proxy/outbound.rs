@@ -1,6 +1,8 @@
 //! Outbound: the workload's own TCP connections, redirected to 15001. A mesh
-//! destination goes over HBONE with the workload's certificate; anything else
-//! passes through as plain TCP.
+//! destination goes over HBONE with the workload's certificate; a Service's
+//! cluster IP and port goes to one of the Workloads the Service selects, at
+//! its target port, over HBONE (as ztunnel sends a connection to a service
+//! VIP); anything else passes through as plain TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,10 +32,27 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
-    let (key, conn) = {
+    let (key, conn, service) = {
         let config = ctx.store.current();
         let peers = ctx.store.peers();
-        let dst_w = config.workload_by_address(target.ip());
+        let mut dst_w = config.workload_by_address(target.ip());
+        let mut target = target;
+        // A Service's cluster IP and port: one of its Workloads, at random.
+        let mut service = None;
+        if dst_w.is_none() {
+            if let Some(b) = config.service_backends(target) {
+                let key = b.service.metadata.key();
+                if b.workloads.is_empty() {
+                    service = Some(Err(key));
+                } else {
+                    let w = b.workloads[random_index(b.workloads.len())];
+                    debug!(%peer, vip = %target, service = %key, backend = %w.metadata.key(), "service cluster IP");
+                    target = SocketAddr::new(w.address, b.target_port);
+                    dst_w = Some(w);
+                    service = Some(Ok(key));
+                }
+            }
+        }
         let dst_id = dst_w.map(|w| w.identity(&config.settings.trust_domain));
         let conn = Conn {
             direction: "outbound",
@@ -59,8 +78,25 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             hbone_addr: SocketAddr::new(w.address, HBONE_PORT),
             destination: dst_id,
         });
-        (key, conn)
+        (key, conn, service)
     };
+    if let Some(Err(svc)) = &service {
+        // Nowhere to go: refused, as ztunnel refuses a VIP without
+        // healthy endpoints.
+        let error = format!("Service {svc} selects no Workload");
+        warn!(peer = %conn.src_addr, target = %conn.dst_addr, service = %svc, "refusing a connection to a Service that selects no Workload");
+        ctx.metrics
+            .refused(&conn.labels(REPORTER_SOURCE, FLAG_CONNECT));
+        reset(app);
+        conn.log(
+            "allow",
+            FLAG_CONNECT,
+            "service cluster IP",
+            None,
+            Some(&error),
+        );
+        return;
+    }
     // The connect futures are boxed and own what they need (the pool key):
     // handshakes are large and must not stay part of the connection's future
     // (memory per idle connection) once they are done.
@@ -94,7 +130,9 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             }
         }
     };
-    let reason = if conn.mtls {
+    let reason = if matches!(service, Some(Ok(_))) {
+        "HBONE to a Workload of the Service at the cluster IP"
+    } else if conn.mtls {
         "HBONE"
     } else {
         "passthrough: the destination is not in the mesh"
@@ -113,6 +151,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
     let t = forward(app, upstream, &counters.received, &counters.sent).await;
     ctx.metrics.close(&counters, t.failed());
     conn.log("allow", FLAG_NONE, reason, Some(&t), None);
+}
+
+/// A random index below `n` (load spreading, not anything secret).
+fn random_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, RandomState};
+    // Each RandomState has fresh keys: a cheap random u64.
+    (RandomState::new().hash_one(0u8) % n as u64) as usize
 }
 
 /// Closes with a TCP reset, so the application sees a refused connection

@@ -1176,3 +1176,74 @@ fn destination_rules_are_looked_up_by_namespace_as_istio_does() {
         Some("istio-system/root")
     );
 }
+
+/// A Service's cluster IPs: Kubernetes' clusterIP/clusterIPs ("None" for
+/// headless), virtual (no Workload's address, no other Service's), IPv4.
+#[test]
+fn service_cluster_ips_are_virtual_addresses_of_its_workloads() {
+    let svc = |name: &str, extra: &str| {
+        format!("---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: data}}\nspec:\n  selector: {{app: kafka}}\n  ports: [{{name: client, port: 9092, targetPort: 19092}}]\n{extra}")
+    };
+    let c = load(
+        &(mesh()
+            + &svc(
+                "bootstrap",
+                "  clusterIP: 198.18.9.1\n  clusterIPs: [198.18.9.1, 198.18.9.2]\n",
+            )
+            + &svc("headless", "  clusterIP: None\n")),
+    );
+    let b = c
+        .service_by_cluster_ip("198.18.9.2".parse().unwrap())
+        .unwrap();
+    assert_eq!(b.metadata.name, "bootstrap");
+    assert_eq!(b.cluster_ips.len(), 2);
+    assert!(c
+        .service("data", "headless")
+        .unwrap()
+        .cluster_ips
+        .is_empty());
+    let backends = c
+        .service_backends("198.18.9.1:9092".parse().unwrap())
+        .expect("a Service port");
+    assert_eq!(backends.target_port, 19092);
+    let mut names: Vec<&str> = backends.workloads.iter().map(|w| w.name()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["kafka-0", "kafka-1"]);
+    assert!(
+        c.service_backends("198.18.9.1:9093".parse().unwrap())
+            .is_none(),
+        "not its port"
+    );
+    assert!(
+        c.service_backends("198.18.0.10:9092".parse().unwrap())
+            .is_none(),
+        "a Workload's address"
+    );
+
+    one_error(
+        &svc("s", "  clusterIP: 10.0.0\n"),
+        "spec.clusterIP",
+        "not an IP address",
+    );
+    one_error(
+        &svc("s", "  clusterIPs: [fd00::1]\n"),
+        "spec.clusterIPs[0]",
+        "IPv4 only",
+    );
+    one_error(
+        &svc("s", "  clusterIP: 127.0.0.1\n"),
+        "spec.clusterIP",
+        "loopback",
+    );
+    one_error(
+        &(mesh() + &svc("s", "  clusterIP: 198.18.0.10\n")),
+        "spec.clusterIP",
+        "is the address of Workload data/kafka-0",
+    );
+    let e = one_error(
+        &(svc("a", "  clusterIP: 198.18.9.9\n") + &svc("b", "  clusterIP: 198.18.9.9\n")),
+        "spec.clusterIP",
+        "already the cluster IP of Service data/a",
+    );
+    assert_eq!(e.document.and_then(|d| d.name).as_deref(), Some("data/b"));
+}
