@@ -1131,9 +1131,11 @@ fn operation(ctx: &mut DocCtx<'_>, path: &str, o: RawOperation) -> Operation {
     out
 }
 
-/// Condition keys Istio accepts that an L4 proxy cannot evaluate.
+/// Condition keys Istio accepts that an L4 proxy cannot evaluate (or, for
+/// `source.serviceAccount`, that istiod does not give ztunnel).
 fn is_known_l7_key(k: &str) -> bool {
     k.starts_with("request.headers[")
+        || k.starts_with("request.experimental.inline.headers[")
         || k.starts_with("request.auth.claims[")
         || k.starts_with("experimental.envoy.filters.")
         || matches!(
@@ -1143,6 +1145,7 @@ fn is_known_l7_key(k: &str) -> bool {
                 | "request.auth.presenter"
                 | "remote.ip"
                 | "connection.sni"
+                | "source.serviceAccount"
                 | "request.regex.headers"
         )
 }

@@ -546,6 +546,32 @@ fn l7_allow_rule_never_matches() {
     .allowed());
 }
 
+/// Keys Istio validates that istiod does not give ztunnel as L4 ones
+/// (source.serviceAccount, the experimental inline headers) are accepted
+/// and treated as L7: an ALLOW rule with them never matches.
+#[test]
+fn istio_keys_ztunnel_does_not_evaluate_are_l7() {
+    for key in [
+        "source.serviceAccount",
+        "request.experimental.inline.headers[x-user]",
+    ] {
+        let c = config(&ap(
+            "kafka",
+            "l7",
+            &format!("{{rules: [{{when: [{{key: \"{key}\", values: [apps/producer]}}]}}]}}"),
+        ));
+        assert!(
+            !eval(
+                &c,
+                "kafka/kafka-0",
+                &conn(Some(PRODUCER), "198.18.0.20", 9092)
+            )
+            .allowed(),
+            "{key}"
+        );
+    }
+}
+
 #[test]
 fn l7_deny_rule_is_enforced_without_l7_parts() {
     // methods is dropped: the rule denies everything on 9092 from apps.
