@@ -52,7 +52,7 @@ pub use networking::{
 };
 pub use reload::{ConfigFiles, Reload, ReloadStatus};
 pub use service::{Service, ServicePort};
-pub use workload::{is_pod_uid, Workload, POD_UID_ANNOTATION};
+pub use workload::{is_pod_uid, Workload, POD_UID_ANNOTATION, WORKLOAD_NAME_ANNOTATION};
 
 use crate::spiffe::TrustDomain;
 

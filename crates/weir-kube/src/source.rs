@@ -339,7 +339,15 @@ fn forbidden(e: &watcher::Error) -> bool {
 fn prune_pod(pod: Pod) -> Pod {
     let mut metadata = pod.metadata;
     metadata.managed_fields = None;
-    metadata.owner_references = None;
+    // Only the controller: it names the workload (workload_from_pod).
+    metadata.owner_references = metadata
+        .owner_references
+        .map(|o| {
+            o.into_iter()
+                .filter(|r| r.controller == Some(true))
+                .collect::<Vec<_>>()
+        })
+        .filter(|o| !o.is_empty());
     metadata.annotations = metadata
         .annotations
         .map(|a| {

@@ -24,7 +24,7 @@ pub const NONE: &str = "none";
 /// Annotation Istio's sidecar injector sets on Pods that have a sidecar;
 /// such Pods are left to their sidecar (Istio does the same).
 pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
-pub use weir_core::config::POD_UID_ANNOTATION;
+pub use weir_core::config::{POD_UID_ANNOTATION, WORKLOAD_NAME_ANNOTATION};
 /// The service account of a Pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
@@ -125,7 +125,9 @@ pub fn enrollment(
 ///
 /// - `metadata`: the Pod's name, namespace and labels (policy selectors match
 ///   them); other Pod labels and annotations are not copied, except the
-///   Pod's UID in [`POD_UID_ANNOTATION`].
+///   Pod's UID in [`POD_UID_ANNOTATION`] and, for a Pod of a controller (a
+///   Deployment's, StatefulSet's, ...), the controller's name in
+///   [`WORKLOAD_NAME_ANNOTATION`] (the metrics' workload, as Istio names it).
 /// - `serviceAccount`: `spec.serviceAccountName`, `default` when unset (as
 ///   Kubernetes does).
 /// - `address`: `status.podIP`. Pods without one are skipped, and so are:
@@ -193,12 +195,54 @@ pub fn workload_from_pod(
             .annotations
             .insert(POD_UID_ANNOTATION.to_owned(), uid.clone());
     }
+    if let Some(w) = workload_name(pod).filter(|w| *w != name) {
+        metadata
+            .annotations
+            .insert(WORKLOAD_NAME_ANNOTATION.to_owned(), w);
+    }
     Ok(Workload {
         metadata,
         service_account: service_account.to_owned(),
         address,
         node: node.to_owned(),
         netns: name,
+    })
+}
+
+/// The workload a Pod is an instance of, as Istio names it for metrics
+/// (its `GetDeployMetaFromPod`): for a Pod with a generated name, its
+/// controller's name, with a ReplicaSet's `-<pod-template-hash>` taken off
+/// (the Deployment) and a Job's `-<8 to 10 digits>` (the CronJob); `None`
+/// otherwise (the Pod's own name).
+fn workload_name(pod: &Pod) -> Option<String> {
+    let meta = &pod.metadata;
+    meta.generate_name.as_ref().filter(|g| !g.is_empty())?;
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))?;
+    let name = owner.name.as_str();
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .filter(|h| !h.is_empty());
+    Some(match (owner.kind.as_str(), hash) {
+        ("ReplicaSet", Some(h)) => name
+            .strip_suffix(h.as_str())
+            .and_then(|n| n.strip_suffix('-'))
+            .unwrap_or(name)
+            .to_owned(),
+        ("Job", _) => match name.rsplit_once('-') {
+            Some((cron, ts))
+                if (8..=10).contains(&ts.len()) && ts.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                cron.to_owned()
+            }
+            _ => name.to_owned(),
+        },
+        _ => name.to_owned(),
     })
 }
 

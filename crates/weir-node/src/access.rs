@@ -11,26 +11,38 @@ use weir_core::config::Workload;
 use weir_core::{Config, SpiffeId};
 
 use crate::forward::Transfer;
-use crate::metrics::{TcpLabels, FLAG_NONE, UNKNOWN};
+use crate::metrics::{TcpLabels, CLUSTER, FLAG_NONE, PROTOCOL_TCP, UNKNOWN};
 
 /// One end of a connection as the log and the metrics name it.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
+    /// The Workload's (a Pod's) name: the access log's.
     pub workload: String,
+    /// The workload it is an instance of (a Deployment's name): the
+    /// metrics' `*_workload`.
+    pub workload_name: String,
     pub namespace: String,
     pub identity: Option<SpiffeId>,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub app: String,
+    pub version: String,
+    pub cluster: &'static str,
 }
 
 impl Peer {
     pub fn of(w: Option<&Workload>, identity: Option<&SpiffeId>) -> Peer {
+        let or_unknown = |v: Option<&str>| v.unwrap_or(UNKNOWN).to_owned();
         Peer {
-            workload: w.map_or(UNKNOWN, |w| w.name()).to_owned(),
-            namespace: w
-                .map(|w| w.namespace())
-                .or(identity.map(|i| i.namespace()))
-                .unwrap_or(UNKNOWN)
-                .to_owned(),
+            workload: or_unknown(w.map(|w| w.name())),
+            workload_name: or_unknown(w.map(|w| w.workload_name())),
+            namespace: or_unknown(w.map(|w| w.namespace()).or(identity.map(|i| i.namespace()))),
             identity: identity.cloned(),
+            canonical_service: or_unknown(w.map(|w| w.canonical_service())),
+            canonical_revision: or_unknown(w.map(|w| w.canonical_revision())),
+            app: or_unknown(w.and_then(|w| w.app())),
+            version: or_unknown(w.and_then(|w| w.version())),
+            cluster: if w.is_some() { CLUSTER } else { UNKNOWN },
         }
     }
 
@@ -86,17 +98,51 @@ impl PeerIndex {
     }
 }
 
-pub(crate) fn labels(reporter: &str, src: &Peer, dst: &Peer, mtls: bool, flags: &str) -> TcpLabels {
+/// The Service a connection was addressed to (its cluster IP), for the
+/// `destination_service*` labels.
+#[derive(Debug)]
+pub(crate) struct DstService {
+    /// `name.namespace.svc.cluster.local`.
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+pub(crate) fn labels(
+    reporter: &str,
+    src: &Peer,
+    dst: &Peer,
+    service: Option<&DstService>,
+    mtls: bool,
+    flags: &str,
+) -> TcpLabels {
+    let svc = |f: fn(&DstService) -> &String| {
+        service.map_or_else(|| UNKNOWN.to_owned(), |s| f(s).clone())
+    };
     TcpLabels {
         reporter: reporter.to_owned(),
-        source_workload: src.workload.clone(),
+        source_workload: src.workload_name.clone(),
+        source_canonical_service: src.canonical_service.clone(),
+        source_canonical_revision: src.canonical_revision.clone(),
         source_workload_namespace: src.namespace.clone(),
         source_principal: src.principal(),
-        destination_workload: dst.workload.clone(),
+        source_app: src.app.clone(),
+        source_version: src.version.clone(),
+        source_cluster: src.cluster.to_owned(),
+        destination_service: svc(|s| &s.host),
+        destination_service_namespace: svc(|s| &s.namespace),
+        destination_service_name: svc(|s| &s.name),
+        destination_workload: dst.workload_name.clone(),
+        destination_canonical_service: dst.canonical_service.clone(),
+        destination_canonical_revision: dst.canonical_revision.clone(),
         destination_workload_namespace: dst.namespace.clone(),
         destination_principal: dst.principal(),
-        connection_security_policy: if mtls { "mutual_tls" } else { UNKNOWN }.to_owned(),
+        destination_app: dst.app.clone(),
+        destination_version: dst.version.clone(),
+        destination_cluster: dst.cluster.to_owned(),
+        request_protocol: PROTOCOL_TCP.to_owned(),
         response_flags: flags.to_owned(),
+        connection_security_policy: if mtls { "mutual_tls" } else { UNKNOWN }.to_owned(),
     }
 }
 
@@ -110,12 +156,21 @@ pub(crate) struct Conn {
     pub dst: Arc<Peer>,
     pub mtls: bool,
     pub policy: Option<String>,
+    /// The Service whose cluster IP the client dialled.
+    pub service: Option<Arc<DstService>>,
     pub start: Instant,
 }
 
 impl Conn {
     pub fn labels(&self, reporter: &str, flags: &str) -> TcpLabels {
-        labels(reporter, &self.src, &self.dst, self.mtls, flags)
+        labels(
+            reporter,
+            &self.src,
+            &self.dst,
+            self.service.as_deref(),
+            self.mtls,
+            flags,
+        )
     }
 
     /// Logs the connection's end (or refusal).

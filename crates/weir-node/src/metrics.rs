@@ -18,18 +18,39 @@ pub const FLAG_NONE: &str = "-";
 pub const FLAG_DENY: &str = "DENY";
 pub const FLAG_CONNECT: &str = "CONNECT";
 
-/// The labels of Istio's TCP metrics.
+/// `request_protocol` of the TCP metrics.
+pub const PROTOCOL_TCP: &str = "tcp";
+/// The cluster of a known workload (`source_cluster`,
+/// `destination_cluster`): Istio's default cluster id.
+pub const CLUSTER: &str = "Kubernetes";
+
+/// The labels of Istio's TCP metrics: Istio's standard set, as ztunnel
+/// emits it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: String,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
     pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
-    pub connection_security_policy: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: String,
+    pub request_protocol: String,
     pub response_flags: String,
+    pub connection_security_policy: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

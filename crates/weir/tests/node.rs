@@ -130,6 +130,18 @@ fn mesh_traffic_is_mtls_only() {
         ("destination_principal", server_id.as_str()),
         ("destination_workload", "server"),
         ("destination_workload_namespace", "data"),
+        // Istio's other standard labels, as ztunnel fills them.
+        ("source_canonical_service", "client"),
+        ("source_canonical_revision", "latest"),
+        ("source_app", "client"),
+        ("source_version", "unknown"),
+        ("source_cluster", "Kubernetes"),
+        ("destination_canonical_service", "server"),
+        ("destination_app", "server"),
+        ("destination_cluster", "Kubernetes"),
+        ("destination_service", "unknown"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
     ];
     node_b.expect_metric_at_least(OPENED, &dst, 1.0);
     node_b.expect_metric_at_least(CLOSED, &dst, 1.0);
@@ -1031,6 +1043,9 @@ spec: {mtls: {mode: STRICT}}
             ("reporter", "source"),
             ("destination_workload", "server"),
             ("connection_security_policy", "mutual_tls"),
+            ("destination_service", "bootstrap.data.svc.cluster.local"),
+            ("destination_service_name", "bootstrap"),
+            ("destination_service_namespace", "data"),
         ],
         1.0,
     );

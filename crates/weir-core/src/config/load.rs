@@ -382,6 +382,14 @@ fn load_document(
                     );
                 }
             }
+            if let Some(n) = meta.annotations.get(super::WORKLOAD_NAME_ANNOTATION) {
+                if !is_dns_subdomain(n) {
+                    ctx.error(
+                        Some(format!("metadata.annotations[{}]", super::WORKLOAD_NAME_ANNOTATION)),
+                        format!("{n:?} is not a workload name (a Kubernetes object name such as kafka or my-app)"),
+                    );
+                }
+            }
             if let Some(why) = unusable_workload_address(spec.address) {
                 ctx.error(
                     Some("spec.address".to_owned()),

@@ -245,3 +245,65 @@ fn pending_and_terminating_pods_with_an_address_are_workloads() {
         [POD_UID_ANNOTATION]
     );
 }
+
+/// The metrics' workload name is the controller's, as Istio derives it:
+/// a Deployment's Pod (its ReplicaSet less the pod-template-hash), a
+/// CronJob's Job less its timestamp, a StatefulSet as it is; a Pod without
+/// a generated name or a controller is its own workload.
+#[test]
+fn workload_name_comes_from_the_controller() {
+    let owned = |kind: &str, owner: &str, labels: Value| {
+        pod(json!({"metadata": {
+            "name": "p-x7k2q", "generateName": "p-",
+            "labels": labels,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Other", "name": "not-the-controller", "uid": "1"},
+                {"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "2", "controller": true}
+            ]
+        }}))
+    };
+    let name = |p: &Pod| {
+        let w = workload_from_pod(p, &ambient()).unwrap();
+        w.workload_name().to_owned()
+    };
+    assert_eq!(
+        name(&owned(
+            "ReplicaSet",
+            "producer-7d9f8b6c5",
+            json!({"app": "producer", "pod-template-hash": "7d9f8b6c5"})
+        )),
+        "producer"
+    );
+    assert_eq!(
+        name(&owned("ReplicaSet", "standalone-rs", json!({"app": "x"}))),
+        "standalone-rs"
+    );
+    assert_eq!(
+        name(&owned("Job", "nightly-28471520", json!({}))),
+        "nightly"
+    );
+    assert_eq!(name(&owned("Job", "migrate-1", json!({}))), "migrate-1");
+    assert_eq!(
+        name(&owned("StatefulSet", "kafka", json!({"app": "kafka"}))),
+        "kafka"
+    );
+    // A Pod made by hand (no generateName, no controller): its own name.
+    let plain = workload_from_pod(&pod(json!({})), &ambient()).unwrap();
+    assert_eq!(plain.workload_name(), "kafka-0");
+    assert!(!plain
+        .metadata
+        .annotations
+        .contains_key(WORKLOAD_NAME_ANNOTATION));
+    // It survives the served document.
+    let w = workload_from_pod(
+        &owned(
+            "ReplicaSet",
+            "producer-7d9f8b6c5",
+            json!({"app": "producer", "pod-template-hash": "7d9f8b6c5"}),
+        ),
+        &ambient(),
+    )
+    .unwrap();
+    let served = serde_yaml_ng::to_string(&crate::document::workload(&w)).unwrap();
+    assert_eq!(load_one(&served).workload_name(), "producer");
+}

@@ -96,6 +96,7 @@ fn decide(
         },
     );
     let conn = Conn {
+        service: None,
         direction: "inbound",
         src_addr,
         src: peers.lookup(src_addr.ip(), peer),

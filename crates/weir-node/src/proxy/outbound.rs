@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use weir_hbone::PoolKey;
 
 use super::{is_proxy_port, Local, HBONE_PORT};
-use crate::access::Conn;
+use crate::access::{Conn, DstService};
 use crate::capture::orig_dst;
 use crate::forward::{forward, Side};
 use crate::metrics::{FLAG_CONNECT, FLAG_DENY, FLAG_NONE, REPORTER_SOURCE};
@@ -32,24 +32,29 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
-    let (key, conn, service) = {
+    let (key, conn, no_backends) = {
         let config = ctx.store.current();
         let peers = ctx.store.peers();
         let mut dst_w = config.workload_by_address(target.ip());
         let mut target = target;
         // A Service's cluster IP and port: one of its Workloads, at random.
         let mut service = None;
+        let mut no_backends = false;
         if dst_w.is_none() {
             if let Some(b) = config.service_backends(target) {
-                let key = b.service.metadata.key();
+                let (name, ns) = (&b.service.metadata.name, &b.service.metadata.namespace);
+                service = Some(Arc::new(DstService {
+                    host: format!("{name}.{ns}.svc.cluster.local"),
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                }));
                 if b.workloads.is_empty() {
-                    service = Some(Err(key));
+                    no_backends = true;
                 } else {
                     let w = b.workloads[random_index(b.workloads.len())];
-                    debug!(%peer, vip = %target, service = %key, backend = %w.metadata.key(), "service cluster IP");
+                    debug!(%peer, vip = %target, service = %b.service.metadata.key(), backend = %w.metadata.key(), "service cluster IP");
                     target = SocketAddr::new(w.address, b.target_port);
                     dst_w = Some(w);
-                    service = Some(Ok(key));
                 }
             }
         }
@@ -71,6 +76,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             },
             mtls: dst_id.is_some(),
             policy: None,
+            service,
             start: Instant::now(),
         };
         let key = dst_w.map(|w| PoolKey {
@@ -78,11 +84,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             hbone_addr: SocketAddr::new(w.address, HBONE_PORT),
             destination: dst_id,
         });
-        (key, conn, service)
+        (key, conn, no_backends)
     };
-    if let Some(Err(svc)) = &service {
+    if let (true, Some(s)) = (no_backends, &conn.service) {
         // Nowhere to go: refused, as ztunnel refuses a VIP without
         // healthy endpoints.
+        let svc = format!("{}/{}", s.namespace, s.name);
         let error = format!("Service {svc} selects no Workload");
         warn!(peer = %conn.src_addr, target = %conn.dst_addr, service = %svc, "refusing a connection to a Service that selects no Workload");
         ctx.metrics
@@ -130,7 +137,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             }
         }
     };
-    let reason = if matches!(service, Some(Ok(_))) {
+    let reason = if conn.service.is_some() {
         "HBONE to a Workload of the Service at the cluster IP"
     } else if conn.mtls {
         "HBONE"
