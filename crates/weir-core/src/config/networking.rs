@@ -2605,6 +2605,19 @@ impl Config {
             }
         }
         if let Ok(ip) = d.host.parse::<IpAddr>() {
+            if let Some(svc) = self.service_by_cluster_ip(ip) {
+                // A Service's cluster IP stands for the Service: its
+                // Workloads over the mesh, not the virtual address.
+                let by_name = Destination {
+                    host: format!(
+                        "{}.{}.svc.{CLUSTER_DOMAIN}",
+                        svc.metadata.name, svc.metadata.namespace
+                    ),
+                    port: d.port,
+                    subset: d.subset.clone(),
+                };
+                return self.resolve_endpoints(&by_name, namespace, listener_port, viewer);
+            }
             let Some(port) = d.port.or(listener_port) else {
                 return Err(ResolveError::PortRequired {
                     host: d.host.clone(),

@@ -1247,3 +1247,33 @@ fn service_cluster_ips_are_virtual_addresses_of_its_workloads() {
     );
     assert_eq!(e.document.and_then(|d| d.name).as_deref(), Some("data/b"));
 }
+
+/// A route (or a KafkaGateway upstream) to a Service's cluster IP reaches
+/// the Service's Workloads over the mesh, not the virtual address.
+#[test]
+fn a_cluster_ip_destination_resolves_to_the_services_workloads() {
+    let c = load(
+        &(mesh()
+            + "---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: bootstrap, namespace: data}\nspec:\n  selector: {app: kafka}\n  clusterIP: 198.18.9.1\n  ports: [{name: client, port: 9092, targetPort: 19092}]\n"),
+    );
+    let r = c
+        .resolve_destination(&dest("198.18.9.1", Some(9092), None), "edge")
+        .unwrap();
+    let mut got = addrs(&r);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "198.18.0.10:19092 (workload data/kafka-0)",
+            "198.18.0.11:19092 (workload data/kafka-1)"
+        ]
+    );
+    assert!(
+        matches!(r.source, DestinationSource::Service { .. }),
+        "{:?}",
+        r.source
+    );
+    assert!(c
+        .resolve_destination(&dest("198.18.9.1", Some(9093), None), "edge")
+        .is_err_and(|e| e.metric_label() == "destination_port"));
+}
