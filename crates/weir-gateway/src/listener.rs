@@ -23,7 +23,7 @@ use weir_identity::{Direction, FailureReason};
 
 use crate::gateway::{Ctx, Snapshot};
 use crate::io::Counted;
-use crate::metrics::{Metrics, RouteCounters};
+use crate::metrics::{istio_labels, Metrics, RouteCounters};
 use crate::principal::principal_of;
 use crate::routes::{self, ListenerKind, Route};
 use crate::sni::read_client_hello;
@@ -449,6 +449,9 @@ async fn proxy(
         }
     };
     let counters = ctx.metrics.connection(info.port, &route.name, mode);
+    let istio = ctx
+        .metrics
+        .istio_open(&istio_labels(&snap.config, &ctx.id, &upstream));
     let (endpoint, mesh) = (upstream.endpoint.to_string(), upstream.is_mesh());
     let mut up = upstream.stream;
     if !prefix.is_empty() {
@@ -460,6 +463,7 @@ async fn proxy(
         counters.received.inc_by(prefix.len() as u64);
     }
     let t = weir_node::forward::forward(client, up, &counters.received, &counters.sent).await;
+    istio.close(t.received + prefix.len() as u64, t.sent);
     info!(
         target: "weir::gateway",
         listener = info.port,
@@ -514,6 +518,9 @@ async fn proxy_terminated(
         }
     };
     let counters = ctx.metrics.connection(info.port, &route.name, mode);
+    let istio = ctx
+        .metrics
+        .istio_open(&istio_labels(&snap.config, &ctx.id, &upstream));
     let (endpoint, mesh) = (upstream.endpoint.to_string(), upstream.is_mesh());
     let mut client = Counted {
         inner: client,
@@ -527,6 +534,7 @@ async fn proxy_terminated(
         Err(e) => e.to_string(),
     };
     let (received, sent) = client.totals;
+    istio.close(received, sent);
     info!(
         target: "weir::gateway",
         listener = info.port,

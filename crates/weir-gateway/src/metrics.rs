@@ -6,6 +6,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use weir_core::config::{Config, Endpoint, Workload};
+use weir_core::SpiffeId;
+use weir_node::metrics::{TcpLabels, CLUSTER, FLAG_NONE, MUTUAL_TLS, PROTOCOL_TCP, UNKNOWN};
+
+use crate::upstream::Connected;
 
 /// `weir_gateway_connections_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +53,81 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     active: Gauge,
     listeners: Gauge,
+    /// Istio's TCP metrics, reported as an Istio ingress gateway reports
+    /// them (`reporter="source"`), for routed connections.
+    istio_opened: Family<TcpLabels, Counter>,
+    istio_closed: Family<TcpLabels, Counter>,
+    istio_sent: Family<TcpLabels, Counter>,
+    istio_received: Family<TcpLabels, Counter>,
+}
+
+/// Istio's counters of one routed connection: opened when it is routed,
+/// closed and its bytes added when it ends.
+#[derive(Debug)]
+pub struct IstioCounters {
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+}
+
+impl IstioCounters {
+    /// The connection ended after `received` bytes from the client and
+    /// `sent` to it.
+    pub fn close(self, received: u64, sent: u64) {
+        self.closed.inc();
+        self.received.inc_by(received);
+        self.sent.inc_by(sent);
+    }
+}
+
+/// Istio's labels for a connection the gateway (identity `gateway`) routed
+/// to `upstream`, as an ingress gateway reports it: the gateway is the
+/// source (its workload and canonical service named after its service
+/// account, like `istio-ingressgateway`), the endpoint's Workload the
+/// destination.
+pub fn istio_labels(config: &Config, gateway: &SpiffeId, upstream: &Connected) -> TcpLabels {
+    let s = |v: &str| v.to_owned();
+    let dst: Option<&Workload> = match &upstream.endpoint {
+        Endpoint::Workload {
+            namespace, name, ..
+        } => config.workload(namespace, name),
+        _ => None,
+    };
+    let mesh = upstream.is_mesh();
+    let or_unknown = |v: Option<&str>| v.unwrap_or(UNKNOWN).to_owned();
+    let service = upstream.service.as_ref();
+    TcpLabels {
+        reporter: s("source"),
+        source_workload: s(gateway.service_account()),
+        source_canonical_service: s(gateway.service_account()),
+        source_canonical_revision: s("latest"),
+        source_workload_namespace: s(gateway.namespace()),
+        source_principal: if mesh {
+            gateway.to_string()
+        } else {
+            s(UNKNOWN)
+        },
+        source_app: s(UNKNOWN),
+        source_version: s(UNKNOWN),
+        source_cluster: s(CLUSTER),
+        destination_service: or_unknown(service.map(|x| x.0.as_str())),
+        destination_service_namespace: or_unknown(service.map(|x| x.2.as_str())),
+        destination_service_name: or_unknown(service.map(|x| x.1.as_str())),
+        destination_workload: or_unknown(dst.map(|w| w.workload_name())),
+        destination_canonical_service: or_unknown(dst.map(|w| w.canonical_service())),
+        destination_canonical_revision: or_unknown(dst.map(|w| w.canonical_revision())),
+        destination_workload_namespace: or_unknown(dst.map(|w| w.namespace())),
+        destination_principal: match (&upstream.endpoint, mesh) {
+            (Endpoint::Workload { identity, .. }, true) => identity.to_string(),
+            _ => s(UNKNOWN),
+        },
+        destination_app: or_unknown(dst.and_then(|w| w.app())),
+        destination_version: or_unknown(dst.and_then(|w| w.version())),
+        destination_cluster: s(if dst.is_some() { CLUSTER } else { UNKNOWN }),
+        request_protocol: s(PROTOCOL_TCP),
+        response_flags: s(FLAG_NONE),
+        connection_security_policy: s(if mesh { MUTUAL_TLS } else { UNKNOWN }),
+    }
 }
 
 /// The byte counters of one routed connection.
@@ -97,7 +177,37 @@ impl Metrics {
             "Ports the gateway listens on",
             m.listeners.clone(),
         );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections the gateway routed (Istio's metric, reporter source)",
+            m.istio_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "Routed TCP connections that ended (Istio's metric, reporter source)",
+            m.istio_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Response bytes (upstream to client) of routed connections, counted when they end (Istio's metric)",
+            m.istio_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Request bytes (client to upstream) of routed connections, counted when they end (Istio's metric)",
+            m.istio_received.clone(),
+        );
         m
+    }
+
+    /// Counts a routed connection in Istio's metrics.
+    pub fn istio_open(&self, labels: &TcpLabels) -> IstioCounters {
+        self.istio_opened.get_or_create(labels).inc();
+        IstioCounters {
+            closed: self.istio_closed.get_or_create(labels).clone(),
+            sent: self.istio_sent.get_or_create(labels).clone(),
+            received: self.istio_received.get_or_create(labels).clone(),
+        }
     }
 
     /// Counts a connection that failed with `reason` on `listener`.

@@ -85,6 +85,9 @@ impl AsyncWrite for UpstreamStream {
 #[derive(Debug)]
 pub struct Connected {
     pub stream: UpstreamStream,
+    /// The service the destination named (host, name, namespace), for
+    /// Istio's `destination_service*` labels; `None` for an address.
+    pub service: Option<(String, String, String)>,
     /// The endpoint it reached (for logs).
     pub endpoint: Endpoint,
     /// The address connected to (a DNS endpoint's resolved address).
@@ -217,7 +220,10 @@ impl Upstreams {
         {
             let ep = &resolved.endpoints[i].0;
             match self.connect_endpoint(config, ep).await {
-                Ok(c) => return Ok(c),
+                Ok(mut c) => {
+                    c.service = service_labels(&resolved);
+                    return Ok(c);
+                }
                 Err(e) => {
                     debug!(target: "weir::gateway", endpoint = %ep, error = %e, "upstream endpoint failed");
                     last = Some(e);
@@ -244,12 +250,14 @@ impl Upstreams {
             } => {
                 let stream = self.hbone(*address, identity.clone()).await?;
                 Ok(Connected {
+                    service: None,
                     stream,
                     endpoint: ep.clone(),
                     address: *address,
                 })
             }
             Endpoint::Address { address } => Ok(Connected {
+                service: None,
                 stream: self.tcp(*address).await?,
                 endpoint: ep.clone(),
                 address: *address,
@@ -293,6 +301,7 @@ impl Upstreams {
                     match r {
                         Ok(stream) => {
                             return Ok(Connected {
+                                service: None,
                                 stream,
                                 endpoint: ep.clone(),
                                 address: addr,
@@ -361,6 +370,24 @@ fn rotate_randomly<T>(v: &mut [T], r: u64) {
     if !v.is_empty() {
         let n = (r % v.len() as u64) as usize;
         v.rotate_left(n);
+    }
+}
+
+/// Istio's destination service of a resolved destination: its host, and
+/// the Service's name and namespace (a ServiceEntry's: the host and the
+/// entry's namespace).
+fn service_labels(r: &weir_core::config::ResolvedDestination) -> Option<(String, String, String)> {
+    use weir_core::config::DestinationSource;
+    match &r.source {
+        DestinationSource::Service { name } => {
+            let (ns, n) = name.split_once('/')?;
+            Some((r.host.clone(), n.to_owned(), ns.to_owned()))
+        }
+        DestinationSource::ServiceEntry { name, .. } => {
+            let (ns, _) = name.split_once('/')?;
+            Some((r.host.clone(), r.host.clone(), ns.to_owned()))
+        }
+        DestinationSource::Address => None,
     }
 }
 

@@ -444,6 +444,19 @@ spec:
     gw.expect_metric_at_least(CONNECTIONS, &echo_route, 1.0);
     gw.expect_metric_at_least(RECEIVED, &echo_route, "hello-weir\n".len() as f64);
     gw.expect_metric_at_least(SENT, &echo_route, "riew-olleh\n".len() as f64);
+    // Istio's metrics: a ServiceEntry host outside the mesh, plain TCP.
+    gw.expect_metric_at_least(
+        "istio_tcp_connections_closed_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "echo.internal.test"),
+            ("destination_service_namespace", "messaging"),
+            ("destination_workload", "unknown"),
+            ("source_principal", "unknown"),
+            ("connection_security_policy", "unknown"),
+        ],
+        1.0,
+    );
 
     // Unknown SNI: refused with a TLS alert, counted.
     let r = tls_client(
@@ -840,6 +853,32 @@ spec:
             ("mode", "SIMPLE"),
         ],
         1.0,
+    );
+    // Istio's metrics, as an ingress gateway reports them.
+    let istio = [
+        ("reporter", "source"),
+        ("source_workload", "weir-gateway"),
+        ("source_workload_namespace", GATEWAY_NS),
+        ("source_principal", gateway_id.as_str()),
+        ("destination_workload", "app"),
+        ("destination_workload_namespace", "apps"),
+        ("destination_service", "app.apps.svc.cluster.local"),
+        ("destination_service_name", "app"),
+        ("destination_service_namespace", "apps"),
+        ("connection_security_policy", "mutual_tls"),
+        ("request_protocol", "tcp"),
+    ];
+    gw.expect_metric_at_least("istio_tcp_connections_opened_total", &istio, 1.0);
+    gw.expect_metric_at_least("istio_tcp_connections_closed_total", &istio, 1.0);
+    gw.expect_metric_at_least(
+        "istio_tcp_received_bytes_total",
+        &istio,
+        "THROUGH-THE-MESH-55".len() as f64,
+    );
+    gw.expect_metric_at_least(
+        "istio_tcp_sent_bytes_total",
+        &istio,
+        "MESH-APP-REPLY-777".len() as f64,
     );
 
     // The policy stops allowing the gateway: the node refuses its tunnel.
