@@ -392,7 +392,19 @@ async fn terminate(
         .get_mut()
         .1
         .set_buffer_limit(Some(weir_hbone::TLS_WRITE_BUFFER));
-    let principal = principal_of(tls_stream.get_ref().1.peer_certificates());
+    let certs = tls_stream.get_ref().1.peer_certificates();
+    // A SPIFFE id is believed from the mesh CA only: ISTIO_MUTUAL verified
+    // the chain to it; a MUTUAL server's own CAs may sign anything.
+    let principal = principal_of(certs, || {
+        tls.mode == weir_core::config::TlsMode::IstioMutual
+            || certs.is_some_and(|c| {
+                weir_identity::verify::issued_by_mesh(
+                    ctx.identity.root_cert_der(),
+                    ctx.identity.trust_domain(),
+                    c,
+                )
+            })
+    });
     if tls.mode == weir_core::config::TlsMode::Mutual
         && !san_allowed(&principal, &tls.subject_alt_names)
     {

@@ -10,14 +10,16 @@ use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 /// The principal of a client that presented `chain` (leaf first):
 ///
-/// - a SPIFFE URI SAN (`spiffe://td/ns/x/sa/y`) → [`Principal::Spiffe`];
+/// - a SPIFFE URI SAN (`spiffe://td/ns/x/sa/y`) of a certificate the mesh
+///   CA issued (`mesh` says whether it did) → [`Principal::Spiffe`];
 /// - otherwise → [`Principal::Certificate`] with the subject as an RFC 4514
 ///   string (most specific RDN first, as Kafka's SSL principal prints it,
 ///   e.g. `CN=billing,O=Example`) and every SAN as a string (DNS names,
-///   URIs, e-mail addresses, IP addresses);
+///   URIs, e-mail addresses, IP addresses), so a SPIFFE URI from another CA
+///   is only a SAN, which cannot match a mesh identity;
 /// - no certificate (or one that does not parse, which a verifier would
 ///   have refused anyway) → [`Principal::Anonymous`].
-pub fn principal_of(chain: Option<&[CertificateDer<'_>]>) -> Principal {
+pub fn principal_of(chain: Option<&[CertificateDer<'_>]>, mesh: impl Fn() -> bool) -> Principal {
     let Some(leaf) = chain.and_then(<[_]>::first) else {
         return Principal::Anonymous;
     };
@@ -31,7 +33,9 @@ pub fn principal_of(chain: Option<&[CertificateDer<'_>]>) -> Principal {
                 GeneralName::URI(u) => {
                     if u.starts_with("spiffe://") {
                         if let Ok(id) = u.parse::<SpiffeId>() {
-                            return Principal::Spiffe(id);
+                            if mesh() {
+                                return Principal::Spiffe(id);
+                            }
                         }
                     }
                     sans.push((*u).to_owned());
@@ -151,8 +155,31 @@ mod tests {
         )];
         let c = cert(p);
         assert_eq!(
-            principal_of(Some(&[c])),
+            principal_of(Some(&[c]), || true),
             Principal::Spiffe("spiffe://cluster.local/ns/apps/sa/billing".parse().unwrap())
+        );
+    }
+
+    /// A SPIFFE URI in a certificate the mesh CA did not issue is a SAN
+    /// like any other, not a mesh identity.
+    #[test]
+    fn a_spiffe_uri_from_another_ca_is_only_a_san() {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, "impostor");
+        p.distinguished_name = dn;
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/apps/sa/producer"
+                .try_into()
+                .unwrap(),
+        )];
+        let c = cert(p);
+        assert_eq!(
+            principal_of(Some(&[c]), || false),
+            Principal::Certificate {
+                subject: "CN=impostor".to_owned(),
+                sans: vec!["spiffe://cluster.local/ns/apps/sa/producer".to_owned()],
+            }
         );
     }
 
@@ -171,7 +198,7 @@ mod tests {
             .push(rcgen::SanType::IpAddress("198.18.0.9".parse().unwrap()));
         let c = cert(p);
         assert_eq!(
-            principal_of(Some(&[c])),
+            principal_of(Some(&[c]), || true),
             Principal::Certificate {
                 subject: "CN=billing,O=Example\\, Inc,C=DE".to_owned(),
                 sans: vec![
@@ -185,9 +212,9 @@ mod tests {
 
     #[test]
     fn no_certificate_is_anonymous() {
-        assert_eq!(principal_of(None), Principal::Anonymous);
-        assert_eq!(principal_of(Some(&[])), Principal::Anonymous);
+        assert_eq!(principal_of(None, || true), Principal::Anonymous);
+        assert_eq!(principal_of(Some(&[]), || true), Principal::Anonymous);
         let junk = CertificateDer::from(vec![1u8, 2, 3]);
-        assert_eq!(principal_of(Some(&[junk])), Principal::Anonymous);
+        assert_eq!(principal_of(Some(&[junk]), || true), Principal::Anonymous);
     }
 }

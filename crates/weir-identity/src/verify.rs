@@ -277,6 +277,34 @@ impl MeshChecks {
     }
 }
 
+/// Whether `chain` (leaf first) is a valid client certificate chain of the
+/// mesh `root` of `trust_domain` now, with a SPIFFE id of that trust
+/// domain: for a certificate another CA was asked to accept (a gateway's
+/// MUTUAL server), whether its SPIFFE URI SAN can be believed. No metrics:
+/// a `false` is not a refused handshake.
+pub fn issued_by_mesh(
+    root: &CertificateDer<'static>,
+    trust_domain: &TrustDomain,
+    chain: &[CertificateDer<'_>],
+) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    if !spiffe_id_of(leaf).is_ok_and(|id| id.trust_domain() == trust_domain) {
+        return false;
+    }
+    let Ok(store) = root_store(root) else {
+        return false;
+    };
+    let Ok(verifier) = WebPkiClientVerifier::builder_with_provider(store, provider()).build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .is_ok()
+}
+
 /// Server side: verifies client certificates. Client authentication is mandatory.
 #[derive(Debug)]
 pub struct MeshClientVerifier {
@@ -487,6 +515,40 @@ mod tests {
             spiffe_id_of(&CertificateDer::from(vec![1, 2, 3])),
             Err(PeerCertError::Unparseable(_))
         ));
+    }
+
+    /// issued_by_mesh: the mesh CA's leaf of its trust domain, not another
+    /// CA's leaf claiming the same SPIFFE id, nor the mesh's own leaf of a
+    /// foreign trust domain.
+    #[test]
+    fn issued_by_mesh_believes_the_mesh_ca_only() {
+        let mesh = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let other = CertificateAuthority::generate(TrustDomain::default()).unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/apps/sa/producer"
+            .parse()
+            .unwrap();
+        let root = mesh.root_cert_der();
+        let td = TrustDomain::default();
+        let ours = mesh.issue(&id, DEFAULT_CERT_TTL).unwrap();
+        assert!(issued_by_mesh(root, &td, std::slice::from_ref(ours.leaf())));
+        let theirs = other.issue(&id, DEFAULT_CERT_TTL).unwrap();
+        assert!(!issued_by_mesh(
+            root,
+            &td,
+            std::slice::from_ref(theirs.leaf())
+        ));
+        let now = SystemTime::now();
+        let foreign = mesh
+            .dangerous_issue_raw(
+                vec!["spiffe://partner.example/ns/x/sa/y".to_owned()],
+                now,
+                now + Duration::from_secs(3600),
+            )
+            .unwrap()
+            .chain
+            .remove(0);
+        assert!(!issued_by_mesh(root, &td, &[foreign]));
+        assert!(!issued_by_mesh(root, &td, &[]));
     }
 
     #[test]

@@ -381,6 +381,10 @@ spec:
     - {type: topic, name: orders., patternType: PREFIXED}
     - {type: group, name: billing-, patternType: PREFIXED}
     operations: [Read, Write, Describe]
+  # A mesh identity: an external CA's certificate cannot claim it.
+  - principals: [\"cluster.local/ns/apps/sa/producer\"]
+    resources: [{type: topic, name: secret}]
+    operations: [Describe]
 ";
     dir.write("config.yaml", &docs);
     let config = dir.path().to_owned();
@@ -570,6 +574,29 @@ spec:
         ) >= 1.0,
         "denials per topic and principal:\n{}",
         metric_lines(&gw.metrics_text(), "weir_kafka_authorization_denials_total")
+    );
+
+    step(
+        t0,
+        "an external certificate with a mesh SPIFFE id is not that identity",
+    );
+    let (imp_cert, imp_key) = pki.leaf(
+        "ca",
+        "impostor",
+        "/CN=impostor",
+        &["URI:spiffe://cluster.local/ns/apps/sa/producer"],
+        true,
+    );
+    let impostor = ClientTls {
+        ca: ca.clone(),
+        cert: Some(imp_cert),
+        key: Some(imp_key),
+    };
+    let claimed = raw(&outside, &impostor, BOOTSTRAP_HOST, "metadata:secret");
+    assert!(claimed["error"].is_null(), "raw metadata: {claimed}");
+    assert_eq!(
+        claimed["topics"]["secret"], 29,
+        "a SPIFFE URI from the external CA was taken for the mesh identity: {claimed}"
     );
 
     step(t0, "a mixed Metadata request on one connection");

@@ -126,7 +126,17 @@ impl Pki {
         ]);
         let mut ext = String::from("basicConstraints=CA:FALSE\n");
         if !dns.is_empty() {
-            let sans: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
+            // A DNS name, or a typed entry such as `URI:spiffe://...`.
+            let sans: Vec<String> = dns
+                .iter()
+                .map(|d| {
+                    if d.contains(':') {
+                        (*d).to_owned()
+                    } else {
+                        format!("DNS:{d}")
+                    }
+                })
+                .collect();
             ext += &format!("subjectAltName={}\n", sans.join(","));
         }
         ext += if client {
