@@ -132,6 +132,17 @@ fn authorized_operations(authz: &mut SessionAuthz, resource: ResourceType, name:
     bits
 }
 
+/// The cluster's authorized operations, as Kafka answers them: none (0)
+/// unless the principal may Describe the cluster.
+fn cluster_operations(authz: &mut SessionAuthz) -> i32 {
+    let name = crate::authz::CLUSTER_RESOURCE;
+    if authz.allowed(ResourceType::Cluster, name, Operation::Describe) {
+        authorized_operations(authz, ResourceType::Cluster, name)
+    } else {
+        0
+    }
+}
+
 /// The value of an `*_authorized_operations` field when the client did not
 /// ask for it (and in answers to denied resources, as Kafka leaves it).
 const NOT_REQUESTED: i32 = i32::MIN;
@@ -290,11 +301,7 @@ fn process_strict(
                     }
                 }
                 if r.cluster_authorized_operations != NOT_REQUESTED {
-                    r.cluster_authorized_operations = authorized_operations(
-                        authz,
-                        ResourceType::Cluster,
-                        crate::authz::CLUSTER_RESOURCE,
-                    );
+                    r.cluster_authorized_operations = cluster_operations(authz);
                 }
             }
             for d in denied {
@@ -348,11 +355,7 @@ fn process_strict(
                 rewrite(ctx.mapper, b.broker_id.0, &mut b.host, &mut b.port);
             }
             if w.enforce && r.cluster_authorized_operations != NOT_REQUESTED {
-                r.cluster_authorized_operations = authorized_operations(
-                    ctx.authz,
-                    ResourceType::Cluster,
-                    crate::authz::CLUSTER_RESOURCE,
-                );
+                r.cluster_authorized_operations = cluster_operations(ctx.authz);
             }
             true
         }),

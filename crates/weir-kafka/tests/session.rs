@@ -1294,6 +1294,42 @@ async fn authorized_operations_come_from_the_policy() {
     assert_eq!(r.groups[0].authorized_operations, bits(&[3, 8, 10, 11]));
 }
 
+/// Kafka answers the cluster's authorized operations only to a principal
+/// that may Describe the cluster: others get 0, whatever else they may do
+/// on it (here Create and IdempotentWrite).
+#[tokio::test]
+async fn cluster_authorized_operations_need_describe_on_the_cluster() {
+    let mut h = harness(
+        deny(vec![(
+            ResourceType::Cluster,
+            "kafka-cluster",
+            Operation::Describe,
+        )]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut req = metadata_request(Some(&["orders"]));
+    req.include_cluster_authorized_operations = true;
+    send(&mut h.client, &request_frame(10, 1, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = metadata_response(&["orders"]);
+    resp.cluster_authorized_operations = 0x1fe0;
+    send(&mut h.broker, &response_frame(10, 1, &resp)).await;
+    let (_, md): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 10);
+    assert_eq!(md.cluster_authorized_operations, 0);
+
+    let mut req = DescribeClusterRequest::default();
+    req.include_cluster_authorized_operations = true;
+    send(&mut h.client, &request_frame(0, 2, &req)).await;
+    let _ = next(&mut h.broker_frames).await;
+    let mut resp = DescribeClusterResponse::default();
+    resp.cluster_authorized_operations = 0x1fe0;
+    send(&mut h.broker, &response_frame(0, 2, &resp)).await;
+    let (_, d): (i32, DescribeClusterResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 0);
+    assert_eq!(d.cluster_authorized_operations, 0);
+}
+
 /// OffsetFetch v0-v1 have no top-level error code: a denied group is
 /// answered with GROUP_AUTHORIZATION_FAILED on every partition asked for
 /// (Kafka's OffsetFetchRequest.getErrorResponse); v2+ use the top-level
