@@ -752,6 +752,57 @@ pub(crate) fn inspect(
                 ))
             })?);
         }
+        // Cluster administration, as KafkaApis authorizes it: Describe on
+        // the cluster to read, Alter to change.
+        ApiKey::DescribeAcls | ApiKey::DescribeLogDirs | ApiKey::ListPartitionReassignments => {
+            ins.whole.push(check(
+                ResourceType::Cluster,
+                NameRef::Cluster,
+                Operation::Describe,
+            ))
+        }
+        ApiKey::AlterPartitionReassignments => ins.whole.push(check(
+            ResourceType::Cluster,
+            NameRef::Cluster,
+            Operation::Alter,
+        )),
+        // One answer per creation (or filter), so each is an element.
+        ApiKey::CreateAcls => {
+            ins.entries = Some(entries(&mut r, f, "creations", |r| {
+                r.i8("resource_type")?;
+                r.required_string(f, "resource_name")?;
+                r.i8("resource_pattern_type")?;
+                r.required_string(f, "principal")?;
+                r.required_string(f, "host")?;
+                r.i8("operation")?;
+                r.i8("permission_type")?;
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Cluster, NameRef::Cluster, Operation::Alter),
+                    Vec::new(),
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
+        ApiKey::DeleteAcls => {
+            ins.entries = Some(entries(&mut r, f, "filters", |r| {
+                r.i8("resource_type_filter")?;
+                r.string(f, "resource_name_filter")?;
+                r.i8("pattern_type_filter")?;
+                r.string(f, "principal_filter")?;
+                r.string(f, "host_filter")?;
+                r.i8("operation")?;
+                r.i8("permission_type")?;
+                r.skip_tags(f)?;
+                Ok((
+                    check(ResourceType::Cluster, NameRef::Cluster, Operation::Alter),
+                    Vec::new(),
+                    RecordCount::default(),
+                    0,
+                ))
+            })?);
+        }
         _ => {}
     }
     Ok(ins)

@@ -632,6 +632,48 @@ fn process_strict(
                 r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
             })
         }
+        ApiKey::DescribeAcls => whole_only::<DescribeAclsResponse>(body, v, w.whole, |r, code| {
+            r.error_code = code;
+            r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+        }),
+        ApiKey::DescribeLogDirs => {
+            // v1-v2 have no error field: Kafka answers no log directories.
+            whole_only::<DescribeLogDirsResponse>(body, v, w.whole, |r, code| {
+                if v >= 3 {
+                    r.error_code = code;
+                }
+            })
+        }
+        ApiKey::ListPartitionReassignments => {
+            whole_only::<ListPartitionReassignmentsResponse>(body, v, w.whole, |r, code| {
+                r.error_code = code;
+                r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+            })
+        }
+        ApiKey::AlterPartitionReassignments => {
+            whole_only::<AlterPartitionReassignmentsResponse>(body, v, w.whole, |r, code| {
+                r.error_code = code;
+                r.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+            })
+        }
+        ApiKey::CreateAcls => transcode::<CreateAclsResponse>(body, v, |r| {
+            for d in denied {
+                let mut c = create_acls_response::AclCreationResult::default();
+                c.error_code = d.code;
+                c.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                r.results.push(c);
+            }
+            !denied.is_empty()
+        }),
+        ApiKey::DeleteAcls => transcode::<DeleteAclsResponse>(body, v, |r| {
+            for d in denied {
+                let mut f = delete_acls_response::DeleteAclsFilterResult::default();
+                f.error_code = d.code;
+                f.error_message = Some(StrBytes::from_static_str(AUTH_FAILED));
+                r.filter_results.push(f);
+            }
+            !denied.is_empty()
+        }),
         ApiKey::InitProducerId => {
             whole_only::<InitProducerIdResponse>(body, v, w.whole, |r, code| {
                 r.error_code = code;

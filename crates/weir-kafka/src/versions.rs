@@ -56,6 +56,12 @@ inspected_apis! {
     AddOffsetsToTxn => AddOffsetsToTxnRequest, AddOffsetsToTxnResponse;
     EndTxn => EndTxnRequest, EndTxnResponse;
     TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse;
+    DescribeAcls => DescribeAclsRequest, DescribeAclsResponse;
+    CreateAcls => CreateAclsRequest, CreateAclsResponse;
+    DeleteAcls => DeleteAclsRequest, DeleteAclsResponse;
+    DescribeLogDirs => DescribeLogDirsRequest, DescribeLogDirsResponse;
+    ListPartitionReassignments => ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse;
+    AlterPartitionReassignments => AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse;
 }
 
 /// The versions of `api` whose requests and responses the gateway reads
@@ -241,13 +247,27 @@ mod tests {
         enforced
             .api_keys
             .push(key(ApiKey::SaslHandshake as i16, 0, 1));
+        enforced
+            .api_keys
+            .push(key(ApiKey::DescribeProducers as i16, 0, 1));
+        // Authorized on the cluster (from v1, what kafka-protocol reads).
         enforced.api_keys.push(key(ApiKey::CreateAcls as i16, 0, 3));
         assert!(cap_api_versions(&mut enforced, true));
-        let got: Vec<i16> = enforced.api_keys.iter().map(|k| k.api_key).collect();
+        let got: Vec<(i16, i16, i16)> = enforced
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
         assert_eq!(
             got,
-            vec![0, 3, 8, ApiKey::SaslHandshake as i16],
-            "ElectLeaders, the unknown key and CreateAcls are left out"
+            vec![
+                (0, 3, 13),
+                (3, 0, 12),
+                (8, 2, 9),
+                (ApiKey::SaslHandshake as i16, 0, 1),
+                (ApiKey::CreateAcls as i16, 1, 3)
+            ],
+            "ElectLeaders, DescribeProducers and the unknown key are left out"
         );
     }
 
@@ -257,8 +277,9 @@ mod tests {
         assert_eq!((r.min, r.max), (0, 3));
         assert!(allowed_unchecked(ApiKey::DeleteRecords));
         assert!(allowed_unchecked(ApiKey::SaslAuthenticate));
-        assert!(!allowed_unchecked(ApiKey::CreateAcls));
+        assert!(allowed_unchecked(ApiKey::CreateAcls));
         assert!(!allowed_unchecked(ApiKey::ElectLeaders));
+        assert!(!allowed_unchecked(ApiKey::DescribeProducers));
     }
 
     #[test]

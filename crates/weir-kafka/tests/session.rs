@@ -1011,16 +1011,16 @@ async fn admin_and_transaction_apis_are_authorized() {
 /// not offer; without a policy it passes.
 #[tokio::test]
 async fn apis_the_gateway_cannot_authorize_are_refused_under_a_policy() {
-    let acls = request_frame(3, 1, &CreateAclsRequest::default());
+    let producers = request_frame(0, 1, &DescribeProducersRequest::default());
     let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
-    send(&mut h.client, &acls).await;
-    assert_eq!(next(&mut h.broker_frames).await.wire(), &acls);
+    send(&mut h.client, &producers).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &producers);
 
     let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
-    send(&mut h.client, &acls).await;
+    send(&mut h.client, &producers).await;
     let err = ended(h.session).await;
     assert_eq!(err.reason(), "unauthorizable_api");
-    assert!(err.to_string().contains("CreateAcls"), "{err}");
+    assert!(err.to_string().contains("DescribeProducers"), "{err}");
 
     // SASL needs no authorization and passes under a policy too.
     let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
@@ -2089,4 +2089,100 @@ async fn old_metadata_versions_create_only_what_may_be_created() {
         topic_codes(&md),
         vec![("may-create".into(), 5), ("no-create".into(), 29)]
     );
+}
+
+/// Cluster administration under a policy: ACL, log-dir and reassignment
+/// APIs are offered and authorized as Kafka does (Describe on the cluster
+/// to read, Alter to change); a denial is Kafka's answer
+/// (CLUSTER_AUTHORIZATION_FAILED, per creation or filter for the ACL
+/// changes) and the connection stays open; an allowed one is forwarded.
+#[tokio::test]
+async fn cluster_administration_is_authorized_on_the_cluster() {
+    let mut h = harness(
+        deny(vec![(
+            ResourceType::Cluster,
+            "kafka-cluster",
+            Operation::Alter,
+        )]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    let mut req = CreateAclsRequest::default();
+    for principal in ["User:a", "User:b"] {
+        let mut c = create_acls_request::AclCreation::default();
+        c.resource_type = 2;
+        c.resource_name = StrBytes::from_static_str("orders");
+        c.resource_pattern_type = 3;
+        c.principal = StrBytes::from_static_str(principal);
+        c.host = StrBytes::from_static_str("*");
+        c.operation = 3;
+        c.permission_type = 3;
+        req.creations.push(c);
+    }
+    send(&mut h.client, &request_frame(3, 1, &req)).await;
+    let (corr, r): (i32, CreateAclsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    assert_eq!(corr, 1);
+    let codes: Vec<i16> = r.results.iter().map(|c| c.error_code).collect();
+    assert_eq!(codes, [31, 31]);
+
+    let mut req = DeleteAclsRequest::default();
+    req.filters
+        .push(delete_acls_request::DeleteAclsFilter::default());
+    send(&mut h.client, &request_frame(2, 2, &req)).await;
+    let (_, r): (i32, DeleteAclsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 2);
+    assert_eq!(r.filter_results.len(), 1);
+    assert_eq!(r.filter_results[0].error_code, 31);
+
+    let req = AlterPartitionReassignmentsRequest::default();
+    send(&mut h.client, &request_frame(0, 3, &req)).await;
+    let (_, r): (i32, AlterPartitionReassignmentsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 0);
+    assert_eq!(r.error_code, 31);
+
+    // Describe on the cluster is allowed: forwarded as it is.
+    let req = DescribeAclsRequest::default();
+    let asked = request_frame(3, 4, &req);
+    send(&mut h.client, &asked).await;
+    let f = next(&mut h.broker_frames).await;
+    assert_eq!(
+        f.wire(),
+        &asked,
+        "the broker gets the first forwarded request"
+    );
+    send(
+        &mut h.broker,
+        &response_frame(3, 4, &DescribeAclsResponse::default()),
+    )
+    .await;
+    let (corr, r): (i32, DescribeAclsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 3);
+    assert_eq!((corr, r.error_code), (4, 0));
+
+    // Denied Describe: DescribeLogDirs v3+ carries the error, v1 answers
+    // no directories.
+    let mut h = harness(
+        deny(vec![(
+            ResourceType::Cluster,
+            "kafka-cluster",
+            Operation::Describe,
+        )]),
+        DEFAULT_MAX_FRAME_SIZE,
+    );
+    send(
+        &mut h.client,
+        &request_frame(4, 5, &DescribeLogDirsRequest::default()),
+    )
+    .await;
+    let (_, r): (i32, DescribeLogDirsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 4);
+    assert_eq!((r.error_code, r.results.len()), (31, 0));
+    send(
+        &mut h.client,
+        &request_frame(1, 6, &DescribeLogDirsRequest::default()),
+    )
+    .await;
+    let (corr, r): (i32, DescribeLogDirsResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 1);
+    assert_eq!((corr, r.results.len()), (6, 0));
 }
