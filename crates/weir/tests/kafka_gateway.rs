@@ -22,7 +22,8 @@
 //!   under a DENY policy on one topic's Delete and AlterConfigs, a
 //!   confluent-kafka AdminClient: IncrementalAlterConfigs passes on another
 //!   topic and is refused on that one, DeleteRecords is refused, and
-//!   CreateAcls (which the gateway cannot authorize) is not offered.
+//!   CreateAcls without Alter on the cluster is answered
+//!   CLUSTER_AUTHORIZATION_FAILED by the gateway.
 //!
 //! Needs what `kafka.rs` needs plus kcat and openssl.
 
@@ -840,6 +841,8 @@ spec:
   rules:
   - resources: [{type: topic, name: orders.rd}]
     operations: [Delete, AlterConfigs]
+  - resources: [{type: cluster}]
+    operations: [Alter]
 ";
     dir.write("config.yaml", &docs);
     let config = dir.path().to_owned();
@@ -966,8 +969,8 @@ spec:
     );
     assert_eq!(
         results["create_acls"],
-        "_UNSUPPORTED_FEATURE",
-        "CreateAcls is not offered under a policy: {}",
+        "CLUSTER_AUTHORIZATION_FAILED",
+        "CreateAcls without Alter on the cluster is answered as Kafka does: {}",
         admin.describe()
     );
     for op in ["AlterConfigs", "Delete"] {
