@@ -468,6 +468,7 @@ async fn proxy(
     let mut up = upstream.stream;
     if !prefix.is_empty() {
         if let Err(e) = up.write_all(&prefix).await {
+            istio.close(0, 0);
             info.refuse(&ctx.metrics, "upstream_write", &e);
             reset(&client);
             return;

@@ -195,7 +195,12 @@ pub fn workload_from_pod(
             .annotations
             .insert(POD_UID_ANNOTATION.to_owned(), uid.clone());
     }
-    if let Some(w) = workload_name(pod).filter(|w| *w != name) {
+    // A custom controller's name need not be an object name weir accepts:
+    // then the Pod's own name stands (never a Workload the loader refuses,
+    // which would take the Pod out of the mesh).
+    if let Some(w) =
+        workload_name(pod).filter(|w| *w != name && weir_core::config::is_dns_subdomain(w))
+    {
         metadata
             .annotations
             .insert(WORKLOAD_NAME_ANNOTATION.to_owned(), w);

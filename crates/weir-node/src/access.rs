@@ -40,8 +40,9 @@ impl Peer {
             identity: identity.cloned(),
             canonical_service: or_unknown(w.map(|w| w.canonical_service())),
             canonical_revision: or_unknown(w.map(|w| w.canonical_revision())),
-            app: or_unknown(w.and_then(|w| w.app())),
-            version: or_unknown(w.and_then(|w| w.version())),
+            // As ztunnel fills *_app and *_version: the canonical names.
+            app: or_unknown(w.map(|w| w.canonical_service())),
+            version: or_unknown(w.map(|w| w.canonical_revision())),
             cluster: if w.is_some() { CLUSTER } else { UNKNOWN },
         }
     }
@@ -58,6 +59,8 @@ impl Peer {
 #[derive(Debug)]
 pub(crate) struct PeerIndex {
     by_addr: HashMap<IpAddr, Arc<Peer>>,
+    /// The same peers as plaintext callers (no identity), shared too.
+    plain_by_addr: HashMap<IpAddr, Arc<Peer>>,
     unknown: Arc<Peer>,
 }
 
@@ -75,6 +78,11 @@ impl PeerIndex {
                     )
                 })
                 .collect(),
+            plain_by_addr: config
+                .workloads
+                .iter()
+                .map(|w| (w.address, Arc::new(Peer::of(Some(w), None))))
+                .collect(),
             unknown: Arc::new(Peer::of(None, None)),
         }
     }
@@ -84,9 +92,11 @@ impl PeerIndex {
     pub fn lookup(&self, ip: IpAddr, identity: Option<&SpiffeId>) -> Arc<Peer> {
         match (self.by_addr.get(&ip), identity) {
             (Some(p), Some(id)) if p.identity.as_ref() == Some(id) => p.clone(),
-            (Some(p), None) => Arc::new(Peer {
-                identity: None,
-                ..Peer::clone(p)
+            (Some(p), None) => self.plain_by_addr.get(&ip).cloned().unwrap_or_else(|| {
+                Arc::new(Peer {
+                    identity: None,
+                    ..Peer::clone(p)
+                })
             }),
             (_, Some(id)) => Arc::new(Peer::of(None, Some(id))),
             (None, None) => self.unknown.clone(),

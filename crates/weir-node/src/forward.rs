@@ -191,15 +191,14 @@ pub struct Transfer {
 
 impl Transfer {
     /// Whether the connection failed, for `istio_tcp_connections_failed_total`:
-    /// an error other than a peer's reset or abort, or a write to a side
-    /// that had gone, which end connections as a close does (ztunnel counts
-    /// those as a normal end too). The access log shows every error.
+    /// an error other than a peer's reset, or a write to a side that had
+    /// gone, which end connections as a close does (ztunnel's copy ignores
+    /// the same kinds). The access log shows every error.
     pub fn failed(&self) -> bool {
         self.error.as_ref().is_some_and(|e| {
             !matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::NotConnected
                     | io::ErrorKind::UnexpectedEof

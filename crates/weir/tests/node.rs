@@ -25,6 +25,8 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const OUTSIDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 const OTHER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+/// The cluster IP of a Service with no Pod in the mesh (a plain host has it).
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
 
 const APP_PORT: u16 = 9000;
 const METRICS_PORT: u16 = 9404;
@@ -134,7 +136,7 @@ fn mesh_traffic_is_mtls_only() {
         ("source_canonical_service", "client"),
         ("source_canonical_revision", "latest"),
         ("source_app", "client"),
-        ("source_version", "unknown"),
+        ("source_version", "latest"),
         ("source_cluster", "Kubernetes"),
         ("destination_canonical_service", "server"),
         ("destination_app", "server"),
@@ -971,7 +973,7 @@ fn a_node_that_serves_nothing_says_which_nodes_exist() {
 /// node sends the connection over HBONE to a Workload the Service selects,
 /// at the port's targetPort, as ztunnel does for a service VIP; the
 /// server's STRICT policy admits it (it is mTLS). A Service that selects
-/// no Workload refuses the connection, counted as CONNECT.
+/// no mesh Workload is passed through to its address.
 #[test]
 fn service_cluster_ip_reaches_a_selected_workload_over_hbone() {
     if !require_root() {
@@ -981,6 +983,7 @@ fn service_cluster_ip_reaches_a_selected_workload_over_hbone() {
     let net = TestNet::new("vip");
     let client_host = net.add_host("client", CLIENT_IP);
     let server_host = net.add_host("server", SERVER_IP);
+    let outsider = net.add_host("plain", EMPTY_VIP);
     let cfg = TempDir::new("vip-cfg");
     let state = TempDir::new("vip-ca");
     cfg.write(
@@ -1050,17 +1053,23 @@ spec: {mtls: {mode: STRICT}}
         1.0,
     );
 
-    // A Service with nothing behind it: refused, counted.
-    let r = client(&client_host, Ipv4Addr::new(198, 18, 0, 101), 80, "nowhere");
-    assert_no_reply(&r, "VIP-REPLY-MARKER", "client -> empty Service");
-    node_a.expect_metric_at_least(
-        FAILED,
-        &[("reporter", "source"), ("response_flags", "CONNECT")],
-        1.0,
+    // A Service none of whose Pods is in the mesh (kube-dns, a database in
+    // a namespace outside it): passed through to its address as plain TCP,
+    // as without a proxy (here a plain host has the address).
+    let _plain = start_servers(&outsider, &[(80, "PLAIN-BACKEND-REPLY")]);
+    let r = client(&client_host, EMPTY_VIP, 80, "to-a-plain-service");
+    assert_reply(
+        &r,
+        "PLAIN-BACKEND-REPLY",
+        "client -> Service with no mesh Pod",
     );
-    assert!(
-        node_a.log_text().contains("selects no Workload"),
-        "no log line for the empty Service:\n{}",
-        node_a.log_text()
+    node_a.expect_metric_at_least(
+        OPENED,
+        &[
+            ("reporter", "source"),
+            ("destination_workload", "unknown"),
+            ("connection_security_policy", "unknown"),
+        ],
+        1.0,
     );
 }

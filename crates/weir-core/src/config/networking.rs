@@ -2317,8 +2317,7 @@ impl Config {
             return first;
         }
         let visible = |d: &DestinationRule| {
-            d.exported()
-                && (d.export_to.is_empty() || d.export_to.iter().any(|e| e == "*" || e == proxy))
+            d.exported() && exported_to(&d.export_to, &d.metadata.namespace, proxy)
         };
         let exported_from = |ns: &str| {
             let mut rules = self.most_specific_rules(host, namespace, |d| {
@@ -2519,6 +2518,31 @@ impl Config {
         listener_port: Option<u16>,
         viewer: Option<&str>,
     ) -> Result<ResolvedDestination, ResolveError> {
+        if let Some(svc) = d
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| self.service_by_cluster_ip(ip))
+            .filter(|s| {
+                self.workloads
+                    .iter()
+                    .any(|w| w.namespace() == s.metadata.namespace && s.selects(&w.metadata.labels))
+            })
+        {
+            // A Service's cluster IP stands for the Service (subsets
+            // included): its Workloads over the mesh, not the virtual
+            // address. One whose Pods are all outside the mesh stays an
+            // address.
+            let by_name = Destination {
+                host: format!(
+                    "{}.{}.svc.{CLUSTER_DOMAIN}",
+                    svc.metadata.name, svc.metadata.namespace
+                ),
+                port: d.port,
+                subset: d.subset.clone(),
+            };
+            return self.resolve_endpoints(&by_name, namespace, listener_port, viewer);
+        }
         let subset = match &d.subset {
             Some(s) => Some(
                 self.subset_labels(&d.host, namespace, s, viewer)
@@ -2605,19 +2629,6 @@ impl Config {
             }
         }
         if let Ok(ip) = d.host.parse::<IpAddr>() {
-            if let Some(svc) = self.service_by_cluster_ip(ip) {
-                // A Service's cluster IP stands for the Service: its
-                // Workloads over the mesh, not the virtual address.
-                let by_name = Destination {
-                    host: format!(
-                        "{}.{}.svc.{CLUSTER_DOMAIN}",
-                        svc.metadata.name, svc.metadata.namespace
-                    ),
-                    port: d.port,
-                    subset: d.subset.clone(),
-                };
-                return self.resolve_endpoints(&by_name, namespace, listener_port, viewer);
-            }
             let Some(port) = d.port.or(listener_port) else {
                 return Err(ResolveError::PortRequired {
                     host: d.host.clone(),

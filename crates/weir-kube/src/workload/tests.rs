@@ -287,6 +287,15 @@ fn workload_name_comes_from_the_controller() {
         name(&owned("StatefulSet", "kafka", json!({"app": "kafka"}))),
         "kafka"
     );
+    // A custom controller whose name is not an object name weir accepts:
+    // the Pod's own name (the Workload must still load).
+    let odd = owned("MyController", "Odd_Name", json!({}));
+    assert_eq!(name(&odd), "p-x7k2q");
+    let served = serde_yaml_ng::to_string(&crate::document::workload(
+        &workload_from_pod(&odd, &ambient()).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(load_one(&served).workload_name(), "p-x7k2q");
     // A Pod made by hand (no generateName, no controller): its own name.
     let plain = workload_from_pod(&pod(json!({})), &ambient()).unwrap();
     assert_eq!(plain.workload_name(), "kafka-0");

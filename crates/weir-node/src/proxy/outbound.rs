@@ -32,30 +32,31 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
-    let (key, conn, no_backends) = {
+    let (key, conn) = {
         let config = ctx.store.current();
         let peers = ctx.store.peers();
         let mut dst_w = config.workload_by_address(target.ip());
         let mut target = target;
         // A Service's cluster IP and port: one of its Workloads, at random.
         let mut service = None;
-        let mut no_backends = false;
         if dst_w.is_none() {
-            if let Some(b) = config.service_backends(target) {
+            // A Service that selects no mesh Workload (its Pods are outside
+            // the mesh, e.g. kube-dns) passes through to the cluster IP, as
+            // without a proxy.
+            if let Some(b) = config
+                .service_backends(target)
+                .filter(|b| !b.workloads.is_empty())
+            {
                 let (name, ns) = (&b.service.metadata.name, &b.service.metadata.namespace);
                 service = Some(Arc::new(DstService {
                     host: format!("{name}.{ns}.svc.cluster.local"),
                     name: name.clone(),
                     namespace: ns.clone(),
                 }));
-                if b.workloads.is_empty() {
-                    no_backends = true;
-                } else {
-                    let w = b.workloads[random_index(b.workloads.len())];
-                    debug!(%peer, vip = %target, service = %b.service.metadata.key(), backend = %w.metadata.key(), "service cluster IP");
-                    target = SocketAddr::new(w.address, b.target_port);
-                    dst_w = Some(w);
-                }
+                let w = b.workloads[random_index(b.workloads.len())];
+                debug!(%peer, vip = %target, service = %b.service.metadata.key(), backend = %w.metadata.key(), "service cluster IP");
+                target = SocketAddr::new(w.address, b.target_port);
+                dst_w = Some(w);
             }
         }
         let dst_id = dst_w.map(|w| w.identity(&config.settings.trust_domain));
@@ -84,26 +85,8 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             hbone_addr: SocketAddr::new(w.address, HBONE_PORT),
             destination: dst_id,
         });
-        (key, conn, no_backends)
+        (key, conn)
     };
-    if let (true, Some(s)) = (no_backends, &conn.service) {
-        // Nowhere to go: refused, as ztunnel refuses a VIP without
-        // healthy endpoints.
-        let svc = format!("{}/{}", s.namespace, s.name);
-        let error = format!("Service {svc} selects no Workload");
-        warn!(peer = %conn.src_addr, target = %conn.dst_addr, service = %svc, "refusing a connection to a Service that selects no Workload");
-        ctx.metrics
-            .refused(&conn.labels(REPORTER_SOURCE, FLAG_CONNECT));
-        reset(app);
-        conn.log(
-            "allow",
-            FLAG_CONNECT,
-            "service cluster IP",
-            None,
-            Some(&error),
-        );
-        return;
-    }
     // The connect futures are boxed and own what they need (the pool key):
     // handshakes are large and must not stay part of the connection's future
     // (memory per idle connection) once they are done.

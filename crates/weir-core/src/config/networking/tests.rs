@@ -1169,6 +1169,14 @@ fn destination_rules_are_looked_up_by_namespace_as_istio_does() {
             + &dr("root", "istio-system", "['*']", "SIMPLE")),
     );
     assert_eq!(refused_by(&c, "istio-system"), None);
+    // '.' in an exported rule's list is its own namespace (Istio's reading).
+    let c = load(&(se.to_owned() + &dr("root", "istio-system", "['.', apps]", "SIMPLE")));
+    assert_eq!(
+        refused_by(&c, "istio-system").as_deref(),
+        Some("istio-system/root")
+    );
+    assert_eq!(refused_by(&c, "apps").as_deref(), Some("istio-system/root"));
+    assert_eq!(refused_by(&c, "edge"), None);
     let c = load(&(se.to_owned() + &dr("root", "istio-system", "['*']", "SIMPLE")));
     assert_eq!(refused_by(&c, "edge").as_deref(), Some("istio-system/root"));
     assert_eq!(
@@ -1276,4 +1284,24 @@ fn a_cluster_ip_destination_resolves_to_the_services_workloads() {
     assert!(c
         .resolve_destination(&dest("198.18.9.1", Some(9093), None), "edge")
         .is_err_and(|e| e.metric_label() == "destination_port"));
+    // A subset of the Service's DestinationRule, as by its name.
+    let c = load(
+        &(mesh()
+            + "---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: bootstrap, namespace: data}\nspec:\n  selector: {app: kafka}\n  clusterIP: 198.18.9.1\n  ports: [{name: client, port: 9092}]\n"
+            + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bootstrap, namespace: data}\nspec:\n  host: bootstrap.data.svc.cluster.local\n  subsets: [{name: v2, labels: {version: v2}}]\n"
+            + "---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: dns, namespace: kube-system}\nspec:\n  selector: {k8s-app: kube-dns}\n  clusterIP: 198.18.9.53\n  ports: [{name: dns-tcp, port: 53}]\n"),
+    );
+    let r = c
+        .resolve_destination(&dest("198.18.9.1", Some(9092), Some("v2")), "edge")
+        .unwrap();
+    assert_eq!(addrs(&r), ["198.18.0.11:9092 (workload data/kafka-1)"]);
+    // A Service none of whose Pods is in the mesh stays an address.
+    let r = c
+        .resolve_destination(&dest("198.18.9.53", Some(53), None), "edge")
+        .unwrap();
+    assert!(
+        matches!(r.source, DestinationSource::Address),
+        "{:?}",
+        r.source
+    );
 }
