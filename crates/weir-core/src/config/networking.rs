@@ -880,17 +880,39 @@ pub fn exported_to(export_to: &[String], own: &str, viewer: &str) -> bool {
 }
 
 /// A `spec.exportTo` list, each value checked.
-fn export_to(ctx: &mut DocCtx<'_>, raw: Option<Vec<String>>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, e) in raw.unwrap_or_default().into_iter().enumerate() {
-        if e == "." || e == "*" || e == "~" || super::load::is_dns_label(&e) {
-            out.push(e);
-        } else {
+/// As Istio's validateExportTo: `*` and `~` stand alone, no value twice
+/// (`.` counts as the resource's own namespace).
+fn export_to(ctx: &mut DocCtx<'_>, own: &str, raw: Option<Vec<String>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let raw = raw.unwrap_or_default();
+    let n = raw.len();
+    for (i, e) in raw.into_iter().enumerate() {
+        let field = format!("spec.exportTo[{i}]");
+        if !(e == "." || e == "*" || e == "~" || super::load::is_dns_label(&e)) {
             ctx.error(
-                Some(format!("spec.exportTo[{i}]")),
+                Some(field),
                 format!("{e:?} is not an exportTo value (\".\", \"*\", \"~\" or a namespace)"),
             );
+            continue;
         }
+        if (e == "*" || e == "~") && n > 1 {
+            ctx.error(
+                Some(field),
+                format!("{e:?} must be the only exportTo value (as Istio requires)"),
+            );
+            continue;
+        }
+        let key = if e == "." { own.to_owned() } else { e.clone() };
+        if seen.contains(&key) {
+            ctx.error(
+                Some(field),
+                format!("{e:?}: duplicate exportTo value (\".\" is the resource's own namespace)"),
+            );
+            continue;
+        }
+        seen.push(key);
+        out.push(e);
     }
     out
 }
@@ -1273,7 +1295,7 @@ fn virtual_service(
             "ignored: weir does not route HTTP; only tls and tcp routes apply",
         );
     }
-    let export_to = export_to(ctx, spec.export_to);
+    let export_to = export_to(ctx, &metadata.namespace, spec.export_to);
     let mut tls = Vec::new();
     for (i, r) in spec.tls.unwrap_or_default().into_iter().enumerate() {
         let p = format!("spec.tls[{i}]");
@@ -1679,7 +1701,7 @@ fn service_entry(
             "resolution DNS with a wildcard host needs endpoints (a wildcard cannot be resolved)",
         );
     }
-    let export_to = export_to(ctx, spec.export_to);
+    let export_to = export_to(ctx, &metadata.namespace, spec.export_to);
     let _ = spec.subject_alt_names;
     ServiceEntry {
         export_to,
@@ -1893,7 +1915,7 @@ fn destination_rule(
             labels: s.labels.unwrap_or_default(),
         });
     }
-    let export_to = export_to(ctx, spec.export_to);
+    let export_to = export_to(ctx, &metadata.namespace, spec.export_to);
     let _ = spec.workload_selector;
     DestinationRule {
         export_to,

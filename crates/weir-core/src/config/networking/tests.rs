@@ -1305,3 +1305,20 @@ fn a_cluster_ip_destination_resolves_to_the_services_workloads() {
         r.source
     );
 }
+
+/// exportTo as Istio validates it: `*` and `~` alone, no value twice
+/// (`.` is the resource's own namespace).
+#[test]
+fn export_to_is_validated_as_istio_does() {
+    let vs = |export: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: kafka}}\nspec:\n  hosts: [a.example.com]\n  exportTo: {export}\n")
+    };
+    one_error(&vs("['*', apps]"), "spec.exportTo[0]", "must be the only");
+    one_error(&vs("[apps, '~']"), "spec.exportTo[1]", "must be the only");
+    one_error(&vs("['.', kafka]"), "spec.exportTo[1]", "duplicate");
+    one_error(&vs("[apps, apps]"), "spec.exportTo[1]", "duplicate");
+    let c = load(&vs("['.', apps]"));
+    assert_eq!(c.virtual_services[0].export_to, [".", "apps"]);
+    let c = load(&vs("['~']"));
+    assert!(!c.virtual_services[0].visible_to("kafka"));
+}
