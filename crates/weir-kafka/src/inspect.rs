@@ -766,32 +766,24 @@ pub(crate) fn inspect(
             NameRef::Cluster,
             Operation::Alter,
         )),
-        // One answer per creation (or filter), so each is an element.
-        ApiKey::CreateAcls => {
-            ins.entries = Some(entries(&mut r, f, "creations", |r| {
+        // One answer per creation (or filter), so each is an element. A
+        // filter is a binding whose strings may be null.
+        ApiKey::CreateAcls | ApiKey::DeleteAcls => {
+            let filter = api == ApiKey::DeleteAcls;
+            let what = if filter { "filters" } else { "creations" };
+            ins.entries = Some(entries(&mut r, f, what, |r| {
+                let string = |r: &mut Reader<'_>, what| {
+                    if filter {
+                        r.string(f, what).map(drop)
+                    } else {
+                        r.required_string(f, what).map(drop)
+                    }
+                };
                 r.i8("resource_type")?;
-                r.required_string(f, "resource_name")?;
-                r.i8("resource_pattern_type")?;
-                r.required_string(f, "principal")?;
-                r.required_string(f, "host")?;
-                r.i8("operation")?;
-                r.i8("permission_type")?;
-                r.skip_tags(f)?;
-                Ok((
-                    check(ResourceType::Cluster, NameRef::Cluster, Operation::Alter),
-                    Vec::new(),
-                    RecordCount::default(),
-                    0,
-                ))
-            })?);
-        }
-        ApiKey::DeleteAcls => {
-            ins.entries = Some(entries(&mut r, f, "filters", |r| {
-                r.i8("resource_type_filter")?;
-                r.string(f, "resource_name_filter")?;
-                r.i8("pattern_type_filter")?;
-                r.string(f, "principal_filter")?;
-                r.string(f, "host_filter")?;
+                string(r, "resource_name")?;
+                r.i8("pattern_type")?;
+                string(r, "principal")?;
+                string(r, "host")?;
                 r.i8("operation")?;
                 r.i8("permission_type")?;
                 r.skip_tags(f)?;
