@@ -199,6 +199,10 @@ pub struct Config {
     /// Service cluster IP → index in `services`.
     #[serde(skip)]
     by_cluster_ip: HashMap<IpAddr, usize>,
+    /// Per Service (by index), the indices of the Workloads it selects:
+    /// found once per snapshot, not per connection.
+    #[serde(skip)]
+    selected: Vec<Vec<usize>>,
 }
 
 /// The backends of a connection to a Service's cluster IP and port.
@@ -249,6 +253,26 @@ impl Config {
             .enumerate()
             .flat_map(|(i, s)| s.cluster_ips.iter().map(move |ip| (*ip, i)))
             .collect();
+        self.selected = self
+            .services
+            .iter()
+            .map(|s| {
+                self.workloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.namespace() == s.metadata.namespace)
+                    .filter(|(_, w)| s.selects(&w.metadata.labels))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect();
+    }
+
+    /// The Service with cluster IP `ip` if it selects a Workload (one
+    /// whose Pods are all outside the mesh is an address like any other).
+    pub(crate) fn mesh_service_by_cluster_ip(&self, ip: IpAddr) -> Option<&Service> {
+        let &i = self.by_cluster_ip.get(&ip)?;
+        (!self.selected[i].is_empty()).then(|| &self.services[i])
     }
 
     /// The Service whose cluster IP is `ip`.
@@ -260,13 +284,12 @@ impl Config {
     /// IP and one of its ports: the Workloads the Service selects, at the
     /// port's target port. `None` if `addr` is not a Service port.
     pub fn service_backends(&self, addr: SocketAddr) -> Option<ServiceBackends<'_>> {
-        let service = self.service_by_cluster_ip(addr.ip())?;
+        let &i = self.by_cluster_ip.get(&addr.ip())?;
+        let service = &self.services[i];
         let port = service.ports.iter().find(|p| p.port == addr.port())?;
-        let workloads = self
-            .workloads
+        let workloads = self.selected[i]
             .iter()
-            .filter(|w| w.namespace() == service.metadata.namespace)
-            .filter(|w| service.selects(&w.metadata.labels))
+            .map(|&w| &self.workloads[w])
             .collect();
         Some(ServiceBackends {
             service,

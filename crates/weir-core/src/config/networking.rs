@@ -2283,10 +2283,24 @@ impl Config {
             .find(|s| s.metadata.namespace == namespace && s.metadata.name == name)
     }
 
-    /// The ServiceEntry that declares `host` (exactly), preferring one in
+    /// The ServiceEntry that declares `host` (exactly, else, for a short
+    /// host, its `name.<namespace>.svc.cluster.local`), preferring one in
     /// `namespace`; with `viewer`, only those its `exportTo` shows to a
     /// proxy in that namespace.
     pub fn service_entry_for(
+        &self,
+        host: &str,
+        namespace: &str,
+        viewer: Option<&str>,
+    ) -> Option<&ServiceEntry> {
+        self.service_entry_exactly(host, namespace, viewer)
+            .or_else(|| {
+                short_name_fqdn(host, namespace)
+                    .and_then(|fq| self.service_entry_exactly(&fq, namespace, viewer))
+            })
+    }
+
+    fn service_entry_exactly(
         &self,
         host: &str,
         namespace: &str,
@@ -2365,13 +2379,7 @@ impl Config {
         namespace: &str,
         viewer: &str,
     ) -> Option<&'a str> {
-        let entry = self
-            .service_entry_for(host, namespace, Some(viewer))
-            .or_else(|| {
-                short_name_fqdn(host, namespace)
-                    .and_then(|fq| self.service_entry_for(&fq, namespace, Some(viewer)))
-            });
-        if let Some(se) = entry {
+        if let Some(se) = self.service_entry_for(host, namespace, Some(viewer)) {
             return Some(se.metadata.namespace.as_str());
         }
         let n = service_name(host, namespace)?;
@@ -2544,12 +2552,7 @@ impl Config {
             .host
             .parse::<IpAddr>()
             .ok()
-            .and_then(|ip| self.service_by_cluster_ip(ip))
-            .filter(|s| {
-                self.workloads
-                    .iter()
-                    .any(|w| w.namespace() == s.metadata.namespace && s.selects(&w.metadata.labels))
-            })
+            .and_then(|ip| self.mesh_service_by_cluster_ip(ip))
         {
             // A Service's cluster IP stands for the Service (subsets
             // included): its Workloads over the mesh, not the virtual
@@ -2578,13 +2581,7 @@ impl Config {
         let in_subset = |labels: &BTreeMap<String, String>| {
             subset.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
         };
-        let entry = self
-            .service_entry_for(&d.host, namespace, viewer)
-            .or_else(|| {
-                short_name_fqdn(&d.host, namespace)
-                    .and_then(|fq| self.service_entry_for(&fq, namespace, viewer))
-            });
-        if let Some(se) = entry {
+        if let Some(se) = self.service_entry_for(&d.host, namespace, viewer) {
             return self.resolve_entry(se, d, listener_port, &in_subset);
         }
         if let Some(n) = service_name(&d.host, namespace) {
@@ -2666,13 +2663,7 @@ impl Config {
         }
         if let Some(v) = viewer {
             // Not seen because of exportTo: say so.
-            let hidden = self
-                .service_entry_for(&d.host, namespace, None)
-                .or_else(|| {
-                    short_name_fqdn(&d.host, namespace)
-                        .and_then(|fq| self.service_entry_for(&fq, namespace, None))
-                });
-            if let Some(se) = hidden {
+            if let Some(se) = self.service_entry_for(&d.host, namespace, None) {
                 return Err(ResolveError::NotExported {
                     host: d.host.clone(),
                     entry: se.metadata.key(),
