@@ -211,8 +211,13 @@ pub struct ServiceBackends<'a> {
     pub service: &'a Service,
     /// The Workloads' port.
     pub target_port: u16,
-    /// The Workloads the Service selects (none: nowhere to go).
+    /// The Workloads a connection may go to: those the Service selects
+    /// that are ready (all of them with `publishNotReadyAddresses`).
     pub workloads: Vec<&'a Workload>,
+    /// How many Workloads the Service selects that are not ready and so
+    /// not in `workloads`. With none in `workloads` either, the Service's
+    /// Pods are outside the mesh.
+    pub not_ready: usize,
 }
 
 impl Config {
@@ -281,20 +286,21 @@ impl Config {
     }
 
     /// Where a connection to `addr` goes if `addr` is a Service's cluster
-    /// IP and one of its ports: the Workloads the Service selects, at the
-    /// port's target port. `None` if `addr` is not a Service port.
+    /// IP and one of its ports: the ready Workloads the Service selects, at
+    /// the port's target port. `None` if `addr` is not a Service port.
     pub fn service_backends(&self, addr: SocketAddr) -> Option<ServiceBackends<'_>> {
         let &i = self.by_cluster_ip.get(&addr.ip())?;
         let service = &self.services[i];
         let port = service.ports.iter().find(|p| p.port == addr.port())?;
-        let workloads = self.selected[i]
+        let (workloads, not_ready): (Vec<&Workload>, Vec<&Workload>) = self.selected[i]
             .iter()
             .map(|&w| &self.workloads[w])
-            .collect();
+            .partition(|w| w.ready || service.publish_not_ready_addresses);
         Some(ServiceBackends {
             service,
             target_port: port.target_port.unwrap_or(port.port),
             workloads,
+            not_ready: not_ready.len(),
         })
     }
 

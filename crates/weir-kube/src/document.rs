@@ -53,6 +53,9 @@ pub fn workload(w: &Workload) -> Value {
     if w.netns != w.metadata.name {
         spec.insert("netns".into(), json!(w.netns));
     }
+    if !w.ready {
+        spec.insert("ready".into(), json!(false));
+    }
     json!({
         "apiVersion": WEIR_API_VERSION,
         "kind": "Workload",
@@ -79,15 +82,20 @@ pub fn service(s: &Service) -> Value {
             Value::Object(m)
         })
         .collect();
+    let mut spec = Map::new();
+    spec.insert("selector".into(), json!(s.selector));
+    spec.insert("ports".into(), Value::Array(ports));
+    if !s.cluster_ips.is_empty() {
+        spec.insert("clusterIPs".into(), json!(s.cluster_ips));
+    }
+    if s.publish_not_ready_addresses {
+        spec.insert("publishNotReadyAddresses".into(), json!(true));
+    }
     json!({
         "apiVersion": WEIR_API_VERSION,
         "kind": "Service",
         "metadata": meta_value(&s.metadata),
-        "spec": if s.cluster_ips.is_empty() {
-            json!({"selector": s.selector, "ports": ports})
-        } else {
-            json!({"selector": s.selector, "ports": ports, "clusterIPs": s.cluster_ips})
-        },
+        "spec": spec,
     })
 }
 

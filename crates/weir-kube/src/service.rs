@@ -142,6 +142,9 @@ pub fn service_from_kube<'a>(
             selector,
             ports,
             cluster_ips: cluster_ips(spec),
+            publish_not_ready_addresses: spec
+                .and_then(|s| s.publish_not_ready_addresses)
+                .unwrap_or(false),
         },
         dropped,
     ))
@@ -275,7 +278,24 @@ spec:
 ",
         );
         assert_eq!(s, file);
+        assert!(!s.publish_not_ready_addresses);
         let served = serde_yaml_ng::to_string(&document::service(&s)).unwrap();
+        assert_eq!(load_one(&served), s);
+
+        // publishNotReadyAddresses (Strimzi sets it on its broker Services)
+        // is carried, through the served document too.
+        let svc = kube_service(json!({
+            "clusterIP": "10.96.0.11", "selector": {"app": "kafka"},
+            "publishNotReadyAddresses": true,
+            "ports": [{"name": "client", "port": 9092}]
+        }));
+        let (s, _) = service_from_kube(&svc, &pods).unwrap();
+        assert!(s.publish_not_ready_addresses);
+        let served = serde_yaml_ng::to_string(&document::service(&s)).unwrap();
+        assert!(
+            served.contains("publishNotReadyAddresses: true"),
+            "{served}"
+        );
         assert_eq!(load_one(&served), s);
     }
 

@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Namespace, Pod, PodSpec, PodStatus, Service as KubeService,
+    Container, ContainerPort, Namespace, Pod, PodCondition, PodSpec, PodStatus,
+    Service as KubeService,
 };
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -384,6 +385,21 @@ fn prune_pod(pod: Pod) -> Pod {
     let status = pod.status.map(|s| PodStatus {
         phase: s.phase,
         pod_ip: s.pod_ip,
+        // Only the Ready condition (readiness), without its timestamps and
+        // messages: the rest changes often and means nothing to weir.
+        conditions: s
+            .conditions
+            .map(|c| {
+                c.into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        ..PodCondition::default()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|c| !c.is_empty()),
         ..PodStatus::default()
     });
     Pod {

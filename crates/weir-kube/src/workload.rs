@@ -141,6 +141,11 @@ pub fn enrollment(
 ///   a terminating Kafka broker still drains its connections, which must stay
 ///   in the mesh until its containers stop (Istio keeps them too).
 /// - `node`: `spec.nodeName`; unscheduled Pods are skipped.
+/// - `ready`: the Pod's `Ready` condition is `True` and it is not being
+///   deleted, as an EndpointSlice's `ready` condition (what kube-proxy and
+///   istiod go by): a Pod that is starting, failing its readiness probe or
+///   terminating stays a Workload (its own address is still in the mesh)
+///   but gets no new connections to a Service.
 /// - `netns`: the default (the Pod's name), as for a Workload document
 ///   without `spec.netns`. The runtime's network namespace of a Pod cannot be
 ///   derived from the API (containerd names it `cni-<random uuid>`), so a node
@@ -211,7 +216,21 @@ pub fn workload_from_pod(
         address,
         node: node.to_owned(),
         netns: name,
+        ready: is_ready(pod),
     })
+}
+
+/// Whether a Pod takes Service traffic: `Ready` is `True` and no deletion
+/// has begun.
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The workload a Pod is an instance of, as Istio names it for metrics

@@ -246,6 +246,27 @@ async fn snapshots_follow_the_cluster_and_skip_invalid_resources() {
     let s = source.next().await.unwrap();
     assert_eq!(s.generation, 2);
     assert_eq!(workload_names(&s.config), ["data/kafka-0", "data/kafka-1"]);
+    assert!(s.config.workloads.iter().all(|w| w.ready));
+
+    // Its readiness probe failing → still a Workload, but not ready (no
+    // Service traffic), in the served document too.
+    let mut unready = pod("data", "kafka-1", "198.18.1.11", "node-b");
+    unready["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    api.push("MODIFIED", "v1", "pods", unready);
+    let s = source.next().await.unwrap();
+    assert_eq!(workload_names(&s.config), ["data/kafka-0", "data/kafka-1"]);
+    let ready: Vec<bool> = s.config.workloads.iter().map(|w| w.ready).collect();
+    assert_eq!(ready, [true, false]);
+    let again = Config::from_sources(&s.sources, MeshSettings::default()).unwrap();
+    assert_eq!(again.workloads, s.config.workloads);
+    api.push(
+        "MODIFIED",
+        "v1",
+        "pods",
+        pod("data", "kafka-1", "198.18.1.11", "node-b"),
+    );
+    let s = source.next().await.unwrap();
+    assert!(s.config.workloads.iter().all(|w| w.ready));
 
     // Fixing the invalid policy → served, the gauge back to 0.
     let mut fixed = allow_policy("audit-all");

@@ -395,6 +395,7 @@ mod tests {
             address: "127.0.0.1".parse().unwrap(),
             node: "n".into(),
             netns: "w".into(),
+            ready: true,
         };
         let local = Arc::new(Local {
             id: workload.identity(&Default::default()),

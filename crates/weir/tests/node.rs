@@ -972,8 +972,10 @@ fn a_node_that_serves_nothing_says_which_nodes_exist() {
 /// A Service's cluster IP (a virtual address no host has): the client's
 /// node sends the connection over HBONE to a Workload the Service selects,
 /// at the port's targetPort, as ztunnel does for a service VIP; the
-/// server's STRICT policy admits it (it is mTLS). A Service that selects
-/// no mesh Workload is passed through to its address.
+/// server's STRICT policy admits it (it is mTLS). A Workload that is not
+/// ready gets none of them; a Service whose Workloads are all not ready
+/// refuses the connection; a Service that selects no mesh Workload is passed
+/// through to its address.
 #[test]
 fn service_cluster_ip_reaches_a_selected_workload_over_hbone() {
     if !require_root() {
@@ -1005,6 +1007,26 @@ metadata: {name: empty, namespace: data}
 spec:
   selector: {app: nobody}
   clusterIP: 198.18.0.101
+  ports: [{name: client, port: 80}]
+---
+# Selected by `bootstrap` too, but not ready (and nothing has its address):
+# a connection sent to it would fail.
+apiVersion: weir.dev/v1alpha1
+kind: Workload
+metadata: {name: server-starting, namespace: data, labels: {app: server}}
+spec: {serviceAccount: server, address: 198.18.0.60, node: node-c, ready: false}
+---
+apiVersion: weir.dev/v1alpha1
+kind: Workload
+metadata: {name: warming-0, namespace: data, labels: {app: warming}}
+spec: {address: 198.18.0.61, node: node-c, ready: false}
+---
+apiVersion: weir.dev/v1alpha1
+kind: Service
+metadata: {name: warming, namespace: data}
+spec:
+  selector: {app: warming}
+  clusterIP: 198.18.0.102
   ports: [{name: client, port: 80}]
 ---
 apiVersion: security.istio.io/v1
@@ -1051,6 +1073,30 @@ spec: {mtls: {mode: STRICT}}
             ("destination_service_namespace", "data"),
         ],
         1.0,
+    );
+    // Every connection goes to the ready Workload: were the not-ready one
+    // picked (at random, as often as the other) one would fail.
+    for i in 0..12 {
+        let r = client(&client_host, vip, 80, &format!("ready-only-{i}"));
+        assert_reply(&r, "VIP-REPLY-MARKER", "a connection to the cluster IP");
+    }
+    // No ready Workload: refused at the source, and said why.
+    let warming = Ipv4Addr::new(198, 18, 0, 102);
+    let r = client(&client_host, warming, 80, "to-a-warming-service");
+    assert!(r.reply.is_empty(), "{r:?}");
+    node_a.expect_metric_at_least(
+        FAILED,
+        &[
+            ("reporter", "source"),
+            ("response_flags", "CONNECT"),
+            ("destination_service_name", "warming"),
+        ],
+        1.0,
+    );
+    assert!(
+        node_a.wait_log("Service data/warming has no ready Workload (1 not ready)"),
+        "{}",
+        node_a.log_text()
     );
 
     // A Service none of whose Pods is in the mesh (kube-dns, a database in

@@ -417,6 +417,7 @@ fn load_document(
                 address: spec.address,
                 node: spec.node,
                 netns,
+                ready: spec.ready.unwrap_or(true),
             });
         }
         "PeerAuthentication" => {

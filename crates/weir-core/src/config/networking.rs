@@ -24,6 +24,7 @@ use serde_yaml_ng::Value;
 use super::load::{check_meta, typed, DocCtx};
 use super::meta::ObjectMeta;
 use super::service::{Service, ServiceSpec};
+use super::workload::Workload;
 use super::{Config, ConfigError, DocumentRef};
 use crate::spiffe::SpiffeId;
 
@@ -2611,20 +2612,26 @@ impl Config {
                         })?,
                 };
                 let target = port.target_port.unwrap_or(port.port);
-                let endpoints: Vec<(Endpoint, u32)> = self
+                let matching: Vec<&Workload> = self
                     .workloads
                     .iter()
                     .filter(|w| w.namespace() == svc.metadata.namespace)
                     .filter(|w| svc.selects(&w.metadata.labels))
                     .filter(|w| n.pod.is_none_or(|pod| w.name() == pod))
                     .filter(|w| in_subset(&w.metadata.labels))
+                    .collect();
+                // The Service's name takes ready Workloads only (as its
+                // endpoints do); one Pod's own name (`pod.svc.ns...`)
+                // reaches that Pod, ready or not.
+                let endpoints: Vec<(Endpoint, u32)> = matching
+                    .iter()
+                    .filter(|w| w.ready || svc.publish_not_ready_addresses || n.pod.is_some())
                     .map(|w| (self.endpoint_for_ip(w.address, target), 1))
                     .collect();
                 let host = qualify(&d.host, namespace, self);
                 if endpoints.is_empty() {
-                    return Err(ResolveError::NoEndpoints {
-                        host,
-                        why: format!(
+                    let why = if matching.is_empty() {
+                        format!(
                             ": no Workload in namespace {} matches Service {}'s selector{}{}",
                             svc.metadata.namespace,
                             svc.metadata.name,
@@ -2634,8 +2641,20 @@ impl Config {
                             } else {
                                 ""
                             }
-                        ),
-                    });
+                        )
+                    } else {
+                        format!(
+                            ": none of the {} Workloads Service {} selects{} is ready",
+                            matching.len(),
+                            svc.metadata.key(),
+                            if subset.is_some() {
+                                " in the subset"
+                            } else {
+                                ""
+                            }
+                        )
+                    };
+                    return Err(ResolveError::NoEndpoints { host, why });
                 }
                 return Ok(ResolvedDestination {
                     host,
@@ -2716,6 +2735,8 @@ impl Config {
                 .filter(|w| w.namespace() == se.metadata.namespace)
                 .filter(|w| sel.iter().all(|(k, v)| w.metadata.labels.get(k) == Some(v)))
                 .filter(|w| in_subset(&w.metadata.labels))
+                // As a Service's: ready Workloads only.
+                .filter(|w| w.ready)
             {
                 endpoints.push((self.endpoint_for_ip(w.address, default_port), 1));
             }
@@ -2758,7 +2779,9 @@ impl Config {
                 why: format!(
                     ": ServiceEntry {} gives none{}",
                     se.metadata.key(),
-                    if se.resolution == Resolution::None {
+                    if se.workload_selector.is_some() {
+                        " (no ready Workload in its namespace matches its workloadSelector)"
+                    } else if se.resolution == Resolution::None {
                         " (resolution NONE connects to the address a client asked for, which a gateway does not have: use STATIC or DNS, or single-IP addresses)"
                     } else {
                         ""

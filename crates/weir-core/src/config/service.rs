@@ -25,6 +25,14 @@ pub struct Service {
     /// to one of the selected Workloads, over HBONE, as ztunnel does.
     #[serde(rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<IpAddr>,
+    /// Kubernetes' `publishNotReadyAddresses`: connections to the Service
+    /// go to every Workload it selects, ready or not (by default only to
+    /// ready ones).
+    #[serde(
+        rename = "publishNotReadyAddresses",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub publish_not_ready_addresses: bool,
 }
 
 impl Service {
@@ -59,6 +67,8 @@ pub(crate) struct ServiceSpec {
     cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs")]
     cluster_ips: Option<Vec<String>>,
+    #[serde(default)]
+    publish_not_ready_addresses: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +220,7 @@ pub(crate) fn service(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: ServiceS
         selector,
         ports,
         cluster_ips,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
     }
 }
 

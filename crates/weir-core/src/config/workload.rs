@@ -38,6 +38,11 @@ pub struct Workload {
     /// Network namespace name (`/var/run/netns/<netns>`); defaults to the
     /// workload's name. Not used for a Workload with [`POD_UID_ANNOTATION`].
     pub netns: String,
+    /// Whether it takes connections made to a Service that selects it (its
+    /// cluster IP or name), as a Pod's `Ready` condition decides whether
+    /// kube-proxy and ztunnel send it Service traffic. Connections to its
+    /// own address are not affected. Default true.
+    pub ready: bool,
 }
 
 impl Workload {
@@ -127,6 +132,8 @@ pub(crate) struct WorkloadSpec {
     pub node: String,
     #[serde(default)]
     pub netns: Option<String>,
+    #[serde(default)]
+    pub ready: Option<bool>,
 }
 
 /// An IP address, with a message that repeats the value (serde's says only

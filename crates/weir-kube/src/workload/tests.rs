@@ -28,7 +28,14 @@ fn pod(patch: Value) -> Pod {
                             "ports": [{"name": "client", "containerPort": 9092}]}]
         },
         "status": {"phase": "Running", "podIP": "198.18.1.10",
-                   "podIPs": [{"ip": "198.18.1.10"}], "hostIP": "198.18.0.1"}
+                   "podIPs": [{"ip": "198.18.1.10"}], "hostIP": "198.18.0.1",
+                   "conditions": [
+                       {"type": "Initialized", "status": "True"},
+                       {"type": "Ready", "status": "True",
+                        "lastTransitionTime": "2024-05-01T10:00:09Z"},
+                       {"type": "ContainersReady", "status": "True"},
+                       {"type": "PodScheduled", "status": "True"}
+                   ]}
     });
     for (section, fields) in patch.as_object().unwrap() {
         let target = base[section].as_object_mut().unwrap();
@@ -239,11 +246,46 @@ fn pending_and_terminating_pods_with_an_address_are_workloads() {
     }}));
     let w = workload_from_pod(&terminating, &ns).unwrap();
     assert_eq!(w.address.to_string(), "198.18.1.10");
+    assert!(
+        !w.ready,
+        "a terminating Pod takes no new Service connections"
+    );
     // Pod annotations other than the UID are not copied.
     assert_eq!(
         w.metadata.annotations.keys().collect::<Vec<_>>(),
         [POD_UID_ANNOTATION]
     );
+}
+
+/// Readiness as an EndpointSlice's `ready`: the Ready condition is True
+/// and the Pod is not terminating; it survives the document round trip.
+#[test]
+fn readiness_follows_the_ready_condition() {
+    let ns = ambient();
+    assert!(workload_from_pod(&pod(json!({})), &ns).unwrap().ready);
+    let conditions = |ready: &str| {
+        json!({"status": {"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": ready, "reason": "ContainersNotReady"}
+        ]}})
+    };
+    for (patch, want) in [
+        (conditions("True"), true),
+        (conditions("False"), false),
+        (conditions("Unknown"), false),
+        (json!({"status": {"conditions": null}}), false),
+        (
+            json!({"status": {"phase": "Pending", "conditions": []}}),
+            false,
+        ),
+    ] {
+        let w = workload_from_pod(&pod(patch.clone()), &ns).unwrap();
+        assert_eq!(w.ready, want, "{patch}");
+        let doc = document::workload(&w);
+        assert_eq!(doc["spec"].get("ready").is_some(), !want, "{doc}");
+        let back = load_one(&serde_yaml_ng::to_string(&doc).unwrap());
+        assert_eq!(back, w, "{doc}");
+    }
 }
 
 /// The metrics' workload name is the controller's, as Istio derives it:

@@ -32,20 +32,25 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
-    let (key, conn) = {
+    let (key, conn, none_ready) = {
         let config = ctx.store.current();
         let peers = ctx.store.peers();
         let mut dst_w = config.workload_by_address(target.ip());
         let mut target = target;
         // A Service's cluster IP and port: one of its Workloads, at random.
         let mut service = None;
+        // Set when the Service has Workloads in the mesh but none is ready:
+        // the connection is refused, as ztunnel refuses one with no healthy
+        // endpoint (passing it through to the virtual address would reach
+        // nothing).
+        let mut none_ready = None;
         if dst_w.is_none() {
             // A Service that selects no mesh Workload (its Pods are outside
             // the mesh, e.g. kube-dns) passes through to the cluster IP, as
             // without a proxy.
             if let Some(b) = config
                 .service_backends(target)
-                .filter(|b| !b.workloads.is_empty())
+                .filter(|b| !b.workloads.is_empty() || b.not_ready > 0)
             {
                 let (name, ns) = (&b.service.metadata.name, &b.service.metadata.namespace);
                 service = Some(Arc::new(DstService {
@@ -53,10 +58,18 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
                     name: name.clone(),
                     namespace: ns.clone(),
                 }));
-                let w = b.workloads[random_index(b.workloads.len())];
-                debug!(%peer, vip = %target, service = %b.service.metadata.key(), backend = %w.metadata.key(), "service cluster IP");
-                target = SocketAddr::new(w.address, b.target_port);
-                dst_w = Some(w);
+                if b.workloads.is_empty() {
+                    none_ready = Some(format!(
+                        "Service {} has no ready Workload ({} not ready)",
+                        b.service.metadata.key(),
+                        b.not_ready
+                    ));
+                } else {
+                    let w = b.workloads[random_index(b.workloads.len())];
+                    debug!(%peer, vip = %target, service = %b.service.metadata.key(), backend = %w.metadata.key(), "service cluster IP");
+                    target = SocketAddr::new(w.address, b.target_port);
+                    dst_w = Some(w);
+                }
             }
         }
         let dst_id = dst_w.map(|w| w.identity(&config.settings.trust_domain));
@@ -85,13 +98,14 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             hbone_addr: SocketAddr::new(w.address, HBONE_PORT),
             destination: dst_id,
         });
-        (key, conn)
+        (key, conn, none_ready)
     };
     // The connect futures are boxed and own what they need (the pool key):
     // handshakes are large and must not stay part of the connection's future
     // (memory per idle connection) once they are done.
-    let upstream: Result<Side, (&'static str, String)> = match key {
-        Some(key) => {
+    let upstream: Result<Side, (&'static str, String)> = match (none_ready, key) {
+        (Some(why), _) => Err((FLAG_CONNECT, why)),
+        (None, Some(key)) => {
             let (pool, target) = (local.pool.clone(), conn.dst_addr);
             match Box::pin(async move { pool.connect(&key, target).await }).await {
                 Ok(t) => Ok(t.into()),
@@ -111,7 +125,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
                 }
             }
         }
-        None => {
+        (None, None) => {
             match Box::pin(local.connect(conn.dst_addr, None, ctx.options.common.connect_timeout))
                 .await
             {

@@ -1185,6 +1185,74 @@ fn destination_rules_are_looked_up_by_namespace_as_istio_does() {
     );
 }
 
+/// A Workload that is not ready (`spec.ready: false`, a Pod whose Ready
+/// condition is not True) gets no connection made to a Service: neither at
+/// its cluster IP nor by its name (nor a ServiceEntry's workloadSelector),
+/// unless the Service has `publishNotReadyAddresses`; its Pod name
+/// (`pod.service...`) still reaches it.
+#[test]
+fn not_ready_workloads_get_no_service_traffic() {
+    let starting = "---\napiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: kafka-2, namespace: data, labels: {app: kafka}}\nspec: {address: 198.18.0.13, node: n, ready: false}\n";
+    let svc = |name: &str, app: &str, extra: &str| {
+        format!("---\napiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: data}}\nspec:\n  selector: {{app: {app}}}\n  clusterIP: {extra}\n  ports: [{{name: client, port: 9092}}]\n")
+    };
+    let c = load(
+        &(mesh()
+            + starting
+            + &svc("bootstrap", "kafka", "198.18.9.1")
+            + &svc("all", "kafka", "198.18.9.2\n  publishNotReadyAddresses: true")
+            + &svc("cold", "cold", "198.18.9.3")
+            + "---\napiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: cold-0, namespace: data, labels: {app: cold}}\nspec: {address: 198.18.0.14, node: n, ready: false}\n"
+            + "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: brokers, namespace: data}\nspec:\n  hosts: [brokers.example.com]\n  ports: [{number: 9092, name: tcp, protocol: TCP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: kafka}}\n"),
+    );
+    assert!(c.workload("data", "kafka-0").unwrap().ready);
+    assert!(!c.workload("data", "kafka-2").unwrap().ready);
+    let names = |addr: &str| {
+        let b = c.service_backends(addr.parse().unwrap()).unwrap();
+        let mut n: Vec<&str> = b.workloads.iter().map(|w| w.name()).collect();
+        n.sort_unstable();
+        (n, b.not_ready)
+    };
+    assert_eq!(names("198.18.9.1:9092"), (vec!["kafka-0", "kafka-1"], 1));
+    assert_eq!(
+        names("198.18.9.2:9092"),
+        (vec!["kafka-0", "kafka-1", "kafka-2"], 0)
+    );
+    assert_eq!(names("198.18.9.3:9092"), (vec![], 1));
+
+    let resolved = |host: &str| c.resolve_destination(&dest(host, Some(9092), None), "data");
+    let ok = |host: &str| addrs(&resolved(host).unwrap_or_else(|e| panic!("{host}: {e}")));
+    assert_eq!(
+        ok("kafka"),
+        [
+            "198.18.0.10:9092 (workload data/kafka-0)",
+            "198.18.0.11:9092 (workload data/kafka-1)"
+        ]
+    );
+    assert_eq!(ok("bootstrap"), ok("kafka"));
+    assert_eq!(ok("all").len(), 3);
+    assert_eq!(ok("brokers.example.com"), ok("kafka"));
+    assert_eq!(
+        ok("kafka-2.kafka.data.svc.cluster.local"),
+        ["198.18.0.13:9092 (workload data/kafka-2)"]
+    );
+    let e = resolved("cold").unwrap_err().to_string();
+    assert!(
+        e.contains("none of the 1 Workloads Service data/cold selects is ready"),
+        "{e}"
+    );
+    // The cluster IP of a Service with only not-ready Workloads still
+    // stands for the Service (not for an address to dial).
+    let e = resolved("198.18.9.3").unwrap_err().to_string();
+    assert!(e.contains("is ready"), "{e}");
+
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {address: 198.18.0.9, node: n, ready: maybe}\n",
+        "spec.ready",
+        "expected true or false",
+    );
+}
+
 /// A Service's cluster IPs: Kubernetes' clusterIP/clusterIPs ("None" for
 /// headless), virtual (no Workload's address, no other Service's), IPv4.
 #[test]
