@@ -537,7 +537,7 @@ fn default_values_render_valid_objects() {
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
     assert!(
-        mounts.contains(&"/host/proc") && mounts.contains(&"/host/var/run/netns"),
+        mounts.contains(&"/host/proc") && mounts.contains(&"/var/run/netns"),
         "{mounts:?}"
     );
     // It never gets the CA key.
