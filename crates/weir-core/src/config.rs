@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-pub use files::{read_sources, SourceFile};
+pub use files::{read_sources, read_sources_or_stdin, SourceFile};
 pub use istio::{
     Action, AuthorizationPolicy, Condition, ConditionKey, ConditionValues, MtlsMode, Operation,
     PeerAuthentication, Rule, ServiceAccountMatch, Source, StringMatch,
@@ -236,6 +236,16 @@ impl Config {
         settings: MeshSettings,
     ) -> Result<Config, ConfigErrors> {
         let sources = read_sources(paths).map_err(|e| ConfigErrors(vec![*e]))?;
+        Self::from_sources(&sources, settings)
+    }
+
+    /// [`Config::load_paths`] where a path `-` is standard input (for
+    /// one-shot readers such as `weir check`).
+    pub fn load_paths_or_stdin<P: AsRef<std::path::Path>>(
+        paths: &[P],
+        settings: MeshSettings,
+    ) -> Result<Config, ConfigErrors> {
+        let sources = read_sources_or_stdin(paths).map_err(|e| ConfigErrors(vec![*e]))?;
         Self::from_sources(&sources, settings)
     }
 

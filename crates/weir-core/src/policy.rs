@@ -428,7 +428,13 @@ pub fn authorize(config: &Config, w: &Workload, conn: &Connection, mtls: MtlsMod
             w.namespace(),
             w.name()
         ),
-        (_, 0) => format!(
+        (Some(p), 0) => format!(
+            "ALLOW AuthorizationPolicy {} applies to {}/{} but none of its rules matched",
+            p.metadata.key(),
+            w.namespace(),
+            w.name()
+        ),
+        (None, 0) => format!(
             "ALLOW AuthorizationPolicies apply to {}/{} ({}) but none of their rules matched",
             w.namespace(),
             w.name(),

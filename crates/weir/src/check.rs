@@ -89,7 +89,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Config::load_paths(&args.paths, settings) {
+    match Config::load_paths_or_stdin(&args.paths, settings) {
         Ok(config) if config.documents() == 0 => no_documents(args),
         Ok(config) => {
             match args.output {

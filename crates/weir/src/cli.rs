@@ -26,11 +26,13 @@ pub struct Cli {
 pub enum Command {
     /// Validate configuration files; print a summary per kind, or every error
     /// with its file, document and field.
+    #[command(after_long_help = CHECK_AFTER_HELP)]
     Check(CheckArgs),
     /// Explain the decision for one connection: allow or deny, the effective
     /// mTLS mode, and the policy that decided. With --topic, --group,
     /// --transactional-id or --cluster and --operation: the decision for one
     /// Kafka request at a KafkaGateway.
+    #[command(after_long_help = EXPLAIN_AFTER_HELP)]
     Explain(ExplainArgs),
     /// Run the per-node L4 proxy (ztunnel's role) for the Workloads on a node.
     Node(Box<NodeArgs>),
@@ -676,13 +678,35 @@ pub enum Output {
     Json,
 }
 
+const CHECK_AFTER_HELP: &str = "\
+Exit status: 0 valid (warnings are printed on stderr), 1 invalid or no documents, 2 bad --trust-domain/--root-namespace.
+
+Examples:
+  weir check examples/kafka-mesh
+  kubectl get peerauthentications,authorizationpolicies -A -o yaml | weir check -
+  weir check -o json config/ | jq '.errors[] | .field'";
+
+const EXPLAIN_AFTER_HELP: &str = "\
+Exit status: 0 when a decision was printed (allow or deny alike), 2 when the question or the config is invalid.
+
+Examples:
+  weir explain --config examples/kafka-mesh --from cluster.local/ns/apps/sa/producer --to kafka/kafka-0 --port 9092
+  weir explain --config examples/kafka-mesh --from plaintext --source-ip 198.18.0.40 --to kafka/kafka-0 --port 9404 -o json
+  weir explain --config examples/kafka-gateway --from 'CN=billing,O=Example' --group billing --operation Read";
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Files or directories of YAML documents (directories are read recursively).
+    /// Files or directories of YAML or JSON documents, `-` for standard
+    /// input. A directory is read recursively for *.yaml, *.yml and *.json
+    /// (hidden entries skipped); a file named is read whatever its name; a
+    /// file reached twice is read once.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    /// `json`: one object with `valid`, `kinds` (documents per kind),
+    /// `warnings` and `errors` (each with `file`, `document`, `field`,
+    /// `message`).
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -696,7 +720,8 @@ pub const KAFKA_QUESTION_FLAGS: [&str; 5] =
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Files or directories of YAML documents.
+    /// Files or directories of YAML or JSON documents (as for `weir check`;
+    /// `-` for standard input).
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
     /// The caller: a SPIFFE id (spiffe://td/ns/x/sa/y), a principal as Istio
@@ -705,13 +730,16 @@ pub struct ExplainArgs {
     /// `anonymous` (a client without a certificate).
     #[arg(long, value_name = "SPIFFE-ID|PRINCIPAL|SUBJECT|plaintext|anonymous")]
     pub from: String,
-    /// The caller's IP address (for ipBlocks and source.ip).
+    /// The caller's IP address (for ipBlocks and source.ip). Without it the
+    /// address is unknown: ipBlocks and source.ip values match nothing,
+    /// notIpBlocks and source.ip notValues match anything.
     #[arg(long, value_name = "IP", conflicts_with_all = KAFKA_RESOURCE_FLAGS)]
     pub source_ip: Option<std::net::IpAddr>,
     /// The destination workload (connection questions).
     #[arg(long, value_name = "NAMESPACE/WORKLOAD", required_unless_present_any = KAFKA_QUESTION_FLAGS, conflicts_with_all = KAFKA_QUESTION_FLAGS)]
     pub to: Option<String>,
-    /// The destination port (connection questions).
+    /// The destination port (connection questions): the workload's port
+    /// (a Service's targetPort), as policies see it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), required_unless_present_any = KAFKA_QUESTION_FLAGS, conflicts_with_all = KAFKA_QUESTION_FLAGS)]
     pub port: Option<u16>,
     /// Kafka question: the topic the request is about.
@@ -754,6 +782,10 @@ pub struct ExplainArgs {
     pub san: Vec<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    /// `json`: the decision as one object (keys `decision`, `mtls_mode`,
+    /// `policy`, `policy_kind`, `rule`, `reason`, `source`, `destination`;
+    /// for a Kafka question `decision`, `gateway`, `principal`, `resource`,
+    /// `operation`, `policy`, `rule`, `reason`).
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -93,7 +93,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let config = match Config::load_paths(&args.config, settings) {
+    let config = match Config::load_paths_or_stdin(&args.config, settings) {
         Ok(c) => c,
         Err(e) => {
             crate::fail_on_broken_pipe(2);

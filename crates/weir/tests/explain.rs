@@ -305,6 +305,46 @@ fn check_summarises_valid_config() {
     assert!(stdout.contains("AuthorizationPolicy: 1"), "{stdout}");
 }
 
+/// `-` reads standard input (as `kubectl apply -f -`), a byte-order mark
+/// is no error, a file named twice is read once (not a duplicate of
+/// itself), and a typed list as the API server returns it loads.
+#[test]
+fn check_reads_stdin_and_files_once() {
+    use std::io::Write as _;
+    let dir = TempDir::new("check-stdin");
+    let pa = dir.write(
+        "pa.yaml",
+        "\u{feff}apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: kafka}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let mut child = weir()
+        .args(["check", "-"])
+        .arg(&pa)
+        .arg(&pa)
+        .arg(&dir.0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicyList\nitems:\n- metadata: {name: a, namespace: kafka}\n  spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}\n- metadata: {name: b, namespace: kafka}\n  spec: {}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("PeerAuthentication: 1"), "{stdout}");
+    assert!(
+        stdout.contains("AuthorizationPolicy: 2 (ALLOW: 1, DENY: 1)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_reports_every_error_with_location() {
     let dir = TempDir::new("check");

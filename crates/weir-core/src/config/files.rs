@@ -73,26 +73,65 @@ fn file_error(path: &Path, e: &std::io::Error) -> Box<ConfigError> {
 
 /// Reads every path: a file is read whatever its extension; a directory is
 /// walked recursively (sorted, hidden entries skipped) for `*.yaml`, `*.yml`
-/// and `*.json`.
+/// and `*.json`. A file reached twice (named twice, named and inside a
+/// named directory, or through a symlink) is read once, where it is first
+/// reached: its documents are not duplicates of themselves.
 pub fn read_sources<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<SourceFile>, Box<ConfigError>> {
+    read(paths.iter().map(|p| (p.as_ref(), false)))
+}
+
+/// [`read_sources`] for a one-shot reader (`weir check`, `weir explain`): a
+/// path `-` is standard input, as for `kubectl apply -f -`. Not for a
+/// proxy, which re-reads its paths.
+pub fn read_sources_or_stdin<P: AsRef<Path>>(
+    paths: &[P],
+) -> Result<Vec<SourceFile>, Box<ConfigError>> {
+    read(paths.iter().map(|p| (p.as_ref(), true)))
+}
+
+fn read<'a>(
+    paths: impl Iterator<Item = (&'a Path, bool)>,
+) -> Result<Vec<SourceFile>, Box<ConfigError>> {
     let mut files = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for p in paths {
-        let p = p.as_ref();
+    let mut walked = std::collections::HashSet::new();
+    let mut stdin_at = None;
+    for (p, stdin_allowed) in paths {
+        if stdin_allowed && p == Path::new("-") {
+            // Read once, where it is first named.
+            stdin_at.get_or_insert(files.len());
+            continue;
+        }
         let meta = std::fs::metadata(p).map_err(|e| file_error(p, &e))?;
         if meta.is_dir() {
-            walk(p, &mut files, &mut seen)?;
+            walk(p, &mut files, &mut walked)?;
         } else {
             files.push(p.to_path_buf());
         }
     }
-    files
-        .into_iter()
-        .map(|p| {
-            let content = std::fs::read_to_string(&p).map_err(|e| file_error(&p, &e))?;
-            Ok(SourceFile::new(p.display().to_string(), content))
-        })
-        .collect()
+    let mut read = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, p) in files.iter().enumerate() {
+        if stdin_at == Some(i) {
+            out.push(read_stdin()?);
+        }
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if !read.insert(real) {
+            continue;
+        }
+        let content = std::fs::read_to_string(p).map_err(|e| file_error(p, &e))?;
+        out.push(SourceFile::new(p.display().to_string(), content));
+    }
+    if stdin_at == Some(files.len()) {
+        out.push(read_stdin()?);
+    }
+    Ok(out)
+}
+
+fn read_stdin() -> Result<SourceFile, Box<ConfigError>> {
+    let mut content = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut content)
+        .map_err(|e| file_error(Path::new("<stdin>"), &e))?;
+    Ok(SourceFile::new("<stdin>", content))
 }
 
 #[cfg(test)]
@@ -123,5 +162,26 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["a.yaml", "b.yaml"]);
+    }
+
+    #[test]
+    fn a_file_reached_twice_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("weir-files-twice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cfg")).unwrap();
+        std::fs::write(dir.join("cfg/a.yaml"), "a: 1\n").unwrap();
+        std::fs::write(dir.join("cfg/b.yaml"), "b: 1\n").unwrap();
+        std::os::unix::fs::symlink("cfg/a.yaml", dir.join("link.yaml")).unwrap();
+        let a = dir.join("cfg/a.yaml");
+        let files = read_sources(&[a.clone(), a.clone(), dir.join("cfg"), dir.join("link.yaml")]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let names: Vec<String> = files.unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            [
+                a.display().to_string(),
+                dir.join("cfg/b.yaml").display().to_string()
+            ]
+        );
     }
 }

@@ -101,7 +101,13 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
     let mut addresses: HashMap<IpAddr, (String, DocumentRef)> = HashMap::new();
 
     for src in sources {
-        for (index, de) in serde_yaml_ng::Deserializer::from_str(&src.content).enumerate() {
+        for (index, de) in serde_yaml_ng::Deserializer::from_str(
+            // A byte-order mark may start a YAML stream (editors on Windows
+            // write one); kubectl accepts it too.
+            src.content.strip_prefix('\u{feff}').unwrap_or(&src.content),
+        )
+        .enumerate()
+        {
             let mut ctx = DocCtx {
                 doc: DocumentRef {
                     file: src.name.clone(),
@@ -229,16 +235,31 @@ fn shadowed_peer_authentication_warnings(config: &Config, warnings: &mut Vec<Con
 /// A `kind: List` document, the wrapper `kubectl get -o yaml` prints around
 /// several objects.
 fn is_list(value: &Value) -> bool {
-    value.get("kind").and_then(Value::as_str) == Some("List")
+    value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || typed_list_kind(k).is_some())
 }
 
-/// The `items` of a `v1` `List`, each then loaded as a document of its own;
-/// `None` when the wrapper itself is wrong (errors reported).
+/// `PeerAuthenticationList` → `PeerAuthentication`: the list kinds the API
+/// server returns for a collection (`kubectl get --raw`, client
+/// libraries), for the kinds weir reads.
+fn typed_list_kind(kind: &str) -> Option<&'static str> {
+    let item = kind.strip_suffix("List")?;
+    KINDS.iter().map(|(k, _)| *k).find(|k| *k == item)
+}
+
+/// The `items` of a `v1` `List`, or of a typed list (`<Kind>List` at that
+/// kind's apiVersion, whose items the API server sends without `apiVersion`
+/// and `kind`: they are the list's), each then loaded as a document of its
+/// own; `None` when the wrapper itself is wrong (errors reported).
 fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
-    ctx.doc.kind = Some("List".to_owned());
     let Value::Mapping(mut map) = value else {
         return None; // is_list() saw a mapping
     };
+    let list_kind = map.get("kind").and_then(Value::as_str).unwrap_or("List");
+    ctx.doc.kind = Some(list_kind.to_owned());
+    let typed = typed_list_kind(list_kind);
     let before = ctx.error_count();
     for key in map.keys() {
         let key = key.as_str().unwrap_or("?");
@@ -249,18 +270,57 @@ fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
             );
         }
     }
-    match map.get("apiVersion").and_then(Value::as_str) {
-        Some("v1") => {}
-        other => ctx.error(
+    let api_version = map.get("apiVersion").and_then(Value::as_str);
+    match (typed, api_version) {
+        (None, Some("v1")) => {}
+        (None, other) => ctx.error(
             Some("apiVersion".to_owned()),
-            format!(
-                "a List is served at \"v1\" (as `kubectl get -o yaml` prints it), not {}",
-                other.map_or("nothing".to_owned(), |v| format!("{v:?}"))
-            ),
+            match other {
+                Some(v) => format!(
+                    "a List is served at \"v1\" (as `kubectl get -o yaml` prints it), not {v:?}"
+                ),
+                None => "missing: a List is served at \"v1\" (as `kubectl get -o yaml` prints it)"
+                    .to_owned(),
+            },
         ),
+        (Some(kind), v) => {
+            let apis = KINDS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(&[][..], |(_, a)| *a);
+            if !v.is_some_and(|v| apis.contains(&v)) {
+                ctx.error(
+                    Some("apiVersion".to_owned()),
+                    format!(
+                        "a {list_kind} is served at {}, not {}",
+                        apis.join(", "),
+                        v.map_or("nothing".to_owned(), |v| format!("{v:?}"))
+                    ),
+                );
+            }
+        }
     }
     let items = match map.remove("items") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(items)) if typed.is_some() => {
+            let (api, kind) = (map.get("apiVersion").cloned(), typed.unwrap_or_default());
+            items
+                .into_iter()
+                .map(|mut item| {
+                    if let Value::Mapping(m) = &mut item {
+                        if !m.contains_key("apiVersion") {
+                            if let Some(api) = &api {
+                                m.insert("apiVersion".into(), api.clone());
+                            }
+                        }
+                        if !m.contains_key("kind") {
+                            m.insert("kind".into(), kind.into());
+                        }
+                    }
+                    item
+                })
+                .collect()
+        }
         Some(Value::Sequence(items)) => items,
         Some(_) => {
             ctx.error(
@@ -500,6 +560,24 @@ pub(super) fn typed<S: DeserializeOwned>(
     ctx: &mut DocCtx<'_>,
     value: Value,
 ) -> Option<(ObjectMeta, Option<S>)> {
+    // A `-` with nothing after it: serde would read it as an entry with
+    // every field unset (for an AuthorizationPolicy rule: one that matches
+    // everything). Istio's validation and the API server refuse it.
+    // (`status` and `metadata`, written by the API server, are not looked
+    // at.)
+    let mut nulls = Vec::new();
+    if let Some(spec) = value.get("spec") {
+        null_list_entries(spec, &mut "spec".to_owned(), &mut nulls);
+    }
+    if !nulls.is_empty() {
+        for path in nulls {
+            ctx.error(
+                Some(path),
+                "an empty (null) list entry, a \"-\" with nothing after it: remove it or give it a value",
+            );
+        }
+        return None;
+    }
     let e = match serde_path_to_error::deserialize::<_, Document<S>>(&value) {
         Ok(doc) => return Some((doc.metadata, doc.spec)),
         Err(e) => e,
@@ -571,8 +649,49 @@ fn remove_field(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
 /// serde's message in a user's words: quotes instead of backticks, and
 /// what was expected without Rust's type names (`u64`, `struct MutualTls`,
 /// `a sequence`).
+/// The paths (as field paths are shown: `spec.rules[1]`) of the null
+/// entries of every list in `value`.
+fn null_list_entries(value: &Value, path: &mut String, out: &mut Vec<String>) {
+    let len = path.len();
+    match value {
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                use std::fmt::Write as _;
+                let _ = write!(path, "[{i}]");
+                if item.is_null() {
+                    out.push(path.clone());
+                } else {
+                    null_list_entries(item, path, out);
+                }
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                };
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key);
+                null_list_entries(v, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => null_list_entries(&t.value, path, out),
+        _ => {}
+    }
+}
+
 fn clean_serde_message(m: &str) -> String {
-    let mut out = m.replace('`', "\"");
+    let mut out = m
+        .replace('`', "\"")
+        .replace("invalid type: unit value", "invalid type: null");
     // The last one: a quoted value may itself contain ", expected ".
     let Some(at) = out.rfind(", expected ") else {
         return out;
@@ -1308,6 +1427,43 @@ mod tests {
         );
         let text = e.to_string();
         assert!(text.starts_with("p.yaml: document 2 (index 1) AuthorizationPolicy kafka/allow-apps: field spec.rules[0].from[0].source.principalz"), "{text}");
+    }
+
+    /// A null list entry (`-` alone) would read as an entry with nothing
+    /// set: a rule that matches everything. Refused, each one located, in
+    /// every kind (Istio's validation: "rule must not be nil").
+    #[test]
+    fn null_list_entries_are_refused() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: kafka}\n\
+             spec:\n  rules:\n  -\n  - from:\n    - source: {principals: [cluster.local/ns/apps/sa/p]}\n    -\n---\n\
+             apiVersion: weir.dev/v1alpha1\nkind: KafkaAuthorizationPolicy\nmetadata: {name: k, namespace: kafka}\n\
+             spec:\n  rules:\n  - ~\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: kafka}\n\
+             spec: {mtls: {mode: STRICT}}\nstatus: {conditions: [~]}\n",
+        );
+        let got: Vec<(usize, Option<&str>)> = e
+            .iter()
+            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Some("spec.rules[0]")),
+                (0, Some("spec.rules[1].from[1]")),
+                (1, Some("spec.rules[0]")),
+            ],
+            "{e:#?}"
+        );
+        assert!(e[0].message.contains("null"), "{}", e[0].message);
+        // A null where a string goes reads "null", not serde's "unit value".
+        let e = one("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: kafka}\nspec:\n  selector: {matchLabels: {app: ~}}\n");
+        assert_eq!(e.field.as_deref(), Some("spec.selector.matchLabels.app"));
+        assert!(
+            e.message.starts_with("invalid type: null, expected"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

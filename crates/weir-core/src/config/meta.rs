@@ -37,6 +37,11 @@ pub struct ObjectMeta {
     generate_name: Option<serde_yaml_ng::Value>,
     #[serde(default, skip_serializing)]
     self_link: Option<serde_yaml_ng::Value>,
+    /// An object being deleted is in force until it is gone.
+    #[serde(default, skip_serializing)]
+    deletion_timestamp: Option<serde_yaml_ng::Value>,
+    #[serde(default, skip_serializing)]
+    deletion_grace_period_seconds: Option<serde_yaml_ng::Value>,
 }
 
 fn default_namespace() -> String {
