@@ -504,6 +504,11 @@ fn load_document(
             };
             check_meta(ctx, &meta);
             let spec = spec.unwrap_or_default();
+            let targeted = match (&spec.target_ref, &spec.target_refs) {
+                (Some(_), _) => Some("spec.targetRef"),
+                (None, Some(_)) => Some("spec.targetRefs"),
+                (None, None) => None,
+            };
             let ap = authorization_policy(ctx, meta, spec);
             if ctx.error_count() > before {
                 return;
@@ -514,7 +519,14 @@ fn load_document(
                 ap.metadata.namespace.clone(),
                 ap.metadata.name.clone(),
             );
-            if !is_dry_run(ctx, &ap.metadata) {
+            if let Some(field) = targeted {
+                // istiod sends ztunnel no policy with targetRefs: it is a
+                // waypoint's (or a gateway's) to enforce.
+                ctx.warn(
+                    Some(field.to_owned()),
+                    "not enforced: targetRef/targetRefs bind the policy to a waypoint or gateway (L7), and weir's node proxy, like ztunnel, enforces only policies that select workloads (spec.selector or none); weir has no waypoints",
+                );
+            } else if !is_dry_run(ctx, &ap.metadata) {
                 config.authorization_policies.push(ap);
             }
         }
@@ -907,16 +919,18 @@ fn authorization_policy(
             "provider is only used with action CUSTOM, which weir does not support",
         );
     }
-    for (field, v) in [
-        ("spec.targetRef", &spec.target_ref),
-        ("spec.targetRefs", &spec.target_refs),
-    ] {
-        if v.is_some() {
-            ctx.error(
-                Some(field.to_owned()),
-                "targetRef binds a policy to a waypoint or gateway, which weir's node proxy is not; select workloads with spec.selector",
-            );
-        }
+    // Istio's validation: one way of choosing what a policy applies to.
+    if spec.target_ref.is_some() && spec.target_refs.is_some() {
+        ctx.error(
+            Some("spec.targetRef".to_owned()),
+            "only one of targetRef and targetRefs can be set",
+        );
+    }
+    if (spec.target_ref.is_some() || spec.target_refs.is_some()) && spec.selector.is_some() {
+        ctx.error(
+            Some("spec.selector".to_owned()),
+            "only one of selector and targetRef/targetRefs can be set",
+        );
     }
     check_selector(ctx, &spec.selector);
     if action == Action::Deny && spec.rules.as_ref().is_none_or(Vec::is_empty) {
@@ -926,6 +940,9 @@ fn authorization_policy(
             "a DENY policy without rules is meaningless: it never denies anything (Istio rejects it); add an empty rule `{}` to deny every connection",
         );
     }
+    // A waypoint's policy may use HTTP attributes freely: it is not
+    // enforced here, so the node proxy's warning about them would mislead.
+    let for_node = spec.target_ref.is_none() && spec.target_refs.is_none();
     let mut rules = Vec::new();
     for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
         rules.push(rule(
@@ -934,6 +951,7 @@ fn authorization_policy(
             r,
             action,
             &metadata.namespace,
+            for_node,
         ));
     }
     if !action_ok {
@@ -973,12 +991,19 @@ fn l7_attributes(r: &RawRule) -> BTreeSet<String> {
 }
 
 /// `namespace`: the policy's, for `serviceAccounts` entries without one.
-fn rule(ctx: &mut DocCtx<'_>, path: &str, r: RawRule, action: Action, namespace: &str) -> Rule {
+fn rule(
+    ctx: &mut DocCtx<'_>,
+    path: &str,
+    r: RawRule,
+    action: Action,
+    namespace: &str,
+    warn_l7: bool,
+) -> Rule {
     let mut out = Rule::default();
     // What istiod reports on such a policy for ztunnel ("accepted with a
     // warning"): the rule is valid but an L4 proxy cannot honour it as written.
     let l7 = l7_attributes(&r);
-    if !l7.is_empty() {
+    if warn_l7 && !l7.is_empty() {
         let found = l7.into_iter().collect::<Vec<_>>().join(", ");
         let effect = match action {
             Action::Allow => "within an ALLOW policy, a rule that uses them is omitted: this rule never matches, which is more restrictive than requested",
@@ -1792,6 +1817,49 @@ mod tests {
         // Still validated: a dry-run policy with an error is refused.
         let e = one(&doc("\"true\"", "{action: AUDIT}"));
         assert_eq!(e.field.as_deref(), Some("spec.action"));
+    }
+
+    /// A policy bound to a waypoint or gateway (targetRef/targetRefs) is
+    /// validated, not enforced (istiod sends ztunnel none), with one warning
+    /// (not the node proxy's warning about its HTTP attributes); with a
+    /// selector too, or both forms, it is refused as Istio refuses it.
+    #[test]
+    fn a_waypoint_policy_is_checked_but_not_enforced() {
+        let target =
+            "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]";
+        let c = Config::from_sources(
+            &[SourceFile::new(
+                "p.yaml",
+                ap_doc(
+                    "k",
+                    &format!("{{{target}, action: DENY, rules: [{{to: [{{operation: {{methods: [DELETE]}}}}]}}]}}"),
+                ),
+            )],
+            MeshSettings::default(),
+        )
+        .unwrap();
+        assert!(c.authorization_policies.is_empty());
+        assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+        assert_eq!(c.warnings[0].field.as_deref(), Some("spec.targetRefs"));
+        assert!(c.warnings[0].message.starts_with("not enforced"));
+        let w = warnings(&ap_doc(
+            "k",
+            "{targetRef: {kind: Service, group: '', name: kafka}, rules: [{}]}",
+        ));
+        assert_eq!(w[0].field.as_deref(), Some("spec.targetRef"));
+        // Still validated.
+        let e = one(&ap_doc("k", &format!("{{{target}, action: AUDIT}}")));
+        assert_eq!(e.field.as_deref(), Some("spec.action"));
+        let e = one(&ap_doc(
+            "k",
+            &format!("{{{target}, selector: {{matchLabels: {{app: a}}}}, rules: [{{}}]}}"),
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.selector"));
+        let e = one(&ap_doc(
+            "k",
+            &format!("{{{target}, targetRef: {{kind: Service, name: a}}, rules: [{{}}]}}"),
+        ));
+        assert_eq!(e.field.as_deref(), Some("spec.targetRef"));
     }
 
     #[test]
