@@ -1296,6 +1296,9 @@ fn virtual_service(
             "ignored: weir does not route HTTP; only tls and tcp routes apply",
         );
     }
+    if let Some(http) = &spec.http {
+        shape::check(ctx, "spec.http", http, &shape::HTTP_ROUTES);
+    }
     let export_to = export_to(ctx, &metadata.namespace, spec.export_to);
     let mut tls = Vec::new();
     for (i, r) in spec.tls.unwrap_or_default().into_iter().enumerate() {
@@ -1886,13 +1889,23 @@ fn destination_rule(
     };
     let mut tls_modes = Vec::new();
     if let Some(tp) = &spec.traffic_policy {
+        shape::check(ctx, "spec.trafficPolicy", tp, &shape::TRAFFIC_POLICY);
         upstream_tls(ctx, "spec.trafficPolicy", tp, None, &mut tls_modes);
+    }
+    if let Some(ws) = &spec.workload_selector {
+        shape::check(ctx, "spec.workloadSelector", ws, &shape::WORKLOAD_SELECTOR);
     }
     let mut subsets = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for (i, s) in spec.subsets.unwrap_or_default().into_iter().enumerate() {
         let p = format!("spec.subsets[{i}]");
         if let Some(tp) = &s.traffic_policy {
+            shape::check(
+                ctx,
+                &format!("{p}.trafficPolicy"),
+                tp,
+                &shape::TRAFFIC_POLICY,
+            );
             upstream_tls(
                 ctx,
                 &format!("{p}.trafficPolicy"),
@@ -2808,6 +2821,8 @@ impl Config {
         self.gateways.iter().filter(move |g| g.selects(labels))
     }
 }
+
+mod shape;
 
 #[cfg(test)]
 mod tests;

@@ -1390,3 +1390,62 @@ fn export_to_is_validated_as_istio_does() {
     let c = load(&vs("['~']"));
     assert!(!c.virtual_services[0].visible_to("kafka"));
 }
+
+/// The parts of DestinationRules and VirtualServices weir does not act on
+/// are still checked for unknown fields (a typo in `tls.mode` would
+/// otherwise turn off the refusal of TLS origination), while every field of
+/// Istio's API is accepted.
+#[test]
+fn traffic_policies_and_http_routes_are_checked_for_unknown_fields() {
+    let dr = |tp: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: data}}\nspec:\n  host: kafka.data.svc.cluster.local\n  trafficPolicy:\n{tp}")
+    };
+    let full = "    loadBalancer:\n      consistentHash: {httpCookie: {name: user, ttl: 0s}, minimumRingSize: 1024}\n      localityLbSetting: {enabled: true, failover: [{from: us-east, to: eu-west}]}\n      warmup: {duration: 60s}\n    connectionPool:\n      tcp: {maxConnections: 100, connectTimeout: 30ms, tcpKeepalive: {time: 7200s, interval: 75s, probes: 9}, idleTimeout: 1h}\n      http: {http2MaxRequests: 1000, maxRequestsPerConnection: 10, h2UpgradePolicy: UPGRADE}\n    outlierDetection: {consecutive5xxErrors: 7, interval: 5m, baseEjectionTime: 15m, maxEjectionPercent: 100}\n    portLevelSettings:\n    - port: {number: 9092}\n      loadBalancer: {simple: LEAST_REQUEST}\n      tls: {mode: DISABLE}\n    tunnel: {protocol: CONNECT, targetHost: 10.0.0.1, targetPort: 8080}\n    proxyProtocol: {version: V2}\n    tls: {mode: ISTIO_MUTUAL, sni: kafka.example.com}\n";
+    load(&dr(full));
+    for (tp, field) in [
+        ("    tls: {mod: SIMPLE}\n", "spec.trafficPolicy.tls.mod"),
+        (
+            "    connectionPool: {tcp: {maxConnectionz: 1}}\n",
+            "spec.trafficPolicy.connectionPool.tcp.maxConnectionz",
+        ),
+        (
+            "    portLevelSettings: [{port: {number: 1, name: x}}]\n",
+            "spec.trafficPolicy.portLevelSettings[0].port.name",
+        ),
+        (
+            "    loadBalancer: LEAST_REQUEST\n",
+            "spec.trafficPolicy.loadBalancer",
+        ),
+        (
+            "    portLevelSettings: {port: 1}\n",
+            "spec.trafficPolicy.portLevelSettings",
+        ),
+    ] {
+        one_error(&dr(tp), field, "");
+    }
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: data}\nspec:\n  host: kafka\n  subsets: [{name: v1, labels: {v: '1'}, trafficPolicy: {bogus: true}}]\n",
+        "spec.subsets[0].trafficPolicy.bogus",
+        "unknown field \"bogus\", expected one of \"loadBalancer\"",
+    );
+    one_error(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: data}\nspec:\n  host: kafka\n  workloadSelector: {labels: {app: a}}\n",
+        "spec.workloadSelector.labels",
+        "unknown field",
+    );
+    let vs = |http: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: data}}\nspec:\n  hosts: [kafka]\n  http:\n{http}")
+    };
+    // Valid (ignored with a warning: weir does not route HTTP).
+    load(&vs("  - name: r\n    match: [{uri: {prefix: /a}, headers: {x: {exact: y}}}]\n    route: [{destination: {host: kafka, port: {number: 80}}, weight: 100}]\n    timeout: 5s\n    retries: {attempts: 3}\n"));
+    one_error(
+        &vs("  - rout: [{destination: {host: kafka}}]\n"),
+        "spec.http[0].rout",
+        "unknown field",
+    );
+    one_error(
+        &vs("  - route: [{destination: {hots: kafka}}]\n"),
+        "spec.http[0].route[0].destination.hots",
+        "unknown field",
+    );
+}
