@@ -984,13 +984,13 @@ fn reload_adds_and_removes_listeners() {
         "gateway.yaml",
         &docs(
             &(server(7000)
-                + "  - port: {number: 7002, name: http, protocol: HTTP}\n    hosts: ['*']\n"),
+                + "  - port: {number: 7002, name: udp, protocol: UDP}\n    hosts: ['*']\n"),
         ),
     );
     gw.expect_metric_at_least(RELOADS, &[("result", "error")], 1.0);
     assert!(
         gw.log_text()
-            .contains("weir gateways carry TLS and TCP only"),
+            .contains("\"UDP\" is not a protocol weir gateways carry"),
         "the refusal names the problem"
     );
     assert!(common::client(&outside, GATEWAY_IP, 7001, "hi")
@@ -998,7 +998,7 @@ fn reload_adds_and_removes_listeners() {
         .contains("TCP-BACKEND-2"));
     let (_, dump) = gw.get(15000, "/config_dump");
     assert!(
-        dump.contains("last_error") && dump.contains("HTTP"),
+        dump.contains("last_error") && dump.contains("UDP"),
         "config_dump shows the refused reload: {dump}"
     );
 

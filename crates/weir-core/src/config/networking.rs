@@ -533,20 +533,31 @@ fn tls_version(ctx: &mut DocCtx<'_>, field: String, v: Option<&str>, min: bool) 
     }
 }
 
-fn server_tls(ctx: &mut DocCtx<'_>, p: &str, t: RawServerTls) -> Option<ServerTls> {
+/// Why a valid Istio server is not served by weir: its field and the
+/// reason (the first one found).
+type Skip = Option<(String, String)>;
+
+fn server_tls(
+    ctx: &mut DocCtx<'_>,
+    p: &str,
+    t: RawServerTls,
+    skip: &mut Skip,
+) -> Option<ServerTls> {
     let f = |name: &str| format!("{p}.{name}");
-    if t.credential_name.is_some() || t.credential_names.is_some() || t.tls_certificates.is_some() {
-        let field = if t.credential_name.is_some() {
-            "credentialName"
-        } else if t.credential_names.is_some() {
-            "credentialNames"
-        } else {
-            "tlsCertificates"
-        };
-        ctx.error(
-            Some(f(field)),
-            "weir reads certificates from mounted files only, not Kubernetes Secrets: mount the secret and set serverCertificate, privateKey (and caCertificates for MUTUAL) to the file paths",
-        );
+    let from_secret = if t.credential_name.is_some() {
+        Some("credentialName")
+    } else if t.credential_names.is_some() {
+        Some("credentialNames")
+    } else if t.tls_certificates.is_some() {
+        Some("tlsCertificates")
+    } else {
+        None
+    };
+    if let Some(field) = from_secret {
+        skip.get_or_insert((
+            f(field),
+            "weir reads certificates from mounted files only, not Kubernetes Secrets: mount the secret and set serverCertificate, privateKey (and caCertificates for MUTUAL) to the file paths".to_owned(),
+        ));
     }
     if t.ca_crl.is_some() {
         ctx.error(
@@ -583,17 +594,17 @@ fn server_tls(ctx: &mut DocCtx<'_>, p: &str, t: RawServerTls) -> Option<ServerTl
         Some("MUTUAL") => TlsMode::Mutual,
         Some("ISTIO_MUTUAL") => TlsMode::IstioMutual,
         Some("AUTO_PASSTHROUGH") => {
-            ctx.error(
-                Some(f("mode")),
-                "AUTO_PASSTHROUGH is not supported: it routes by SNI names Istio encodes for multi-network east-west traffic; use PASSTHROUGH with VirtualService tls routes",
-            );
+            skip.get_or_insert((
+                f("mode"),
+                "AUTO_PASSTHROUGH is not supported: it routes by SNI names Istio encodes for multi-network east-west traffic; use PASSTHROUGH with VirtualService tls routes".to_owned(),
+            ));
             return None;
         }
         Some("OPTIONAL_MUTUAL") => {
-            ctx.error(
-                Some(f("mode")),
-                "OPTIONAL_MUTUAL is not supported: use MUTUAL (client certificate required) or SIMPLE",
-            );
+            skip.get_or_insert((
+                f("mode"),
+                "OPTIONAL_MUTUAL is not supported: use MUTUAL (client certificate required) or SIMPLE".to_owned(),
+            ));
             return None;
         }
         Some(other) => {
@@ -618,7 +629,7 @@ fn server_tls(ctx: &mut DocCtx<'_>, p: &str, t: RawServerTls) -> Option<ServerTl
     let private_key = path(ctx, "privateKey", t.private_key);
     let ca_certificates = path(ctx, "caCertificates", t.ca_certificates);
     let needs_files = matches!(mode, TlsMode::Simple | TlsMode::Mutual);
-    if needs_files && t.credential_name.is_none() {
+    if needs_files && from_secret.is_none() {
         for (name, v) in [
             ("serverCertificate", &server_certificate),
             ("privateKey", &private_key),
@@ -631,7 +642,7 @@ fn server_tls(ctx: &mut DocCtx<'_>, p: &str, t: RawServerTls) -> Option<ServerTl
             }
         }
     }
-    if mode == TlsMode::Mutual && ca_certificates.is_none() && t.credential_name.is_none() {
+    if mode == TlsMode::Mutual && ca_certificates.is_none() && from_secret.is_none() {
         ctx.error(
             Some(f("caCertificates")),
             "missing: tls.mode MUTUAL needs caCertificates (a PEM file of the CAs client certificates must chain to)",
@@ -715,8 +726,14 @@ fn gateway(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: GatewaySpec) -> Gat
     }
 }
 
+/// A server of a Gateway; `None` if it has errors, or (with a warning) if it
+/// is valid for Istio but uses what a weir gateway does not serve (HTTP,
+/// certificates from Secrets, AUTO_PASSTHROUGH, OPTIONAL_MUTUAL): the
+/// Gateway's other servers are served, as a dump of a cluster's Gateways
+/// (the bookinfo HTTP Gateway beside a Kafka one) must load.
 fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
     let before = ctx.error_count();
+    let mut skip: Skip = None;
     let Some(port) = s.port else {
         ctx.error(Some(format!("{p}.port")), "missing: a server needs a port");
         return None;
@@ -740,10 +757,10 @@ fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
         }
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => Some(ServerProtocol::Tcp),
         "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {
-            ctx.error(
-                Some(format!("{p}.port.protocol")),
+            skip = Some((
+                format!("{p}.port.protocol"),
                 format!("{raw_protocol}: weir gateways carry TLS and TCP only (HTTP routing is not implemented)"),
-            );
+            ));
             None
         }
         "" => {
@@ -797,7 +814,7 @@ fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
         }
     }
     let tls = match s.tls {
-        Some(t) => server_tls(ctx, &format!("{p}.tls"), t),
+        Some(t) => server_tls(ctx, &format!("{p}.tls"), t, &mut skip),
         None => {
             if protocol == Some(ServerProtocol::Tls) {
                 ctx.error(
@@ -809,6 +826,13 @@ fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
         }
     };
     if ctx.error_count() > before {
+        return None;
+    }
+    if let Some((field, why)) = skip {
+        ctx.warn(
+            Some(field),
+            format!("this server is not served (the rest of the Gateway is): {why}"),
+        );
         return None;
     }
     Some(Server {
