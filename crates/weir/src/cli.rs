@@ -783,7 +783,7 @@ pub struct ExplainArgs {
     #[command(flatten)]
     pub mesh: MeshArgs,
     /// `json`: the decision as one object (keys `decision`, `mtls_mode`,
-    /// `policy`, `policy_kind`, `rule`, `reason`, `source`, `destination`;
+    /// `mtls_policy`, `mtls_port_level`, `policy`, `policy_kind`, `rule`, `reason`, `source`, `destination`;
     /// for a Kafka question `decision`, `gateway`, `principal`, `resource`,
     /// `operation`, `policy`, `rule`, `reason`).
     #[arg(long, short, value_enum, default_value_t)]

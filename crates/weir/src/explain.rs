@@ -17,6 +17,12 @@ use crate::cli::{ExplainArgs, Output};
 pub struct Explanation {
     pub decision: Decision,
     pub mtls_mode: MtlsMode,
+    /// `namespace/name` of the PeerAuthentication the mode comes from, or
+    /// null (no policy: PERMISSIVE).
+    pub mtls_policy: Option<String>,
+    /// Whether the mode comes from that policy's `portLevelMtls` entry for
+    /// the port.
+    pub mtls_port_level: bool,
     /// `namespace/name` of the deciding policy, or null.
     pub policy: Option<String>,
     pub policy_kind: Option<&'static str>,
@@ -69,10 +75,11 @@ pub fn parse_from(s: &str) -> Result<Option<SpiffeId>, String> {
     })
 }
 
-/// Whether an AuthorizationPolicy tests the caller's IP address (so an
-/// answer without `--source-ip` may not be the one a real caller gets).
-fn policies_use_source_ip(config: &Config) -> bool {
-    config.authorization_policies.iter().any(|p| {
+/// Whether an AuthorizationPolicy that applies to `w` tests the caller's IP
+/// address (so an answer without `--source-ip` may not be the one a real
+/// caller gets).
+fn policies_use_source_ip(config: &Config, w: &weir_core::config::Workload) -> bool {
+    policy::applicable_policies(config, w).any(|p| {
         p.rules.iter().any(|r| {
             r.from
                 .iter()
@@ -156,7 +163,8 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         destination_port: port,
     };
     let v = policy::evaluate(&config, workload, &conn);
-    if args.source_ip.is_none() && policies_use_source_ip(&config) {
+    let mtls = policy::effective_mtls(&config, workload, port);
+    if args.source_ip.is_none() && policies_use_source_ip(&config, workload) {
         diag!(
             "note: no --source-ip given: ipBlocks and source.ip conditions match no address, notIpBlocks and notValues of source.ip match any"
         );
@@ -164,6 +172,8 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     let out = Explanation {
         decision: v.decision,
         mtls_mode: v.mtls_mode,
+        mtls_policy: mtls.policy.map(|p| p.metadata.key()),
+        mtls_port_level: mtls.port_level,
         policy: v.policy.clone(),
         policy_kind: v.policy_kind,
         rule: v.rule,
@@ -187,7 +197,17 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         Output::Json => crate::print_json(&out),
         Output::Text => {
             out!("decision:  {}", out.decision.as_str());
-            out!("mtls mode: {}", out.mtls_mode);
+            match &out.mtls_policy {
+                Some(p) if out.mtls_port_level => out!(
+                    "mtls mode: {} (PeerAuthentication {p}, portLevelMtls {port})",
+                    out.mtls_mode
+                ),
+                Some(p) => out!("mtls mode: {} (PeerAuthentication {p})", out.mtls_mode),
+                None => out!(
+                    "mtls mode: {} (no PeerAuthentication applies: Istio's default)",
+                    out.mtls_mode
+                ),
+            }
             match (&out.policy, out.policy_kind) {
                 (Some(p), Some(k)) => match out.rule {
                     Some(r) => out!("policy:    {k} {p} (rule {r})"),

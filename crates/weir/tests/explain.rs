@@ -295,6 +295,37 @@ fn explain_refuses_a_foreign_trust_domain() {
     expect(&v, "allow", "PERMISSIVE", None);
 }
 
+/// Where the mTLS mode comes from: the PeerAuthentication (and whether its
+/// portLevelMtls entry for the port), or none (Istio's PERMISSIVE default).
+#[test]
+fn explain_names_the_peer_authentication_behind_the_mode() {
+    let ex = [example()];
+    let v = explain(&ex, "plaintext", None, "kafka/kafka-0", 9404);
+    assert_eq!(
+        (&v["mtls_mode"], &v["mtls_policy"], &v["mtls_port_level"]),
+        (
+            &"PERMISSIVE".into(),
+            &"kafka/kafka-metrics".into(),
+            &true.into()
+        ),
+        "{v:#}"
+    );
+    let v = explain(&ex, "plaintext", None, "kafka/kafka-0", 9092);
+    assert_eq!(
+        (&v["mtls_mode"], &v["mtls_policy"], &v["mtls_port_level"]),
+        (&"STRICT".into(), &"kafka/default".into(), &false.into()),
+        "{v:#}"
+    );
+    let dir = TempDir::new("explain-no-pa");
+    let w = dir.write(
+        "w.yaml",
+        "apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: a}\nspec: {address: 198.18.0.9, node: n}\n",
+    );
+    let v = explain(&[w], "plaintext", None, "a/w", 80);
+    assert_eq!(v["mtls_mode"], "PERMISSIVE", "{v:#}");
+    assert!(v["mtls_policy"].is_null(), "{v:#}");
+}
+
 #[test]
 fn check_summarises_valid_config() {
     let out = weir().arg("check").arg(example()).output().unwrap();
