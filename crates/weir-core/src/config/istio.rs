@@ -160,13 +160,17 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
+    /// Istio's reading (istiod's `stringMatch` for ztunnel): `*` alone is
+    /// presence, a leading `*` a suffix match (checked first: `*a*` is the
+    /// suffix `a*`), a trailing one a prefix match; any other `*` is a
+    /// literal character.
     pub fn parse(s: &str) -> Self {
         if s == "*" {
             StringMatch::Presence
-        } else if let Some(p) = s.strip_suffix('*') {
-            StringMatch::Prefix(p.to_owned())
         } else if let Some(p) = s.strip_prefix('*') {
             StringMatch::Suffix(p.to_owned())
+        } else if let Some(p) = s.strip_suffix('*') {
+            StringMatch::Prefix(p.to_owned())
         } else {
             StringMatch::Exact(s.to_owned())
         }

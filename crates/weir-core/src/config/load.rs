@@ -1073,14 +1073,24 @@ fn string_matches(
             ctx.error(Some(p), "empty value");
             continue;
         }
-        let inner = v.strip_prefix('*').unwrap_or(&v);
-        let inner = inner.strip_suffix('*').unwrap_or(inner);
-        if inner.contains('*') || (v.len() > 1 && v.starts_with('*') && v.ends_with('*')) {
-            ctx.error(
-                Some(p),
-                format!("{v:?}: '*' may only be the first or the last character (prefix or suffix match)"),
+        let m = StringMatch::parse(&v);
+        let literal = match &m {
+            StringMatch::Exact(s) | StringMatch::Prefix(s) | StringMatch::Suffix(s) => {
+                s.contains('*')
+            }
+            StringMatch::Presence => false,
+        };
+        if literal {
+            // Istio accepts it and so does weir, with what it means spelt out.
+            let meaning = match &m {
+                StringMatch::Suffix(s) => format!("values ending in {s:?}"),
+                StringMatch::Prefix(s) => format!("values starting with {s:?}"),
+                _ => format!("only the value {v:?} itself"),
+            };
+            ctx.warn(
+                Some(p.clone()),
+                format!("{v:?}: only one '*' is a wildcard, as in Istio (a first one: suffix match, else a last one: prefix match); any other '*' is a literal character, so this matches {meaning}"),
             );
-            continue;
         }
         if principal && v.starts_with("spiffe://") {
             ctx.warn(
@@ -1091,7 +1101,7 @@ fn string_matches(
                 ),
             );
         }
-        out.push(StringMatch::parse(&v));
+        out.push(m);
     }
     out
 }
@@ -1945,14 +1955,31 @@ mod tests {
             ],
             "{e:#?}"
         );
-        let e = one(&ap_doc(
+        // A '*' inside a value is a literal '*', as Istio reads it: valid,
+        // with a warning that says what it matches.
+        let w = warnings(&ap_doc(
             "k",
-            "{rules: [{from: [{source: {principals: [\"cluster.local/ns/*/sa/x\"]}}]}]}",
+            "{rules: [{from: [{source: {principals: [\"cluster.local/ns/*/sa/x\", \"*/ns/a*\"]}}]}]}",
         ));
+        let at: Vec<_> = w.iter().map(|w| w.field.as_deref().unwrap()).collect();
         assert_eq!(
-            e.field.as_deref(),
-            Some("spec.rules[0].from[0].source.principals[0]")
+            at,
+            [
+                "spec.rules[0].from[0].source.principals[0]",
+                "spec.rules[0].from[0].source.principals[1]"
+            ]
         );
+        assert!(w[0].message.contains("only the value"), "{}", w[0].message);
+        assert!(
+            w[1].message.contains("values ending in \"/ns/a*\""),
+            "{}",
+            w[1].message
+        );
+        assert_eq!(
+            StringMatch::parse("*/ns/a*"),
+            StringMatch::Suffix("/ns/a*".into())
+        );
+        assert!(!StringMatch::parse("cluster.local/ns/*/sa/x").matches("cluster.local/ns/a/sa/x"));
         // A source or operation with nothing set (or only empty lists) is
         // still refused, as Istio does.
         for (spec, field) in [
