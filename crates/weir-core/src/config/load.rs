@@ -191,6 +191,13 @@ fn shadowed_peer_authentication_warnings(config: &Config, warnings: &mut Vec<Con
             "{}/{}",
             s.applies.metadata.namespace, s.applies.metadata.name
         );
+        // Istio's order: creationTimestamp, then name; say which decided.
+        let older =
+            if s.applies.metadata.creation_timestamp == s.ignored.metadata.creation_timestamp {
+                "comes first by name (same creationTimestamp, or none)"
+            } else {
+                "is older"
+            };
         let message = if s.workloads.is_empty() {
             let scope = if s.ignored.metadata.namespace == config.settings.root_namespace {
                 "mesh-wide".to_owned()
@@ -198,7 +205,7 @@ fn shadowed_peer_authentication_warnings(config: &Config, warnings: &mut Vec<Con
                 format!("namespace-wide in {:?}", s.ignored.metadata.namespace)
             };
             format!(
-                "ignored: PeerAuthentication {winner} is older and also {scope}; only the oldest applies (creationTimestamp, then name, as in Istio)"
+                "ignored: PeerAuthentication {winner} {older} and is also {scope}; only the oldest applies (creationTimestamp, then name, as in Istio)"
             )
         } else {
             const SHOWN: usize = 5;
@@ -212,7 +219,7 @@ fn shadowed_peer_authentication_warnings(config: &Config, warnings: &mut Vec<Con
                 String::new()
             };
             format!(
-                "ignored for workload(s) {}{extra}: PeerAuthentication {winner} is older and also selects them; only the oldest selector policy applies to a workload, with its portLevelMtls (as in Istio); put all of a workload's port exceptions in one PeerAuthentication",
+                "ignored for workload(s) {}{extra}: PeerAuthentication {winner} {older} and also selects them; only the oldest selector policy applies to a workload, with its portLevelMtls (as in Istio); put all of a workload's port exceptions in one PeerAuthentication",
                 names.join(", ")
             )
         };
@@ -612,10 +619,13 @@ pub(super) fn typed<S: DeserializeOwned>(
                 break;
             }
         }
-        ctx.error(
-            (shown != ".").then(|| shown.clone()),
-            clean_serde_message(&message),
-        );
+        // A missing top-level field (`metadata`) is located at itself.
+        let field = match (shown.as_str(), missing_field(&message)) {
+            (".", Some(f)) => Some(f.to_owned()),
+            (".", None) => None,
+            _ => Some(shown.clone()),
+        };
+        ctx.error(field, clean_serde_message(&message));
         if removed.len() + 1 >= MAX_ERRORS_PER_DOCUMENT || !remove_field(&mut value, &path) {
             break;
         }
@@ -2338,6 +2348,22 @@ mod tests {
         assert!(
             about("kafka/metrics").is_empty() && about("kafka/default").is_empty(),
             "{w:#?}"
+        );
+        // Without timestamps the name decides, and the warning says so.
+        let w = warnings(
+            &(pa("a", "2024-01-01T00:00:00Z", "", "  mtls: {mode: STRICT}\n")
+                + &pa(
+                    "b",
+                    "2024-01-01T00:00:00Z",
+                    "",
+                    "  mtls: {mode: PERMISSIVE}\n",
+                )),
+        );
+        assert!(
+            w[0].message
+                .contains("kafka/a comes first by name (same creationTimestamp, or none)"),
+            "{}",
+            w[0].message
         );
         // And the engine does what the warning says: 8443 stays STRICT.
         let c = Config::from_sources(&[SourceFile::new("p.yaml", &yaml)], MeshSettings::default())

@@ -69,6 +69,66 @@ pub(crate) struct ServiceSpec {
     cluster_ips: Option<Vec<String>>,
     #[serde(default)]
     publish_not_ready_addresses: Option<bool>,
+    /// Kubernetes' Service type: ClusterIP, NodePort and LoadBalancer are
+    /// read as a cluster IP Service (weir does not open node ports or load
+    /// balancers); ExternalName is refused.
+    #[serde(default, rename = "type")]
+    service_type: Option<String>,
+    // The rest of a Kubernetes ServiceSpec, accepted (so a Service's YAML
+    // can be used as it is, with the weir apiVersion) and ignored: they
+    // concern kube-proxy, node ports and load balancers.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    session_affinity: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    session_affinity_config: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    ip_families: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    ip_family_policy: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    internal_traffic_policy: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    external_traffic_policy: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "loadBalancerIP")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    load_balancer_ip: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    load_balancer_source_ranges: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    load_balancer_class: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "externalIPs")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    external_ips: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    health_check_node_port: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    allocate_load_balancer_node_ports: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    traffic_distribution: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +147,15 @@ struct RawServicePort {
     name: Option<String>,
     #[serde(default)]
     protocol: Option<String>,
+    // Accepted and ignored, as in a Kubernetes ServicePort.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    node_port: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    #[allow(dead_code)]
+    app_protocol: Option<serde_yaml_ng::Value>,
 }
 
 fn port(ctx: &mut DocCtx<'_>, field: String, n: u64) -> Option<u16> {
@@ -100,6 +169,17 @@ fn port(ctx: &mut DocCtx<'_>, field: String, n: u64) -> Option<u16> {
 }
 
 pub(crate) fn service(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: ServiceSpec) -> Service {
+    match spec.service_type.as_deref() {
+        None | Some("ClusterIP" | "NodePort" | "LoadBalancer") => {}
+        Some("ExternalName") => ctx.error(
+            Some("spec.type".to_owned()),
+            "ExternalName: a DNS alias selects no Workloads; use an Istio ServiceEntry for an external host",
+        ),
+        Some(other) => ctx.error(
+            Some("spec.type".to_owned()),
+            format!("{other:?} is not a Service type (ClusterIP, NodePort, LoadBalancer)"),
+        ),
+    }
     let selector = spec.selector.unwrap_or_default();
     if selector.is_empty() {
         ctx.error(

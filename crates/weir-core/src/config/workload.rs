@@ -142,7 +142,7 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error
     let s = String::deserialize(d)?;
     s.trim().parse().map_err(|_| {
         serde::de::Error::custom(format!(
-            "{s:?} is not an IP address (an IPv4 address such as 198.18.0.10, or IPv6)"
+            "{s:?} is not an IP address (an IPv4 address such as 198.18.0.10)"
         ))
     })
 }

@@ -882,6 +882,20 @@ fn service_validation() {
         "spec.ports",
         "every port needs a name",
     );
+    // A Kubernetes Service's spec as kubectl prints it loads (with the weir
+    // apiVersion); what concerns kube-proxy and load balancers is ignored.
+    let c = load("apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec:\n  type: LoadBalancer\n  selector: {a: b}\n  ports: [{name: k, port: 9092, targetPort: 9092, nodePort: 30092, protocol: TCP, appProtocol: kafka}]\n  clusterIP: 10.96.0.15\n  clusterIPs: [10.96.0.15]\n  sessionAffinity: None\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  internalTrafficPolicy: Cluster\n  externalTrafficPolicy: Local\n  allocateLoadBalancerNodePorts: true\n");
+    assert_eq!(c.services[0].ports[0].port, 9092);
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {type: ExternalName, selector: {a: b}, ports: [{port: 1}]}\n",
+        "spec.type",
+        "ServiceEntry",
+    );
+    one_error(
+        "apiVersion: weir.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec: {type: Headless, selector: {a: b}, ports: [{port: 1}]}\n",
+        "spec.type",
+        "not a Service type",
+    );
     let e = one_error(
         "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {a: b}, ports: [{port: 1}]}\n",
         "apiVersion",
