@@ -62,14 +62,30 @@ pub(super) struct DocCtx<'a> {
     pub(super) doc: DocumentRef,
     errors: &'a mut Vec<ConfigError>,
     warnings: &'a mut Vec<ConfigError>,
+    /// Unknown fields already reported and taken out so that the rest of
+    /// the document could be checked: no second error at, below or above
+    /// them (a source whose only field was misspelt is not also "empty").
+    reported: Vec<String>,
 }
 
 impl DocCtx<'_> {
     pub(super) fn error(&mut self, field: impl Into<Option<String>>, message: impl Into<String>) {
+        let field = field.into();
+        if let Some(f) = &field {
+            let nested = |outer: &str, inner: &str| {
+                inner == outer
+                    || inner
+                        .strip_prefix(outer)
+                        .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            };
+            if self.reported.iter().any(|r| nested(r, f) || nested(f, r)) {
+                return;
+            }
+        }
         self.errors.push(ConfigError {
             document: Some(self.doc.clone()),
             file: self.doc.file.clone(),
-            field: field.into(),
+            field,
             message: message.into(),
         });
     }
@@ -118,6 +134,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
                 },
                 errors: &mut errors,
                 warnings: &mut warnings,
+                reported: Vec::new(),
             };
             let value = match Value::deserialize(de) {
                 Ok(v) => v,
@@ -150,6 +167,7 @@ pub(crate) fn load(sources: &[SourceFile], settings: MeshSettings) -> Result<Con
                     },
                     errors: &mut errors,
                     warnings: &mut warnings,
+                    reported: Vec::new(),
                 };
                 if is_list(&value) {
                     ctx.doc.kind = Some("List".to_owned());
@@ -603,11 +621,13 @@ pub(super) fn typed<S: DeserializeOwned>(
     };
     let mut value = value;
     let mut removed: Vec<String> = Vec::new();
+    let mut only_unknown = true;
     let mut next = Some(e);
     while let Some(e) = next.take() {
         let path = e.path().clone();
         let shown = path.to_string();
         let message = e.into_inner().to_string();
+        only_unknown &= message.starts_with("unknown field");
         if let Some(field) = missing_field(&message) {
             // A field taken out to get past an earlier error is not missing.
             let full = if shown == "." {
@@ -634,7 +654,17 @@ pub(super) fn typed<S: DeserializeOwned>(
             next = Some(e);
         }
     }
-    None
+    // If only unknown fields were wrong, the rest means what it says: check
+    // its values too, so that one run reports every error of the document
+    // (the caller refuses it, since errors were reported). After a value of
+    // the wrong type is taken out the rest would be checked without it,
+    // which gives errors that are only its consequences.
+    if !only_unknown {
+        return None;
+    }
+    let doc = serde_path_to_error::deserialize::<_, Document<S>>(&value).ok()?;
+    ctx.reported = removed;
+    Some((doc.metadata, doc.spec))
 }
 
 /// The field of serde's "missing field `x`" message.
@@ -1508,6 +1538,34 @@ mod tests {
             e.message.starts_with("invalid type: null, expected"),
             "{}",
             e.message
+        );
+    }
+
+    /// Unknown fields do not hide the errors in the rest of the document:
+    /// one run reports both kinds, and nothing that is only a consequence
+    /// of taking the unknown field out (an "empty" source).
+    #[test]
+    fn unknown_fields_and_bad_values_are_reported_together() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: kafka}\n\
+             spec:\n  action: CUSTOM\n  selectr: {}\n  rules:\n  - from:\n    - source: {principalz: [a]}\n  - to: [{operation: {ports: [\"70000\"]}}]\n---\n\
+             apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: kafka}\nspec: {address: 198.18.0.1, node: Bad_Node, colour: blue}\n",
+        );
+        let got: Vec<(usize, Option<&str>)> = e
+            .iter()
+            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Some("spec.selectr")),
+                (0, Some("spec.rules[0].from[0].source.principalz")),
+                (0, Some("spec.action")),
+                (0, Some("spec.rules[1].to[0].operation.ports[0]")),
+                (1, Some("spec.colour")),
+                (1, Some("spec.node")),
+            ],
+            "{e:#?}"
         );
     }
 
