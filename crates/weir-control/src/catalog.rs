@@ -227,14 +227,22 @@ impl Catalog {
                             labels: w.metadata.labels.clone(),
                         }
                     }
-                    kind @ ("PeerAuthentication" | "AuthorizationPolicy") => Scope::Policy {
-                        match_labels: policies
-                            .get(&(kind, k.namespace.as_str(), k.name.as_str()))
-                            .cloned()
-                            .ok_or_else(|| {
-                                internal(format!("{kind} missing from the loaded config"))
-                            })?,
-                    },
+                    kind @ ("PeerAuthentication" | "AuthorizationPolicy") => {
+                        match policies.get(&(kind, k.namespace.as_str(), k.name.as_str())) {
+                            Some(m) => Scope::Policy {
+                                match_labels: m.clone(),
+                            },
+                            // Valid but not enforced (istio.io/dry-run,
+                            // targetRefs): the loader left it out of the
+                            // config; every proxy's loader leaves it out too.
+                            None if kind == "AuthorizationPolicy" => Scope::Everywhere,
+                            None => {
+                                return Err(internal(format!(
+                                    "{kind} missing from the loaded config"
+                                )))
+                            }
+                        }
+                    }
                     _ => Scope::Everywhere,
                 };
                 let document = Bytes::from(text);
@@ -270,6 +278,16 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dry-run or targetRefs AuthorizationPolicy is valid but not
+    /// enforced: the catalog serves it (every proxy's loader leaves it out
+    /// again) instead of refusing the whole config.
+    #[test]
+    fn policies_the_loader_leaves_out_do_not_invalidate_the_catalog() {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dry, namespace: apps, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: waypoint, namespace: apps}\nspec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: w}], rules: [{}]}\n";
+        let c = Catalog::load(&[SourceFile::new("p.yaml", yaml)], MeshSettings::default());
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
 
     const WORKLOADS: &str = "apiVersion: weir.dev/v1alpha1
 kind: Workload
