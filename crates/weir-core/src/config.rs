@@ -302,15 +302,17 @@ impl Config {
         let &i = self.by_cluster_ip.get(&addr.ip())?;
         let service = &self.services[i];
         let port = service.ports.iter().find(|p| p.port == addr.port())?;
-        let (workloads, not_ready): (Vec<&Workload>, Vec<&Workload>) = self.selected[i]
+        let selected = &self.selected[i];
+        let workloads: Vec<&Workload> = selected
             .iter()
             .map(|&w| &self.workloads[w])
-            .partition(|w| w.ready || service.publish_not_ready_addresses);
+            .filter(|w| service.sends_to(w))
+            .collect();
         Some(ServiceBackends {
             service,
             target_port: port.target_port.unwrap_or(port.port),
+            not_ready: selected.len() - workloads.len(),
             workloads,
-            not_ready: not_ready.len(),
         })
     }
 

@@ -2662,7 +2662,7 @@ impl Config {
                 // reaches that Pod, ready or not.
                 let endpoints: Vec<(Endpoint, u32)> = matching
                     .iter()
-                    .filter(|w| w.ready || svc.publish_not_ready_addresses || n.pod.is_some())
+                    .filter(|w| svc.sends_to(w) || n.pod.is_some())
                     .map(|w| (self.endpoint_for_ip(w.address, target), 1))
                     .collect();
                 let host = qualify(&d.host, namespace, self);

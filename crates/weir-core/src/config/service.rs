@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::load::DocCtx;
 use super::meta::ObjectMeta;
+use super::workload::Workload;
 
 /// A service: a name for the Workloads (in its namespace) whose labels
 /// match `selector`, and the ports it exposes.
@@ -39,6 +40,13 @@ impl Service {
     /// Whether a Workload with `labels` backs this service.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether a connection to the Service may go to `w`, one of the
+    /// Workloads it selects: a ready one, or any with
+    /// `publishNotReadyAddresses`.
+    pub fn sends_to(&self, w: &Workload) -> bool {
+        w.ready || self.publish_not_ready_addresses
     }
 }
 
