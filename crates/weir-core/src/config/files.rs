@@ -77,7 +77,7 @@ fn file_error(path: &Path, e: &std::io::Error) -> Box<ConfigError> {
 /// named directory, or through a symlink) is read once, where it is first
 /// reached: its documents are not duplicates of themselves.
 pub fn read_sources<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<SourceFile>, Box<ConfigError>> {
-    read(paths.iter().map(|p| (p.as_ref(), false)))
+    read(paths, false)
 }
 
 /// [`read_sources`] for a one-shot reader (`weir check`, `weir explain`): a
@@ -86,19 +86,21 @@ pub fn read_sources<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<SourceFile>, Box<
 pub fn read_sources_or_stdin<P: AsRef<Path>>(
     paths: &[P],
 ) -> Result<Vec<SourceFile>, Box<ConfigError>> {
-    read(paths.iter().map(|p| (p.as_ref(), true)))
+    read(paths, true)
 }
 
-fn read<'a>(
-    paths: impl Iterator<Item = (&'a Path, bool)>,
+fn read<P: AsRef<Path>>(
+    paths: &[P],
+    stdin_allowed: bool,
 ) -> Result<Vec<SourceFile>, Box<ConfigError>> {
+    let stdin = Path::new("-");
     let mut files = Vec::new();
     let mut walked = std::collections::HashSet::new();
-    let mut stdin_at = None;
-    for (p, stdin_allowed) in paths {
-        if stdin_allowed && p == Path::new("-") {
-            // Read once, where it is first named.
-            stdin_at.get_or_insert(files.len());
+    for p in paths {
+        let p = p.as_ref();
+        if stdin_allowed && p == stdin {
+            // Kept where it is first named (a walk never yields "-").
+            files.push(p.to_path_buf());
             continue;
         }
         let meta = std::fs::metadata(p).map_err(|e| file_error(p, &e))?;
@@ -110,19 +112,22 @@ fn read<'a>(
     }
     let mut read = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for (i, p) in files.iter().enumerate() {
-        if stdin_at == Some(i) {
-            out.push(read_stdin()?);
-        }
-        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    for p in files {
+        let is_stdin = stdin_allowed && p == stdin;
+        let real = if is_stdin {
+            p.clone()
+        } else {
+            std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone())
+        };
         if !read.insert(real) {
             continue;
         }
-        let content = std::fs::read_to_string(p).map_err(|e| file_error(p, &e))?;
-        out.push(SourceFile::new(p.display().to_string(), content));
-    }
-    if stdin_at == Some(files.len()) {
-        out.push(read_stdin()?);
+        out.push(if is_stdin {
+            read_stdin()?
+        } else {
+            let content = std::fs::read_to_string(&p).map_err(|e| file_error(&p, &e))?;
+            SourceFile::new(p.display().to_string(), content)
+        });
     }
     Ok(out)
 }
