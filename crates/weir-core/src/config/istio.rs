@@ -306,6 +306,19 @@ pub(crate) struct AuthorizationPolicySpec {
     pub rules: Option<Vec<RawRule>>,
 }
 
+impl AuthorizationPolicySpec {
+    /// The field that binds the policy to a waypoint or gateway
+    /// (`spec.targetRef`, else `spec.targetRefs`), if one is set: such a
+    /// policy is not a node proxy's to enforce.
+    pub(crate) fn target_field(&self) -> Option<&'static str> {
+        match (&self.target_ref, &self.target_refs) {
+            (Some(_), _) => Some("spec.targetRef"),
+            (None, Some(_)) => Some("spec.targetRefs"),
+            (None, None) => None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RawRule {

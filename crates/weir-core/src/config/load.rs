@@ -266,12 +266,12 @@ fn is_list(value: &Value) -> bool {
         .is_some_and(|k| k == "List" || typed_list_kind(k).is_some())
 }
 
-/// `PeerAuthenticationList` → `PeerAuthentication`: the list kinds the API
-/// server returns for a collection (`kubectl get --raw`, client
-/// libraries), for the kinds weir reads.
-fn typed_list_kind(kind: &str) -> Option<&'static str> {
+/// `PeerAuthenticationList` → `PeerAuthentication` and its apiVersions: the
+/// list kinds the API server returns for a collection (`kubectl get --raw`,
+/// client libraries), for the kinds weir reads.
+fn typed_list_kind(kind: &str) -> Option<(&'static str, &'static [&'static str])> {
     let item = kind.strip_suffix("List")?;
-    KINDS.iter().map(|(k, _)| *k).find(|k| *k == item)
+    KINDS.iter().find(|(k, _)| *k == item).copied()
 }
 
 /// The `items` of a `v1` `List`, or of a typed list (`<Kind>List` at that
@@ -308,11 +308,7 @@ fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
                     .to_owned(),
             },
         ),
-        (Some(kind), v) => {
-            let apis = KINDS
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map_or(&[][..], |(_, a)| *a);
+        (Some((_, apis)), v) => {
             if !v.is_some_and(|v| apis.contains(&v)) {
                 ctx.error(
                     Some("apiVersion".to_owned()),
@@ -325,10 +321,10 @@ fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
             }
         }
     }
-    let items = match map.remove("items") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Sequence(items)) if typed.is_some() => {
-            let (api, kind) = (map.get("apiVersion").cloned(), typed.unwrap_or_default());
+    let items = match (map.remove("items"), typed) {
+        (None | Some(Value::Null), _) => Vec::new(),
+        (Some(Value::Sequence(items)), Some((kind, _))) => {
+            let api = map.get("apiVersion").cloned();
             items
                 .into_iter()
                 .map(|mut item| {
@@ -346,8 +342,8 @@ fn list_items(ctx: &mut DocCtx<'_>, value: Value) -> Option<Vec<Value>> {
                 })
                 .collect()
         }
-        Some(Value::Sequence(items)) => items,
-        Some(_) => {
+        (Some(Value::Sequence(items)), None) => items,
+        (Some(_), _) => {
             ctx.error(
                 Some("items".to_owned()),
                 "must be a list of documents (apiVersion, kind, metadata, spec)",
@@ -529,11 +525,7 @@ fn load_document(
             };
             check_meta(ctx, &meta);
             let spec = spec.unwrap_or_default();
-            let targeted = match (&spec.target_ref, &spec.target_refs) {
-                (Some(_), _) => Some("spec.targetRef"),
-                (None, Some(_)) => Some("spec.targetRefs"),
-                (None, None) => None,
-            };
+            let targeted = spec.target_field();
             let ap = authorization_policy(ctx, meta, spec);
             if ctx.error_count() > before {
                 return;
@@ -966,7 +958,7 @@ fn authorization_policy(
             "only one of targetRef and targetRefs can be set",
         );
     }
-    if (spec.target_ref.is_some() || spec.target_refs.is_some()) && spec.selector.is_some() {
+    if spec.target_field().is_some() && spec.selector.is_some() {
         ctx.error(
             Some("spec.selector".to_owned()),
             "only one of selector and targetRef/targetRefs can be set",
@@ -982,7 +974,7 @@ fn authorization_policy(
     }
     // A waypoint's policy may use HTTP attributes freely: it is not
     // enforced here, so the node proxy's warning about them would mislead.
-    let for_node = spec.target_ref.is_none() && spec.target_refs.is_none();
+    let for_node = spec.target_field().is_none();
     let mut rules = Vec::new();
     for (i, r) in spec.rules.unwrap_or_default().into_iter().enumerate() {
         rules.push(rule(
@@ -1473,6 +1465,13 @@ mod tests {
         }
     }
 
+    /// (document index, field) of each error, in order.
+    fn located(e: &[ConfigError]) -> Vec<(usize, Option<&str>)> {
+        e.iter()
+            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
+            .collect()
+    }
+
     fn one(yaml: &str) -> ConfigError {
         let mut e = errors(yaml);
         assert_eq!(e.len(), 1, "{e:#?}");
@@ -1517,10 +1516,7 @@ mod tests {
              apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: kafka}\n\
              spec: {mtls: {mode: STRICT}}\nstatus: {conditions: [~]}\n",
         );
-        let got: Vec<(usize, Option<&str>)> = e
-            .iter()
-            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
-            .collect();
+        let got = located(&e);
         assert_eq!(
             got,
             [
@@ -1551,10 +1547,7 @@ mod tests {
              spec:\n  action: CUSTOM\n  selectr: {}\n  rules:\n  - from:\n    - source: {principalz: [a]}\n  - to: [{operation: {ports: [\"70000\"]}}]\n---\n\
              apiVersion: weir.dev/v1alpha1\nkind: Workload\nmetadata: {name: w, namespace: kafka}\nspec: {address: 198.18.0.1, node: Bad_Node, colour: blue}\n",
         );
-        let got: Vec<(usize, Option<&str>)> = e
-            .iter()
-            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
-            .collect();
+        let got = located(&e);
         assert_eq!(
             got,
             [
@@ -1578,10 +1571,7 @@ mod tests {
              apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: kafka}\n\
              spec: {mtlz: {mode: STRICT}, selectr: {}}\n",
         );
-        let got: Vec<(usize, Option<&str>)> = e
-            .iter()
-            .map(|e| (e.document.as_ref().unwrap().index, e.field.as_deref()))
-            .collect();
+        let got = located(&e);
         assert_eq!(
             got,
             [
