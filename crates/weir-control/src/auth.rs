@@ -69,6 +69,23 @@ pub enum AuthError {
     Backend(String),
 }
 
+impl AuthError {
+    /// What the caller is told. An unknown name and a wrong token read the
+    /// same, so a peer without a token cannot learn which names are
+    /// registered; the log keeps the difference.
+    pub fn to_caller(&self) -> String {
+        match self {
+            AuthError::UnknownNode(name) | AuthError::WrongToken(name) => format!(
+                "not authenticated as {name:?}: the name is not registered or the token is not its token"
+            ),
+            AuthError::Backend(_) => {
+                "the control plane cannot authenticate callers now (see its log)".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// The future an [`Authenticator`] returns.
 pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Caller, AuthError>> + Send + 'a>>;
 
@@ -279,6 +296,14 @@ gateways:
         assert!(matches!(gw, Caller::Gateway { ref identities, .. } if identities.len() == 1));
         // Tokens are never printed.
         assert!(!format!("{t:?}").contains("aaaa"));
+        // The caller cannot tell an unknown name from a wrong token.
+        assert_eq!(
+            AuthError::UnknownNode("n".into()).to_caller(),
+            AuthError::WrongToken("n".into()).to_caller()
+        );
+        assert!(!AuthError::Backend("secret detail".into())
+            .to_caller()
+            .contains("secret"));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl CaService {
                 self.metrics.csr(refusal.metric_label());
                 tracing::warn!(
                     node = caller.name(),
-                    identity = %request.identity,
+                    identity = ?request.identity,
                     result = refusal.metric_label(),
                     reason = %refusal,
                     "certificate signing request refused"

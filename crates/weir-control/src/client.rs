@@ -9,6 +9,7 @@
 //! what changed meanwhile.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +38,12 @@ pub struct ClientOptions {
     pub address: String,
     /// This node's (or gateway's) name.
     pub node: String,
-    /// Its bootstrap token.
+    /// Its bootstrap token (the first, when [`Self::token_file`] is set).
     pub token: String,
+    /// The file the token was read from: read again before every call, so a
+    /// rotated token (a projected ServiceAccount token is replaced before it
+    /// expires) is used without a restart. `None`: `token` for good.
+    pub token_file: Option<PathBuf>,
     /// The mesh root the control plane's certificate must chain to.
     pub root: CertificateDer<'static>,
     /// The node's mesh settings; the control plane's must be the same.
@@ -77,6 +82,7 @@ impl ClientOptions {
             address: address.into(),
             node: node.into(),
             token: token.into(),
+            token_file: None,
             root,
             settings,
             role: Role::Node,
@@ -90,7 +96,8 @@ impl ClientOptions {
 /// A connection to the control plane, re-established on demand.
 pub struct ControlClient {
     options: ClientOptions,
-    credentials: Credentials,
+    /// The token last read (kept when a re-read fails).
+    token: std::sync::Mutex<String>,
     tls: Arc<ClientConfig>,
     channel: tokio::sync::Mutex<Option<Channel>>,
     metrics: ClientMetrics,
@@ -114,13 +121,9 @@ impl ControlClient {
             options.settings.trust_domain.clone(),
             control,
         )?;
-        let credentials = Credentials {
-            node: options.node.clone(),
-            token: options.token.clone(),
-        };
         Ok(Arc::new(Self {
+            token: std::sync::Mutex::new(options.token.clone()),
             options,
-            credentials,
             tls,
             channel: tokio::sync::Mutex::new(None),
             metrics,
@@ -130,6 +133,36 @@ impl ControlClient {
     /// The metrics it counts into.
     pub fn metrics(&self) -> &ClientMetrics {
         &self.metrics
+    }
+
+    /// The credentials of the next call: the token file read again (a
+    /// small file, read only when a stream opens or a certificate is
+    /// signed); the last token read when it cannot be.
+    fn credentials(&self) -> Credentials {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.options.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    if text.trim() != token.as_str() {
+                        tracing::info!(file = %path.display(), "control plane token file changed; using its new token");
+                        *token = text.trim().to_owned();
+                    }
+                }
+                Ok(_) => tracing::warn!(
+                    file = %path.display(),
+                    "control plane token file is empty; using the token read before"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "cannot read the control plane token file; using the token read before"
+                ),
+            }
+        }
+        Credentials {
+            node: self.options.node.clone(),
+            token: token.clone(),
+        }
     }
 
     /// The open connection, or a new one.
@@ -158,7 +191,7 @@ impl ControlClient {
         let channel = self.channel().await?;
         let response = grpc::create_certificate(
             &channel,
-            &self.credentials,
+            &self.credentials(),
             CreateCertificateRequest {
                 csr: csr_pem,
                 validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
@@ -256,7 +289,7 @@ impl ControlClient {
             }
             .to_owned(),
         };
-        let mut stream = grpc::stream_config(&channel, &self.credentials, request).await?;
+        let mut stream = grpc::stream_config(&channel, &self.credentials(), request).await?;
         let mut first = true;
         loop {
             let update = tokio::select! {

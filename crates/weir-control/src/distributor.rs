@@ -69,6 +69,40 @@ pub struct PushStats {
 
 struct Subscriber {
     tx: mpsc::Sender<ConfigUpdate>,
+    /// The node or gateway it serves.
+    caller: String,
+}
+
+/// Most config streams one node or gateway holds at once. A reconnecting
+/// caller's previous stream may not have ended yet; past this the oldest
+/// are dropped, so a caller cannot pile up subscribers.
+pub const MAX_STREAMS_PER_CALLER: usize = 4;
+
+/// Adds `subscriber` to `subs`, dropping the oldest of its caller's streams
+/// past [`MAX_STREAMS_PER_CALLER`] and any that ended.
+fn add_subscriber(subs: &mut Vec<Subscriber>, subscriber: Subscriber) {
+    subs.retain(|sub| !sub.tx.is_closed());
+    let mine = subs
+        .iter()
+        .filter(|s| s.caller == subscriber.caller)
+        .count();
+    let mut excess = (mine + 1).saturating_sub(MAX_STREAMS_PER_CALLER);
+    if excess > 0 {
+        tracing::warn!(
+            caller = %subscriber.caller,
+            limit = MAX_STREAMS_PER_CALLER,
+            "too many config streams from one caller; ending its oldest"
+        );
+        subs.retain(|s| {
+            if excess > 0 && s.caller == subscriber.caller {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+    subs.push(subscriber);
 }
 
 #[derive(Default)]
@@ -362,12 +396,17 @@ impl Distributor {
     /// message is the whole view; otherwise it holds only what differs from
     /// `known` (changed or missing resources, and removals).
     pub fn subscribe(&self, node: &str, role: Role, known: &[ResourceVersion]) -> Subscription {
+        // Built before the lock: other callers wait for it only as long as
+        // the comparison takes.
+        let mut held: HashMap<&ResourceKey, &str> = known
+            .iter()
+            .filter_map(|v| v.key.as_ref().map(|k| (k, v.version.as_str())))
+            .collect();
         let mut s = self.lock();
         let scoped = match role {
             Role::Node => {
                 let scoped = s.scoped_for(node);
                 let entry = s.nodes.entry(node.to_owned()).or_default();
-                entry.subscribers.retain(|sub| !sub.tx.is_closed());
                 entry.scoped = scoped.clone();
                 scoped
             }
@@ -384,10 +423,6 @@ impl Distributor {
                 mesh: Some(mesh(&s.settings)),
             }
         } else {
-            let mut held: HashMap<&ResourceKey, &str> = known
-                .iter()
-                .filter_map(|v| v.key.as_ref().map(|k| (k, v.version.as_str())))
-                .collect();
             let mut resources = Vec::new();
             for r in view {
                 let same = r
@@ -409,18 +444,16 @@ impl Distributor {
             }
         };
         let (tx, updates) = mpsc::channel(QUEUE);
-        let subscriber = Subscriber { tx };
+        let subscriber = Subscriber {
+            tx,
+            caller: node.to_owned(),
+        };
         match role {
-            Role::Node => s
-                .nodes
-                .entry(node.to_owned())
-                .or_default()
-                .subscribers
-                .push(subscriber),
-            Role::Gateway => {
-                s.gateways.retain(|sub| !sub.tx.is_closed());
-                s.gateways.push(subscriber);
-            }
+            Role::Node => add_subscriber(
+                &mut s.nodes.entry(node.to_owned()).or_default().subscribers,
+                subscriber,
+            ),
+            Role::Gateway => add_subscriber(&mut s.gateways, subscriber),
         }
         Subscription { first, updates }
     }
@@ -597,7 +630,7 @@ impl Distributor {
                 mesh: None,
             };
             if let Some(subs) = s.nodes.get_mut(&node) {
-                push(&mut subs.subscribers, &update, &node, &mut stats);
+                push(&mut subs.subscribers, &update, &mut stats);
                 if subs.subscribers.is_empty() {
                     s.nodes.remove(&node);
                 }
@@ -616,19 +649,14 @@ impl Distributor {
                 control_plane: self.instance.clone(),
                 mesh: None,
             };
-            push(&mut s.gateways, &update, "gateway", &mut stats);
+            push(&mut s.gateways, &update, &mut stats);
         }
         stats
     }
 }
 
 /// Queues `update` for every subscriber, dropping closed and full ones.
-fn push(
-    subscribers: &mut Vec<Subscriber>,
-    update: &ConfigUpdate,
-    node: &str,
-    stats: &mut PushStats,
-) {
+fn push(subscribers: &mut Vec<Subscriber>, update: &ConfigUpdate, stats: &mut PushStats) {
     let len = update.encoded_len();
     subscribers.retain(|sub| match sub.tx.try_send(update.clone()) {
         Ok(()) => {
@@ -639,7 +667,7 @@ fn push(
         Err(mpsc::error::TrySendError::Closed(_)) => false,
         Err(mpsc::error::TrySendError::Full(_)) => {
             tracing::warn!(
-                node,
+                caller = %sub.caller,
                 queued = QUEUE,
                 "subscriber is not keeping up; closing its stream so that it resyncs"
             );

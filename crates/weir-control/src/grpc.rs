@@ -38,14 +38,25 @@ use crate::proto::{
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Largest certificate signing request the control plane decodes (a P-256
-/// CSR in PEM is under 1 KiB). Requests are decoded before the caller's
-/// token is checked, so they are kept small.
+/// CSR in PEM is under 1 KiB).
 pub const MAX_CSR_REQUEST: usize = 64 * 1024;
 
 /// Largest config-stream request the control plane decodes: it lists the
 /// versions a reconnecting node holds (about 60 bytes per resource, so 16 MiB
 /// covers over 200 000 resources).
 pub const MAX_STREAM_REQUEST: usize = 16 * 1024 * 1024;
+
+/// Most resources a config-stream request may list as held. An empty entry
+/// is 2 bytes on the wire and about 100 in memory, so the count is checked
+/// on the wire before the request is decoded.
+pub const MAX_KNOWN: usize = 200_000;
+
+/// Most concurrent calls on one connection to the control plane (a node
+/// holds one config stream and renews certificates a few at a time).
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+
+/// Longest caller-supplied node name written to the log.
+const MAX_LOGGED_NAME: usize = 253;
 
 /// HTTP/2 keepalive: a control plane (or node) that vanished without closing
 /// its connections is noticed within interval + timeout.
@@ -98,32 +109,128 @@ impl ControlService {
     }
 }
 
-fn metadata<'a, T>(request: &'a Request<T>, name: &str) -> &'a str {
-    request
-        .metadata()
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
+    headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
 }
 
-/// Authenticates a call from its metadata.
-async fn authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<Caller, AuthError> {
-    let node = metadata(request, proto::NODE_HEADER);
-    let authorization = metadata(request, "authorization");
+/// The claimed node name and the bearer token of a call (gRPC metadata is
+/// HTTP/2 headers).
+fn credentials(headers: &http::HeaderMap) -> (String, String) {
+    let authorization = header(headers, "authorization");
     let token = authorization
         .strip_prefix("Bearer ")
         .or_else(|| authorization.strip_prefix("bearer "))
         .unwrap_or("")
         .trim();
-    shared.auth.authenticate(node, token).await
+    (
+        header(headers, proto::NODE_HEADER).to_owned(),
+        token.to_owned(),
+    )
 }
 
-fn unauthenticated(e: &AuthError, what: &str, request_node: &str) -> Status {
-    tracing::warn!(node = request_node, error = %e, "{what}: caller not authenticated");
-    Status::unauthenticated(e.to_string())
+/// A caller-supplied name as it is logged: bounded, and escaped by the
+/// `?` formatting at the call sites.
+fn logged(name: &str) -> &str {
+    match name.char_indices().nth(MAX_LOGGED_NAME) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
 }
 
-struct CreateCertificate(Arc<Shared>);
+/// Which call a request is.
+#[derive(Clone, Copy)]
+enum Rpc {
+    CreateCertificate,
+    StreamConfig,
+}
+
+impl Rpc {
+    fn what(self) -> &'static str {
+        match self {
+            Rpc::CreateCertificate => "certificate signing request",
+            Rpc::StreamConfig => "config stream",
+        }
+    }
+}
+
+/// Counts a config-stream request's `known` entries on the wire, without
+/// decoding them.
+fn count_known(mut wire: &[u8]) -> Result<usize, prost::DecodeError> {
+    let mut known = 0;
+    while !wire.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut wire)?;
+        if tag == 1 {
+            known += 1;
+        }
+        prost::encoding::skip_field(
+            wire_type,
+            tag,
+            &mut wire,
+            prost::encoding::DecodeContext::default(),
+        )?;
+    }
+    Ok(known)
+}
+
+/// Decodes a [`StreamConfigRequest`] after checking that it lists at most
+/// [`MAX_KNOWN`] held resources.
+struct StreamRequestDecoder(tonic_prost::ProstDecoder<StreamConfigRequest>);
+
+impl tonic::codec::Decoder for StreamRequestDecoder {
+    type Item = StreamConfigRequest;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<StreamConfigRequest>, Status> {
+        use bytes::Buf;
+        let wire = buf.chunk();
+        let wire = &wire[..wire.len().min(buf.remaining())];
+        match count_known(wire) {
+            Ok(n) if n > MAX_KNOWN => {
+                return Err(Status::resource_exhausted(format!(
+                    "the config stream request lists {n} held resources; at most {MAX_KNOWN} are accepted"
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed config stream request: {e}"
+                )))
+            }
+        }
+        self.0.decode(buf)
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
+/// [`ProstCodec`] for `StreamConfig` with [`StreamRequestDecoder`].
+#[derive(Default)]
+struct StreamCodec;
+
+impl tonic::codec::Codec for StreamCodec {
+    type Encode = ConfigUpdate;
+    type Decode = StreamConfigRequest;
+    type Encoder = tonic_prost::ProstEncoder<ConfigUpdate>;
+    type Decoder = StreamRequestDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(Default::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        StreamRequestDecoder(tonic_prost::ProstDecoder::new(Default::default()))
+    }
+}
+
+struct CreateCertificate(Arc<Shared>, Caller);
 
 impl UnaryService<CreateCertificateRequest> for CreateCertificate {
     type Response = CreateCertificateResponse;
@@ -131,21 +238,8 @@ impl UnaryService<CreateCertificateRequest> for CreateCertificate {
 
     fn call(&mut self, request: Request<CreateCertificateRequest>) -> Self::Future {
         let shared = self.0.clone();
+        let caller = self.1.clone();
         Box::pin(async move {
-            let caller = match authenticate(&shared, &request).await {
-                Ok(c) => c,
-                Err(e) => {
-                    shared.metrics.csr(csr::UNAUTHENTICATED);
-                    let node = metadata(&request, proto::NODE_HEADER);
-                    tracing::warn!(
-                        node,
-                        identity = %request.get_ref().identity,
-                        error = %e,
-                        "certificate signing request refused: caller not authenticated"
-                    );
-                    return Err(Status::unauthenticated(e.to_string()));
-                }
-            };
             match shared.ca.create_certificate(&caller, request.get_ref()) {
                 Ok(response) => Ok(Response::new(response)),
                 Err(Refusal::Denied(m)) => Err(Status::permission_denied(m)),
@@ -156,7 +250,7 @@ impl UnaryService<CreateCertificateRequest> for CreateCertificate {
     }
 }
 
-struct StreamConfig(Arc<Shared>);
+struct StreamConfig(Arc<Shared>, Caller);
 
 impl ServerStreamingService<StreamConfigRequest> for StreamConfig {
     type Response = ConfigUpdate;
@@ -165,14 +259,8 @@ impl ServerStreamingService<StreamConfigRequest> for StreamConfig {
 
     fn call(&mut self, request: Request<StreamConfigRequest>) -> Self::Future {
         let shared = self.0.clone();
+        let caller = self.1.clone();
         Box::pin(async move {
-            let caller = match authenticate(&shared, &request).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let node = metadata(&request, proto::NODE_HEADER).to_owned();
-                    return Err(unauthenticated(&e, "config stream", &node));
-                }
-            };
             let asked = request.get_ref().role.as_str();
             let role = match (&caller, asked) {
                 (Caller::Node { .. }, "" | proto::ROLE_NODE) => Role::Node,
@@ -225,24 +313,57 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        match request.uri().path() {
-            proto::CREATE_CERTIFICATE_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::default())
-                    .apply_max_message_size_config(Some(MAX_CSR_REQUEST), None);
-                Ok(grpc.unary(CreateCertificate(shared), request).await)
-            }),
-            proto::STREAM_CONFIG_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(ProstCodec::default())
-                    .apply_max_message_size_config(Some(MAX_STREAM_REQUEST), None);
-                Ok(grpc.server_streaming(StreamConfig(shared), request).await)
-            }),
-            _ => Box::pin(async move {
-                Ok(Status::unimplemented(
-                    "weir control serves CertificateService and ConfigService only",
-                )
-                .into_http())
-            }),
-        }
+        let rpc = match request.uri().path() {
+            proto::CREATE_CERTIFICATE_PATH => Rpc::CreateCertificate,
+            proto::STREAM_CONFIG_PATH => Rpc::StreamConfig,
+            _ => {
+                return Box::pin(async move {
+                    Ok(Status::unimplemented(
+                        "weir control serves CertificateService and ConfigService only",
+                    )
+                    .into_http())
+                })
+            }
+        };
+        // The caller is authenticated from the headers before its request
+        // body is read or decoded: an unauthenticated peer costs a header
+        // block, never a message allocation.
+        let (node, token) = credentials(request.headers());
+        Box::pin(async move {
+            let caller = match shared.auth.authenticate(&node, &token).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Rpc::CreateCertificate = rpc {
+                        shared.metrics.csr(csr::UNAUTHENTICATED);
+                    }
+                    tracing::warn!(
+                        node = ?logged(&node),
+                        error = %e,
+                        "{} refused: caller not authenticated",
+                        rpc.what()
+                    );
+                    let status = match e {
+                        // Not the caller's fault: it retries.
+                        AuthError::Backend(_) => Status::unavailable(e.to_caller()),
+                        _ => Status::unauthenticated(e.to_caller()),
+                    };
+                    return Ok(status.into_http());
+                }
+            };
+            Ok(match rpc {
+                Rpc::CreateCertificate => {
+                    let mut grpc = Grpc::new(ProstCodec::default())
+                        .apply_max_message_size_config(Some(MAX_CSR_REQUEST), None);
+                    grpc.unary(CreateCertificate(shared, caller), request).await
+                }
+                Rpc::StreamConfig => {
+                    let mut grpc = Grpc::new(StreamCodec)
+                        .apply_max_message_size_config(Some(MAX_STREAM_REQUEST), None);
+                    grpc.server_streaming(StreamConfig(shared, caller), request)
+                        .await
+                }
+            })
+        })
     }
 }
 
@@ -488,4 +609,147 @@ pub async fn stream_config(
         )
         .await?;
     Ok(response.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{Full, StreamBody};
+    use hyper::body::Frame;
+    use prometheus_client::registry::Registry;
+    use tower_service::Service;
+    use weir_identity::CertificateAuthority;
+
+    use super::*;
+    use crate::auth::TokenFile;
+    use crate::ca::CaService;
+    use crate::catalog::Catalog;
+
+    const TOKEN: &str = "node-a-token-0123456789";
+
+    fn service() -> ControlService {
+        let distributor = Arc::new(Distributor::new(Catalog::default(), "cp"));
+        let ca = Arc::new(CertificateAuthority::generate(Default::default()).unwrap());
+        let mut registry = Registry::default();
+        let metrics = ControlMetrics::register(&mut registry);
+        ControlService::new(
+            Arc::new(TokenFile::parse(&format!("nodes: {{node-a: {TOKEN}}}")).unwrap()),
+            CaService::new(
+                ca,
+                Duration::from_secs(3600),
+                distributor.clone(),
+                metrics.clone(),
+            ),
+            distributor,
+            metrics,
+        )
+    }
+
+    fn request<B>(path: &str, token: &str, body: B) -> http::Request<B> {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://control{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header(proto::NODE_HEADER, "node-a")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body)
+            .unwrap()
+    }
+
+    /// One length-prefixed gRPC message.
+    fn frame(message: &[u8]) -> Full<Bytes> {
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        wire.extend_from_slice(message);
+        Full::new(Bytes::from(wire))
+    }
+
+    async fn status<B>(svc: &mut ControlService, request: http::Request<B>) -> Option<Status>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    {
+        let response = tokio::time::timeout(Duration::from_secs(10), svc.call(request))
+            .await
+            .expect("the control plane answers")
+            .unwrap();
+        Status::from_header_map(response.headers())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_unauthenticated_call_is_refused_before_its_body_is_read() {
+        let mut svc = service();
+        for path in [proto::STREAM_CONFIG_PATH, proto::CREATE_CERTIFICATE_PATH] {
+            // A body that never arrives: answering at all shows that nothing
+            // of it was read or decoded.
+            let never =
+                StreamBody::new(tokio_stream::pending::<Result<Frame<Bytes>, Infallible>>());
+            let refused = status(&mut svc, request(path, "not-the-token-of-node-a", never))
+                .await
+                .expect("a gRPC status");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::Unauthenticated,
+                "{path}: {refused:?}"
+            );
+            // An unknown name reads as a wrong token does.
+            assert!(
+                refused
+                    .message()
+                    .contains("not registered or the token is not its token"),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_config_stream_request_listing_too_many_resources_is_refused_undecoded() {
+        let mut svc = service();
+        // Empty `known` entries: 2 bytes each on the wire.
+        let too_many = [0x0a, 0x00].repeat(MAX_KNOWN + 1);
+        let refused = status(
+            &mut svc,
+            request(proto::STREAM_CONFIG_PATH, TOKEN, frame(&too_many)),
+        )
+        .await
+        .expect("a gRPC status");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("200001"), "{refused:?}");
+        // At the limit, the same caller's stream opens.
+        let at_limit = [0x0a, 0x00].repeat(MAX_KNOWN);
+        let opened = status(
+            &mut svc,
+            request(proto::STREAM_CONFIG_PATH, TOKEN, frame(&at_limit)),
+        )
+        .await;
+        assert!(opened.is_none(), "{opened:?}");
+        // Garbage on the wire is a malformed request, not a panic.
+        let garbage = status(
+            &mut svc,
+            request(proto::STREAM_CONFIG_PATH, TOKEN, frame(&[0x0a, 0xff, 0xff])),
+        )
+        .await
+        .expect("a gRPC status");
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+    }
+
+    #[test]
+    fn counting_held_resources_follows_the_wire_format() {
+        use prost::Message;
+        let request = StreamConfigRequest {
+            known: vec![proto::ResourceVersion::default(); 3],
+            role: "node".into(),
+        };
+        assert_eq!(count_known(&request.encode_to_vec()).unwrap(), 3);
+        assert_eq!(count_known(&[]).unwrap(), 0);
+        assert!(count_known(&[0x0a, 0x05, 0x00]).is_err(), "truncated entry");
+    }
 }

@@ -21,7 +21,7 @@ use weir_identity::CertificateAuthority;
 use crate::auth::{Authenticator, TokenFile};
 use crate::ca::CaService;
 use crate::distributor::Distributor;
-use crate::grpc::{ControlService, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use crate::grpc::{ControlService, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS};
 use crate::metrics::ControlMetrics;
 use crate::source::{ConfigSource, FileSource, SourceEvent};
 use crate::tls::ServingCert;
@@ -301,6 +301,7 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
             .serve_with_incoming_shutdown(
                 service,
                 tokio_stream::wrappers::ReceiverStream::new(incoming),

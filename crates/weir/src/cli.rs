@@ -525,7 +525,9 @@ pub struct ControlClientArgs {
     pub address: Option<String>,
     /// File holding the token presented to --control: in local mode this
     /// node's bootstrap token, or this gateway's entry under `gateways:` in
-    /// the control plane's --node-tokens file.
+    /// the control plane's --node-tokens file; in a cluster the projected
+    /// ServiceAccount token. Read again before each call, so a rotated
+    /// token is used without a restart.
     #[arg(
         long,
         env = "WEIR_CONTROL_TOKEN_FILE",

@@ -208,6 +208,9 @@ fn connect(
     let tls_metrics = TlsMetrics::register(&mut registry);
     let mut options = ClientOptions::new(address, name, token, root.clone(), settings.clone());
     options.role = role;
+    // Re-read before every call: a projected ServiceAccount token is
+    // rotated by the kubelet long before the proxy restarts.
+    options.token_file = Some(token_file.to_owned());
     let client = ControlClient::new(options, client_metrics).map_err(|e| e.to_string())?;
     let identity = IdentityManager::with_remote_signer(
         root,

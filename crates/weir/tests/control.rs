@@ -518,7 +518,10 @@ fn control_plane_signs_and_pushes() {
             .await
             .unwrap_err()
     });
-    assert!(err.to_string().contains("wrong token"), "{err}");
+    assert!(
+        err.to_string().contains("the token is not its token"),
+        "{err}"
+    );
     mesh.control
         .expect_metric(CSR, &[("result", "unauthenticated")], 10, |v| v >= 1.0);
     step(t0, "foreign identity and wrong token refused");

@@ -172,12 +172,22 @@ async fn config_certificates_fail_static_and_resync() {
         .await
         .unwrap_err();
     assert!(err.is_refusal(), "{err}");
-    assert!(err.to_string().contains("wrong token"), "{err}");
-    // A request larger than any CSR is refused before it is decoded (so
-    // before the token is checked): the limit, not "wrong token".
+    assert!(
+        err.to_string().contains("the token is not its token"),
+        "{err}"
+    );
+    // The token is checked before the request is read: a request larger
+    // than any CSR from the impostor is refused as unauthenticated...
     let big = "x".repeat(crate::grpc::MAX_CSR_REQUEST + 1);
     let err = impostor
-        .create_certificate(&foreign, big, Duration::from_secs(60))
+        .create_certificate(&foreign, big.clone(), Duration::from_secs(60))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the token is not its token"), "{err}");
+    // ... and from node-a by the size limit, before it is decoded.
+    let err = client(port, "node-a", TOKEN_A, root.clone())
+        .create_certificate(&own, big, Duration::from_secs(60))
         .await
         .unwrap_err()
         .to_string();
@@ -288,4 +298,65 @@ fn apply_keeps_held_in_step_even_when_refused() {
     .unwrap();
     assert_eq!(config.workloads.len(), 1);
     assert_eq!(held.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_used_without_a_restart() {
+    let dir = Dir::new("token");
+    dir.write(&workloads("10.0.0.2"));
+    let root = CertificateAuthority::load_or_create(&dir.0.join("ca"), Default::default())
+        .unwrap()
+        .root_cert_der()
+        .clone();
+    let (port, stop, task) = start(&dir, 0).await;
+    // The token read at start-up is no longer node-a's (it was rotated).
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, "stale-token-of-node-a-000000\n").unwrap();
+    let mut o = ClientOptions::new(
+        format!("127.0.0.1:{port}"),
+        "node-a",
+        "stale-token-of-node-a-000000",
+        root,
+        MeshSettings::default(),
+    );
+    o.token_file = Some(token_file.clone());
+    o.backoff_initial = Duration::from_millis(20);
+    o.backoff_max = Duration::from_millis(100);
+    let a = ControlClient::new(o, ClientMetrics::register(&mut Registry::default())).unwrap();
+    let id: SpiffeId = "spiffe://cluster.local/ns/apps/sa/client".parse().unwrap();
+    let csr = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let err = a
+        .create_certificate(&id, csr.clone(), Duration::from_secs(600))
+        .await
+        .unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    let (mut rx, watch_task) = a.clone().spawn_config_watch();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.borrow().is_none(), "no config with a stale token");
+
+    // The kubelet writes the new token: the same client uses it.
+    std::fs::write(&token_file, format!("{TOKEN_A}\n")).unwrap();
+    wait_address(&mut rx, "10.0.0.2").await;
+    let chain = a
+        .create_certificate(&id, csr.clone(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(weir_identity::spiffe_id_of(&chain[0]).unwrap(), id);
+    // A file that cannot be read keeps the token read last.
+    std::fs::remove_file(&token_file).unwrap();
+    a.create_certificate(&id, csr, Duration::from_secs(600))
+        .await
+        .unwrap();
+
+    drop(rx);
+    watch_task.await.unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap();
 }

@@ -364,3 +364,28 @@ fn everywhere_kinds_and_direct_changes() {
         set(&["Other/apps/x"])
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_caller_holds_a_bounded_number_of_streams_the_oldest_ends_first() {
+    let d = Distributor::new(catalog(&base_workloads(), &base_policies()), "cp");
+    for role in [Role::Node, Role::Gateway] {
+        let (caller, other) = match role {
+            Role::Node => ("n1", "n2"),
+            Role::Gateway => ("gw-a", "gw-b"),
+        };
+        let others = d.subscribe(other, role, &[]);
+        let mut subs: Vec<Subscription> = (0..MAX_STREAMS_PER_CALLER + 2)
+            .map(|_| d.subscribe(caller, role, &[]))
+            .collect();
+        // The two oldest were ended; the newest and the other caller's stay.
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let ended = sub.updates.is_closed();
+            assert_eq!(ended, i < 2, "{role:?} stream {i}");
+        }
+        assert!(
+            !others.updates.is_closed(),
+            "{role:?}: another caller's stream"
+        );
+        assert_eq!(d.subscribers(), MAX_STREAMS_PER_CALLER + 1, "{role:?}");
+    }
+}
