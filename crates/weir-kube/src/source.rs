@@ -41,7 +41,7 @@ use kube::runtime::WatchStreamExt;
 use kube::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_core::config::SourceFile;
+use weir_core::config::{DocumentRef, SourceFile, POD_UID_ANNOTATION};
 use weir_core::{Config, ConfigError, MeshSettings};
 
 use crate::document;
@@ -537,10 +537,78 @@ impl State {
         sources
     }
 
+    /// `weir.dev` Workload objects that claim what only a Pod has. In a
+    /// cluster a Workload object stands for a machine outside it (as Istio's
+    /// WorkloadEntry): the node proxies of the cluster's nodes serve Pods,
+    /// found by the UID weir control puts on the Workloads it makes from
+    /// them. A Workload object that named a Pod UID, or a node where Pods
+    /// run, would have that node's proxy capture traffic in a network
+    /// namespace the object's author does not own (another namespace's Pod),
+    /// so it is refused, reported and left out like any invalid resource;
+    /// so is an address no Pod or machine of the mesh has (loopback,
+    /// link-local).
+    fn refused_workload_objects(&self) -> Vec<ConfigError> {
+        let pod_nodes: BTreeSet<&str> = self
+            .pods
+            .items
+            .values()
+            .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+            .collect();
+        let mut refused = Vec::new();
+        for (kind, store) in &self.custom {
+            if (kind.group, kind.kind) != ("weir.dev", "Workload") {
+                continue;
+            }
+            for ((ns, name), doc) in &store.items {
+                let file = document::source_name(kind.kind, kind.group, ns, name);
+                let error = |field: String, message: String| ConfigError {
+                    document: Some(DocumentRef {
+                        file: file.clone(),
+                        index: 0,
+                        item: None,
+                        kind: Some(kind.kind.to_owned()),
+                        name: Some(format!("{ns}/{name}")),
+                    }),
+                    file: file.clone(),
+                    field: Some(field),
+                    message,
+                };
+                let node = doc.pointer("/spec/node").and_then(|v| v.as_str());
+                let address = doc
+                    .pointer("/spec/address")
+                    .and_then(|v| v.as_str())
+                    .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok());
+                if doc
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(POD_UID_ANNOTATION))
+                    .is_some()
+                {
+                    refused.push(error(
+                        format!("metadata.annotations[{POD_UID_ANNOTATION}]"),
+                        "only weir control sets it, on the Workloads it makes from Pods; a Workload object cannot claim a Pod".to_owned(),
+                    ));
+                } else if let Some(node) = node.filter(|n| pod_nodes.contains(n)) {
+                    refused.push(error(
+                        "spec.node".to_owned(),
+                        format!("{node:?} is a node of this cluster (Pods run on it), where weir node serves Pods only; a Workload object describes a machine outside the cluster, served by that machine's own weir node"),
+                    ));
+                } else if let Some(a) = address.filter(|a| a.is_loopback() || a.is_link_local()) {
+                    refused.push(error(
+                        "spec.address".to_owned(),
+                        format!("{a} is a loopback or link-local address, which no machine of the mesh has in a cluster"),
+                    ));
+                }
+            }
+        }
+        refused
+    }
+
     /// Builds a snapshot; `None` if it would equal the last one.
     fn build(&mut self) -> Option<Arc<Snapshot>> {
-        let sources = self.sources();
-        let (config, invalid) =
+        let refused = self.refused_workload_objects();
+        let mut sources = self.sources();
+        sources.retain(|s| !refused.iter().any(|e| e.file == s.name));
+        let (config, mut invalid) =
             match document::load_skipping_invalid(&sources, &self.options.settings) {
                 Ok(r) => r,
                 Err(e) => {
@@ -548,6 +616,8 @@ impl State {
                     return None;
                 }
             };
+        invalid.extend(refused);
+        invalid.sort_by(|a, b| a.file.cmp(&b.file));
         self.report(&invalid);
         let bad: HashSet<&str> = invalid.iter().map(|e| e.file.as_str()).collect();
         let valid: Vec<SourceFile> = sources

@@ -477,3 +477,110 @@ async fn weir_kinds_are_served_when_their_crds_are_installed() {
         json(&check.kafka_authorization_policies)
     );
 }
+
+/// A `weir.dev` Workload object as `kubectl apply` stores it.
+fn workload_object(name: &str, spec: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": WEIR, "kind": "Workload",
+        "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+                     "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workload_object_cannot_claim_a_pod_or_a_cluster_node() {
+    let api = cluster();
+    api.with_installed(WEIR, "workloads");
+    // A machine outside the cluster, with its own node proxy: served.
+    api.seed(
+        WEIR,
+        "workloads",
+        workload_object(
+            "vm-1",
+            json!({"address": "198.18.5.1", "node": "vm-node-1"}),
+            json!({}),
+        ),
+    );
+    // data/kafka-0's Pod UID from a tenant of `apps`: node-a's proxy would
+    // capture in that Pod's network namespace.
+    api.seed(
+        WEIR,
+        "workloads",
+        workload_object(
+            "steal-uid",
+            json!({"address": "198.18.5.2", "node": "vm-node-2"}),
+            json!({"weir.dev/pod-uid": "uid-kafka-0"}),
+        ),
+    );
+    // A node where Pods run: its proxy would enter /var/run/netns/<netns>,
+    // where the runtime keeps Pods' namespaces.
+    api.seed(
+        WEIR,
+        "workloads",
+        workload_object(
+            "on-node-a",
+            json!({"address": "198.18.5.3", "node": "node-a", "netns": "cni-0f3e"}),
+            json!({}),
+        ),
+    );
+    api.seed(
+        WEIR,
+        "workloads",
+        workload_object(
+            "loopback",
+            json!({"address": "127.0.0.1", "node": "vm-node-3"}),
+            json!({}),
+        ),
+    );
+    let (mut source, metrics) = start(&api);
+    let sorted = |c: &Config| {
+        let mut names = workload_names(c);
+        names.sort();
+        names
+    };
+    let s = source.next().await.unwrap();
+    assert_eq!(sorted(&s.config), ["apps/vm-1", "data/kafka-0"]);
+    let refused: Vec<(&str, Option<&str>)> = s
+        .invalid
+        .iter()
+        .filter(|e| e.file.starts_with("kubernetes:Workload"))
+        .map(|e| (e.file.as_str(), e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (
+                "kubernetes:Workload.weir.dev/apps/loopback",
+                Some("spec.address")
+            ),
+            (
+                "kubernetes:Workload.weir.dev/apps/on-node-a",
+                Some("spec.node")
+            ),
+            (
+                "kubernetes:Workload.weir.dev/apps/steal-uid",
+                Some("metadata.annotations[weir.dev/pod-uid]")
+            ),
+        ]
+    );
+    assert!(
+        s.invalid
+            .iter()
+            .any(|e| e.message.contains("a Workload object cannot claim a Pod")),
+        "{:?}",
+        s.invalid
+    );
+    assert_eq!(metrics.invalid("Workload"), 3);
+    // Served documents never carry the claim.
+    assert!(s.sources.iter().all(|src| !src.name.contains("steal-uid")));
+    // The node that runs no Pod any more is no longer a cluster node.
+    api.push(
+        "DELETED",
+        "v1",
+        "pods",
+        pod("data", "kafka-0", "198.18.1.10", "node-a"),
+    );
+    let s = source.next().await.unwrap();
+    assert_eq!(sorted(&s.config), ["apps/on-node-a", "apps/vm-1"]);
+}
