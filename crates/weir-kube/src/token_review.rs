@@ -148,11 +148,17 @@ impl TokenReviewError {
     }
 }
 
+/// Most TokenReviews in flight at once: callers past it wait, so a flood
+/// of made-up tokens (each a new review: refusals are not cached) costs the
+/// API server a bounded load.
+pub const MAX_CONCURRENT_REVIEWS: usize = 8;
+
 /// Reviews tokens with the API server.
 #[derive(Clone)]
 pub struct TokenReviewer {
     client: Client,
     audiences: Vec<String>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -175,7 +181,11 @@ impl TokenReviewer {
     /// Reviews tokens for `audiences` (empty: the API server's default
     /// audience, which any ServiceAccount token of the cluster has).
     pub fn new(client: Client, audiences: Vec<String>) -> Self {
-        Self { client, audiences }
+        Self {
+            client,
+            audiences,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS)),
+        }
     }
 
     /// One TokenReview: whose token it is and what it is bound to.
@@ -188,10 +198,13 @@ impl TokenReviewer {
             ..TokenReview::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(TokenReviewError::Api)?;
+        let answer = {
+            // Never closed, so acquiring cannot fail.
+            let _permit = self.in_flight.acquire().await.ok();
+            api.create(&PostParams::default(), &review)
+                .await
+                .map_err(TokenReviewError::Api)?
+        };
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(TokenReviewError::NotAuthenticated(
@@ -200,6 +213,19 @@ impl TokenReviewer {
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "rejected by the API server".to_owned()),
             ));
+        }
+        // As the TokenReview API asks of a client that sets audiences: the
+        // answer must name one of them, or the authenticator that answered
+        // did not check the token's audience (and a token issued for any
+        // other audience would pass).
+        if !self.audiences.is_empty() {
+            let confirmed = status.audiences.unwrap_or_default();
+            if !confirmed.iter().any(|a| self.audiences.contains(a)) {
+                return Err(TokenReviewError::NotAuthenticated(format!(
+                    "the API server did not confirm the audience {:?} (status.audiences: {confirmed:?})",
+                    self.audiences
+                )));
+            }
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();

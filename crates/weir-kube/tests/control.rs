@@ -86,11 +86,15 @@ async fn the_cluster_is_a_config_source() {
 async fn token_review_is_an_authenticator() {
     let api = FakeApi::default();
     api.token_reviewer(|spec| match spec["token"].as_str() {
-        Some("node-token") => json!({"authenticated": true, "user": {
+        Some("node-token") => {
+            json!({"authenticated": true, "audiences": [DEFAULT_AUDIENCE], "user": {
             "username": "system:serviceaccount:weir-system:weir-node",
-            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
-        Some("gateway-token") => json!({"authenticated": true, "user": {
-            "username": "system:serviceaccount:weir-system:weir-gateway"}}),
+            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}})
+        }
+        Some("gateway-token") => {
+            json!({"authenticated": true, "audiences": [DEFAULT_AUDIENCE], "user": {
+            "username": "system:serviceaccount:weir-system:weir-gateway"}})
+        }
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     });
     let auth = KubeAuthenticator::new(

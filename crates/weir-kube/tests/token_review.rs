@@ -46,7 +46,12 @@ fn api() -> FakeApi {
                 "authentication.kubernetes.io/node-name": ["node-a"]
             })),
             "gateway-token" => user("weir-system:weir-gateway", json!({})),
-            "admin-token" => json!({"authenticated": true, "user": {"username": "kubernetes-admin"}}),
+            // An authenticator that is not audience-aware: authenticated,
+            // but without the audiences it checked.
+            "any-audience-token" => json!({"authenticated": true,
+                "user": {"username": "system:serviceaccount:weir-system:weir-node",
+                         "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
+            "admin-token" => json!({"authenticated": true, "audiences": audiences, "user": {"username": "kubernetes-admin"}}),
             _ => json!({"authenticated": false, "error": "invalid bearer token, token lookup failed"}),
         }
     });
@@ -96,6 +101,24 @@ async fn review_returns_the_service_account_and_node() {
     );
     let e = reviewer.review("admin-token").await.unwrap_err();
     assert!(matches!(e, TokenReviewError::NotServiceAccount(_)), "{e}");
+    // No confirmed audience: refused, since the token may be for another.
+    let e = reviewer.review("any-audience-token").await.unwrap_err();
+    assert!(
+        matches!(e, TokenReviewError::NotAuthenticated(ref m) if m.contains("did not confirm the audience")),
+        "{e}"
+    );
+    // Without audiences asked, the API server's default audience is meant
+    // and no confirmation is expected.
+    let default = TokenReviewer::new(api.client(), Vec::new());
+    assert_eq!(
+        default
+            .review("any-audience-token")
+            .await
+            .unwrap()
+            .node
+            .as_deref(),
+        Some("node-a")
+    );
 }
 
 #[tokio::test]
