@@ -810,12 +810,13 @@ fn coordinator_check(key_type: i8, key: NameRef) -> Check {
     check(resource, key, Operation::Describe)
 }
 
-/// Config resource types: 2 topic, 16 group, others (4 broker, 8 broker
-/// logger, 32 client metrics) are cluster-level.
+/// Config resource types (Kafka's `ConfigResource.Type`): 2 topic, 32
+/// group; the others (4 broker, 8 broker logger, 16 client metrics) are
+/// cluster-level, as a broker authorizes them.
 fn config_check(kind: i8, name: Range<usize>, op: Operation) -> Check {
     match kind {
         2 => check(ResourceType::Topic, NameRef::Body(name), op),
-        16 => check(ResourceType::Group, NameRef::Body(name), op),
+        32 => check(ResourceType::Group, NameRef::Body(name), op),
         _ => check(ResourceType::Cluster, NameRef::Cluster, op),
     }
 }

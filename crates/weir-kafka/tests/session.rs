@@ -824,6 +824,7 @@ async fn admin_and_transaction_apis_are_authorized() {
         deny(vec![
             (ResourceType::Group, "g-denied", Operation::Delete),
             (ResourceType::Group, "g-denied", Operation::Read),
+            (ResourceType::Group, "g-denied", Operation::AlterConfigs),
             (
                 ResourceType::Cluster,
                 "kafka-cluster",
@@ -871,7 +872,14 @@ async fn admin_and_transaction_apis_are_authorized() {
     // IncrementalAlterConfigs: a denied topic (29) and the broker (cluster,
     // 31) answered by the gateway; nothing reaches the broker.
     let mut iac = IncrementalAlterConfigsRequest::default();
-    for (kind, name) in [(2i8, "secret-t"), (4, "1")] {
+    // Type 32 is a group (its own AlterConfigs, denied here: 30), 16 the
+    // client metrics subscriptions (the cluster's: 31), as in Kafka.
+    for (kind, name) in [
+        (2i8, "secret-t"),
+        (4, "1"),
+        (32, "g-denied"),
+        (16, "g-denied"),
+    ] {
         let mut r = incremental_alter_configs_request::AlterConfigsResource::default();
         r.resource_type = kind;
         r.resource_name = StrBytes::from_static_str(name);
@@ -890,7 +898,15 @@ async fn admin_and_transaction_apis_are_authorized() {
         .iter()
         .map(|r| (r.resource_type, r.resource_name.as_str(), r.error_code))
         .collect();
-    assert_eq!(codes, [(2, "secret-t", 29), (4, "1", 31)]);
+    assert_eq!(
+        codes,
+        [
+            (2, "secret-t", 29),
+            (4, "1", 31),
+            (32, "g-denied", 30),
+            (16, "g-denied", 31)
+        ]
+    );
 
     // CreatePartitions of a denied topic: 29.
     let mut cp = CreatePartitionsRequest::default();
