@@ -12,8 +12,16 @@
 //!
 //! Bytes are record-batch bytes (the records fields, batch headers
 //! included); records are the batches' record counts.
+//!
+//! Label values come from clients, so they are bounded: a name that cannot
+//! be a Kafka topic (over 249 characters or outside `[A-Za-z0-9._-]`) is
+//! counted as `_invalid`; other names and principals are cut at 249
+//! characters; a family holds at most [`MAX_SERIES`] label sets, past which
+//! new ones are counted under `_overflow`; an API version outside what the
+//! gateway knows of its API is counted as `-1`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -75,6 +83,11 @@ pub struct KafkaMetrics {
     fetched_records: Family<TopicLabels, Counter>,
     denials: Family<DenialLabels, Counter>,
     closed: Family<ReasonLabels, Counter>,
+    /// Label sets created in `denials`, `produced_bytes` and `fetched_bytes`
+    /// (the records families follow the bytes ones).
+    denial_series: AtomicUsize,
+    produced_series: AtomicUsize,
+    fetched_series: AtomicUsize,
 }
 
 impl KafkaMetrics {
@@ -135,6 +148,9 @@ impl KafkaMetrics {
             fetched_records: Family::default(),
             denials: Family::default(),
             closed: Family::default(),
+            denial_series: AtomicUsize::new(0),
+            produced_series: AtomicUsize::new(0),
+            fetched_series: AtomicUsize::new(0),
         }
     }
 
@@ -163,19 +179,32 @@ impl KafkaMetrics {
         principal: &str,
         op: Operation,
     ) {
-        self.denials
-            .get_or_create(&DenialLabels {
-                topic: if resource_type == ResourceType::Topic {
-                    resource.to_owned()
-                } else {
-                    String::new()
-                },
+        let resource = if resource_type == ResourceType::Topic {
+            topic_label(resource)
+        } else {
+            cut_label(resource)
+        };
+        let labels = DenialLabels {
+            topic: if resource_type == ResourceType::Topic {
+                resource.clone()
+            } else {
+                String::new()
+            },
+            resource_type: resource_type.as_str(),
+            resource,
+            principal: cut_label(principal),
+            operation: op.as_str(),
+        };
+        let labels = bounded(&self.denials, &self.denial_series, labels, || {
+            DenialLabels {
+                topic: OVERFLOW.to_owned(),
                 resource_type: resource_type.as_str(),
-                resource: resource.to_owned(),
-                principal: principal.to_owned(),
+                resource: OVERFLOW.to_owned(),
+                principal: OVERFLOW.to_owned(),
                 operation: op.as_str(),
-            })
-            .inc();
+            }
+        });
+        self.denials.get_or_create(&labels).inc();
     }
 
     /// Counts a connection closed for `reason`.
@@ -184,14 +213,29 @@ impl KafkaMetrics {
     }
 
     fn topic_pair(&self, fetched: bool, topic: &str) -> TopicCounters {
-        let l = TopicLabels {
-            topic: topic.to_owned(),
-        };
-        let (b, r) = if fetched {
-            (&self.fetched_bytes, &self.fetched_records)
+        let (b, r, series) = if fetched {
+            (
+                &self.fetched_bytes,
+                &self.fetched_records,
+                &self.fetched_series,
+            )
         } else {
-            (&self.produced_bytes, &self.produced_records)
+            (
+                &self.produced_bytes,
+                &self.produced_records,
+                &self.produced_series,
+            )
         };
+        let l = bounded(
+            b,
+            series,
+            TopicLabels {
+                topic: topic_label(topic),
+            },
+            || TopicLabels {
+                topic: OVERFLOW.to_owned(),
+            },
+        );
         TopicCounters {
             bytes: b.get_or_create(&l).clone(),
             records: r.get_or_create(&l).clone(),
@@ -206,6 +250,64 @@ struct TopicCounters {
 }
 
 const TOPIC_CACHE_LIMIT: usize = 1024;
+
+/// Most label sets one per-topic or per-principal family holds.
+pub const MAX_SERIES: usize = 10_000;
+
+/// Kafka's longest topic name; also where other client-given label values
+/// are cut.
+const MAX_LABEL: usize = 249;
+
+const INVALID: &str = "_invalid";
+const OVERFLOW: &str = "_overflow";
+
+/// A topic name as a label: itself when Kafka could have such a topic.
+fn topic_label(name: &str) -> String {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_LABEL
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        name.to_owned()
+    } else {
+        INVALID.to_owned()
+    }
+}
+
+/// Any other client-given value (a group, a transactional id, a principal),
+/// cut at [`MAX_LABEL`] characters.
+fn cut_label(value: &str) -> String {
+    match value.char_indices().nth(MAX_LABEL) {
+        Some((end, _)) => value[..end].to_owned(),
+        None => value.to_owned(),
+    }
+}
+
+/// `labels`, or `overflow()` when `family` holds [`MAX_SERIES`] label sets
+/// (counted in `series`) and not these.
+fn bounded<S, M, C>(
+    family: &Family<S, M, C>,
+    series: &AtomicUsize,
+    labels: S,
+    overflow: impl FnOnce() -> S,
+) -> S
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    if family.get(&labels).is_some() {
+        return labels;
+    }
+    // Two sessions adding the same set at once count it twice: the bound
+    // errs on the small side.
+    if series.fetch_add(1, Ordering::Relaxed) < MAX_SERIES {
+        labels
+    } else {
+        series.fetch_sub(1, Ordering::Relaxed);
+        overflow()
+    }
+}
 
 /// A session's handles to per-topic counters, so the data path does a hash
 /// lookup and two atomic adds, not a label-set lookup under a lock.
@@ -280,6 +382,53 @@ impl TopicMeter {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn client_given_label_values_are_bounded() {
+        let mut reg = Registry::default();
+        let m = KafkaMetrics::register(&mut reg);
+        let long = "t".repeat(MAX_LABEL + 1);
+        for name in [long.as_str(), "a/b", ""] {
+            m.denial(ResourceType::Topic, name, "p", Operation::Read);
+        }
+        m.denial(
+            ResourceType::Group,
+            &"g".repeat(1000),
+            &"p".repeat(1000),
+            Operation::Read,
+        );
+        let mut meter = TopicMeter::produced(m.clone());
+        meter.add(
+            &long,
+            RecordCount {
+                records: 1,
+                bytes: 10,
+            },
+        );
+        // Past MAX_SERIES label sets, new ones share one.
+        for i in 0..MAX_SERIES + 5 {
+            m.denial(ResourceType::Topic, &format!("t{i}"), "p", Operation::Write);
+        }
+        let mut text = String::new();
+        encode(&mut text, &reg).unwrap();
+        let denials: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("weir_kafka_authorization_denials_total{"))
+            .collect();
+        assert!(denials.len() <= MAX_SERIES + 1, "{}", denials.len());
+        assert!(text.contains(r#"weir_kafka_authorization_denials_total{topic="_invalid",resource_type="topic",resource="_invalid",principal="p",operation="Read"} 3"#), "{text}");
+        assert!(text.contains(r#"weir_kafka_produced_bytes_total{topic="_invalid"} 10"#));
+        assert!(text.contains(&format!("resource=\"{}\"", "g".repeat(MAX_LABEL))));
+        assert!(!text.contains(&"g".repeat(MAX_LABEL + 1)));
+        assert!(text.contains(r#"topic="_overflow",resource_type="topic",resource="_overflow",principal="_overflow",operation="Write"}"#), "no overflow series");
+        // A label set seen before the family filled up still counts as itself.
+        m.denial(ResourceType::Topic, "t0", "p", Operation::Write);
+        let mut text = String::new();
+        encode(&mut text, &reg).unwrap();
+        assert!(text.contains(
+            r#"{topic="t0",resource_type="topic",resource="t0",principal="p",operation="Write"} 2"#
+        ));
+    }
 
     #[test]
     fn names_and_labels_as_documented() {

@@ -180,7 +180,18 @@ impl RequestSide<'_> {
         let hdr = parse_request_header(frame.body())
             .map_err(|m| SessionError::malformed(Side::Client, m))?;
         let api_name = hdr.api_name();
-        self.produced.request(api_name, hdr.api_version);
+        // A version Kafka has no such API at is one label value, not one per
+        // number a client makes up.
+        let counted_version = match hdr.api {
+            Some(api)
+                if (api.valid_versions().min..=api.valid_versions().max)
+                    .contains(&hdr.api_version) =>
+            {
+                hdr.api_version
+            }
+            _ => -1,
+        };
+        self.produced.request(api_name, counted_version);
         let plan = self.plan(&hdr, frame).await?;
         let entry = |reply| InFlight {
             correlation_id: hdr.correlation_id,

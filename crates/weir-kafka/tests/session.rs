@@ -2202,3 +2202,28 @@ async fn cluster_administration_is_authorized_on_the_cluster() {
         decode_response(next(&mut h.client_frames).await.body(), 1);
     assert_eq!((corr, r.results.len()), (6, 0));
 }
+
+/// Client-made label values stay bounded: a version Kafka has no such API
+/// at is counted as -1, one series for all.
+#[tokio::test]
+async fn made_up_api_versions_are_counted_as_one_series() {
+    let (proxy, registry) = proxy_registered(Arc::new(AllowAll));
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+    for (i, version) in [999i16, 1000, 4242].into_iter().enumerate() {
+        let hb = raw_request(ApiKey::Heartbeat as i16, version, i as i32, &[0; 8]);
+        send(&mut h.client, &hb).await;
+        assert_eq!(next(&mut h.broker_frames).await.wire(), &hb);
+    }
+    let hb = raw_request(ApiKey::Heartbeat as i16, 4, 9, &[0; 8]);
+    send(&mut h.client, &hb).await;
+    let _ = next(&mut h.broker_frames).await;
+    let lines = metric_lines(&registry, "weir_kafka_requests_total");
+    assert_eq!(
+        lines,
+        [
+            r#"weir_kafka_requests_total{api_key="Heartbeat",api_version="-1"} 3"#,
+            r#"weir_kafka_requests_total{api_key="Heartbeat",api_version="4"} 1"#,
+        ],
+        "{lines:?}"
+    );
+}
