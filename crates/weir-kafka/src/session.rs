@@ -601,8 +601,14 @@ fn clamp_fetch_max_bytes(frame: Frame, version: i16, start: usize, cap: usize) -
 
 /// The string at `range` of a request body (names are UTF-8 on the wire;
 /// anything else reads as empty, as no resource has that name).
+/// A name from the request body, copied: what the gateway answers itself is
+/// queued until the client reads it, and a slice would keep the whole frame
+/// (up to the frame limit) alive for a few bytes of name.
 fn body_str(body: &Bytes, range: std::ops::Range<usize>) -> StrBytes {
-    StrBytes::from_utf8(body.slice(range)).unwrap_or_default()
+    body.get(range)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(|s| StrBytes::from_string(s.to_owned()))
+        .unwrap_or_default()
 }
 
 fn reply_for(work: ResponseWork) -> Reply {

@@ -11,16 +11,31 @@ use crate::error::Malformed;
 
 type Result<T> = std::result::Result<T, Malformed>;
 
+/// Most array elements one walk of a request reads (all arrays together).
+/// An element may take one byte on the wire while the gateway keeps about
+/// a hundred for it (its range, name and check, the error it may be
+/// answered with), so the frame limit alone would let one 100 MiB request
+/// cost gigabytes; a quarter million elements is far more than any client
+/// sends (a Fetch of every partition of a large cluster) and costs tens of
+/// MB at most.
+pub(crate) const MAX_ELEMENTS: usize = 1 << 18;
+
 /// A cursor over a frame body.
 #[derive(Debug, Clone)]
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements announced so far, against [`MAX_ELEMENTS`].
+    elements: usize,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8], pos: usize) -> Self {
-        Reader { buf, pos }
+        Reader {
+            buf,
+            pos,
+            elements: 0,
+        }
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -174,6 +189,13 @@ impl<'a> Reader<'a> {
         }
         if n as usize > self.remaining() {
             return Err(Malformed::new(what, at));
+        }
+        self.elements += n as usize;
+        if self.elements > MAX_ELEMENTS {
+            return Err(Malformed::new(
+                "more array elements than the gateway reads in one request (262144)",
+                at,
+            ));
         }
         Ok(Some(n as usize))
     }

@@ -2227,3 +2227,43 @@ async fn made_up_api_versions_are_counted_as_one_series() {
         "{lines:?}"
     );
 }
+
+/// Metadata v9 asking for `n` topics with empty names (2 bytes each).
+fn metadata_v9_of_empty_names(n: usize, correlation_id: i32) -> Bytes {
+    let mut body = Vec::new();
+    let mut count = (n + 1) as u64;
+    loop {
+        let b = (count & 0x7f) as u8;
+        count >>= 7;
+        if count == 0 {
+            body.push(b);
+            break;
+        }
+        body.push(b | 0x80);
+    }
+    for _ in 0..n {
+        body.extend_from_slice(&[0x01, 0x00]);
+    }
+    body.extend_from_slice(&[0, 0, 0, 0]);
+    raw_request(ApiKey::Metadata as i16, 9, correlation_id, &body)
+}
+
+/// One element costs the gateway far more than its two bytes on the wire:
+/// a request past the element budget closes its connection (counted as a
+/// malformed frame) instead of costing gigabytes; one within it is served.
+#[tokio::test]
+async fn a_request_of_too_many_elements_closes_its_connection() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &metadata_v9_of_empty_names(100_000, 1)).await;
+    let forwarded = next(&mut h.broker_frames).await;
+    assert_eq!(
+        forwarded.body().len(),
+        metadata_v9_of_empty_names(100_000, 1).len() - 4
+    );
+
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    send(&mut h.client, &metadata_v9_of_empty_names((1 << 18) + 1, 1)).await;
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "malformed_frame");
+    assert!(err.to_string().contains("more array elements"), "{err}");
+}
