@@ -154,6 +154,12 @@ pub(crate) struct Inspection {
     /// OffsetFetch v0-v1: the topics (names in the body) and partitions
     /// asked for; those versions answer a denied group per partition.
     pub offset_fetch_topics: Vec<(Range<usize>, Vec<i32>)>,
+    /// Fetch: a follower's fetch (`replica_id` ≥ 0 up to v14, a
+    /// `ReplicaState` from v15), which Kafka serves only with ClusterAction.
+    pub replica_fetch: bool,
+    /// ConsumerGroupHeartbeat v1+: a `subscribed_topic_regex`, which the
+    /// broker resolves as the gateway's principal, not the client's.
+    pub topic_regex: bool,
 }
 
 impl Inspection {
@@ -231,7 +237,7 @@ pub(crate) fn inspect(
         }
         ApiKey::Fetch => {
             if v <= 14 {
-                r.i32("replica_id")?;
+                ins.replica_fetch = r.i32("replica_id")? >= 0;
             }
             r.i32("max_wait_ms")?;
             r.i32("min_bytes")?;
@@ -274,6 +280,9 @@ pub(crate) fn inspect(
                     0,
                 ))
             })?);
+            if v >= 15 {
+                ins.replica_fetch = fetch_replica_state(&mut r, v, f)?;
+            }
         }
         ApiKey::ListOffsets => {
             r.i32("replica_id")?;
@@ -305,6 +314,21 @@ pub(crate) fn inspect(
             let count_start = r.pos();
             let n = r.array(f, "topics")?;
             let mut list = Entries::new(count_start..r.pos(), f);
+            // Kafka answers by id as soon as one topic has a non-zero id,
+            // ignoring every name (KafkaApis.handleTopicMetadataRequest):
+            // then a topic is authorized by its id, never by a name sent
+            // beside it (a name the principal may describe beside the id
+            // of one it may not).
+            let by_id = v >= 10 && {
+                let mut peek = r.clone();
+                let mut any = false;
+                for _ in 0..n.unwrap_or(0) {
+                    any |= peek.uuid("topic_id")? != [0; 16];
+                    peek.string(f, "topic name")?;
+                    peek.skip_tags(f)?;
+                }
+                any
+            };
             for _ in 0..n.unwrap_or(0) {
                 let s = r.pos();
                 let id = if v >= 10 {
@@ -319,8 +343,8 @@ pub(crate) fn inspect(
                 };
                 r.skip_tags(f)?;
                 let name = match name {
-                    Some(range) => NameRef::Body(range),
-                    None => NameRef::TopicId(id),
+                    Some(range) if !by_id => NameRef::Body(range),
+                    _ => NameRef::TopicId(id),
                 };
                 list.items.push(Entry {
                     range: s..r.pos(),
@@ -465,6 +489,9 @@ pub(crate) fn inspect(
                     ins.whole
                         .push(check(ResourceType::Topic, name, Operation::Describe));
                 }
+            }
+            if v >= 1 {
+                ins.topic_regex = r.string(f, "subscribed_topic_regex")?.is_some();
             }
         }
         ApiKey::DescribeGroups | ApiKey::DeleteGroups => {
@@ -798,6 +825,42 @@ pub(crate) fn inspect(
         _ => {}
     }
     Ok(ins)
+}
+
+/// Fetch v15+ after its topics: whether the request carries a
+/// `ReplicaState` (tagged field 1) naming a replica (`replica_id` ≥ 0).
+fn fetch_replica_state(r: &mut Reader<'_>, v: i16, f: bool) -> Result<bool> {
+    let n = r.required_array(f, "forgotten_topics_data")?;
+    for _ in 0..n {
+        if v <= 12 {
+            r.string(f, "forgotten topic name")?;
+        } else {
+            r.uuid("forgotten topic id")?;
+        }
+        let parts = r.required_array(f, "forgotten partitions")?;
+        for _ in 0..parts {
+            r.i32("forgotten partition")?;
+        }
+        r.skip_tags(f)?;
+    }
+    r.string(f, "rack_id")?;
+    let tags = r.uvarint("tagged fields")?;
+    let mut replica = false;
+    for _ in 0..tags {
+        let tag = r.uvarint("tag")?;
+        let len = r.uvarint("tagged field size")? as usize;
+        let at = r.pos();
+        if tag == 1 {
+            // ReplicaState: replica_id, replica_epoch, tags.
+            replica |= r.i32("replica_state.replica_id")? >= 0;
+        }
+        let read = r.pos() - at;
+        r.skip(len.saturating_sub(read), "tagged field")?;
+        if r.pos() - at != len {
+            return Err(Malformed::new("tagged field size", at));
+        }
+    }
+    Ok(replica)
 }
 
 /// FindCoordinator key type 0 is a group, 1 a transactional id.

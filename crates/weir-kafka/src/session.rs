@@ -328,7 +328,28 @@ impl RequestSide<'_> {
 
         // Whole-request checks.
         let mut whole_code = None;
-        if enforcing {
+        if enforcing && ins.replica_fetch {
+            // A follower's fetch reads past the high watermark and moves
+            // the follower's state; Kafka serves it only with ClusterAction,
+            // which no policy grants a client of the gateway: every
+            // partition TOPIC_AUTHORIZATION_FAILED, as Kafka answers.
+            tracing::warn!(
+                principal = %self.authz.principal,
+                "Fetch as a replica (replica_id or ReplicaState) refused under a policy"
+            );
+            whole_code = Some(codes::TOPIC_AUTHORIZATION_FAILED);
+        }
+        if enforcing && ins.topic_regex {
+            // The broker would resolve the regex and filter it by Describe
+            // as the gateway's principal: the client's own rights could not
+            // apply. Kafka's answer to a subscription it may not describe.
+            tracing::warn!(
+                principal = %self.authz.principal,
+                "ConsumerGroupHeartbeat with subscribed_topic_regex refused under a policy: subscribe by topic names"
+            );
+            whole_code = Some(codes::TOPIC_AUTHORIZATION_FAILED);
+        }
+        if enforcing && whole_code.is_none() {
             for c in &ins.whole {
                 let name = self.name_of(&body, &c.name, enforcing).await;
                 if !self.check(c.ask, c.resource, &name, c.op) {
@@ -367,6 +388,7 @@ impl RequestSide<'_> {
                     | ApiKey::OffsetCommit
                     | ApiKey::TxnOffsetCommit
                     | ApiKey::AddPartitionsToTxn
+                    | ApiKey::Fetch
             ),
         ) {
             work.whole = Some(code);

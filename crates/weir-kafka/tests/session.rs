@@ -1201,6 +1201,26 @@ async fn consumer_group_heartbeat_needs_describe_on_subscribed_topics() {
     let (hdr, req): (RequestHeader, ConsumerGroupHeartbeatRequest) = decode_request(f.body());
     assert_eq!(hdr.correlation_id, 2);
     assert_eq!(req, hb(&["orders"]));
+    send(
+        &mut h.broker,
+        &response_frame(0, 2, &ConsumerGroupHeartbeatResponse::default()),
+    )
+    .await;
+    let _ = next(&mut h.client_frames).await;
+    // v1 with a regex: the broker would resolve it as the gateway, so the
+    // client's rights could not apply; answered 29 by the gateway.
+    let mut with_regex = hb(&[]);
+    with_regex.subscribed_topic_names = None;
+    with_regex.subscribed_topic_regex = Some(StrBytes::from_static_str(".*"));
+    send(&mut h.client, &request_frame(1, 3, &with_regex)).await;
+    let f = next(&mut h.client_frames).await;
+    let (corr, r): (i32, ConsumerGroupHeartbeatResponse) = decode_response(f.body(), 1);
+    assert_eq!((corr, r.error_code), (3, 29));
+    // v1 without one: forwarded.
+    send(&mut h.client, &request_frame(1, 4, &hb(&["orders"]))).await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, _): (RequestHeader, ConsumerGroupHeartbeatRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 4);
 }
 
 /// CreateTopics v5+ answers with the created topics' configs; as Kafka, a
@@ -2266,4 +2286,101 @@ async fn a_request_of_too_many_elements_closes_its_connection() {
     let err = ended(h.session).await;
     assert_eq!(err.reason(), "malformed_frame");
     assert!(err.to_string().contains("more array elements"), "{err}");
+}
+
+/// Kafka answers Metadata by id once a topic has a non-zero id, ignoring
+/// names: a name the principal may describe sent beside the id of one it
+/// may not must not let the id through.
+#[tokio::test]
+async fn metadata_by_id_is_authorized_by_the_id_not_a_name_beside_it() {
+    let proxy = deny(vec![]);
+    let id = [7u8; 16];
+    proxy.registry().learn_topic(id, "secret-payroll");
+    proxy.registry().learn_topic([8u8; 16], "orders");
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+    let mut req = MetadataRequest::default();
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.topic_id = uuid::Uuid::from_bytes(id);
+    t.name = Some(topic("orders"));
+    req.topics = Some(vec![t]);
+    send(&mut h.client, &request_frame(12, 1, &req)).await;
+    // The broker is asked for its brokers only, not for the topic.
+    let (_, fwd): (RequestHeader, MetadataRequest) =
+        decode_request(next(&mut h.broker_frames).await.body());
+    assert_eq!(fwd.topics.map(|t| t.len()), Some(0));
+    send(
+        &mut h.broker,
+        &response_frame(12, 1, &metadata_response(&[])),
+    )
+    .await;
+    let (_, r): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 12);
+    let got: Vec<(Option<String>, [u8; 16], i16)> = r
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().map(|n| n.to_string()),
+                *t.topic_id.as_bytes(),
+                t.error_code,
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![(None, id, 29)]);
+}
+
+/// A follower's Fetch (replica_id up to v14, ReplicaState from v15) reads
+/// past the high watermark; Kafka serves it only with ClusterAction, which
+/// a client of the gateway never has under a policy: every partition 29,
+/// nothing forwarded. A consumer's Fetch of the same topic goes through.
+#[tokio::test]
+async fn a_fetch_as_a_replica_is_refused_under_a_policy() {
+    let fetch = |version: i16, replica: i32| {
+        let mut req = FetchRequest::default();
+        let mut t = fetch_request::FetchTopic::default();
+        if version <= 14 {
+            req.replica_id = BrokerId(replica);
+        } else {
+            req.replica_state.replica_id = BrokerId(replica);
+        }
+        if version <= 12 {
+            t.topic = topic("orders");
+        } else {
+            t.topic_id = uuid::Uuid::from_bytes([8; 16]);
+        }
+        req.session_epoch = -1;
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = 3;
+        t.partitions.push(p);
+        req.topics.push(t);
+        req
+    };
+    let proxy = deny(vec![]);
+    proxy.registry().learn_topic([8u8; 16], "orders");
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+    for (i, version) in [(1, 12i16), (2, 15)] {
+        send(
+            &mut h.client,
+            &request_frame(version, i, &fetch(version, 1)),
+        )
+        .await;
+        let (c, r): (i32, FetchResponse) =
+            decode_response(next(&mut h.client_frames).await.body(), version);
+        assert_eq!(c, i);
+        let codes: Vec<(i32, i16)> = r
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.error_code))
+            })
+            .collect();
+        assert_eq!(codes, [(3, 29)], "v{version}");
+    }
+    // A consumer (replica -1): forwarded.
+    send(&mut h.client, &request_frame(15, 3, &fetch(15, -1))).await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, _): (RequestHeader, FetchRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 3);
 }
