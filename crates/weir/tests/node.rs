@@ -1119,3 +1119,67 @@ spec: {mtls: {mode: STRICT}}
         1.0,
     );
 }
+
+/// Connections the node proxy must not make for anyone:
+/// - a packet that reaches the pod addressed to another IP is redirected
+///   like any inbound TCP, but the proxy does not relay it there (a sender
+///   on the link could otherwise use the pod as a relay that skips its
+///   outbound capture);
+/// - an app that connects to the outbound listener itself (loopback is not
+///   captured) gets a closed connection, not a proxy that dials its own
+///   listener until it runs out of file descriptors.
+#[test]
+fn the_proxy_relays_nothing_and_never_dials_itself() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = TestNet::new("relay");
+    let server_host = net.add_host("server", SERVER_IP);
+    let outsider = net.add_host("outsider", OUTSIDER_IP);
+    let other = net.add_host("other", OTHER_IP);
+    let cfg = TempDir::new("relay-cfg");
+    let state = TempDir::new("relay-ca");
+    cfg.write("workloads.yaml", &server_workload(&server_host));
+    // Without source preservation a relayed connection would come from the
+    // pod's own address, so the other host's reply would find its way back.
+    let node_b = NodeProxy::start_ready(
+        "node-b",
+        &[cfg.path()],
+        Ca::StateDir(state.path()),
+        &["--no-preserve-source-ip"],
+    );
+    let _server = start_servers(&server_host, &[(APP_PORT, "SERVER-REPLY")]);
+    let _other = start_servers(&other, &[(APP_PORT, "RELAYED")]);
+
+    // The outsider sends its packets for `other` to the server pod.
+    outsider.exec_ok(
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{OTHER_IP}/32"),
+            "via",
+            &SERVER_IP.to_string(),
+        ],
+    );
+    let r = client(&outsider, OTHER_IP, APP_PORT, "relay-me");
+    assert_no_reply(&r, "RELAYED", "outsider -> other through the server pod");
+    // The workload itself is still reached (PERMISSIVE, no policy).
+    let r = client(&outsider, SERVER_IP, APP_PORT, "to-the-server");
+    assert_reply(&r, "SERVER-REPLY", "outsider -> server as plaintext");
+
+    // The app dials the outbound listener over loopback.
+    let r = client(&server_host, Ipv4Addr::LOCALHOST, 15001, "loop");
+    assert!(r.reply.is_empty(), "{r:?}");
+    let pid = node_b.pid().expect("node-b runs");
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(fds() < 200, "node-b holds {} file descriptors", fds());
+    let r = client(&outsider, SERVER_IP, APP_PORT, "still-serving");
+    assert_reply(
+        &r,
+        "SERVER-REPLY",
+        "outsider -> server after the loop attempt",
+    );
+}

@@ -174,7 +174,14 @@ pub(crate) async fn plaintext(
             return;
         }
     };
-    if is_proxy_port(target.port()) {
+    // Only connections to this workload: the capture rule redirects
+    // whatever arrives, and a sender on the same link could address a
+    // packet to another IP (or to this pod's loopback services) through the
+    // pod; connecting there with the proxy's mark would make the pod a
+    // relay that skips its own outbound capture.
+    if target.ip() != local.workload.address || is_proxy_port(target.port()) {
+        debug!(%peer, %target, "inbound plaintext connection not to this workload; closing");
+        reset(client);
         return;
     }
     let (verdict, conn) = decide(&ctx, &local, None, peer, target);

@@ -28,7 +28,15 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, local: Arc<Local>, app: TcpStream, pee
             return;
         }
     };
-    if is_proxy_port(target.port()) && target.ip() == local.workload.address {
+    // A connection made to the listener itself, not redirected to it (the
+    // original destination is where it arrived; loopback is never
+    // captured): passing it through would dial the listener again, with
+    // the proxy's mark, without end.
+    if (is_proxy_port(target.port()) && target.ip() == local.workload.address)
+        || target.ip().is_loopback()
+        || target.ip().is_unspecified()
+        || app.local_addr().is_ok_and(|a| a == target)
+    {
         debug!(%peer, %target, "refusing to proxy a connection to the proxy itself");
         return;
     }
