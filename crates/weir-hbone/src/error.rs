@@ -73,6 +73,9 @@ pub enum Error {
     #[error("TLS handshake with client {peer} timed out")]
     ServerTlsTimeout { peer: SocketAddr },
 
+    #[error("client {peer} finished TLS but sent no HTTP/2 preface and settings in time")]
+    ServerHttp2Timeout { peer: SocketAddr },
+
     #[error("HTTP/2 error serving client {peer}: {source}")]
     ServerHttp2 {
         peer: SocketAddr,
@@ -117,6 +120,7 @@ impl Error {
             },
             Error::ServerTlsHandshake { .. } => "server_tls_handshake",
             Error::ServerTlsTimeout { .. } => "server_tls_timeout",
+            Error::ServerHttp2Timeout { .. } => "server_h2_timeout",
             Error::ServerHttp2 { .. } => "server_h2",
             Error::Respond(_) => "respond",
             Error::Io(_) => "io",

@@ -27,7 +27,8 @@ use crate::{BoxFuture, H2Settings};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub h2: H2Settings,
-    /// A client that has not finished the TLS handshake by then is dropped.
+    /// A client that has not finished the TLS handshake, or then the
+    /// HTTP/2 preface and settings, by then is dropped.
     pub tls_handshake_timeout: Duration,
     /// SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
     pub max_concurrent_streams: u32,
@@ -377,7 +378,15 @@ impl Server {
                 source,
             }
         };
-        let mut conn = builder.handshake::<_, Bytes>(tls).await.map_err(h2_err)?;
+        // A peer that finished TLS but never sends the HTTP/2 preface is
+        // dropped as one that never finishes TLS is.
+        let mut conn = tokio::time::timeout(
+            cfg.tls_handshake_timeout,
+            builder.handshake::<_, Bytes>(tls),
+        )
+        .await
+        .map_err(|_| Error::ServerHttp2Timeout { peer: peer_addr })?
+        .map_err(h2_err)?;
         stats
             .connections_established
             .fetch_add(1, Ordering::Relaxed);

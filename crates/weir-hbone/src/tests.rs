@@ -691,3 +691,42 @@ async fn idle_connections_are_closed() {
         2
     );
 }
+
+/// A peer that completes TLS but never sends the HTTP/2 preface is dropped
+/// after the handshake timeout, as one that never completes TLS.
+#[tokio::test]
+async fn a_client_that_sends_no_preface_is_dropped() {
+    let ca = TestCa::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = Server::new(config, ca.server_config(BROKER), proxy);
+    let shutdown = Shutdown::new();
+    tokio::spawn({
+        let (s, signal) = (server.clone(), shutdown.signal());
+        async move { s.serve(listener, signal).await }
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = TlsConnector::from(ca.client_config(CLIENT))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    // TLS done; no HTTP/2 preface follows. The server's own settings may
+    // arrive first; then it closes.
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a connection without a preface"
+    );
+    assert_eq!(
+        server
+            .stats()
+            .connections_established
+            .load(Ordering::Relaxed),
+        0
+    );
+}

@@ -7,8 +7,8 @@
 //! window update, for every 256 KiB the plaintext side moves in one.
 //! [`ReadAhead`] sits between the socket and the TLS session and reads up
 //! to [`READ_AHEAD`] bytes per syscall, handing them to rustls from memory.
-//! The buffer exists only while it holds bytes, so an idle connection
-//! carries none.
+//! The buffer exists only while it holds bytes (a read that finds nothing
+//! gives it back), so an idle connection carries none.
 //!
 //! On the sending side rustls accepts plaintext only while its queue of
 //! encrypted records is under a limit, 64 KiB by default, and tokio-rustls
@@ -18,7 +18,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -79,11 +79,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             this.buf.reserve(READ_AHEAD);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut this.buf
-            ))?;
+            let n =
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => {
+                        // Nothing to read: an idle connection (or one that
+                        // never sends, before its handshake) holds no buffer.
+                        this.buf = BytesMut::new();
+                        return Poll::Pending;
+                    }
+                };
             if n == 0 {
                 this.buf = BytesMut::new();
                 return Poll::Ready(Ok(()));
@@ -133,6 +138,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A reader that records the size of every read asked of it.
@@ -184,6 +190,19 @@ mod tests {
         );
         assert_eq!(r.buffered(), 0);
         assert_eq!(r.buf.capacity(), 0, "an empty buffer is given back");
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_bytes_holds_no_buffer() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut r = ReadAhead::new(a);
+        let mut chunk = [0u8; 16];
+        let pending = tokio::time::timeout(Duration::from_millis(20), r.read(&mut chunk)).await;
+        assert!(pending.is_err(), "nothing was sent");
+        assert_eq!(r.buf.capacity(), 0, "a waiting read keeps no buffer");
+        b.write_all(b"late").await.unwrap();
+        let n = r.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..n], b"late");
     }
 
     #[tokio::test]
