@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
@@ -145,15 +145,33 @@ fn admin_route(ctx: &Ctx, path: &str) -> Reply {
     }
 }
 
+/// Most connections the admin, metrics and readiness listeners each serve
+/// at once; past it new ones are closed (a scraper opens one or two).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers (also the most a
+/// kept-alive connection waits idle for its next request).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves HTTP/1 on `listener`, answering every GET with `route(path)`.
+/// Connections are bounded in number ([`MAX_CONNECTIONS`]) and in how long
+/// they may dawdle ([`HEADER_READ_TIMEOUT`]): the metrics and readiness
+/// ports are reachable from the whole cluster, and their file descriptors
+/// are the data path's.
 pub async fn serve(listener: TcpListener, route: Arc<dyn Fn(&str) -> Reply + Send + Sync>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, limit = MAX_CONNECTIONS, "too many admin connections; closing");
+            continue;
+        };
         let route = route.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (status, ctype, body) = route(req.uri().path());
                 async move {
@@ -167,11 +185,72 @@ pub async fn serve(listener: TcpListener, route: Arc<dyn Fn(&str) -> Reply + Sen
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
                 debug!(%peer, error = %e, "admin connection error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn start() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            Arc::new(|_: &str| (StatusCode::OK, "text/plain", "ok\n".to_owned())),
+        ));
+        addr
+    }
+
+    /// Whether the server closed `s` within `wait` (reading to its end).
+    async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+        let mut sink = Vec::new();
+        tokio::time::timeout(wait, s.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_the_rest_served() {
+        let addr = start().await;
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut extra, Duration::from_secs(5)).await);
+        assert!(!closed_within(&mut idle[0], Duration::from_millis(200)).await);
+        // A slot freed is a request served.
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_no_request_is_closed() {
+        let addr = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\n").await.unwrap();
+        assert!(closed_within(&mut s, HEADER_READ_TIMEOUT + Duration::from_secs(5)).await);
     }
 }
