@@ -531,6 +531,7 @@ fn load_document(
                 return;
             }
             let Some(ap) = ap else { return };
+            warn_other_trust_domain(ctx, &ap, &config.settings);
             key = (
                 kind.clone(),
                 ap.metadata.namespace.clone(),
@@ -1090,6 +1091,43 @@ fn rule(
         }
     }
     out
+}
+
+/// Principals written for `cluster.local` in a mesh with another trust
+/// domain. Sidecar Istio reads `cluster.local` as an alias of the local
+/// trust domain; ztunnel, and weir with it, compare principals as written,
+/// so such a rule never matches: an ALLOW admits nobody by it and a DENY
+/// denies nobody.
+fn warn_other_trust_domain(
+    ctx: &mut DocCtx<'_>,
+    ap: &AuthorizationPolicy,
+    settings: &MeshSettings,
+) {
+    const DEFAULT: &str = "cluster.local";
+    let td = settings.trust_domain.as_str();
+    if td == DEFAULT {
+        return;
+    }
+    for (i, rule) in ap.rules.iter().enumerate() {
+        for (j, source) in rule.from.iter().enumerate() {
+            for (field, values) in [
+                ("principals", &source.principals),
+                ("notPrincipals", &source.not_principals),
+            ] {
+                for (k, m) in values.iter().enumerate() {
+                    let (StringMatch::Exact(v) | StringMatch::Prefix(v)) = m else {
+                        continue;
+                    };
+                    if let Some(rest) = v.strip_prefix("cluster.local/") {
+                        ctx.warn(
+                            Some(format!("spec.rules[{i}].from[{j}].source.{field}[{k}]")),
+                            format!("names the trust domain {DEFAULT:?}, but this mesh's is {td:?} (--trust-domain): principals are compared as written, as ztunnel does (sidecar Istio's {DEFAULT:?} alias does not apply), so it never matches; write \"{td}/{rest}{}\"", if matches!(m, StringMatch::Prefix(_)) { "*" } else { "" }),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn string_matches(
@@ -1840,6 +1878,42 @@ mod tests {
             Ok(c) => c.warnings,
             Err(e) => panic!("expected a valid config for:\n{yaml}\n{e}"),
         }
+    }
+
+    #[test]
+    fn cluster_local_principals_in_another_trust_domain_are_flagged() {
+        let yaml = ap_doc(
+            "data",
+            "{action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/apps/sa/bad, example.org/ns/apps/sa/ok], notPrincipals: [\"cluster.local/ns/ops/*\"]}}]}]}",
+        );
+        let settings = MeshSettings {
+            trust_domain: "example.org".parse().unwrap(),
+            ..MeshSettings::default()
+        };
+        let c = Config::from_sources(&[SourceFile::new("p.yaml", &yaml)], settings).unwrap();
+        let got: Vec<(Option<&str>, &str)> = c
+            .warnings
+            .iter()
+            .map(|w| (w.field.as_deref(), w.message.as_str()))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, Some("spec.rules[0].from[0].source.principals[0]"));
+        assert!(
+            got[0].1.contains("\"example.org/ns/apps/sa/bad\""),
+            "{}",
+            got[0].1
+        );
+        assert_eq!(
+            got[1].0,
+            Some("spec.rules[0].from[0].source.notPrincipals[0]")
+        );
+        assert!(
+            got[1].1.contains("\"example.org/ns/ops/*\""),
+            "{}",
+            got[1].1
+        );
+        // In the default trust domain the same policy is fine.
+        assert!(warnings(&yaml).is_empty());
     }
 
     fn ap_doc(ns: &str, spec: &str) -> String {
