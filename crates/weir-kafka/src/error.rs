@@ -61,6 +61,9 @@ pub enum SessionError {
     /// The upstream broker closed the connection while requests were waiting for responses.
     #[error("upstream broker closed the connection with {pending} request(s) unanswered")]
     UpstreamClosed { pending: usize },
+    /// The client sent no request for the idle timeout.
+    #[error("no request from the client for {0:?}; closing as a broker closes an idle connection (connections.max.idle.ms)")]
+    Idle(std::time::Duration),
     /// No upstream broker could be connected to.
     #[error("cannot connect to upstream broker {addr}: {source}")]
     UpstreamUnreachable { addr: String, source: io::Error },
@@ -109,6 +112,7 @@ impl SessionError {
             },
             SessionError::UpstreamClosed { .. } => "upstream_closed",
             SessionError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            SessionError::Idle(_) => "idle_timeout",
             SessionError::UnknownBroker { .. } => "unknown_broker",
             SessionError::UnknownHost { .. } => "unknown_host",
             SessionError::UnsupportedVersion { .. } => "unsupported_version",

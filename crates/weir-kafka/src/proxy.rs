@@ -16,6 +16,9 @@ use crate::metrics::KafkaMetrics;
 use crate::registry::{attempt, BrokerAddr, BrokerRegistry};
 use crate::upstream::{BoxStream, Connector};
 
+/// Kafka's `connections.max.idle.ms` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Settings of one Kafka-aware listener.
 #[derive(Debug, Clone)]
 pub struct KafkaProxyConfig {
@@ -27,6 +30,9 @@ pub struct KafkaProxyConfig {
     pub max_frame_size: usize,
     /// Limit for a metadata refresh (unknown broker id or topic id).
     pub refresh_timeout: Duration,
+    /// A client connection that sends no request for this long is closed,
+    /// as a broker closes one after `connections.max.idle.ms` (10 min).
+    pub idle_timeout: Duration,
 }
 
 impl KafkaProxyConfig {
@@ -37,6 +43,7 @@ impl KafkaProxyConfig {
             bootstrap_servers,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             refresh_timeout: Duration::from_secs(10),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }

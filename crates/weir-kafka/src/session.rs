@@ -139,8 +139,16 @@ impl RequestSide<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut out: Vec<Bytes> = Vec::with_capacity(BATCH_FRAMES);
+        let idle = self.proxy.config().idle_timeout;
         loop {
-            let Some(frame) = frames.next().await? else {
+            // A request is answered within the client's request timeout, so
+            // a connection without requests for this long has nothing in
+            // flight worth waiting for.
+            let Ok(next) = tokio::time::timeout(idle, frames.next()).await else {
+                let _ = upstream.shutdown().await;
+                return Err(SessionError::Idle(idle));
+            };
+            let Some(frame) = next? else {
                 let _ = upstream.shutdown().await;
                 return Ok(());
             };

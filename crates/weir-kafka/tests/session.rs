@@ -2384,3 +2384,28 @@ async fn a_fetch_as_a_replica_is_refused_under_a_policy() {
     let (hdr, _): (RequestHeader, FetchRequest) = decode_request(f.body());
     assert_eq!(hdr.correlation_id, 3);
 }
+
+/// As a broker closes a connection idle for connections.max.idle.ms, the
+/// gateway closes one that sends no request for its idle timeout; a
+/// connection with requests stays.
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let mut config = weir_kafka::KafkaProxyConfig::new(mapper(), vec![]);
+    config.idle_timeout = std::time::Duration::from_millis(300);
+    let proxy = Arc::new(weir_kafka::KafkaProxy::new(
+        config,
+        Arc::new(weir_kafka::TcpConnector::default()),
+        Arc::new(AllowAll),
+        Arc::new(weir_kafka::KafkaMetrics::unregistered()),
+    ));
+    let mut h = harness(proxy, DEFAULT_MAX_FRAME_SIZE);
+    for i in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let hb = raw_request(ApiKey::Heartbeat as i16, 4, i, &[0; 8]);
+        send(&mut h.client, &hb).await;
+        assert_eq!(next(&mut h.broker_frames).await.wire(), &hb);
+    }
+    let err = ended(h.session).await;
+    assert_eq!(err.reason(), "idle_timeout");
+    assert!(!err.is_bad_input());
+}
