@@ -84,6 +84,9 @@ impl std::fmt::Debug for NodeSources {
 /// The current config and its peer index; replaced whole on a valid reload.
 pub(crate) struct ConfigStore {
     current: RwLock<(Arc<Config>, Arc<PeerIndex>)>,
+    /// Told of every replacement, so that open inbound connections are
+    /// checked against the new policies.
+    changes: tokio::sync::watch::Sender<()>,
 }
 
 impl ConfigStore {
@@ -91,7 +94,13 @@ impl ConfigStore {
         let peers = Arc::new(PeerIndex::build(&c));
         Self {
             current: RwLock::new((c, peers)),
+            changes: tokio::sync::watch::channel(()).0,
         }
+    }
+
+    /// A receiver that is woken by every later replacement.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     pub fn current(&self) -> Arc<Config> {
@@ -113,6 +122,7 @@ impl ConfigStore {
     fn replace(&self, c: Arc<Config>) {
         let peers = Arc::new(PeerIndex::build(&c));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (c, peers);
+        self.changes.send_replace(());
     }
 }
 

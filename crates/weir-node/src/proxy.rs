@@ -424,8 +424,10 @@ mod tests {
             "outbound future grew to {} bytes",
             size_of(&out)
         );
+        // Inbound futures also wait for config changes, to close what a
+        // new policy denies (about 370 bytes: the watch and its select).
         assert!(
-            size_of(&plain) <= 1280,
+            size_of(&plain) <= 1408,
             "plaintext future grew to {} bytes",
             size_of(&plain)
         );

@@ -32,10 +32,10 @@ impl Handler for HboneHandler {
     /// an admitted tunnel gets a future, holding just what it needs.
     fn handle(&self, req: InboundRequest, responder: Responder) -> BoxFuture<'static, ()> {
         match admit(&self.ctx, &self.local, &req) {
-            Ok(conn) => Box::pin(tunnel(
+            Ok((conn, peer, changes)) => Box::pin(tunnel(
                 self.ctx.clone(),
                 self.local.clone(),
-                conn,
+                (conn, peer, changes),
                 responder,
             )),
             Err(status) => {
@@ -48,7 +48,7 @@ impl Handler for HboneHandler {
 
 /// Decides whether an HBONE request may reach this workload; refusals are
 /// counted and logged here.
-fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Conn, StatusCode> {
+fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Admitted, StatusCode> {
     // rustls verified the chain and the SPIFFE id; this cannot fail for a
     // connection that got this far, but never trust it blindly.
     let Some(peer_id) = req
@@ -64,6 +64,8 @@ fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Conn, StatusC
         debug!(peer = %req.peer_addr, %target, "HBONE target is not this workload");
         return Err(StatusCode::BAD_REQUEST);
     }
+    // Before the decision: a change made while it is taken is seen.
+    let changes = ctx.store.changes();
     let (verdict, conn) = decide(ctx, local, Some(&peer_id), req.peer_addr, target);
     if !verdict.allowed() {
         ctx.metrics
@@ -71,7 +73,78 @@ fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Conn, StatusC
         conn.log("deny", FLAG_DENY, &verdict.reason, None, None);
         return Err(StatusCode::FORBIDDEN);
     }
-    Ok(conn)
+    Ok((conn, Some(peer_id), changes))
+}
+
+/// An admitted connection: what the access log says of it, the peer's
+/// identity, and the config changes it is checked again on.
+type Admitted = (Conn, Option<SpiffeId>, tokio::sync::watch::Receiver<()>);
+
+/// Whether the current config still admits a connection: as ztunnel does,
+/// a connection a new policy (or its workload's new labels) denies is
+/// closed, not left running.
+fn still_admitted(ctx: &Ctx, local: &Local, peer: Option<&SpiffeId>, conn: &Conn) -> Verdict {
+    let config = ctx.store.current();
+    policy::evaluate(
+        &config,
+        local.current(&config),
+        &Connection {
+            peer: peer.cloned(),
+            source_ip: Some(conn.src_addr.ip()),
+            destination_ip: conn.dst_addr.ip(),
+            destination_port: conn.dst_addr.port(),
+        },
+    )
+}
+
+/// Forwards until either side ends, or until a config change denies the
+/// connection; counts and logs the end.
+async fn carry(
+    ctx: &Ctx,
+    local: &Local,
+    (conn, peer, changes): (
+        &Conn,
+        Option<&SpiffeId>,
+        &mut tokio::sync::watch::Receiver<()>,
+    ),
+    client: impl Into<crate::forward::Side>,
+    upstream: TcpStream,
+    how: &str,
+) {
+    let counters = ctx
+        .metrics
+        .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
+    let forwarding = forward(client, upstream, &counters.received, &counters.sent);
+    tokio::pin!(forwarding);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            t = &mut forwarding => {
+                ctx.metrics.close(&counters, t.failed());
+                conn.log("allow", FLAG_NONE, how, Some(&t), None);
+                return;
+            }
+            changed = changes.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let verdict = still_admitted(ctx, local, peer, conn);
+                if !verdict.allowed() {
+                    // Returning drops the forwarding: both sockets close.
+                    ctx.metrics.close(&counters, false);
+                    conn.log(
+                        "deny",
+                        FLAG_DENY,
+                        &format!("closed by a config change: {}", verdict.reason),
+                        None,
+                        None,
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Evaluates policy for a connection to this workload and describes it for
@@ -109,9 +182,10 @@ fn decide(
     (verdict, conn)
 }
 
-async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Responder) {
+async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, admitted: Admitted, responder: Responder) {
     let _guard = ctx.drain.guard();
-    let Some(upstream) = connect_workload(&ctx, &local, &conn, conn.dst_addr).await else {
+    let conn = &admitted.0;
+    let Some(upstream) = connect_workload(&ctx, &local, conn, conn.dst_addr).await else {
         let _ = responder.reject(StatusCode::SERVICE_UNAVAILABLE);
         return;
     };
@@ -122,12 +196,16 @@ async fn tunnel(ctx: Arc<Ctx>, local: Arc<Local>, conn: Conn, responder: Respond
             return;
         }
     };
-    let counters = ctx
-        .metrics
-        .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
-    let t = forward(tunnel, upstream, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.failed());
-    conn.log("allow", FLAG_NONE, "HBONE", Some(&t), None);
+    let (conn, peer, mut changes) = admitted;
+    carry(
+        &ctx,
+        &local,
+        (&conn, peer.as_ref(), &mut changes),
+        tunnel,
+        upstream,
+        "HBONE",
+    )
+    .await;
 }
 
 /// Connects the workload's port; a failure is counted and logged (the
@@ -184,6 +262,7 @@ pub(crate) async fn plaintext(
         reset(client);
         return;
     }
+    let mut changes = ctx.store.changes();
     let (verdict, conn) = decide(&ctx, &local, None, peer, target);
     if !verdict.allowed() {
         ctx.metrics
@@ -197,10 +276,13 @@ pub(crate) async fn plaintext(
         reset(client);
         return;
     };
-    let counters = ctx
-        .metrics
-        .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
-    let t = forward(client, upstream, &counters.received, &counters.sent).await;
-    ctx.metrics.close(&counters, t.failed());
-    conn.log("allow", FLAG_NONE, "plaintext admitted", Some(&t), None);
+    carry(
+        &ctx,
+        &local,
+        (&conn, None, &mut changes),
+        client,
+        upstream,
+        "plaintext admitted",
+    )
+    .await;
 }
