@@ -68,6 +68,12 @@ pub struct PoolConfig {
     pub response_timeout: Duration,
     /// A connection without tunnels for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection older than this takes no new tunnel (open ones finish;
+    /// it closes once idle), so new tunnels go over a connection made with
+    /// the current certificate: a leaf is renewed at half-life, and a server
+    /// takes no new tunnel on a connection whose client certificate expired.
+    /// Default 1 h.
+    pub max_connection_age: Duration,
     pub h2: H2Settings,
 }
 
@@ -81,6 +87,7 @@ impl Default for PoolConfig {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(300),
+            max_connection_age: Duration::from_secs(3600),
             h2: H2Settings::default(),
         }
     }
@@ -142,11 +149,15 @@ struct Conn {
     streams: Arc<StreamCounter>,
     /// Set when the connection ended or left the pool.
     closed: AtomicBool,
+    /// When it was made.
+    dialed: std::time::Instant,
 }
 
 impl Conn {
-    fn usable(&self, max_streams: usize) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.streams.active() < max_streams
+    fn usable(&self, max_streams: usize, max_age: Duration) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self.streams.active() < max_streams
+            && self.dialed.elapsed() < max_age
     }
 }
 
@@ -189,10 +200,15 @@ impl Pool {
         let span = info_span!("hbone_connect", key = %key, target = %target);
         async {
             // A pooled connection can die between the check and the request
-            // (GOAWAY, idle close by the peer); then retry once on a fresh one.
+            // (idle close by the peer), or the peer may have sent GOAWAY
+            // (draining, or the certificate the connection was made with
+            // expired: the request was not processed); then retry once on a
+            // fresh one.
             let (conn, slot, reused) = self.checkout(key).await?;
             match self.send_connect(&conn, slot, key, target).await {
-                Err(Error::Http2 { source, .. }) if reused && !source.is_remote() => {
+                Err(Error::Http2 { source, .. })
+                    if reused && (!source.is_remote() || source.is_go_away()) =>
+                {
                     debug!(
                         conn = conn.id,
                         "pooled connection failed ({source}), redialing"
@@ -267,9 +283,14 @@ impl Pool {
         let c = entry
             .conns
             .iter()
-            .filter(|c| c.usable(cfg.max_streams_per_connection))
+            .filter(|c| c.usable(cfg.max_streams_per_connection, cfg.max_connection_age))
             .min_by_key(|c| c.streams.active())?;
-        if spread && c.streams.active() > 0 && entry.conns.len() < cfg.parallel_connections {
+        let current = entry
+            .conns
+            .iter()
+            .filter(|c| c.dialed.elapsed() < cfg.max_connection_age)
+            .count();
+        if spread && c.streams.active() > 0 && current < cfg.parallel_connections {
             return None;
         }
         Some((c.clone(), c.streams.acquire()))
@@ -331,6 +352,7 @@ impl Pool {
             sender,
             streams: Arc::new(StreamCounter::new()),
             closed: AtomicBool::new(false),
+            dialed: std::time::Instant::now(),
         });
         tokio::spawn(
             drive(

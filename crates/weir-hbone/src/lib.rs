@@ -28,7 +28,7 @@ mod tests;
 pub use client::{Connector, Pool, PoolConfig, PoolKey};
 pub use error::Error;
 pub use server::{
-    Handler, InboundRequest, Responder, Server, ServerConfig, ServerStats, Shutdown,
+    Handler, InboundRequest, PeerExpiry, Responder, Server, ServerConfig, ServerStats, Shutdown,
     ShutdownSignal, TlsFailureHook,
 };
 pub use stream::{H2Recv, H2Send, H2Stream};

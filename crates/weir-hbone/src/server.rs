@@ -35,6 +35,24 @@ pub struct ServerConfig {
     /// After shutdown, how long open tunnels may keep running; then their
     /// connection is closed and they are reset.
     pub drain_timeout: Duration,
+    /// When the client's certificate expires (read from its leaf): from then
+    /// the connection takes no new tunnel (GOAWAY; open ones finish), so a
+    /// certificate is not used past its validity by keeping a connection
+    /// open. `None`: no such limit.
+    pub peer_expiry: Option<PeerExpiry>,
+}
+
+/// A function reading a certificate's end of validity.
+pub type ExpiryFn = dyn Fn(&CertificateDer<'_>) -> Option<std::time::SystemTime> + Send + Sync;
+
+/// Reads a certificate's end of validity.
+#[derive(Clone)]
+pub struct PeerExpiry(pub Arc<ExpiryFn>);
+
+impl std::fmt::Debug for PeerExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerExpiry")
+    }
 }
 
 impl Default for ServerConfig {
@@ -44,6 +62,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1000,
             drain_timeout: Duration::from_secs(30),
+            peer_expiry: None,
         }
     }
 }
@@ -392,10 +411,28 @@ impl Server {
             .fetch_add(1, Ordering::Relaxed);
         debug!("HBONE connection established");
 
+        // When the client's certificate stops being valid.
+        let expires = cfg
+            .peer_expiry
+            .as_ref()
+            .zip(peer_certificates.first())
+            .and_then(|(f, leaf)| (f.0)(leaf))
+            .map(|at| {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Instant::now() + left
+            });
+        let mut expired = false;
         // Far future until shutdown; then the drain deadline.
         let mut deadline = None;
         loop {
             tokio::select! {
+                _ = sleep_until_opt(expires), if !expired && deadline.is_none() => {
+                    info!("client certificate expired; this HBONE connection takes no new tunnels");
+                    conn.graceful_shutdown();
+                    expired = true;
+                }
                 _ = shutdown.fired(), if deadline.is_none() => {
                     debug!("draining HBONE connection");
                     conn.graceful_shutdown();

@@ -730,3 +730,81 @@ async fn a_client_that_sends_no_preface_is_dropped() {
         0
     );
 }
+
+/// Once the client's certificate expires its connection takes no new
+/// tunnel (GOAWAY); the open tunnel goes on, and the pool carries the next
+/// tunnel over a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_takes_no_new_tunnel_after_the_client_certificate_expires() {
+    let ca = TestCa::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expires = std::time::SystemTime::now() + Duration::from_millis(500);
+    let config = ServerConfig {
+        peer_expiry: Some(crate::PeerExpiry(Arc::new(move |_| Some(expires)))),
+        ..ServerConfig::default()
+    };
+    let server = Server::new(config, ca.server_config(BROKER), proxy);
+    let shutdown = Shutdown::new();
+    tokio::spawn({
+        let (s, signal) = (server.clone(), shutdown.signal());
+        async move { s.serve(listener, signal).await }
+    });
+    let target = echo_server().await;
+    let pool = pool(&ca, 100);
+    let mut open = pool.connect(&key(CLIENT, addr), target).await.unwrap();
+    open.write_all(b"one").await.unwrap();
+    let mut buf = [0; 3];
+    open.read_exact(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The open tunnel still works...
+    open.write_all(b"two").await.unwrap();
+    open.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"two");
+    // ... and a new one goes over a new connection.
+    let mut next = pool.connect(&key(CLIENT, addr), target).await.unwrap();
+    next.write_all(b"new").await.unwrap();
+    next.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"new");
+    assert_eq!(
+        server
+            .stats()
+            .connections_established
+            .load(Ordering::Relaxed),
+        2
+    );
+}
+
+/// A pooled connection older than max_connection_age gets no new tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_pooled_connection_is_not_reused() {
+    let ca = TestCa::new();
+    let srv = start_server(&ca, proxy).await;
+    let target = echo_server().await;
+    let pool = Pool::new(
+        PoolConfig {
+            max_connection_age: Duration::from_millis(300),
+            parallel_connections: 1,
+            ..PoolConfig::default()
+        },
+        TestConnector::new(&ca, &[CLIENT]),
+    );
+    let first = pool.connect(&key(CLIENT, srv.addr), target).await.unwrap();
+    drop(first);
+    let again = pool.connect(&key(CLIENT, srv.addr), target).await.unwrap();
+    drop(again);
+    assert_eq!(
+        pool.connection_count(&key(CLIENT, srv.addr)),
+        1,
+        "reused while young"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let _late = pool.connect(&key(CLIENT, srv.addr), target).await.unwrap();
+    assert_eq!(
+        srv.server
+            .stats()
+            .connections_established
+            .load(Ordering::Relaxed),
+        2
+    );
+}

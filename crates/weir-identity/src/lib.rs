@@ -53,5 +53,6 @@ pub use metrics::{Direction, FailureReason, TlsMetrics};
 pub use remote::{CsrSigner, SignError, SignFuture};
 pub use tls::{certified_key, mesh_client_config, mesh_server_config, provider, CertSlot, ALPN_H2};
 pub use verify::{
-    peer_identity, spiffe_id_of, MeshClientVerifier, MeshServerVerifier, PeerCertError,
+    not_after_of, peer_identity, spiffe_id_of, MeshClientVerifier, MeshServerVerifier,
+    PeerCertError,
 };

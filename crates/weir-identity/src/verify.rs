@@ -139,6 +139,13 @@ impl PeerCertError {
     }
 }
 
+/// The end of a certificate's validity (`notAfter`), if it parses.
+pub fn not_after_of(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// Reads the SPIFFE id from a leaf certificate: exactly one URI SAN, which must
 /// parse as a SPIFFE id. Does not verify the chain or the trust domain.
 pub fn spiffe_id_of(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PeerCertError> {

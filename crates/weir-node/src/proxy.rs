@@ -239,6 +239,9 @@ impl WorkloadProxy {
         let hbone_server = weir_hbone::Server::with_tls_failure_hook(
             weir_hbone::ServerConfig {
                 drain_timeout: ctx.options.common.drain_timeout,
+                peer_expiry: Some(weir_hbone::PeerExpiry(Arc::new(|leaf| {
+                    weir_identity::not_after_of(leaf)
+                }))),
                 ..Default::default()
             },
             server_tls,
