@@ -745,6 +745,12 @@ pub(crate) enum PrincipalMatcher {
         san: StringMatch,
         /// Against the certificate subject.
         subject: DnMatch,
+        /// Written as Istio writes a mesh principal (`td/ns/x/sa/y`, or a
+        /// pattern with `/ns/` or `/sa/`, without `spiffe://`): it names
+        /// mesh identities only, never what an external certificate's SANs
+        /// or subject say, since any CA in `caCertificates` may put such a
+        /// string in a SAN.
+        mesh_only: bool,
     },
 }
 
@@ -779,7 +785,14 @@ impl PrincipalPattern {
                 // `*` alone is handled above.
                 StringMatch::Presence => DnMatch::exact(body),
             };
-            PrincipalMatcher::Name { mesh, san, subject }
+            let mesh_only =
+                !body.starts_with("spiffe://") && (body.contains("/ns/") || body.contains("/sa/"));
+            PrincipalMatcher::Name {
+                mesh,
+                san,
+                subject,
+                mesh_only,
+            }
         };
         Ok(Self {
             text: s.to_owned(),

@@ -301,13 +301,23 @@ impl Request<'_> {
                 spiffe_matches(mesh, id)
             }
             (
+                PrincipalMatcher::Name {
+                    mesh_only: true, ..
+                },
+                Principal::Certificate { .. },
+            ) => false,
+            (
                 PrincipalMatcher::Name { san, subject, .. },
                 Principal::Certificate { subject: s, sans },
             ) => {
-                subject.matches(s)
-                    || sans
-                        .iter()
-                        .any(|x| !x.starts_with(self.mesh_san_prefix) && san.matches(x))
+                // A SAN in the mesh's own trust domain from another CA is
+                // no mesh identity (the scheme compared without case, as
+                // URIs compare it).
+                let mesh_san = |x: &str| {
+                    x.get(..self.mesh_san_prefix.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(self.mesh_san_prefix))
+                };
+                subject.matches(s) || sans.iter().any(|x| !mesh_san(x) && san.matches(x))
             }
         }
     }

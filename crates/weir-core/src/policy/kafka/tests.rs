@@ -425,14 +425,31 @@ fn certificate_principal_forms() {
     ] {
         assert!(!allowed(pattern, &billing), "{pattern}");
     }
-    // An external certificate cannot claim a mesh identity through its SANs.
-    let imposter = cert("CN=x", &["spiffe://cluster.local/ns/apps/sa/producer"]);
+    // An external certificate cannot claim a mesh identity through its
+    // SANs: not with the mesh's trust domain (in any case of the scheme),
+    // nor with the bare Istio form, which names mesh identities only.
+    let imposter = cert(
+        "CN=x",
+        &[
+            "spiffe://cluster.local/ns/apps/sa/producer",
+            "SPIFFE://cluster.local/ns/apps/sa/producer",
+            "cluster.local/ns/apps/sa/producer",
+            "spiffe://partner.example/ns/apps/sa/producer",
+        ],
+    );
     for pattern in [
         "spiffe://cluster.local/ns/apps/sa/producer",
+        "cluster.local/ns/apps/sa/producer",
+        "cluster.local/ns/apps/*",
         "*/sa/producer",
     ] {
         assert!(!allowed(pattern, &imposter), "{pattern}");
     }
+    // A foreign SPIFFE id is matched by its full URI.
+    assert!(allowed(
+        "spiffe://partner.example/ns/apps/sa/producer",
+        &imposter
+    ));
     assert!(allowed("*", &imposter));
     // Anonymous: only `*` and User:ANONYMOUS.
     assert!(allowed("*", &Principal::Anonymous));
@@ -946,10 +963,15 @@ fn reference_principal(pattern: &str, p: &Principal) -> bool {
                 StringMatch::Suffix(x) => canon.ends_with(&dn::canonical(x)),
                 StringMatch::Presence => true,
             };
-            subject_ok
-                || sans
-                    .iter()
-                    .any(|s| !s.starts_with("spiffe://cluster.local/") && sm.matches(s))
+            let mesh_only =
+                !body.starts_with("spiffe://") && (body.contains("/ns/") || body.contains("/sa/"));
+            !mesh_only
+                && (subject_ok
+                    || sans.iter().any(|s| {
+                        !s.to_ascii_lowercase()
+                            .starts_with("spiffe://cluster.local/")
+                            && sm.matches(s)
+                    }))
         }
     }
 }
