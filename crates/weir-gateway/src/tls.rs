@@ -67,7 +67,7 @@ impl TlsFiles {
                 continue;
             }
             if let Some(p) = p {
-                let bytes = std::fs::read(p).map_err(|source| TlsConfigError::Read {
+                let bytes = read_pem_file(p).map_err(|source| TlsConfigError::Read {
                     what,
                     path: p.clone(),
                     source,
@@ -85,6 +85,45 @@ impl TlsFiles {
             .find(|(q, _)| q == p)
             .map(|(q, b)| (q.as_path(), b.as_slice()))
     }
+}
+
+/// Largest certificate, key or CA bundle file read (a bundle of many CAs
+/// is well under it).
+pub const MAX_PEM_FILE: u64 = 1024 * 1024;
+
+/// Reads a PEM file a Gateway names: a regular file (never a device, FIFO
+/// or socket, which could block the reload loop or never end) of at most
+/// [`MAX_PEM_FILE`] bytes. The file is opened without blocking, so a FIFO
+/// does not wait for a writer.
+fn read_pem_file(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes, over the limit of {MAX_PEM_FILE}", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("over the limit of {MAX_PEM_FILE} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The provider for external clients: ring with its TLS 1.2 and 1.3 suites
@@ -227,5 +266,36 @@ pub fn san_allowed(principal: &weir_core::kafka::Principal, allowed: &[String]) 
         Principal::Spiffe(id) => allowed.iter().any(|a| *a == id.to_string()),
         Principal::Certificate { sans, .. } => sans.iter().any(|s| allowed.contains(s)),
         Principal::Anonymous => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("weir-gw-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("ok.pem");
+        std::fs::write(&ok, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_eq!(read_pem_file(&ok).unwrap().len(), 28);
+        // A device that never ends, and a FIFO nobody writes to: refused at
+        // once, not read forever or waited on.
+        let zero = read_pem_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(zero.to_string().contains("not a regular file"), "{zero}");
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = read_pem_file(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let big = dir.join("big.pem");
+        std::fs::write(&big, vec![b'x'; MAX_PEM_FILE as usize + 1]).unwrap();
+        let e = read_pem_file(&big).unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
