@@ -608,13 +608,14 @@ async fn reconcile(ctx: &Arc<Ctx>, running: &mut BTreeMap<u16, tokio::task::Join
             .insert(port, status);
     }
     ctx.metrics.set_listeners(running.len());
-    // Ready when every port listens and, at start-up, every terminating
-    // server has a certificate it can use. Once ready, a server added later
-    // without one is reported but does not take the whole gateway (every
-    // other server's routes) out of its Service, as Envoy keeps serving the
-    // listeners it could build.
+    // Ready when, at start-up, every port listens and every terminating
+    // server has a certificate it can use. Once ready, a port that cannot
+    // be bound (taken, privileged) or a server added later without a
+    // certificate is reported and retried but does not take the whole
+    // gateway (every other server's routes) out of its Service, as Envoy
+    // keeps serving the listeners it could build.
     let servable = ctx.snapshot().unservable().is_empty();
-    let ready = all_ok && (servable || ctx.ever_ready.load(Ordering::Acquire));
+    let ready = (all_ok && servable) || ctx.ever_ready.load(Ordering::Acquire);
     if ready {
         ctx.ever_ready.store(true, Ordering::Release);
     }

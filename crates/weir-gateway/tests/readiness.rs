@@ -177,3 +177,59 @@ async fn a_server_changed_to_mutual_never_goes_on_without_client_certificates() 
     assert!(refused.is_err(), "served with the old SIMPLE settings");
     gw.stop().await;
 }
+
+/// Once ready, a port added later that cannot be bound (another process
+/// holds it) is reported and retried, but the gateway stays ready for every
+/// other listener; the port is served once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_cannot_be_bound_later_does_not_make_the_gateway_unready() {
+    let dir = Dir::new("weir-gw-ready-bind");
+    let (crt, key, root) = cert();
+    std::fs::write(dir.0.join("tls.crt"), &crt).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let port = free_port();
+    let path = config(&dir, port);
+    let gw = TestGateway::start(
+        &dir,
+        path.clone(),
+        Arc::new(weir_gateway::kafka::KafkaListeners::new()),
+        port,
+    )
+    .await;
+    let mut ready = (0, String::new());
+    for _ in 0..50 {
+        ready = gw.readiness().await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    // A second KafkaGateway on a port another process holds.
+    let held = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let first = std::fs::read_to_string(&path).unwrap();
+    let second = first
+        .replace("name: external", "name: second")
+        .replace(&format!("port: {port}"), &format!("port: {taken}"))
+        .replace("kafka.example.com", "kafka2.example.com");
+    std::fs::write(&path, format!("{first}---\n{second}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (code, body) = gw.readiness().await;
+    assert_eq!(code, 200, "{body}");
+    handshake(port, &root)
+        .await
+        .expect("the first listener still serves");
+    // Freed: listened on at a later tick.
+    drop(held);
+    let mut bound = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", taken)).is_ok() {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bound, "the freed port was never listened on");
+    gw.stop().await;
+}
