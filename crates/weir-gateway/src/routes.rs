@@ -63,6 +63,12 @@ pub struct Candidate {
     pub namespace: String,
     pub kind: CandidateKind,
     pub route: Vec<RouteDestination>,
+    /// The server hosts that admit the VirtualService's namespace (and meet
+    /// one of its hosts): an SNI outside them is not this route's, even if
+    /// its `sniHosts` say so, so a namespace admitted on one host of a
+    /// server cannot take another namespace's hosts on it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_hosts: Vec<HostPattern>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +144,15 @@ fn candidates(
     let mut out = Vec::new();
     for vs in vss {
         let key = vs.metadata.key();
+        let server_hosts: Vec<HostPattern> = server
+            .hosts
+            .iter()
+            .filter(|h| {
+                h.admits_namespace(&vs.metadata.namespace, &gw.metadata.namespace)
+                    && vs.hosts.iter().any(|vh| vh.intersects(&h.host))
+            })
+            .map(|h| h.host.clone())
+            .collect();
         for (i, r) in vs.tls.iter().enumerate() {
             let matches: Vec<_> = r
                 .matches
@@ -151,6 +166,7 @@ fn candidates(
                     namespace: vs.metadata.namespace.clone(),
                     kind: CandidateKind::Tls(matches),
                     route: r.route.clone(),
+                    server_hosts: server_hosts.clone(),
                 });
             }
         }
@@ -173,6 +189,7 @@ fn candidates(
                     namespace: vs.metadata.namespace.clone(),
                     kind: CandidateKind::Tcp(ports),
                     route: r.route.clone(),
+                    server_hosts: server_hosts.clone(),
                 });
             }
         }
@@ -345,6 +362,13 @@ fn best_tls<'a>(
         let CandidateKind::Tls(matches) = &c.kind else {
             continue;
         };
+        let admitted = match sni {
+            Some(s) => c.server_hosts.iter().any(|h| h.matches(s)),
+            None => c.server_hosts.contains(&HostPattern::Any),
+        };
+        if !admitted {
+            continue;
+        }
         for (hosts, p) in matches {
             if p.is_some_and(|p| p != port) {
                 continue;
@@ -477,6 +501,55 @@ spec:
         let t = RouteTable::build(&c, &labels(&[("app", "elsewhere")]));
         assert_eq!(t.listeners.keys().copied().collect::<Vec<_>>(), vec![9999]);
         assert!(RouteTable::build(&c, &labels(&[])).listeners.is_empty());
+    }
+
+    /// A namespace admitted on one host of a server cannot take another
+    /// namespace's host on it with a more specific sniHost (as Istio fixed
+    /// for TLSRoute, istio/istio#59229).
+    #[test]
+    fn a_route_gets_only_the_server_hosts_its_namespace_is_admitted_on() {
+        let c = config(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shared, namespace: ingress}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: tls, protocol: TLS}
+    hosts: [team-a/*.a.example.com, team-b/b.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: team-a}
+spec:
+  hosts: ["*.a.example.com"]
+  gateways: [ingress/shared]
+  tls:
+  - match: [{sniHosts: ["*.a.example.com"]}]
+    route: [{destination: {host: a-backend, port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: team-b}
+spec:
+  hosts: ["*"]
+  gateways: [ingress/shared]
+  tls:
+  - match: [{sniHosts: [login.a.example.com, b.example.com]}]
+    route: [{destination: {host: b-backend, port: {number: 443}}}]
+"#,
+        );
+        let t = RouteTable::build(&c, &labels(&[("istio", "ingressgateway")]));
+        let s = t.server(8443, Some("login.a.example.com")).unwrap();
+        let r = route(s, 8443, Some("login.a.example.com")).unwrap();
+        assert_eq!(r.name, "team-a/a#tls[0]", "team-b took team-a's host");
+        let s = t.server(8443, Some("b.example.com")).unwrap();
+        assert_eq!(
+            route(s, 8443, Some("b.example.com")).unwrap().name,
+            "team-b/b#tls[0]"
+        );
     }
 
     #[test]
