@@ -420,11 +420,14 @@ pub async fn run_with(
     // certificate now: a CA problem fails start-up.
     identity.prepare(&id).await?;
     let _rotation = identity.clone().spawn_rotation();
-    let upstreams = Arc::new(Upstreams::new(
-        identity.clone(),
-        id.clone(),
-        options.common.pool_config(),
-    ));
+    let upstreams = Arc::new(
+        Upstreams::new(identity.clone(), id.clone(), options.common.pool_config())
+            .with_own_addresses(vec![
+                options.common.admin_addr,
+                options.common.metrics_addr,
+                options.common.readiness_addr,
+            ]),
+    );
 
     let ctx = Arc::new(Ctx {
         options: options.clone(),

@@ -164,6 +164,32 @@ pub struct Upstreams {
     pool: Pool,
     source: SpiffeId,
     connect_timeout: Duration,
+    /// The gateway's own admin, metrics and readiness addresses: never an
+    /// upstream (a route to 127.0.0.1:15000 would give `/config_dump`, the
+    /// config of every namespace, to the internet).
+    own: Vec<SocketAddr>,
+}
+
+/// Why a plain TCP upstream address is refused, if it is: link-local
+/// (169.254.0.0/16: cloud metadata services) and unspecified addresses are
+/// no upstream, nor are the gateway's own admin ports (`own`) on loopback,
+/// on their own address or, when bound to every address, anywhere.
+pub fn forbidden_upstream(addr: SocketAddr, own: &[SocketAddr]) -> Option<&'static str> {
+    let ip = addr.ip();
+    let link_local = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("a link-local address (e.g. a cloud metadata service) is no upstream");
+    }
+    if ip.is_unspecified() {
+        return Some("the unspecified address is no upstream");
+    }
+    let own_port = own.iter().any(|o| {
+        o.port() == addr.port() && (ip.is_loopback() || o.ip().is_unspecified() || o.ip() == ip)
+    });
+    own_port.then_some("the gateway's own admin, metrics or readiness port is no upstream")
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -185,7 +211,15 @@ impl Upstreams {
             pool,
             source,
             connect_timeout,
+            own: Vec::new(),
         }
+    }
+
+    /// Refuses `own` (the gateway's admin, metrics and readiness
+    /// addresses) as upstreams.
+    pub fn with_own_addresses(mut self, own: Vec<SocketAddr>) -> Self {
+        self.own = own;
+        self
     }
 
     /// The identity upstream mesh connections present.
@@ -337,6 +371,12 @@ impl Upstreams {
     }
 
     async fn tcp(&self, addr: SocketAddr) -> Result<UpstreamStream, UpstreamError> {
+        if let Some(why) = forbidden_upstream(addr, &self.own) {
+            return Err(UpstreamError::Connect {
+                addr,
+                source: io::Error::new(io::ErrorKind::PermissionDenied, why),
+            });
+        }
         match tokio::time::timeout(self.connect_timeout, Box::pin(TcpStream::connect(addr))).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -482,5 +522,33 @@ mod tests {
             hits[weighted_order(&[75, 25], r)[0]] += 1;
         }
         assert_eq!(hits, [750, 250]);
+    }
+}
+
+#[cfg(test)]
+mod forbidden_tests {
+    use super::*;
+
+    #[test]
+    fn metadata_services_and_the_gateways_own_ports_are_no_upstream() {
+        let own: Vec<SocketAddr> = vec![
+            "127.0.0.1:15000".parse().unwrap(),
+            "0.0.0.0:15020".parse().unwrap(),
+            "0.0.0.0:15021".parse().unwrap(),
+        ];
+        let refused = |a: &str| forbidden_upstream(a.parse().unwrap(), &own);
+        assert!(refused("169.254.169.254:80").is_some());
+        assert!(refused("[fe80::1]:80").is_some());
+        assert!(refused("0.0.0.0:9092").is_some());
+        assert!(refused("127.0.0.1:15000").is_some());
+        assert!(refused("127.0.0.2:15000").is_some());
+        assert!(
+            refused("198.18.0.7:15020").is_some(),
+            "bound to every address"
+        );
+        // Other loopback ports and addresses stay usable (local backends).
+        assert!(refused("127.0.0.1:9443").is_none());
+        assert!(refused("198.18.0.7:15000").is_none());
+        assert!(refused("198.18.0.7:9092").is_none());
     }
 }
