@@ -156,19 +156,82 @@ struct ConnInfo {
     start: Instant,
 }
 
+/// At most this many "connection refused" warnings per second: refusals
+/// are caused by unauthenticated clients, who must not be able to flood the
+/// log. The rest are logged at debug level and counted (`suppressed`) in
+/// the next warning; every refusal is counted in the metrics.
+const REFUSAL_WARNINGS_PER_SECOND: u64 = 10;
+
+/// A per-second budget of log lines.
+struct LogBudget {
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    const fn new() -> Self {
+        use std::sync::atomic::AtomicU64;
+        LogBudget {
+            second: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be
+    /// written in second `now`, else `None` (and the line is counted).
+    fn take(&self, now: u64, per_second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let current = self.second.load(Relaxed);
+        if current != now
+            && self
+                .second
+                .compare_exchange(current, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Relaxed);
+        }
+        if self.used.fetch_add(1, Relaxed) < per_second {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+static REFUSAL_LOG: LogBudget = LogBudget::new();
+
 impl ConnInfo {
     /// Logs and counts a connection closed without being routed.
     fn refuse(&self, metrics: &Metrics, reason: &str, error: &dyn std::fmt::Display) {
         metrics.error(self.port, reason);
-        warn!(
-            target: "weir::gateway",
-            listener = self.port,
-            peer = %self.peer,
-            sni = self.sni.as_deref().unwrap_or("-"),
-            reason,
-            error = %error,
-            "connection refused"
-        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let sni = self.sni.as_deref().unwrap_or("-");
+        match REFUSAL_LOG.take(now, REFUSAL_WARNINGS_PER_SECOND) {
+            Some(suppressed) => warn!(
+                target: "weir::gateway",
+                listener = self.port,
+                peer = %self.peer,
+                sni,
+                reason,
+                error = %error,
+                suppressed,
+                "connection refused"
+            ),
+            None => tracing::debug!(
+                target: "weir::gateway",
+                listener = self.port,
+                peer = %self.peer,
+                sni,
+                reason,
+                error = %error,
+                "connection refused"
+            ),
+        }
     }
 }
 
@@ -564,4 +627,23 @@ async fn proxy_terminated(
         error,
         "connection closed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_warnings_are_bounded_per_second_and_count_what_they_skip() {
+        let budget = LogBudget::new();
+        let mut written = Vec::new();
+        for _ in 0..25 {
+            written.push(budget.take(100, 10));
+        }
+        assert_eq!(written.iter().filter(|w| w.is_some()).count(), 10);
+        assert_eq!(written[0], Some(0));
+        // The next second: a line again, saying how many were skipped.
+        assert_eq!(budget.take(101, 10), Some(15));
+        assert_eq!(budget.take(101, 10), Some(0));
+    }
 }
