@@ -314,21 +314,7 @@ pub(crate) fn inspect(
             let count_start = r.pos();
             let n = r.array(f, "topics")?;
             let mut list = Entries::new(count_start..r.pos(), f);
-            // Kafka answers by id as soon as one topic has a non-zero id,
-            // ignoring every name (KafkaApis.handleTopicMetadataRequest):
-            // then a topic is authorized by its id, never by a name sent
-            // beside it (a name the principal may describe beside the id
-            // of one it may not).
-            let by_id = v >= 10 && {
-                let mut peek = r.clone();
-                let mut any = false;
-                for _ in 0..n.unwrap_or(0) {
-                    any |= peek.uuid("topic_id")? != [0; 16];
-                    peek.string(f, "topic name")?;
-                    peek.skip_tags(f)?;
-                }
-                any
-            };
+            let mut ids = Vec::new();
             for _ in 0..n.unwrap_or(0) {
                 let s = r.pos();
                 let id = if v >= 10 {
@@ -343,9 +329,10 @@ pub(crate) fn inspect(
                 };
                 r.skip_tags(f)?;
                 let name = match name {
-                    Some(range) if !by_id => NameRef::Body(range),
-                    _ => NameRef::TopicId(id),
+                    Some(range) => NameRef::Body(range),
+                    None => NameRef::TopicId(id),
                 };
+                ids.push(id);
                 list.items.push(Entry {
                     range: s..r.pos(),
                     check: check(ResourceType::Topic, name, Operation::Describe),
@@ -353,6 +340,16 @@ pub(crate) fn inspect(
                     records: RecordCount::default(),
                     kind: 0,
                 });
+            }
+            // Kafka answers by id as soon as one topic has a non-zero id,
+            // ignoring every name (KafkaApis.handleTopicMetadataRequest):
+            // then a topic is authorized by its id, never by a name sent
+            // beside it (a name the principal may describe beside the id
+            // of one it may not).
+            if ids.iter().any(|id| *id != [0; 16]) {
+                for (e, id) in list.items.iter_mut().zip(ids) {
+                    e.check.name = NameRef::TopicId(id);
+                }
             }
             let all_topics = n.is_none() || (v == 0 && n == Some(0));
             let mut auto_create_at = None;

@@ -190,13 +190,8 @@ impl RequestSide<'_> {
         let api_name = hdr.api_name();
         // A version Kafka has no such API at is one label value, not one per
         // number a client makes up.
-        let counted_version = match hdr.api {
-            Some(api)
-                if (api.valid_versions().min..=api.valid_versions().max)
-                    .contains(&hdr.api_version) =>
-            {
-                hdr.api_version
-            }
+        let counted_version = match hdr.api.map(|api| api.valid_versions()) {
+            Some(r) if (r.min..=r.max).contains(&hdr.api_version) => hdr.api_version,
             _ => -1,
         };
         self.produced.request(api_name, counted_version);
