@@ -80,19 +80,26 @@ fn admit(ctx: &Ctx, local: &Local, req: &InboundRequest) -> Result<Admitted, Sta
 /// identity, and the config changes it is checked again on.
 type Admitted = (Conn, Option<SpiffeId>, tokio::sync::watch::Receiver<()>);
 
-/// Whether the current config still admits a connection: as ztunnel does,
-/// a connection a new policy (or its workload's new labels) denies is
-/// closed, not left running.
-fn still_admitted(ctx: &Ctx, local: &Local, peer: Option<&SpiffeId>, conn: &Conn) -> Verdict {
+/// The current config's verdict on a connection to this workload: taken
+/// when it arrives and again on every config change (as ztunnel does, a
+/// connection a new policy, or its workload's new labels, denies is closed,
+/// not left running).
+fn verdict(
+    ctx: &Ctx,
+    local: &Local,
+    peer: Option<&SpiffeId>,
+    src_addr: SocketAddr,
+    target: SocketAddr,
+) -> Verdict {
     let config = ctx.store.current();
     policy::evaluate(
         &config,
         local.current(&config),
         &Connection {
             peer: peer.cloned(),
-            source_ip: Some(conn.src_addr.ip()),
-            destination_ip: conn.dst_addr.ip(),
-            destination_port: conn.dst_addr.port(),
+            source_ip: Some(src_addr.ip()),
+            destination_ip: target.ip(),
+            destination_port: target.port(),
         },
     )
 }
@@ -129,7 +136,7 @@ async fn carry(
                     watching = false;
                     continue;
                 }
-                let verdict = still_admitted(ctx, local, peer, conn);
+                let verdict = verdict(ctx, local, peer, conn.src_addr, conn.dst_addr);
                 if !verdict.allowed() {
                     // Returning drops the forwarding: both sockets close.
                     ctx.metrics.close(&counters, false);
@@ -156,18 +163,8 @@ fn decide(
     src_addr: SocketAddr,
     target: SocketAddr,
 ) -> (Verdict, Conn) {
-    let config = ctx.store.current();
+    let verdict = verdict(ctx, local, peer, src_addr, target);
     let peers = ctx.store.peers();
-    let verdict = policy::evaluate(
-        &config,
-        local.current(&config),
-        &Connection {
-            peer: peer.cloned(),
-            source_ip: Some(src_addr.ip()),
-            destination_ip: target.ip(),
-            destination_port: target.port(),
-        },
-    );
     let conn = Conn {
         service: None,
         direction: "inbound",
