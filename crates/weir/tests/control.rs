@@ -21,7 +21,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     client, http_get, metric_lines, metric_sum, python, serial, spiffe, start_servers, wait_for,
-    workload, TempDir,
+    workload, Py, TempDir, ECHO_PY,
 };
 use rustls_pki_types::pem::PemObject;
 use weir_testing::{require_root, Host, HostChild, TestNet};
@@ -525,95 +525,6 @@ fn control_plane_signs_and_pushes() {
     mesh.control
         .expect_metric(CSR, &[("result", "unauthenticated")], 10, |v| v >= 1.0);
     step(t0, "foreign identity and wrong token refused");
-}
-
-/// A long-running connection: sends a numbered line every 50 ms and checks
-/// each echo, until `stop` exists; prints a JSON summary.
-const ECHO_PY: &str = r#"
-import json, os, socket, sys, threading, time
-
-def serve(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(16)
-    print("listening", flush=True)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-
-def echo(c):
-    try:
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except Exception:
-        pass
-    finally:
-        c.close()
-
-def run(host, port, stop):
-    res = {"sent": 0, "echoed": 0, "error": None, "seconds": 0.0}
-    t0 = time.time()
-    try:
-        c = socket.create_connection((host, int(port)), timeout=10)
-        f = c.makefile("rb")
-        print("connected", flush=True)
-        n = 0
-        while not os.path.exists(stop):
-            line = ("seq %d\n" % n).encode()
-            c.sendall(line)
-            res["sent"] += 1
-            back = f.readline()
-            if back != line:
-                res["error"] = "echo %r != %r" % (back, line)
-                break
-            res["echoed"] += 1
-            n += 1
-            time.sleep(0.05)
-    except Exception as e:
-        res["error"] = repr(e)
-    res["seconds"] = time.time() - t0
-    print(json.dumps(res), flush=True)
-
-if sys.argv[1] == "serve":
-    serve(int(sys.argv[2]))
-else:
-    run(sys.argv[2], sys.argv[3], sys.argv[4])
-"#;
-
-/// A python process in `host` whose stdout lines are collected.
-struct Py {
-    _child: HostChild,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Py {
-    fn spawn(host: &Host, script: &Path, args: &[&str]) -> Py {
-        let mut cmd = host.command(python());
-        cmd.arg("-u").arg(script).args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-        let mut child = host.spawn_command(cmd);
-        let stdout = child.child_mut().stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Py {
-            _child: child,
-            lines,
-        }
-    }
-
-    fn expect_line(&self, what: &str, within: Duration) -> String {
-        self.lines
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("no {what} line within {within:?}"))
-    }
 }
 
 #[test]

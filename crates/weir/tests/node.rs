@@ -1184,66 +1184,6 @@ fn the_proxy_relays_nothing_and_never_dials_itself() {
     );
 }
 
-/// A long-lived echo server (`serve PORT`) and client (`hold HOST PORT`):
-/// the client prints `echoed` once its first line came back, then pings
-/// until the connection ends (`closed`) or 20 s pass (`still-open`).
-const LONG_PY: &str = r#"
-import socket, sys, threading, time
-if sys.argv[1] == "serve":
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(sys.argv[2])))
-    s.listen(16)
-    print("listening", flush=True)
-    def echo(c):
-        try:
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                c.sendall(d)
-        except Exception:
-            pass
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-else:
-    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10)
-    c.sendall(b"hello\n")
-    print("echoed" if c.recv(100) == b"hello\n" else "no-echo", flush=True)
-    deadline = time.time() + 20
-    try:
-        while time.time() < deadline:
-            c.sendall(b"ping\n")
-            if not c.recv(100):
-                print("closed", flush=True)
-                sys.exit(0)
-            time.sleep(0.1)
-        print("still-open", flush=True)
-    except Exception:
-        print("closed", flush=True)
-"#;
-
-/// The lines a child prints, as they come.
-fn lines_of(child: &mut weir_testing::HostChild) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = child.child_mut().stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// As ztunnel: an open connection that a new policy denies is closed, not
 /// left running until it ends by itself.
 #[test]
@@ -1263,30 +1203,19 @@ fn an_open_connection_a_new_policy_denies_is_closed() {
             + &server_workload(&server_host)),
     );
     let (_node_a, node_b) = two_nodes(&[cfg.path()], state.path());
-    let script = cfg.write("long.py", LONG_PY);
-    let spawn = |host: &Host, args: &[&str]| {
-        let mut cmd = host.command(common::python());
-        cmd.arg("-u").arg(&script).args(args);
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped());
-        let mut child = host.spawn_command(cmd);
-        let lines = lines_of(&mut child);
-        (child, lines)
-    };
-    let (_server, server_lines) = spawn(&server_host, &["serve", "9100"]);
+    let script = cfg.write("echo.py", common::ECHO_PY);
+    let server = common::Py::spawn(&server_host, &script, &["serve", "9100"]);
     assert_eq!(
-        server_lines
-            .recv_timeout(Duration::from_secs(10))
-            .ok()
-            .as_deref(),
-        Some("listening")
+        server.expect_line("listening", Duration::from_secs(10)),
+        "listening"
     );
-    let (_client, client_lines) = spawn(&client_host, &["hold", &SERVER_IP.to_string(), "9100"]);
+    let held = common::Py::spawn(
+        &client_host,
+        &script,
+        &["hold", &SERVER_IP.to_string(), "9100"],
+    );
     assert_eq!(
-        client_lines
-            .recv_timeout(Duration::from_secs(10))
-            .ok()
-            .as_deref(),
+        held.next_line(Duration::from_secs(10)).as_deref(),
         Some("echoed"),
         "{}",
         node_b.log_text()
@@ -1306,7 +1235,7 @@ spec:
     );
     node_b.expect_metric_at_least(RELOADS, &[("result", "success")], reloads + 1.0);
     assert!(
-        client_lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        held.next_line(Duration::from_secs(2)).is_none(),
         "closed by an unrelated change"
     );
     // ... a DENY of its principal closes it.
@@ -1323,10 +1252,7 @@ spec:
 ",
     );
     assert_eq!(
-        client_lines
-            .recv_timeout(Duration::from_secs(15))
-            .ok()
-            .as_deref(),
+        held.next_line(Duration::from_secs(15)).as_deref(),
         Some("closed"),
         "{}",
         node_b.log_text()

@@ -681,6 +681,121 @@ pub fn iptables_save(host: &Host) -> String {
     host.exec_ok("iptables-save", &[] as &[&str])
 }
 
+/// Long-lived echo connections: `serve PORT` echoes every connection;
+/// `run HOST PORT STOP` sends a numbered line every 50 ms and checks each
+/// echo until the file `STOP` exists, then prints a JSON summary; `hold
+/// HOST PORT` prints `echoed` once its first line came back, then pings
+/// until the connection ends (`closed`) or 20 s pass (`still-open`).
+pub const ECHO_PY: &str = r#"
+import json, os, socket, sys, threading, time
+
+def serve(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(16)
+    print("listening", flush=True)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+def echo(c):
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except Exception:
+        pass
+    finally:
+        c.close()
+
+def run(host, port, stop):
+    res = {"sent": 0, "echoed": 0, "error": None, "seconds": 0.0}
+    t0 = time.time()
+    try:
+        c = socket.create_connection((host, int(port)), timeout=10)
+        f = c.makefile("rb")
+        print("connected", flush=True)
+        n = 0
+        while not os.path.exists(stop):
+            line = ("seq %d\n" % n).encode()
+            c.sendall(line)
+            res["sent"] += 1
+            back = f.readline()
+            if back != line:
+                res["error"] = "echo %r != %r" % (back, line)
+                break
+            res["echoed"] += 1
+            n += 1
+            time.sleep(0.05)
+    except Exception as e:
+        res["error"] = repr(e)
+    res["seconds"] = time.time() - t0
+    print(json.dumps(res), flush=True)
+
+def hold(host, port):
+    c = socket.create_connection((host, int(port)), timeout=10)
+    c.sendall(b"hello\n")
+    print("echoed" if c.recv(100) == b"hello\n" else "no-echo", flush=True)
+    deadline = time.time() + 20
+    try:
+        while time.time() < deadline:
+            c.sendall(b"ping\n")
+            if not c.recv(100):
+                print("closed", flush=True)
+                return
+            time.sleep(0.1)
+        print("still-open", flush=True)
+    except Exception:
+        print("closed", flush=True)
+
+if sys.argv[1] == "serve":
+    serve(int(sys.argv[2]))
+elif sys.argv[1] == "hold":
+    hold(sys.argv[2], sys.argv[3])
+else:
+    run(sys.argv[2], sys.argv[3], sys.argv[4])
+"#;
+
+/// A python process in `host` whose stdout lines are collected.
+pub struct Py {
+    _child: HostChild,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Py {
+    pub fn spawn(host: &Host, script: &Path, args: &[&str]) -> Py {
+        let mut cmd = host.command(python());
+        cmd.arg("-u").arg(script).args(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = host.spawn_command(cmd);
+        let stdout = child.child_mut().stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Py {
+            _child: child,
+            lines,
+        }
+    }
+
+    pub fn expect_line(&self, what: &str, within: Duration) -> String {
+        self.lines
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("no {what} line within {within:?}"))
+    }
+
+    /// The next line within `within`, if one comes.
+    pub fn next_line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
