@@ -67,6 +67,62 @@ pub fn serve(port: u16) -> Result<()> {
     })
 }
 
+/// Bytes each direction of [`relay`] moves per read and write: as much as
+/// the node proxy reads at once (weir-hbone's read-ahead and the
+/// forwarder's largest chunk are 256 KiB too).
+const RELAY_BUF: usize = 256 * 1024;
+
+/// A plain TCP relay (the `--relay` reference path): accepts on `listen`,
+/// connects each connection to `to` and copies both ways, with no TLS, no
+/// HTTP/2 and no policy. Two of them in a row have the node proxies' shape
+/// (three TCP connections, two user-space passes), so what they reach is
+/// the ceiling of any such proxy on this machine. Prints `READY` once
+/// listening; runs until killed.
+pub fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+    // As many worker threads as a node proxy has by default (one per core);
+    // one thread gave the same round trip (+48.7 against +43.4 µs).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(4096)?;
+        println!("READY");
+        std::io::stdout().flush()?;
+        loop {
+            let (mut inbound, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("weir-bench relay: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tokio::spawn(async move {
+                let mut outbound = match tokio::net::TcpStream::connect(to).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("weir-bench relay: connect {to}: {e}");
+                        return;
+                    }
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut inbound,
+                    &mut outbound,
+                    RELAY_BUF,
+                    RELAY_BUF,
+                )
+                .await;
+            });
+        }
+    })
+}
+
 async fn handle(mut s: tokio::net::TcpStream, base: Instant) -> Result<()> {
     let mut mode = [0u8; 1];
     if s.read(&mut mode).await? == 0 {

@@ -16,6 +16,10 @@
 //! generators are this binary re-executed in the namespaces (hidden
 //! subcommands `__serve` and `__client`). See docs/performance.md.
 //!
+//! `--relay` adds a reference path of the mesh's shape without its work:
+//! two plain TCP relays (`__relay`) between the direct pair, the ceiling of
+//! any proxy with three TCP legs on the machine.
+//!
 //! `weir-bench kafka [--quick]` measures Kafka instead: a Tansu broker and
 //! real clients, direct and through the mesh (see `kafka.rs`).
 //!
@@ -49,6 +53,10 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const DCLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 const DSERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 const SERVER_PORT: u16 = 5201;
+/// The `--relay` path: dclient -> relay-a (127.0.0.1 in dclient) ->
+/// relay-b (dserver) -> dserver's load server over loopback.
+const RELAY_A_PORT: u16 = 15101;
+const RELAY_B_PORT: u16 = 15102;
 
 // Targets of issue 2 on the 2-core reference machine.
 const TARGET_TPUT_RATIO: f64 = 0.35;
@@ -85,6 +93,12 @@ struct Cli {
     /// `--node-arg=--worker-threads=1`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     node_arg: Vec<String>,
+    /// Also measure a reference path through two plain TCP relays (no TLS,
+    /// no HTTP/2, no policy) shaped like the mesh: three TCP connections and
+    /// two user-space passes. What it reaches is the ceiling of any proxy
+    /// of that shape on this machine.
+    #[arg(long)]
+    relay: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +118,14 @@ enum Sub {
     Serve {
         #[arg(long)]
         port: u16,
+    },
+    /// (internal) plain TCP relay of the `--relay` reference path.
+    #[command(name = "__relay", hide = true)]
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
     },
     /// (internal) load client, run inside the client namespace.
     #[command(name = "__client", hide = true)]
@@ -152,6 +174,7 @@ fn main() {
     let nofile = sys::raise_nofile(200_000);
     let result = match cli.command {
         Some(Sub::Serve { port }) => load::serve(port),
+        Some(Sub::Relay { listen, to }) => load::relay(listen, to),
         Some(Sub::Client { test }) => run_client(test),
         Some(Sub::Kafka(ref args)) => kafka::run(args),
         Some(Sub::Gateway(ref args)) => gateway::run(args),
@@ -337,6 +360,28 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
     if let (Some(m), Some(path)) = (&mesh_nodes, &mesh_path) {
         mesh_checks(m, path, plan.hold_conns, &mut mem, &mut notes);
     }
+    let relays = if cli.relay {
+        println!("== relay setup (dclient -> relay-a -> relay-b -> dserver; plain TCP)");
+        match start_relays(&dclient, &dserver) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("relay setup failed: {e:#}");
+                notes.push(format!("relay setup failed: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let relay_path = relays.as_ref().map(|(a, b)| LoadPath {
+        client: &dclient,
+        target: SocketAddr::from((Ipv4Addr::LOCALHOST, RELAY_A_PORT)),
+        procs: vec![
+            ("server", dserver_proc.id()),
+            ("relay-a", a.id()),
+            ("relay-b", b.id()),
+        ],
+    });
     println!();
 
     // Each measurement runs direct, then mesh, back to back, round after
@@ -344,10 +389,12 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
     // equally; the table shows the median over the rounds.
     let mut directs = Vec::new();
     let mut meshes = Vec::new();
+    let mut relayed = Vec::new();
     for round in 1..=plan.rounds {
         println!("== round {round}/{}", plan.rounds);
         let mut d = Figures::default();
         let mut m = Figures::default();
+        let mut r = Figures::default();
         for test in [
             Test::Tput(1),
             Test::Tput(8),
@@ -359,10 +406,16 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
             if let Some(path) = &mesh_path {
                 run_test(test, "mesh", path, &plan, &mut m);
             }
+            if let Some(path) = &relay_path {
+                run_test(test, "relay", path, &plan, &mut r);
+            }
         }
         directs.push(d);
         if mesh_path.is_some() {
             meshes.push(m);
+        }
+        if relay_path.is_some() {
+            relayed.push(r);
         }
         println!();
     }
@@ -376,6 +429,14 @@ fn run_bench(cli: &Cli, nofile: Option<libc::rlim_t>) -> Result<()> {
     );
     let table = report(&directs, &meshes, &mem, &plan);
     println!("{table}");
+    if relay_path.is_some() {
+        println!(
+            "Reference: two plain TCP relays in the mesh's shape (no TLS, no HTTP/2); \
+             relay/direct is the ceiling of such a proxy here, mesh/relay what weir reaches of it."
+        );
+        println!("{}", report_relay(&directs, &meshes, &relayed, &plan));
+    }
+    drop(relays);
     for n in &notes {
         println!("note: {n}");
     }
@@ -437,6 +498,43 @@ fn start_server(server: &Host) -> Result<HostChild> {
         bail!("load server did not start (said {line:?})");
     }
     Ok(child)
+}
+
+/// Starts the two relays of the `--relay` path (relay-b first, so relay-a
+/// never forwards to nothing) and waits for each to say `READY`.
+fn start_relays(dclient: &Host, dserver: &Host) -> Result<(HostChild, HostChild)> {
+    let exe = std::env::current_exe()?;
+    let start = |host: &Host, listen: SocketAddr, to: SocketAddr| -> Result<HostChild> {
+        let mut cmd = host.command(&exe.to_string_lossy());
+        cmd.args([
+            "__relay",
+            "--listen",
+            &listen.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        let mut child = host.spawn_command(cmd);
+        let stdout = child.child_mut().stdout.take().context("relay stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "READY" {
+            bail!("relay in {} did not start (said {line:?})", host.name);
+        }
+        Ok(child)
+    };
+    let b = start(
+        dserver,
+        SocketAddr::from((DSERVER_IP, RELAY_B_PORT)),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, SERVER_PORT)),
+    )?;
+    let a = start(
+        dclient,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, RELAY_A_PORT)),
+        SocketAddr::from((DSERVER_IP, RELAY_B_PORT)),
+    )?;
+    Ok((a, b))
 }
 
 /// Runs `f` and prints the CPU time and minor page faults of the processes
@@ -1305,6 +1403,90 @@ fn report(ds: &[Figures], ms: &[Figures], mem: &Memory, plan: &Plan) -> String {
         })
         .collect();
     markdown_table(&header, &cells)
+}
+
+/// The `--relay` table: the plain relays next to the direct path and the
+/// mesh, as per-round ratios (medians), and for latency what each adds to
+/// the direct round trip.
+fn report_relay(ds: &[Figures], ms: &[Figures], rs: &[Figures], plan: &Plan) -> String {
+    let (d, m, r) = (
+        Figures::median(ds),
+        Figures::median(ms),
+        Figures::median(rs),
+    );
+    let f = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    // Per round: op(a, b) where both figures exist; the median of those.
+    let paired = |xs: &[Figures], ys: &[Figures], get: Get, op: fn(f64, f64) -> Option<f64>| {
+        median(
+            xs.iter()
+                .zip(ys)
+                .filter_map(|(x, y)| op(get(x)?, get(y)?))
+                .collect(),
+        )
+    };
+    let ratio = |x: f64, y: f64| (x > 0.0).then(|| y / x);
+    let added = |x: f64, y: f64| Some(y - x);
+    let mut cells = Vec::new();
+    let rows: [(String, Get, usize, bool); 6] = [
+        (
+            "throughput, 1 stream (Gbit/s)".into(),
+            |f| f.tput1_gbit,
+            3,
+            false,
+        ),
+        (
+            "throughput, 8 streams (Gbit/s)".into(),
+            |f| f.tput8_gbit,
+            3,
+            false,
+        ),
+        ("latency 1 KiB rr, p50 (µs)".into(), |f| f.p50_us, 1, true),
+        ("latency 1 KiB rr, p99 (µs)".into(), |f| f.p99_us, 1, true),
+        ("connections/s, 1 worker".into(), |f| f.cps1, 0, false),
+        (
+            format!("connections/s, {} workers", plan.cps_workers),
+            |f| f.cps_n,
+            0,
+            false,
+        ),
+    ];
+    for (name, get, prec, latency) in rows {
+        let (rd, md, mr) = if latency {
+            let us = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{a:+.1} µs"));
+            (
+                us(paired(ds, rs, get, added)),
+                us(paired(ds, ms, get, added)),
+                us(paired(rs, ms, get, added)),
+            )
+        } else {
+            (
+                f(paired(ds, rs, get, ratio), 2),
+                f(paired(ds, ms, get, ratio), 2),
+                f(paired(rs, ms, get, ratio), 2),
+            )
+        };
+        cells.push([
+            name,
+            f(get(&d), prec),
+            f(get(&r), prec),
+            f(get(&m), prec),
+            rd,
+            md,
+            mr,
+        ]);
+    }
+    markdown_table(
+        &[
+            "metric",
+            "direct",
+            "relay",
+            "mesh",
+            "relay/direct",
+            "mesh/direct",
+            "mesh/relay",
+        ],
+        &cells,
+    )
 }
 
 /// A markdown table, columns padded; the first column left-aligned, the
