@@ -294,7 +294,9 @@ fn process_strict(
                 let authz = &mut *ctx.authz;
                 for t in &mut r.topics {
                     if let Some(n) = &t.name {
-                        if t.topic_authorized_operations != NOT_REQUESTED && t.error_code == 0 {
+                        if t.topic_authorized_operations != NOT_REQUESTED
+                            && t.error_code != codes::TOPIC_AUTHORIZATION_FAILED
+                        {
                             t.topic_authorized_operations =
                                 authorized_operations(authz, ResourceType::Topic, n);
                         }

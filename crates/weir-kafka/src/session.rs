@@ -492,6 +492,23 @@ impl RequestSide<'_> {
             }
         }
         let kept = keep.iter().filter(|k| **k).count();
+        if whole_code.is_some() {
+            // Nothing of a request denied as a whole reaches the broker, also
+            // one that names no element, or whose elements were all cut: an
+            // empty follower's Fetch would still be served from the fetch
+            // session the client opened as a consumer, and an empty Produce
+            // or commit would still run the denied transactional id or
+            // group's checks at the broker.
+            if no_response {
+                let topic = work
+                    .denied
+                    .first()
+                    .map(|d| d.name.to_string())
+                    .unwrap_or_default();
+                return Ok(Plan::ForwardThenClose(None, topic));
+            }
+            return Ok(Plan::Answer(Box::new(work)));
+        }
         // Auto-creation switched off for topics the principal may not
         // create: the ones it may create are created by a Metadata request
         // of the gateway's own, forwarded first with only them (and its
@@ -624,11 +641,12 @@ fn clamp_fetch_max_bytes(frame: Frame, version: i16, start: usize, cap: usize) -
     Frame::from_wire(wire.freeze())
 }
 
-/// The string at `range` of a request body (names are UTF-8 on the wire;
-/// anything else reads as empty, as no resource has that name).
-/// A name from the request body, copied: what the gateway answers itself is
-/// queued until the client reads it, and a slice would keep the whole frame
-/// (up to the frame limit) alive for a few bytes of name.
+/// The string at `range` of a request body, copied: what the gateway
+/// answers itself is queued until the client reads it, and a slice would
+/// keep the whole frame (up to the frame limit) alive for a few bytes of
+/// name. The inspector has checked names to be UTF-8 (a request with any
+/// other name is malformed and closes the connection); a range that is not
+/// one reads as empty.
 fn body_str(body: &Bytes, range: std::ops::Range<usize>) -> StrBytes {
     body.get(range)
         .and_then(|b| std::str::from_utf8(b).ok())

@@ -1292,14 +1292,21 @@ async fn authorized_operations_come_from_the_policy() {
         DEFAULT_MAX_FRAME_SIZE,
     );
     let bits = |codes: &[u32]| codes.iter().fold(0i32, |b, c| b | 1 << c);
-    let mut req = metadata_request(Some(&["orders"]));
+    let mut req = metadata_request(Some(&["orders", "new"]));
     req.include_topic_authorized_operations = true;
     req.include_cluster_authorized_operations = true;
     send(&mut h.client, &request_frame(10, 1, &req)).await;
     let _ = next(&mut h.broker_frames).await;
-    // The broker has no ACLs: it says everything is allowed.
-    let mut resp = metadata_response(&["orders"]);
-    resp.topics[0].topic_authorized_operations = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+    // The broker has no ACLs: it says everything is allowed. For a topic
+    // it answers with an error it says something else again: the caller's
+    // bits are the policy's there too, as Kafka sets them for every topic
+    // it answers.
+    let mut resp = metadata_response(&["orders", "new"]);
+    for t in &mut resp.topics {
+        t.topic_authorized_operations = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+    }
+    resp.topics[1].error_code = 5; // LEADER_NOT_AVAILABLE
+    resp.topics[1].topic_authorized_operations = bits(&[8]);
     resp.cluster_authorized_operations = bits(&[5, 7, 8, 9, 10, 11, 12]);
     send(&mut h.broker, &response_frame(10, 1, &resp)).await;
     let f = next(&mut h.client_frames).await;
@@ -1308,6 +1315,12 @@ async fn authorized_operations_come_from_the_policy() {
     assert_eq!(
         md.topics[0].topic_authorized_operations,
         bits(&[3, 5, 6, 7, 8, 10, 11])
+    );
+    assert_eq!(md.topics[1].error_code, 5);
+    assert_eq!(
+        md.topics[1].topic_authorized_operations,
+        bits(&[3, 4, 5, 6, 7, 8, 10, 11]),
+        "the policy's bits (all allowed for `new`), not left to the broker"
     );
     assert_eq!(
         md.cluster_authorized_operations,
@@ -2378,7 +2391,30 @@ async fn a_fetch_as_a_replica_is_refused_under_a_policy() {
             .collect();
         assert_eq!(codes, [(3, 29)], "v{version}");
     }
-    // A consumer (replica -1): forwarded.
+    // In the fetch session a consumer opened: the broker would serve the
+    // session's partitions to the "replica" with no topic named, or with
+    // every named topic cut out. Answered by the gateway alike.
+    for (i, version, named) in [(4, 12i16, false), (5, 15, false), (6, 15, true)] {
+        let mut req = fetch(version, 1);
+        req.session_id = 77;
+        req.session_epoch = 1;
+        if !named {
+            req.topics.clear();
+        }
+        send(&mut h.client, &request_frame(version, i, &req)).await;
+        let (c, r): (i32, FetchResponse) =
+            decode_response(next(&mut h.client_frames).await.body(), version);
+        assert_eq!(c, i, "answered by the gateway");
+        assert!(
+            r.responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .all(|p| p.error_code == 29),
+            "v{version}"
+        );
+        assert_eq!(r.responses.len(), usize::from(named), "v{version}");
+    }
+    // A consumer (replica -1): forwarded (the first frame the broker sees).
     send(&mut h.client, &request_frame(15, 3, &fetch(15, -1))).await;
     let f = next(&mut h.broker_frames).await;
     let (hdr, _): (RequestHeader, FetchRequest) = decode_request(f.body());
@@ -2408,4 +2444,26 @@ async fn an_idle_connection_is_closed() {
     let err = ended(h.session).await;
     assert_eq!(err.reason(), "idle_timeout");
     assert!(!err.is_bad_input());
+}
+
+/// A name that is not UTF-8 cannot be authorized (read as the empty name,
+/// `secret\xff` would escape a DENY of `secret*`): the request is
+/// malformed, and that connection is closed as bad input.
+#[tokio::test]
+async fn a_name_that_is_not_utf8_closes_the_connection() {
+    let mut h = harness(deny(vec![]), DEFAULT_MAX_FRAME_SIZE);
+    // Heartbeat v4: group_id, generation_id, member_id, group_instance_id
+    // (null), no tagged fields.
+    let mut body = vec![8u8];
+    body.extend_from_slice(b"secret\xff");
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&[2, b'm', 0, 0]);
+    send(
+        &mut h.client,
+        &raw_request(ApiKey::Heartbeat as i16, 4, 9, &body),
+    )
+    .await;
+    let err = ended(h.session).await;
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains("group_id"), "{err}");
 }
