@@ -288,6 +288,35 @@ impl<'a> Iterator for Rdns<'a> {
     }
 }
 
+/// Whether byte `k` of `subject`'s canonical form begins a unit of it (a
+/// character or a whole escape: `\,`, `\c3`), so that a suffix match may
+/// start there. A suffix `,o=Example` must not match the escaped comma of
+/// a value: `CN=evil\,o=Example` is one RDN, whose CN a requester may have
+/// chosen, not a name in organisation Example. Allocation-free.
+fn starts_escape_unit(subject: &str, k: usize) -> bool {
+    // 0: at a unit's start; 1: after its `\`; 2: after `\` and a hex digit.
+    let mut state = 0u8;
+    for (i, b) in Canonical::new(subject).enumerate() {
+        let at_start = match state {
+            0 => true,
+            1 => false,
+            // A second hex digit completes `\hh`; anything else starts anew.
+            _ => hex_val(b).is_none(),
+        };
+        if i == k {
+            return at_start;
+        }
+        state = if at_start {
+            u8::from(b == b'\\')
+        } else if state == 1 && hex_val(b).is_some() {
+            2
+        } else {
+            0
+        };
+    }
+    true
+}
+
 /// A precompiled pattern for certificate subjects: exact (in written or
 /// reversed RDN order), or a prefix or suffix of the canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +368,7 @@ impl DnMatch {
             DnMatch::Suffix(sfx) => {
                 let len = Canonical::new(subject).count();
                 len >= sfx.len()
+                    && starts_escape_unit(subject, len - sfx.len())
                     && Canonical::new(subject)
                         .skip(len - sfx.len())
                         .eq(sfx.bytes())
@@ -363,6 +393,27 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Where the units of a canonical form start (a reference for
+    /// `starts_escape_unit`, with the escapes' lengths spelled out).
+    fn unit_starts(c: &str) -> Vec<usize> {
+        let b = c.as_bytes();
+        let (mut i, mut out) = (0, Vec::new());
+        while i < b.len() {
+            out.push(i);
+            i += if b[i] != b'\\' {
+                1
+            } else if b.get(i + 1).and_then(|&h| hex_val(h)).is_some()
+                && b.get(i + 2).and_then(|&l| hex_val(l)).is_some()
+            {
+                3
+            } else {
+                2
+            };
+        }
+        out.push(b.len());
+        out
+    }
 
     #[test]
     fn spellings_of_one_name_agree() {
@@ -427,6 +478,19 @@ mod tests {
         assert!(suffix.matches("CN=x, o = Example"));
         assert!(!suffix.matches("CN=x,O=Example2"));
         assert!(!DnMatch::suffix("CN=a,O=Example").matches("O=Example"));
+        // An escaped comma is part of a value, not an RDN boundary: a
+        // requester-chosen CN cannot end in the organisation's suffix.
+        assert!(!suffix.matches("CN=evil\\,o=Example"));
+        assert!(!suffix.matches("CN=evil\\2Co=Example"));
+        assert!(
+            suffix.matches("CN=evil\\\\,o=Example"),
+            "an escaped backslash, then a real comma"
+        );
+        assert!(DnMatch::suffix("ample").matches("CN=x,O=Example"));
+        assert!(
+            !DnMatch::suffix("c3").matches("CN=\\c3"),
+            "inside a hex escape"
+        );
     }
 
     fn dn() -> impl Strategy<Value = Vec<(String, String)>> {
@@ -484,7 +548,10 @@ mod tests {
             let p = canonical(&a);
             prop_assert_eq!(DnMatch::Prefix(p.clone()).matches(&subject), c.starts_with(&p));
             let s = canonical(&b);
-            prop_assert_eq!(DnMatch::Suffix(s.clone()).matches(&subject), c.ends_with(&s));
+            prop_assert_eq!(
+                DnMatch::Suffix(s.clone()).matches(&subject),
+                c.ends_with(&s) && unit_starts(&c).contains(&(c.len() - s.len()))
+            );
         }
     }
 }
