@@ -796,7 +796,13 @@ pub(super) fn check_meta(ctx: &mut DocCtx<'_>, meta: &ObjectMeta) {
     }
 }
 
+/// A port as Istio's validation reads one: decimal digits only (Rust's
+/// integer parsing would also take a leading `+`, which Istio refuses),
+/// 1-65535.
 fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     s.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
@@ -1595,6 +1601,27 @@ mod tests {
                 (0, Some("spec.rules[1].to[0].operation.ports[0]")),
                 (1, Some("spec.colour")),
                 (1, Some("spec.node")),
+            ],
+            "{e:#?}"
+        );
+    }
+
+    /// Ports are decimal digits, as Istio validates them: a leading `+`
+    /// (which Rust's integer parsing takes) is refused, in `ports` and in
+    /// `when` alike.
+    #[test]
+    fn ports_are_digits_only() {
+        let e = errors(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: kafka}\n\
+             spec:\n  rules:\n  - to: [{operation: {ports: [\"+9092\", \"9093\", \" 9094\"]}}]\n    \
+             when: [{key: destination.port, values: [\"+9092\"]}]\n",
+        );
+        assert_eq!(
+            located(&e),
+            [
+                (0, Some("spec.rules[0].to[0].operation.ports[0]")),
+                (0, Some("spec.rules[0].to[0].operation.ports[2]")),
+                (0, Some("spec.rules[0].when[0].values[0]")),
             ],
             "{e:#?}"
         );
