@@ -268,6 +268,8 @@ impl RequestSide<'_> {
             // not be rewritten: refused, as a broker refuses a version.
             let work = match rewritten_versions(api) {
                 Some(r) if v > r.max || v < r.min => return Err(unsupported(r)),
+                // Its versions below the cap carry no address.
+                Some(_) if api == ApiKey::DescribeQuorum => None,
                 Some(_) => Some(Box::new(ResponseWork::new(api, v))),
                 None => None,
             };

@@ -77,13 +77,25 @@ pub fn inspected_versions(api: ApiKey) -> Option<VersionRange> {
     Some(range)
 }
 
-/// The versions of `api` the gateway reads only to rewrite the broker
-/// addresses in its responses, for APIs it does not authorize: the share
-/// group (KIP-932) fetches, whose responses carry `node_endpoints`. Without
-/// a policy they are offered in these versions; with one, not at all, as
-/// every API the gateway cannot authorize.
+/// DescribeQuorum's last version without addresses: from v2 (KIP-853) its
+/// response lists every controller's listeners, host:port inside the
+/// cluster that no client reaches through the gateway (and controller ids
+/// are not broker ids the host template could name).
+pub const DESCRIBE_QUORUM_MAX: i16 = 1;
+
+/// The versions of `api` offered without a policy for APIs the gateway
+/// does not authorize whose responses carry addresses: the share group
+/// (KIP-932) fetches, read to rewrite their `node_endpoints`, and
+/// DescribeQuorum up to [`DESCRIBE_QUORUM_MAX`], which has nothing to
+/// rewrite (as Kroxylicious caps it). A request outside them closes the
+/// connection; with a policy these APIs are not offered at all, as every
+/// API the gateway cannot authorize.
 pub fn rewritten_versions(api: ApiKey) -> Option<VersionRange> {
     match api {
+        ApiKey::DescribeQuorum => Some(VersionRange {
+            min: <DescribeQuorumRequest as Message>::VERSIONS.min,
+            max: DESCRIBE_QUORUM_MAX,
+        }),
         ApiKey::ShareFetch => Some(
             <ShareFetchRequest as Message>::VERSIONS
                 .intersect(&<ShareFetchResponse as Message>::VERSIONS),
@@ -110,6 +122,7 @@ pub fn carries_addresses(api: ApiKey) -> bool {
             | ApiKey::Fetch
             | ApiKey::ShareFetch
             | ApiKey::ShareAcknowledge
+            | ApiKey::DescribeQuorum
     )
 }
 
@@ -199,6 +212,24 @@ mod tests {
                 (ApiKey::ShareAcknowledge as i16, 1, 1)
             ]
         );
+        let mut r = broker();
+        assert!(cap_api_versions(&mut r, true));
+        assert!(r.api_keys.is_empty());
+    }
+
+    /// DescribeQuorum v2+ lists the controllers' internal listeners: only
+    /// v0-v1 are offered (and nothing under a policy).
+    #[test]
+    fn describe_quorum_is_offered_without_its_listener_versions() {
+        let broker = || {
+            let mut r = ApiVersionsResponse::default();
+            r.api_keys = vec![key(ApiKey::DescribeQuorum as i16, 0, 2)];
+            r
+        };
+        let mut r = broker();
+        assert!(cap_api_versions(&mut r, false));
+        let k = &r.api_keys[0];
+        assert_eq!((k.min_version, k.max_version), (0, 1));
         let mut r = broker();
         assert!(cap_api_versions(&mut r, true));
         assert!(r.api_keys.is_empty());

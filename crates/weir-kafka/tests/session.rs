@@ -1907,6 +1907,10 @@ async fn newer_versions_of_apis_with_broker_addresses_are_refused() {
     let hb = raw_request(ApiKey::Heartbeat as i16, 99, 1, &[0; 8]);
     send(&mut h.client, &hb).await;
     assert_eq!(next(&mut h.broker_frames).await.wire(), &hb);
+    // DescribeQuorum v1: no addresses, passes as it came.
+    let dq = raw_request(ApiKey::DescribeQuorum as i16, 1, 2, &[0; 8]);
+    send(&mut h.client, &dq).await;
+    assert_eq!(next(&mut h.broker_frames).await.wire(), &dq);
     for (api, version) in [
         (ApiKey::Metadata, 99),
         (ApiKey::FindCoordinator, 99),
@@ -1916,6 +1920,8 @@ async fn newer_versions_of_apis_with_broker_addresses_are_refused() {
         (ApiKey::ShareFetch, 99),
         // Below the readable range too (v0 also carries node endpoints).
         (ApiKey::ShareFetch, 0),
+        // v2+ lists the controllers' listeners (KIP-853).
+        (ApiKey::DescribeQuorum, 2),
     ] {
         let h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
         let mut client = h.client;

@@ -151,11 +151,19 @@ impl BrokerHostTemplate {
             prefix: prefix.to_owned(),
             suffix: suffix.to_owned(),
         };
-        // Digits never break a label, so one id checks them all.
+        // Digits never break a label's characters, so one id checks them;
+        // they do add length, so the longest id checks the 63- and
+        // 253-character limits.
         let sample = t.host(0);
         if !is_host_name(&sample) {
             return Err(format!(
                 "{s:?} does not yield a DNS name (e.g. {sample:?}): use lower-case letters, digits, '-' and '.', with {BROKER_ID_PLACEHOLDER} inside a label"
+            ));
+        }
+        let longest = t.host(i32::MAX);
+        if !is_host_name(&longest) {
+            return Err(format!(
+                "{s:?} is too long for 10-digit broker ids ({longest:?}): a DNS label has at most 63 characters, a name at most 253"
             ));
         }
         if looks_like_an_address(&sample) {
@@ -1526,6 +1534,19 @@ mod tests {
         assert_eq!(
             c.warnings[0].field.as_deref(),
             Some("spec.tls.caCertificates")
+        );
+    }
+
+    #[test]
+    fn template_fits_the_longest_broker_id() {
+        let label = "a".repeat(53);
+        assert!(BrokerHostTemplate::parse(&format!("{label}{{id}}.example.com")).is_ok());
+        let e = BrokerHostTemplate::parse(&format!("a{label}{{id}}.example.com")).unwrap_err();
+        assert!(e.contains("too long for 10-digit broker ids"), "{e}");
+        let long = format!("b{{id}}.{}", vec!["x".repeat(60); 4].join("."));
+        assert!(
+            BrokerHostTemplate::parse(&long).is_err(),
+            "over 253 with 10 digits"
         );
     }
 
