@@ -655,7 +655,9 @@ async fn spawn_admin(
     let admin = bind("admin", o.common.admin_addr).await?;
     let metrics = bind("metrics", o.common.metrics_addr).await?;
     let ready = bind("readiness", o.common.readiness_addr).await?;
-    info!(target: "weir::gateway", admin = %o.common.admin_addr, metrics = %o.common.metrics_addr, readiness = %o.common.readiness_addr, "admin endpoints listening");
+    // The bound addresses: with port 0 the kernel picked them.
+    let at = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    info!(target: "weir::gateway", admin = %at(&admin, o.common.admin_addr), metrics = %at(&metrics, o.common.metrics_addr), readiness = %at(&ready, o.common.readiness_addr), "admin endpoints listening");
     let c = ctx.clone();
     let admin = tokio::spawn(weir_node::admin::serve(
         admin,

@@ -42,7 +42,9 @@ pub(crate) async fn spawn(
     let admin = bind("admin", ctx.options.common.admin_addr).await?;
     let metrics = bind("metrics", ctx.options.common.metrics_addr).await?;
     let ready = bind("readiness", ctx.options.common.readiness_addr).await?;
-    info!(admin = %ctx.options.common.admin_addr, metrics = %ctx.options.common.metrics_addr, readiness = %ctx.options.common.readiness_addr, "admin endpoints listening");
+    // The bound addresses: with port 0 the kernel picked them.
+    let at = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    info!(admin = %at(&admin, ctx.options.common.admin_addr), metrics = %at(&metrics, ctx.options.common.metrics_addr), readiness = %at(&ready, ctx.options.common.readiness_addr), "admin endpoints listening");
 
     let c = ctx.clone();
     let admin = tokio::spawn(serve(

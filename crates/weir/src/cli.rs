@@ -207,12 +207,16 @@ pub struct NodeArgs {
     pub proc_root: PathBuf,
 }
 
-/// The flags `weir node` and `weir gateway` share.
+/// The flags `weir node` and `weir gateway` share. The config comes from
+/// files (--config) or from the control plane (--control): one of the two
+/// is required, and the error names both.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control"])))]
 pub struct ProxyArgs {
-    /// Files or directories of YAML documents; re-read every --reload-interval
-    /// and on SIGHUP. An invalid change is refused and the last good config stays.
-    #[arg(long, required_unless_present = "control", conflicts_with = "control", num_args = 1.., value_name = "PATH")]
+    /// Files or directories of YAML (or JSON) documents; re-read every
+    /// --reload-interval and on SIGHUP. An invalid change is refused and the
+    /// last good config stays. Or --control, to get the config from `weir control`.
+    #[arg(long, conflicts_with = "control", num_args = 1.., value_name = "PATH")]
     pub config: Vec<PathBuf>,
     #[command(flatten)]
     pub control: ControlClientArgs,
@@ -594,9 +598,9 @@ pub struct CaArgs {
     /// PEM file of the mesh root CA certificate (instead of --state-dir).
     #[arg(long, requires = "ca_key", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
-    /// PEM file of the mesh root CA's private key (PKCS#8; the CA weir
-    /// creates itself uses P-256, and a key of another type rcgen signs
-    /// with, such as RSA, works too).
+    /// PEM file of the mesh root CA's private key, PKCS#8 ("BEGIN PRIVATE
+    /// KEY"; `openssl pkcs8 -topk8 -nocrypt` converts others). The CA weir
+    /// creates itself uses P-256; an RSA key works too.
     #[arg(long, requires = "ca_cert", value_name = "PEM")]
     pub ca_key: Option<PathBuf>,
 }
@@ -612,29 +616,45 @@ impl AdminArgs {
     /// The three endpoints need three addresses: two on one would fail to
     /// bind with an 'address in use' that seems to blame another program.
     pub fn check(&self) -> Result<(), String> {
-        let named = [
+        distinct_addresses(&[
             ("--admin-addr", self.admin_addr),
             ("--metrics-addr", self.metrics_addr),
             ("--readiness-addr", self.readiness_addr),
-        ];
-        // Port 0 binds any free port (twice is fine); an unspecified
-        // address (0.0.0.0) clashes with every address on its port.
-        let clash = |x: &std::net::SocketAddr, y: &std::net::SocketAddr| {
-            x.port() != 0
-                && x.port() == y.port()
-                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
-        };
-        for (i, (a, x)) in named.iter().enumerate() {
-            for (b, y) in &named[i + 1..] {
-                if clash(x, y) {
-                    return Err(format!(
-                        "{a} {x} and {b} {y} use the same port: each endpoint needs its own address"
-                    ));
-                }
+        ])
+    }
+}
+
+impl ControlArgs {
+    /// The gRPC and monitoring endpoints need two addresses (as
+    /// [`AdminArgs::check`]).
+    pub fn check(&self) -> Result<(), String> {
+        distinct_addresses(&[
+            ("--listen", self.listen),
+            ("--metrics-addr", self.metrics_addr),
+        ])
+    }
+}
+
+/// Endpoints that each need an address of their own: two on one port would
+/// fail to bind with an 'address in use' that seems to blame another
+/// program. Port 0 binds any free port (twice is fine); an unspecified
+/// address (0.0.0.0) clashes with every address on its port.
+fn distinct_addresses(named: &[(&str, std::net::SocketAddr)]) -> Result<(), String> {
+    let clash = |x: &std::net::SocketAddr, y: &std::net::SocketAddr| {
+        x.port() != 0
+            && x.port() == y.port()
+            && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+    };
+    for (i, (a, x)) in named.iter().enumerate() {
+        for (b, y) in &named[i + 1..] {
+            if clash(x, y) {
+                return Err(format!(
+                    "{a} {x} and {b} {y} use the same port: each endpoint needs its own address"
+                ));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The admin, metrics and readiness endpoints (node proxy and gateway).
@@ -681,7 +701,7 @@ pub enum Output {
 }
 
 const CHECK_AFTER_HELP: &str = "\
-Exit status: 0 valid (warnings are printed on stderr), 1 invalid or no documents, 2 bad --trust-domain/--root-namespace.
+Exit status: 0 valid (warnings are printed on stderr), 1 invalid or no documents, 2 bad flags (e.g. --trust-domain, --root-namespace, --output).
 
 Examples:
   weir check examples/kafka-mesh
@@ -1107,6 +1127,24 @@ mod tests {
             "--readiness-addr=127.0.0.1:0"
         ])
         .is_ok());
+
+        let control = |extra: &[&str]| {
+            let mut argv = vec!["weir", "control", "--config", "c", "--node-tokens", "t"];
+            argv.extend_from_slice(extra);
+            match super::Cli::try_parse_from(argv).unwrap().command {
+                super::Command::Control(c) => c.check(),
+                _ => unreachable!(),
+            }
+        };
+        assert!(control(&[]).is_ok());
+        let e =
+            control(&["--listen=127.0.0.1:25012", "--metrics-addr=127.0.0.1:25012"]).unwrap_err();
+        assert!(
+            e.contains(
+                "--listen 127.0.0.1:25012 and --metrics-addr 127.0.0.1:25012 use the same port"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

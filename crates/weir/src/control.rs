@@ -27,6 +27,10 @@ pub fn run(args: ControlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = args.check() {
+        error!("{e}");
+        return ExitCode::from(2);
+    }
     let mut options = ControlOptions::new(args.config.clone());
     options.settings = settings;
     options.listen = args.listen;
