@@ -112,14 +112,31 @@ where
     tokio::pin!(req);
     tokio::pin!(resp);
     tokio::select! {
-        r = &mut req => {
-            r?;
+        r = &mut req => match r {
             // The client finished sending: deliver what is still in flight.
-            resp.await
-        }
+            Ok(()) => resp.await,
+            // The client's own request closes the connection: as a broker,
+            // which answers a connection's requests in order, first answer
+            // the ones before it (a producer would otherwise resend batches
+            // the broker already has), within a bound.
+            Err(e) if e.is_bad_input() || matches!(e, SessionError::DeniedWithoutResponse { .. }) => {
+                match tokio::time::timeout(ANSWER_BEFORE_CLOSE, resp).await {
+                    Ok(Err(other)) => tracing::debug!(error = %other, "answering the requests in flight before closing failed"),
+                    Err(_) => tracing::debug!(timeout = ?ANSWER_BEFORE_CLOSE, "requests in flight still unanswered at close"),
+                    Ok(Ok(())) => {}
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        },
         r = &mut resp => r,
     }
 }
+
+/// How long a connection the client's request closes waits for the
+/// answers to its earlier requests (a Fetch waits up to its max_wait_ms,
+/// 500 ms by default).
+const ANSWER_BEFORE_CLOSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct RequestSide<'a> {
     proxy: &'a KafkaProxy,
@@ -152,16 +169,23 @@ impl RequestSide<'_> {
                 let _ = upstream.shutdown().await;
                 return Ok(());
             };
-            let mut close = self.handle(frame, &mut out, &tx).await?;
+            // A request that closes the connection still lets the ones
+            // before it in this batch go out (their entries are queued).
+            let mut close = self.handle(frame, &mut out, &tx).await.unwrap_or_else(Some);
             let mut n = 1;
             while close.is_none()
                 && n < BATCH_FRAMES
                 && out.iter().map(Bytes::len).sum::<usize>() < BATCH_BYTES
             {
-                let Some(frame) = frames.buffered()? else {
-                    break;
+                let frame = match frames.buffered() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        close = Some(e);
+                        break;
+                    }
                 };
-                close = self.handle(frame, &mut out, &tx).await?;
+                close = self.handle(frame, &mut out, &tx).await.unwrap_or_else(Some);
                 n += 1;
             }
             write_chunks(upstream, &mut out)

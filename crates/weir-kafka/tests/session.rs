@@ -2473,3 +2473,28 @@ async fn a_name_that_is_not_utf8_closes_the_connection() {
     assert!(err.is_bad_input(), "{err}");
     assert!(err.to_string().contains("group_id"), "{err}");
 }
+
+/// Requests pipelined before one that closes the connection are answered
+/// first, as a broker answers a connection's requests in order: the
+/// Metadata request sent in the same write as a Metadata v99 gets its
+/// answer, then the connection closes (unsupported_version).
+#[tokio::test]
+async fn requests_before_a_closing_one_are_answered() {
+    let mut h = harness(allow_all(), DEFAULT_MAX_FRAME_SIZE);
+    let mut both = request_frame(9, 1, &metadata_request(Some(&["orders"]))).to_vec();
+    both.extend_from_slice(&raw_request(ApiKey::Metadata as i16, 99, 2, &[0; 8]));
+    send(&mut h.client, &Bytes::from(both)).await;
+    let f = next(&mut h.broker_frames).await;
+    let (hdr, _): (RequestHeader, MetadataRequest) = decode_request(f.body());
+    assert_eq!(hdr.correlation_id, 1, "the first request was forwarded");
+    send(
+        &mut h.broker,
+        &response_frame(9, 1, &metadata_response(&["orders"])),
+    )
+    .await;
+    let (corr, md): (i32, MetadataResponse) =
+        decode_response(next(&mut h.client_frames).await.body(), 9);
+    assert_eq!((corr, md.topics.len()), (1, 1), "answered before the close");
+    let e = ended(h.session).await;
+    assert_eq!(e.reason(), "unsupported_version", "{e}");
+}
