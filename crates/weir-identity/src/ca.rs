@@ -36,6 +36,15 @@ pub const CA_CERT_FILE: &str = "ca-cert.pem";
 /// File name of the root key in the CA state directory (mode 0600).
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 
+/// Created (exclusively) in the state directory by the process that
+/// creates the root, so that processes sharing the directory (two node
+/// proxies, a node and the control plane) make one root, not one each.
+pub const CA_LOCK_FILE: &str = "ca.lock";
+
+/// A lock this old was left by a process that died while creating the
+/// root (which takes milliseconds): it is removed.
+const STALE_CA_LOCK: Duration = Duration::from_secs(30);
+
 /// Common name of roots created by weir.
 pub const ROOT_COMMON_NAME: &str = "weir mesh root";
 
@@ -145,40 +154,83 @@ impl CertificateAuthority {
 
     /// Loads the root from `state_dir`, or creates it (and the directory) on
     /// first use: an ECDSA P-256 self-signed root valid for 10 years, written as
-    /// [`CA_CERT_FILE`] and [`CA_KEY_FILE`] (mode 0600).
+    /// [`CA_CERT_FILE`] and [`CA_KEY_FILE`] (mode 0600). Processes that
+    /// share the directory and start together make one root: the one that
+    /// creates [`CA_LOCK_FILE`] first writes it, the others wait for it
+    /// (up to a minute) and load it.
     pub fn load_or_create(state_dir: &Path, trust_domain: TrustDomain) -> Result<Self> {
         let cert_path = state_dir.join(CA_CERT_FILE);
         let key_path = state_dir.join(CA_KEY_FILE);
-        match (cert_path.exists(), key_path.exists()) {
-            (true, true) => Self::from_pem_files(&cert_path, &key_path, trust_domain),
-            (true, false) => Err(Error::IncompleteCaState {
-                dir: state_dir.to_owned(),
-                present: CA_CERT_FILE,
-                missing: CA_KEY_FILE,
-            }),
-            (false, true) => Err(Error::IncompleteCaState {
-                dir: state_dir.to_owned(),
-                present: CA_KEY_FILE,
-                missing: CA_CERT_FILE,
-            }),
-            (false, false) => {
-                if state_dir.exists() && !state_dir.is_dir() {
-                    return Err(Error::StateDir {
-                        path: state_dir.to_owned(),
-                        source: std::io::Error::other("it is a file, not a directory"),
-                    });
+        let lock_path = state_dir.join(CA_LOCK_FILE);
+        let state_err = |source| Error::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        };
+        let incomplete = |cert: bool| Error::IncompleteCaState {
+            dir: state_dir.to_owned(),
+            present: if cert { CA_CERT_FILE } else { CA_KEY_FILE },
+            missing: if cert { CA_KEY_FILE } else { CA_CERT_FILE },
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (cert, key) = (cert_path.exists(), key_path.exists());
+            if cert && key {
+                return Self::from_pem_files(&cert_path, &key_path, trust_domain);
+            }
+            // Half there while another process holds the lock: it is
+            // writing them (key first). Half there otherwise: a crash.
+            if (cert || key) && !lock_path.exists() {
+                return Err(incomplete(cert));
+            }
+            if state_dir.exists() && !state_dir.is_dir() {
+                return Err(state_err(std::io::Error::other(
+                    "it is a file, not a directory",
+                )));
+            }
+            fs::create_dir_all(state_dir).map_err(state_err)?;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock_path)
+            {
+                Ok(_) => {
+                    let _lock = RemoveOnDrop(&lock_path);
+                    // Another process may have finished between the check
+                    // above and the lock.
+                    match (cert_path.exists(), key_path.exists()) {
+                        (true, true) => {
+                            return Self::from_pem_files(&cert_path, &key_path, trust_domain)
+                        }
+                        (false, false) => {}
+                        (cert, _) => return Err(incomplete(cert)),
+                    }
+                    let ca = Self::generate(trust_domain)?;
+                    // Key first: a crash in between leaves "key without cert",
+                    // which load_or_create reports instead of silently replacing.
+                    write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+                    write_file(&cert_path, ca.root_pem.as_bytes(), 0o644)?;
+                    tracing::info!(dir = %state_dir.display(), trust_domain = %ca.trust_domain, "created mesh root CA");
+                    return Ok(ca);
                 }
-                fs::create_dir_all(state_dir).map_err(|source| Error::StateDir {
-                    path: state_dir.to_owned(),
-                    source,
-                })?;
-                let ca = Self::generate(trust_domain)?;
-                // Key first: a crash in between leaves "key without cert",
-                // which load_or_create reports instead of silently replacing.
-                write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
-                write_file(&cert_path, ca.root_pem.as_bytes(), 0o644)?;
-                tracing::info!(dir = %state_dir.display(), trust_domain = %ca.trust_domain, "created mesh root CA");
-                Ok(ca)
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = fs::metadata(&lock_path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_CA_LOCK);
+                    if stale {
+                        tracing::warn!(path = %lock_path.display(), "removing a stale CA lock (a process died while creating the root?)");
+                        let _ = fs::remove_file(&lock_path);
+                        continue;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(state_err(std::io::Error::other(format!(
+                            "{CA_LOCK_FILE} has been held for a minute: remove it if no process is creating the CA"
+                        ))));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(state_err(e)),
             }
         }
     }
@@ -533,7 +585,25 @@ fn leaf_params(
     params.use_authority_key_identifier_extension = true;
     params.not_before = OffsetDateTime::from(not_before);
     params.not_after = OffsetDateTime::from(not_after);
+    params.serial_number = Some(random_serial()?);
     Ok(params)
+}
+
+/// A random positive 128-bit serial, as Istio's CA makes them (rcgen's
+/// default is a hash of the public key: two certificates signed for one
+/// CSR would share a serial, which RFC 5280 forbids for one issuer).
+fn random_serial() -> Result<rcgen::SerialNumber> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| Error::Generate {
+            what: "a certificate serial number".into(),
+            source: rcgen::Error::RingUnspecified,
+        })?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x40; // 126 random bits, and no leading zero byte to drop
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
 }
 
 fn to_uri_sans(uris: Vec<String>) -> Result<Vec<SanType>> {
@@ -579,6 +649,15 @@ fn pem_encode(label: &str, der: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Removes a file when dropped (the CA lock, also on an error path).
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
 /// Writes `contents` to `path` atomically (temporary file + rename) with `mode`.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let err = |source| Error::WriteState {
@@ -587,6 +666,9 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     };
     let mut tmp: PathBuf = path.to_owned();
     tmp.as_mut_os_string().push(".tmp");
+    // A temporary file a crash left behind keeps its mode (a key's 0600 is
+    // set only on creation): start afresh.
+    let _ = fs::remove_file(&tmp);
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -606,6 +688,54 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Processes sharing a state directory that start together make one
+    /// root between them (threads here, each opening the directory as a
+    /// process would), and the lock is gone afterwards.
+    #[test]
+    fn concurrent_first_starts_make_one_root() {
+        for round in 0..5 {
+            let dir = temp_dir(&format!("ca-race-{round}"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let roots: Vec<Vec<u8>> = (0..4)
+                .map(|_| {
+                    let (dir, barrier) = (dir.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        CertificateAuthority::load_or_create(&dir, TrustDomain::default())
+                            .expect("every start succeeds")
+                            .root_cert_der()
+                            .to_vec()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            assert!(
+                roots.windows(2).all(|w| w[0] == w[1]),
+                "round {round}: several roots"
+            );
+            assert!(!dir.join(CA_LOCK_FILE).exists());
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// A lock left by a process that died is removed once stale; until
+    /// then, half-written state under it is waited for, not reported.
+    #[test]
+    fn a_stale_lock_is_removed() {
+        let dir = temp_dir("ca-stale-lock");
+        fs::create_dir_all(&dir).unwrap();
+        let lock = fs::File::create(dir.join(CA_LOCK_FILE)).unwrap();
+        lock.set_modified(SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
+        drop(lock);
+        CertificateAuthority::load_or_create(&dir, TrustDomain::default()).unwrap();
+        assert!(!dir.join(CA_LOCK_FILE).exists());
+        assert!(dir.join(CA_CERT_FILE).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let nanos = SystemTime::now()
@@ -809,6 +939,15 @@ mod tests {
         // The same SAN: fine. Another one: refused.
         let same = vec![SanType::URI(wanted.to_string().try_into().unwrap())];
         ca.sign_csr(&csr(same), &wanted, DEFAULT_CERT_TTL).unwrap();
+        // One CSR signed twice: two serials (random, 16 bytes, positive),
+        // not one derived from the key.
+        let again = ca
+            .sign_csr(&csr(vec![]), &wanted, DEFAULT_CERT_TTL)
+            .unwrap();
+        let (_, x509_again) = x509_parser::parse_x509_certificate(&again.leaf).unwrap();
+        assert_ne!(x509.raw_serial(), x509_again.raw_serial());
+        assert_eq!(x509.raw_serial().len(), 16);
+        assert!(x509.raw_serial()[0] & 0x80 == 0);
         let other = vec![SanType::URI(
             "spiffe://cluster.local/ns/kafka/sa/admin"
                 .try_into()

@@ -374,13 +374,26 @@ impl IdentityManager {
     }
 
     /// Replaces `id`'s certificate now with one from this manager's CA, local
-    /// or remote. On failure the current certificate stays.
+    /// or remote. On failure the current certificate stays. An identity
+    /// [`retain`](Self::retain) forgot while the CA was signing stays
+    /// forgotten (the new certificate is returned, not installed), as
+    /// ztunnel drops a fetch for an identity it is forgetting.
     pub async fn renew(&self, id: &SpiffeId) -> Result<Arc<WorkloadCertificate>> {
         let cert = self.obtain(id).await?;
         let mut state = self.state();
+        if !state.identities.contains_key(id) {
+            tracing::debug!(identity = %id, "renewed certificate dropped: the identity was forgotten meanwhile");
+            return Ok(cert);
+        }
         self.install(&mut state, id, cert.clone())?;
         tracing::info!(identity = %id, refresh_at = ?cert.refresh_at(), "rotated workload certificate");
         Ok(cert)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn install_for_test(&self, id: &SpiffeId, cert: Arc<WorkloadCertificate>) {
+        let mut state = self.state();
+        self.install(&mut state, id, cert).unwrap();
     }
 
     fn due(&self, now: SystemTime) -> Vec<SpiffeId> {

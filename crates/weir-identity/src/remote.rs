@@ -138,12 +138,17 @@ mod tests {
         claim: Option<SpiffeId>,
         refuse: bool,
         calls: AtomicUsize,
+        /// Waited on before signing, when set (a slow CA).
+        gate: Option<Arc<tokio::sync::Notify>>,
     }
 
     impl CsrSigner for TestSigner {
         fn sign<'a>(&'a self, id: &'a SpiffeId, csr_pem: String, ttl: Duration) -> SignFuture<'a> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::Relaxed);
+                if let Some(gate) = &self.gate {
+                    gate.notified().await;
+                }
                 if self.refuse {
                     return Err("permission denied".into());
                 }
@@ -174,7 +179,37 @@ mod tests {
             claim: None,
             refuse: false,
             calls: AtomicUsize::new(0),
+            gate: None,
         }
+    }
+
+    /// An identity forgotten (the workload left) while its renewal was at
+    /// the CA stays forgotten: the late certificate is not installed, so it
+    /// is not renewed (and refused) forever.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_renewal_in_flight_does_not_bring_back_a_forgotten_identity() {
+        let ca = Arc::new(CertificateAuthority::generate(TrustDomain::default()).unwrap());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let m = remote(&ca, signer(&ca));
+        let a = id("spiffe://cluster.local/ns/a/sa/a");
+        m.prepare(&a).await.unwrap();
+        let slow = remote(
+            &ca,
+            TestSigner {
+                gate: Some(gate.clone()),
+                ..signer(&ca)
+            },
+        );
+        // The slow manager serves `a` too (prepared without the gate first).
+        slow.install_for_test(&a, m.certificate(&a).unwrap());
+        let (renewed, ()) = tokio::join!(slow.renew(&a), async {
+            tokio::task::yield_now().await;
+            slow.retain(|_| false);
+            gate.notify_one();
+        });
+        renewed.unwrap();
+        assert!(slow.identities().is_empty(), "{:?}", slow.identities());
+        assert!(slow.next_refresh_at().is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]
