@@ -48,13 +48,17 @@ pub enum FailureReason {
     PeerAlert,
     /// The peer presented no certificate at all (a client without mTLS).
     NoCertificate,
+    /// The peer's certificate passed, but its handshake signature does not
+    /// verify with the certificate's key: it does not hold that key (a
+    /// copied certificate).
+    BadSignature,
     /// Anything else (not TLS, timeout, bad encoding, bad signature algorithm, ...).
     Other,
 }
 
 impl FailureReason {
     /// Every reason, for dashboards and tests.
-    pub const ALL: [FailureReason; 10] = [
+    pub const ALL: [FailureReason; 11] = [
         FailureReason::UnknownCa,
         FailureReason::Expired,
         FailureReason::NotYetValid,
@@ -64,6 +68,7 @@ impl FailureReason {
         FailureReason::IdentityMismatch,
         FailureReason::PeerAlert,
         FailureReason::NoCertificate,
+        FailureReason::BadSignature,
         FailureReason::Other,
     ];
 
@@ -79,6 +84,7 @@ impl FailureReason {
             FailureReason::IdentityMismatch => "identity_mismatch",
             FailureReason::PeerAlert => "peer_alert",
             FailureReason::NoCertificate => "no_certificate",
+            FailureReason::BadSignature => "bad_signature",
             FailureReason::Other => "other",
         }
     }

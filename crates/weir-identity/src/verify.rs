@@ -255,12 +255,13 @@ impl MeshChecks {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
+        let r = rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        );
+        self.signature_checked(r)
     }
 
     fn verify_tls13_signature(
@@ -269,12 +270,33 @@ impl MeshChecks {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        let r = rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        );
+        self.signature_checked(r)
+    }
+
+    /// Counts a handshake signature that does not verify: the peer showed a
+    /// certificate the chain checks accepted without holding its key. (The
+    /// proxies count handshake errors about certificates as the verifier's,
+    /// so this is the only place it can be counted.)
+    fn signature_checked(
+        &self,
+        r: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if let Err(e) = &r {
+            let peer = match self.direction {
+                Direction::Inbound => "client",
+                Direction::Outbound => "server",
+            };
+            self.metrics
+                .record(self.direction, FailureReason::BadSignature);
+            tracing::debug!(error = %e, reason = FailureReason::BadSignature.as_str(), "{peer} handshake signature refused");
+        }
+        r
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -312,6 +312,60 @@ async fn client_refuses_bad_server_certificates_and_counts_them() {
     assert_eq!(mesh.metrics.total_failures(Direction::Outbound), 8);
 }
 
+/// A genuine mesh certificate presented by a peer that does not hold its
+/// key (signing the handshake with another one) is refused and counted as
+/// `bad_signature`, both ways.
+#[tokio::test]
+async fn a_certificate_without_its_key_is_refused_and_counted() {
+    let mesh = Mesh::new();
+    let copied = |who: &str| {
+        let genuine = mesh.ca.issue(&id(who), DEFAULT_CERT_TTL).unwrap();
+        let other = mesh.ca.issue(&id(who), DEFAULT_CERT_TTL).unwrap();
+        let signer = rustls::crypto::ring::sign::any_supported_type(&other.key).unwrap();
+        // CertifiedKey::new does not check that the key is the certificate's.
+        Arc::new(CertSlot::new(Arc::new(rustls::sign::CertifiedKey::new(
+            genuine.chain,
+            signer,
+        ))))
+    };
+    let client_verifier = Arc::new(
+        MeshClientVerifier::new(
+            mesh.ca.root_cert_der(),
+            TrustDomain::default(),
+            mesh.metrics.clone(),
+        )
+        .unwrap(),
+    );
+    let server_verifier = Arc::new(
+        MeshServerVerifier::new(
+            mesh.ca.root_cert_der(),
+            TrustDomain::default(),
+            None,
+            mesh.metrics.clone(),
+        )
+        .unwrap(),
+    );
+    // A client with a copied certificate.
+    let client = Arc::new(mesh_client_config(copied(CLIENT), server_verifier.clone()).unwrap());
+    let (server, client) = handshake(mesh.server(), client).await;
+    assert!(server.is_err());
+    assert!(!client_works(client).await);
+    assert_eq!(
+        mesh.metrics
+            .failures(Direction::Inbound, FailureReason::BadSignature),
+        1
+    );
+    // A server with one.
+    let server = Arc::new(mesh_server_config(copied(SERVER), client_verifier).unwrap());
+    let (_, client) = handshake(server, mesh.client(None)).await;
+    assert!(client.is_err());
+    assert_eq!(
+        mesh.metrics
+            .failures(Direction::Outbound, FailureReason::BadSignature),
+        1
+    );
+}
+
 #[tokio::test]
 async fn client_refuses_unexpected_server_identity() {
     let mesh = Mesh::new();
