@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -145,7 +146,7 @@ impl Direction {
         cx: &mut Context<'_>,
         from: &mut Side,
         to: &mut Side,
-        counter: &Counter,
+        (counter, seen): (&Counter, Option<&AtomicU64>),
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -157,6 +158,9 @@ impl Direction {
                 self.pending = None;
                 from.consumed(n);
                 counter.inc_by(n as u64);
+                if let Some(seen) = seen {
+                    seen.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 self.total += n as u64;
             }
             let size = self.chunk as usize;
@@ -207,23 +211,98 @@ impl Transfer {
     }
 }
 
+/// What a forwarding has moved so far, readable while it runs and after
+/// it was dropped (a connection closed by a policy change still logs its
+/// bytes).
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Client → server bytes.
+    pub received: AtomicU64,
+    /// Server → client bytes.
+    pub sent: AtomicU64,
+}
+
+impl Seen {
+    /// The totals so far, as a transfer that has not ended with an error.
+    pub fn transfer(&self) -> Transfer {
+        Transfer {
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            error: None,
+        }
+    }
+}
+
 /// Forwards between `client` and `server` until both directions end or
 /// either fails. Both directions are polled by this one future, which holds
 /// the two sides and at most one chunk per direction.
-pub async fn forward(
+/// (Not `async fn`s themselves: the sides are converted first, so the
+/// future holds them once; a wrapping future would hold them twice, and
+/// there is one such future per proxied connection.)
+pub fn forward<'a>(
+    client: impl Into<Side> + 'a,
+    server: impl Into<Side> + 'a,
+    received: &'a Counter,
+    sent: &'a Counter,
+) -> impl std::future::Future<Output = Transfer> + 'a {
+    forward_inner(client, server, received, sent, NotSeen)
+}
+
+/// [`forward`], also adding what moves to `seen` as it moves.
+pub fn forward_seen<'a>(
+    client: impl Into<Side> + 'a,
+    server: impl Into<Side> + 'a,
+    received: &'a Counter,
+    sent: &'a Counter,
+    seen: &'a Seen,
+) -> impl std::future::Future<Output = Transfer> + 'a {
+    forward_inner(client, server, received, sent, seen)
+}
+
+/// Where a forwarding also reports what it moves: nowhere (a zero-sized
+/// type, so plain [`forward`] futures stay as small as they were), or a
+/// [`Seen`].
+trait Observe: Copy + Send + Sync {
+    fn received(&self) -> Option<&AtomicU64>;
+    fn sent(&self) -> Option<&AtomicU64>;
+}
+
+#[derive(Clone, Copy)]
+struct NotSeen;
+
+impl Observe for NotSeen {
+    fn received(&self) -> Option<&AtomicU64> {
+        None
+    }
+    fn sent(&self) -> Option<&AtomicU64> {
+        None
+    }
+}
+
+impl Observe for &Seen {
+    fn received(&self) -> Option<&AtomicU64> {
+        Some(&self.received)
+    }
+    fn sent(&self) -> Option<&AtomicU64> {
+        Some(&self.sent)
+    }
+}
+
+async fn forward_inner(
     client: impl Into<Side>,
     server: impl Into<Side>,
     received: &Counter,
     sent: &Counter,
+    seen: impl Observe,
 ) -> Transfer {
     let (mut c, mut s) = (client.into(), server.into());
     let (mut up, mut down) = (Direction::default(), Direction::default());
     let result = std::future::poll_fn(|cx| {
-        let a = up.poll(cx, &mut c, &mut s, received);
+        let a = up.poll(cx, &mut c, &mut s, (received, seen.received()));
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(Err(e));
         }
-        let b = down.poll(cx, &mut s, &mut c, sent);
+        let b = down.poll(cx, &mut s, &mut c, (sent, seen.sent()));
         match (a, b) {
             (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),

@@ -1258,9 +1258,19 @@ spec:
         node_b.log_text()
     );
     let log = node_b.log_text();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("closed by a config change") && l.contains("deny-client")),
-        "no access log line for the closed connection:\n{log}"
-    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("closed by a config change") && l.contains("deny-client"))
+        .unwrap_or_else(|| panic!("no access log line for the closed connection:\n{log}"));
+    // The bytes it moved before it was closed (the first line and pings
+    // each way), not zeros.
+    for field in ["bytes_received=", "bytes_sent="] {
+        let n: u64 = line
+            .split(field)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {line}"));
+        assert!(n > 0, "{field}0 in {line}");
+    }
 }

@@ -18,7 +18,7 @@ use super::outbound::reset;
 use super::{is_proxy_port, Local};
 use crate::access::Conn;
 use crate::capture::orig_dst;
-use crate::forward::forward;
+use crate::forward::{forward_seen, Seen};
 use crate::metrics::{FLAG_CONNECT, FLAG_DENY, FLAG_NONE, REPORTER_DESTINATION};
 use crate::node::Ctx;
 
@@ -121,7 +121,8 @@ async fn carry(
     let counters = ctx
         .metrics
         .open(conn.labels(REPORTER_DESTINATION, FLAG_NONE));
-    let forwarding = forward(client, upstream, &counters.received, &counters.sent);
+    let seen = Seen::default();
+    let forwarding = forward_seen(client, upstream, &counters.received, &counters.sent, &seen);
     tokio::pin!(forwarding);
     let mut watching = true;
     loop {
@@ -144,7 +145,7 @@ async fn carry(
                         "deny",
                         FLAG_DENY,
                         &format!("closed by a config change: {}", verdict.reason),
-                        None,
+                        Some(&seen.transfer()),
                         None,
                     );
                     return;
