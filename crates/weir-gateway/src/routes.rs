@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use weir_core::config::{
-    Gateway, HostPattern, ObjectMeta, RouteDestination, Server, ServerProtocol, ServerTls, TlsMode,
-    VirtualService,
+    Gateway, GatewayHost, HostPattern, ObjectMeta, RouteDestination, Server, ServerProtocol,
+    ServerTls, TlsMode, VirtualService,
 };
 use weir_core::Config;
 
@@ -225,6 +225,13 @@ impl RouteTable {
                     &b.metadata.name,
                 ))
         });
+        // The hosts of the TLS servers kept so far, per port: as Istio
+        // merges Gateways (CheckDuplicates), a later server naming a host
+        // an earlier one on its port has is dropped whole, so the first
+        // Gateway keeps the name (a terminating server of another Gateway
+        // cannot take over a passthrough server's host by being more
+        // specific for it).
+        let mut tls_hosts: BTreeMap<u16, Vec<(&GatewayHost, String)>> = BTreeMap::new();
         for gw in gateways {
             for (index, server) in gw.servers.iter().enumerate() {
                 let kind = if server.tls.is_some() {
@@ -248,6 +255,23 @@ impl RouteTable {
                         listener.servers.first().map_or("?", |s| s.gateway.as_str()),
                     ));
                     continue;
+                }
+                if kind == ListenerKind::Tls {
+                    let seen = tls_hosts.entry(port).or_default();
+                    let duplicate = server
+                        .hosts
+                        .iter()
+                        .find_map(|h| seen.iter().find(|(s, _)| *s == h));
+                    if let Some((host, owner)) = duplicate {
+                        table.problems.push(format!(
+                            "Gateway {} server {index} (port {port}) is ignored: its host {} is already a host of {owner} on that port (as Istio, the first Gateway keeps a host name)",
+                            gw.metadata.key(),
+                            host.host,
+                        ));
+                        continue;
+                    }
+                    let owner = format!("Gateway {} server {index}", gw.metadata.key());
+                    seen.extend(server.hosts.iter().map(|h| (h, owner.clone())));
                 }
                 listener.servers.push(ServerEntry {
                     gateway: gw.metadata.key(),
@@ -798,6 +822,64 @@ spec:
         assert_eq!(t.listeners[&9000].servers.len(), 1);
         assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
         assert!(t.problems[0].contains("default/b"), "{:?}", t.problems);
+    }
+
+    /// As Istio merges Gateways: a TLS server naming a host an earlier
+    /// server on its port has is dropped, so a terminating server of a
+    /// later Gateway cannot take a passthrough server's host (it would be
+    /// the more specific match for it). Other hosts share the port.
+    #[test]
+    fn a_host_already_served_on_a_port_is_not_taken_by_a_later_server() {
+        let c = config(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: a-pass, namespace: istio-system, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  servers:
+  - port: {number: 8883, name: mqtt, protocol: TLS}
+    hosts: ["mqtt.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: b-term, namespace: istio-system, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec:
+  servers:
+  - port: {number: 8883, name: mqtt, protocol: TLS}
+    hosts: ["mqtt.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+  - port: {number: 8883, name: other, protocol: TLS}
+    hosts: ["other.example.com"]
+    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mqtt, namespace: apps}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/a-pass, istio-system/b-term]
+  tls:
+  - match: [{sniHosts: ["*.example.com"]}]
+    route: [{destination: {host: 10.0.0.7, port: {number: 8883}}}]
+  tcp:
+  - route: [{destination: {host: 10.0.0.9, port: {number: 1883}}}]
+"#,
+        );
+        let t = RouteTable::build(&c, &labels(&[]));
+        let s = t.server(8883, Some("mqtt.example.com")).unwrap();
+        assert_eq!(s.gateway, "istio-system/a-pass");
+        assert_eq!(s.mode(), Some(TlsMode::Passthrough));
+        let other = t.server(8883, Some("other.example.com")).unwrap();
+        assert_eq!(
+            (other.gateway.as_str(), other.index),
+            ("istio-system/b-term", 1)
+        );
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+        assert!(
+            t.problems[0].starts_with("Gateway istio-system/b-term server 0 (port 8883) is ignored: its host mqtt.example.com is already a host of Gateway istio-system/a-pass server 0"),
+            "{:?}",
+            t.problems
+        );
     }
 
     #[test]
