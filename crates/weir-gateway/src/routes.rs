@@ -213,16 +213,18 @@ impl RouteTable {
     ) -> RouteTable {
         let mut table = RouteTable::default();
         let mut gateways: Vec<&Gateway> = config.gateways_selecting(labels).collect();
+        // Istio's order (sortConfigByCreationTime): oldest first, then by
+        // name, then by namespace.
         gateways.sort_by(|a, b| {
             (
                 &a.metadata.creation_timestamp,
-                &a.metadata.namespace,
                 &a.metadata.name,
+                &a.metadata.namespace,
             )
                 .cmp(&(
                     &b.metadata.creation_timestamp,
-                    &b.metadata.namespace,
                     &b.metadata.name,
+                    &b.metadata.namespace,
                 ))
         });
         // The hosts of the TLS servers kept so far, per port: as Istio
@@ -822,6 +824,16 @@ spec:
         assert_eq!(t.listeners[&9000].servers.len(), 1);
         assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
         assert!(t.problems[0].contains("default/b"), "{:?}", t.problems);
+
+        // Equally old: by name, then namespace (Istio's order), so zzz/aaa
+        // keeps the port before aaa/zzz.
+        let gw = |ns: &str, name: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  servers:\n  - port: {{number: 1883, name: t, protocol: TCP}}\n    hosts: ['*']\n")
+        };
+        let c = config(&format!("{}---\n{}", gw("aaa", "zzz"), gw("zzz", "aaa")));
+        let t = RouteTable::build(&c, &labels(&[]));
+        assert_eq!(t.server(1883, None).unwrap().gateway, "zzz/aaa");
+        assert!(t.problems[0].contains("aaa/zzz"), "{:?}", t.problems);
     }
 
     /// As Istio merges Gateways: a TLS server naming a host an earlier

@@ -708,10 +708,12 @@ fn gateway(ctx: &mut DocCtx<'_>, metadata: ObjectMeta, spec: GatewaySpec) -> Gat
         let tls = s.tls.is_some();
         if let Some((proto, had_tls)) = seen.insert(s.port.number, (s.port.protocol, tls)) {
             if proto != s.port.protocol || had_tls != tls {
-                ctx.error(
+                // As Istio merges servers: the later one is dropped (the
+                // gateway reports it), the rest of the Gateway is served.
+                ctx.warn(
                     Some(format!("spec.servers[{i}].port")),
                     format!(
-                        "port {} is used by another server of this Gateway with a different protocol; servers sharing a port must all be TLS (told apart by SNI host)",
+                        "port {} is used by an earlier server of this Gateway with a different protocol; this server is ignored (servers sharing a port must all be TLS, told apart by SNI host)",
                         s.port.number
                     ),
                 );
@@ -756,7 +758,7 @@ fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
             Some(ServerProtocol::Tls)
         }
         "TCP" | "MONGO" | "MYSQL" | "REDIS" => Some(ServerProtocol::Tcp),
-        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {
+        "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" | "HTTP_PROXY" => {
             skip = Some((
                 format!("{p}.port.protocol"),
                 format!("{raw_protocol}: weir gateways carry TLS and TCP only (HTTP routing is not implemented)"),

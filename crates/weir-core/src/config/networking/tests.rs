@@ -530,10 +530,17 @@ fn what_a_tls_tcp_gateway_cannot_do_is_refused() {
         "spec.servers[0].hosts[0]",
         "is not a host",
     );
-    one_error(
-        &format!("{GW}  - port: {{number: 443, name: a, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: 443, name: b, protocol: TCP}}\n    hosts: ['*']\n"),
-        "spec.servers[1].port",
-        "different protocol",
+    // TLS and TCP on one port of one Gateway: as Istio merges servers, the
+    // later is dropped (a warning here, a problem at the gateway); the
+    // Gateway itself is valid.
+    let c = load(&format!("{GW}  - port: {{number: 443, name: a, protocol: TLS}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n  - port: {{number: 443, name: b, protocol: TCP}}\n    hosts: ['*']\n"));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.field.as_deref() == Some("spec.servers[1].port")
+                && w.message.contains("this server is ignored")),
+        "{:#?}",
+        c.warnings
     );
 }
 
