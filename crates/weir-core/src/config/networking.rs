@@ -585,7 +585,7 @@ fn server_tls(
     if t.https_redirect == Some(true) {
         ctx.warn(
             Some(f("httpsRedirect")),
-            "ignored: it applies to HTTP servers only",
+            "ignored: weir gateways serve no HTTP, so there is no request to redirect",
         );
     }
     let mode = match t.mode.as_deref() {
@@ -816,6 +816,16 @@ fn server(ctx: &mut DocCtx<'_>, p: &str, s: RawServer) -> Option<Server> {
         }
     }
     let tls = match s.tls {
+        Some(_) if protocol == Some(ServerProtocol::Tcp) => {
+            // Istio's validation: TLS settings only on TLS/HTTPS servers.
+            ctx.error(
+                Some(format!("{p}.tls")),
+                format!(
+                    "a {raw_protocol} server has no TLS settings: use protocol TLS for a TLS server (as Istio refuses it)"
+                ),
+            );
+            None
+        }
         Some(t) => server_tls(ctx, &format!("{p}.tls"), t, &mut skip),
         None => {
             if protocol == Some(ServerProtocol::Tls) {

@@ -530,6 +530,11 @@ fn what_a_tls_tcp_gateway_cannot_do_is_refused() {
         "spec.servers[0].hosts[0]",
         "is not a host",
     );
+    one_error(
+        &format!("{GW}  - port: {{number: 1883, name: mqtt, protocol: TCP}}\n    hosts: ['*']\n    tls: {{mode: PASSTHROUGH}}\n"),
+        "spec.servers[0].tls",
+        "use protocol TLS",
+    );
     // TLS and TCP on one port of one Gateway: as Istio merges servers, the
     // later is dropped (a warning here, a problem at the gateway); the
     // Gateway itself is valid.
