@@ -51,20 +51,34 @@ fn route(
     }
 }
 
-/// Serves HTTP/1 on `listener` until the task is aborted.
+/// Most connections the monitoring endpoint serves at once; past it new
+/// ones are closed (a scraper and a probe open one or two each), as the
+/// node proxy's admin endpoints do.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// Serves HTTP/1 on `listener` until the task is aborted. Connections are
+/// bounded in number ([`MAX_CONNECTIONS`]) and must send a request's
+/// headers within 10 s: the port is reachable from the cluster, and file
+/// descriptors are what the gRPC streams of every node proxy need too.
 pub(crate) async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     distributor: Arc<Distributor>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, limit = MAX_CONNECTIONS, "too many monitoring connections; closing");
+            continue;
+        };
         let registry = registry.clone();
         let distributor = distributor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (status, content_type, body) = route(req.uri().path(), &registry, &distributor);
                 async move {
@@ -86,5 +100,48 @@ pub(crate) async fn serve(
                 tracing::debug!(%peer, error = %e, "monitoring connection error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::catalog::Catalog;
+
+    async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+        let mut sink = Vec::new();
+        tokio::time::timeout(wait, s.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_the_rest_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let distributor = Arc::new(Distributor::new(Catalog::default(), "cp-test"));
+        tokio::spawn(serve(listener, Arc::new(Registry::default()), distributor));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut extra, Duration::from_secs(5)).await);
+        assert!(!closed_within(&mut idle[0], Duration::from_millis(200)).await);
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
 }
