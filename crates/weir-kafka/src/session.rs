@@ -526,12 +526,7 @@ impl RequestSide<'_> {
             // or commit would still run the denied transactional id or
             // group's checks at the broker.
             if no_response {
-                let topic = work
-                    .denied
-                    .first()
-                    .map(|d| d.name.to_string())
-                    .unwrap_or_default();
-                return Ok(Plan::ForwardThenClose(None, topic));
+                return Ok(Plan::ForwardThenClose(None, first_denied(&work)));
             }
             return Ok(Plan::Answer(Box::new(work)));
         }
@@ -578,13 +573,8 @@ impl RequestSide<'_> {
             return Ok(forward(bytes, work));
         }
         if no_response {
-            let topic = work
-                .denied
-                .first()
-                .map(|d| d.name.to_string())
-                .unwrap_or_default();
             let rest = (kept > 0).then(|| filter_request(&body, entries, &keep, None));
-            return Ok(Plan::ForwardThenClose(rest, topic));
+            return Ok(Plan::ForwardThenClose(rest, first_denied(&work)));
         }
         let must_forward = (api == ApiKey::Fetch && !ins.sessionless) || (api == ApiKey::Metadata);
         if kept == 0 && !must_forward {
@@ -677,6 +667,15 @@ fn body_str(body: &Bytes, range: std::ops::Range<usize>) -> StrBytes {
     body.get(range)
         .and_then(|b| std::str::from_utf8(b).ok())
         .map(|s| StrBytes::from_string(s.to_owned()))
+        .unwrap_or_default()
+}
+
+/// The first denied name of `work`, for the log line of an acks=0 Produce
+/// the connection is closed for.
+fn first_denied(work: &ResponseWork) -> String {
+    work.denied
+        .first()
+        .map(|d| d.name.to_string())
         .unwrap_or_default()
 }
 
