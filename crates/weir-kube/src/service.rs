@@ -152,7 +152,9 @@ pub fn service_from_kube<'a>(
 
 /// The Service's IPv4 cluster IPs (`clusterIPs`, else `clusterIP`; none
 /// for a headless Service). IPv6 ones are left out: capture is IPv4 only.
-fn cluster_ips(spec: Option<&k8s_openapi::api::core::v1::ServiceSpec>) -> Vec<std::net::IpAddr> {
+pub(crate) fn cluster_ips(
+    spec: Option<&k8s_openapi::api::core::v1::ServiceSpec>,
+) -> Vec<std::net::IpAddr> {
     let Some(spec) = spec else { return Vec::new() };
     let listed = spec
         .cluster_ips

@@ -546,7 +546,11 @@ impl State {
     /// namespace the object's author does not own (another namespace's Pod),
     /// so it is refused, reported and left out like any invalid resource;
     /// so is an address no Pod or machine of the mesh has (loopback,
-    /// link-local).
+    /// link-local). Likewise `weir.dev` Service and Workload objects that
+    /// claim a Kubernetes Service's cluster IP: Kubernetes gives each cluster
+    /// IP to one Service, and a copy of it (which sorts first and would win)
+    /// would send that Service's clients, over HBONE, to the object
+    /// author's Pods.
     fn refused_workload_objects(&self) -> Vec<ConfigError> {
         let pod_nodes: BTreeSet<&str> = self
             .pods
@@ -554,9 +558,20 @@ impl State {
             .values()
             .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
             .collect();
+        let cluster_ips: BTreeMap<std::net::IpAddr, String> = self
+            .services
+            .items
+            .iter()
+            .flat_map(|((ns, name), svc)| {
+                crate::service::cluster_ips(svc.spec.as_ref())
+                    .into_iter()
+                    .map(move |ip| (ip, format!("{ns}/{name}")))
+            })
+            .collect();
         let mut refused = Vec::new();
         for (kind, store) in &self.custom {
-            if (kind.group, kind.kind) != ("weir.dev", "Workload") {
+            let kind_of = (kind.group, kind.kind);
+            if kind_of != ("weir.dev", "Workload") && kind_of != ("weir.dev", "Service") {
                 continue;
             }
             for ((ns, name), doc) in &store.items {
@@ -573,6 +588,30 @@ impl State {
                     field: Some(field),
                     message,
                 };
+                if kind.kind == "Service" {
+                    let claimed = ["/spec/clusterIP", "/spec/clusterIPs"]
+                        .iter()
+                        .flat_map(|p| match doc.pointer(p) {
+                            Some(serde_json::Value::String(s)) => vec![(p, s.as_str())],
+                            Some(serde_json::Value::Array(a)) => a
+                                .iter()
+                                .filter_map(|v| v.as_str())
+                                .map(|s| (p, s))
+                                .collect(),
+                            _ => Vec::new(),
+                        })
+                        .find_map(|(p, s)| {
+                            let ip = s.parse::<std::net::IpAddr>().ok()?;
+                            Some((p, ip, cluster_ips.get(&ip)?))
+                        });
+                    if let Some((p, ip, owner)) = claimed {
+                        refused.push(error(
+                            p.trim_start_matches('/').replace('/', "."),
+                            format!("{ip} is the cluster IP of the Kubernetes Service {owner}; a weir.dev Service cannot take it"),
+                        ));
+                    }
+                    continue;
+                }
                 let node = doc.pointer("/spec/node").and_then(|v| v.as_str());
                 let address = doc
                     .pointer("/spec/address")
@@ -596,6 +635,14 @@ impl State {
                     refused.push(error(
                         "spec.address".to_owned(),
                         format!("{a} is a loopback or link-local address, which no machine of the mesh has in a cluster"),
+                    ));
+                } else if let Some((a, owner)) = address.and_then(|a| {
+                    let ip = std::net::IpAddr::V4(a);
+                    cluster_ips.get(&ip).map(|o| (ip, o))
+                }) {
+                    refused.push(error(
+                        "spec.address".to_owned(),
+                        format!("{a} is the cluster IP of the Kubernetes Service {owner}, not a machine's address"),
                     ));
                 }
             }

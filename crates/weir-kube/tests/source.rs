@@ -584,3 +584,66 @@ async fn a_workload_object_cannot_claim_a_pod_or_a_cluster_node() {
     let s = source.next().await.unwrap();
     assert_eq!(sorted(&s.config), ["apps/on-node-a", "apps/vm-1"]);
 }
+
+/// A `weir.dev` Service or Workload object that claims a Kubernetes
+/// Service's cluster IP is refused: as a copy it would sort first and win,
+/// sending data/kafka's clients (over HBONE) to the author's Pods, or
+/// black-holing the address. The Kubernetes Service keeps its IP.
+#[tokio::test(start_paused = true)]
+async fn a_weir_object_cannot_take_a_kubernetes_service_cluster_ip() {
+    let api = cluster();
+    api.with_installed(WEIR, "services");
+    api.with_installed(WEIR, "workloads");
+    api.seed(
+        WEIR,
+        "services",
+        json!({"apiVersion": WEIR, "kind": "Service",
+               "metadata": {"name": "x", "namespace": "apps", "uid": "uid-x"},
+               "spec": {"selector": {"app": "fake"}, "clusterIP": "10.96.0.7",
+                        "ports": [{"port": 9092}]}}),
+    );
+    api.seed(
+        WEIR,
+        "workloads",
+        workload_object(
+            "vm-on-vip",
+            json!({"address": "10.96.0.7", "node": "vm-node-1"}),
+            json!({}),
+        ),
+    );
+    let (mut source, _metrics) = start(&api);
+    let s = source.next().await.unwrap();
+    let services: Vec<(String, Vec<std::net::IpAddr>)> = s
+        .config
+        .services
+        .iter()
+        .map(|svc| (svc.metadata.key(), svc.cluster_ips.clone()))
+        .collect();
+    assert_eq!(
+        services,
+        [("data/kafka".to_owned(), vec!["10.96.0.7".parse().unwrap()])],
+        "{:?}",
+        s.invalid
+    );
+    let refused: Vec<(&str, Option<&str>)> = s
+        .invalid
+        .iter()
+        .filter(|e| e.file.contains(".weir.dev/"))
+        .map(|e| (e.file.as_str(), e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("kubernetes:Service.weir.dev/apps/x", Some("spec.clusterIP")),
+            (
+                "kubernetes:Workload.weir.dev/apps/vm-on-vip",
+                Some("spec.address")
+            ),
+        ],
+        "{:?}",
+        s.invalid
+    );
+    assert!(s.invalid.iter().any(|e| e
+        .message
+        .contains("cluster IP of the Kubernetes Service data/kafka")));
+}
