@@ -882,10 +882,14 @@ spec:
     );
 
     // The policy stops allowing the gateway: the node refuses its tunnel.
+    // (A connection admitted just before the node reloads is closed by the
+    // reload instead, which the gateway sees as a reset, not a refusal:
+    // so wait for a refused one.)
     cfg.write(
         "policy.yaml",
         &policy("cluster.local/ns/apps/sa/someone-else"),
     );
+    let upstream_denied = [("listener", "9443"), ("reason", "upstream_denied")];
     let denied = wait_for(Duration::from_secs(15), || {
         let r = tls_client(
             &outside,
@@ -898,7 +902,7 @@ spec:
                 ..Default::default()
             },
         );
-        !r.reply.contains("MESH-APP-REPLY-777")
+        !r.reply.contains("MESH-APP-REPLY-777") && gw.metric(ERRORS, &upstream_denied) >= 1.0
     });
     assert!(
         denied,
