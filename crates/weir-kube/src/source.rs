@@ -337,6 +337,11 @@ fn forbidden(e: &watcher::Error) -> bool {
 /// Keeps what Pod → Workload and Service port resolution read, so that
 /// 10 000 Pods do not hold their managed fields, conditions and
 /// container statuses in memory.
+#[cfg(test)]
+pub(crate) fn prune_pod_for_test(pod: Pod) -> Pod {
+    prune_pod(pod)
+}
+
 fn prune_pod(pod: Pod) -> Pod {
     let mut metadata = pod.metadata;
     metadata.managed_fields = None;
@@ -385,6 +390,7 @@ fn prune_pod(pod: Pod) -> Pod {
     let status = pod.status.map(|s| PodStatus {
         phase: s.phase,
         pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
         // Only the Ready condition (readiness), without its timestamps and
         // messages: the rest changes often and means nothing to weir.
         conditions: s

@@ -174,10 +174,25 @@ pub fn workload_from_pod(
             return Err(PodSkip::Finished(phase.to_owned()));
         }
     }
-    let ip = status
+    // `podIP`, or, when that is IPv6 (a dual-stack cluster whose primary
+    // family is IPv6), the Pod's IPv4 address from `podIPs` (istio-cni
+    // reads them all): capture is IPv4 only.
+    let primary = status
         .and_then(|s| s.pod_ip.as_deref())
-        .filter(|ip| !ip.is_empty())
-        .ok_or(PodSkip::NoAddress)?;
+        .filter(|ip| !ip.is_empty());
+    let ipv4 = || {
+        status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+    };
+    let ip = match primary {
+        Some(ip) if ip.parse::<std::net::Ipv6Addr>().is_ok() => ipv4().unwrap_or(ip),
+        Some(ip) => ip,
+        None => return Err(PodSkip::NoAddress),
+    };
     let address: IpAddr = ip.parse().map_err(|_| PodSkip::BadAddress(ip.to_owned()))?;
     let node = spec
         .and_then(|s| s.node_name.as_deref())

@@ -120,7 +120,7 @@ fn defaults() {
 /// reason, instead of serving a workload whose traffic would bypass the mesh.
 #[test]
 fn ipv6_pods_are_refused_with_the_reason() {
-    let p = pod(json!({"status": {"podIP": "fd00::5"}}));
+    let p = pod(json!({"status": {"podIP": "fd00::5", "podIPs": [{"ip": "fd00::5"}]}}));
     let w = workload_from_pod(&p, &ambient()).unwrap();
     assert_eq!(w.address.to_string(), "fd00::5");
     let served = serde_yaml_ng::to_string(&document::workload(&w)).unwrap();
@@ -132,6 +132,20 @@ fn ipv6_pods_are_refused_with_the_reason() {
     assert_eq!(e.0.len(), 1, "{e}");
     assert_eq!(e.0[0].field.as_deref(), Some("spec.address"));
     assert!(e.0[0].message.contains("IPv4 only"), "{}", e.0[0].message);
+}
+
+/// Dual-stack with IPv6 as the primary family: the Pod's IPv4 address
+/// from `podIPs` is its Workload address (capture is IPv4 only).
+#[test]
+fn a_dual_stack_pod_gets_its_ipv4_address() {
+    let p = pod(json!({"status": {"podIP": "fd00::5",
+                                   "podIPs": [{"ip": "fd00::5"}, {"ip": "10.244.1.5"}]}}));
+    let w = workload_from_pod(&p, &ambient()).unwrap();
+    assert_eq!(w.address.to_string(), "10.244.1.5");
+    // And the pruned Pod the source keeps still has them.
+    let pruned = crate::source::prune_pod_for_test(p);
+    let w = workload_from_pod(&pruned, &ambient()).unwrap();
+    assert_eq!(w.address.to_string(), "10.244.1.5");
 }
 
 #[test]
