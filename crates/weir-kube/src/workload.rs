@@ -45,6 +45,9 @@ pub enum PodSkip {
     /// The Pod has finished (`Succeeded` or `Failed`): its address may already
     /// belong to another Pod.
     Finished(String),
+    /// Neither running nor pending (phase `Unknown`: its node stopped
+    /// reporting), as istiod leaves such Pods out.
+    NotRunning(String),
     /// No `status.podIP` yet (not scheduled, or its sandbox is not up).
     NoAddress,
     /// `status.podIP` is not an IP address.
@@ -62,6 +65,7 @@ impl PodSkip {
             PodSkip::HasSidecar => "sidecar",
             PodSkip::HostNetwork => "host_network",
             PodSkip::Finished(_) => "finished",
+            PodSkip::NotRunning(_) => "not_running",
             PodSkip::NoAddress => "no_address",
             PodSkip::BadAddress(_) => "bad_address",
             PodSkip::NotScheduled => "not_scheduled",
@@ -86,6 +90,9 @@ impl fmt::Display for PodSkip {
                 "uses the host network: its address and network namespace are the node's"
             ),
             PodSkip::Finished(phase) => write!(f, "has finished (phase {phase})"),
+            PodSkip::NotRunning(phase) => {
+                write!(f, "is neither running nor pending (phase {phase})")
+            }
             PodSkip::NoAddress => write!(f, "has no pod IP yet"),
             PodSkip::BadAddress(ip) => write!(f, "status.podIP {ip:?} is not an IP address"),
             PodSkip::NotScheduled => write!(f, "is not scheduled on a node yet"),
@@ -172,6 +179,9 @@ pub fn workload_from_pod(
     if let Some(phase) = status.and_then(|s| s.phase.as_deref()) {
         if matches!(phase, "Succeeded" | "Failed") {
             return Err(PodSkip::Finished(phase.to_owned()));
+        }
+        if !matches!(phase, "Running" | "Pending") {
+            return Err(PodSkip::NotRunning(phase.to_owned()));
         }
     }
     // `podIP`, or, when that is IPv6 (a dual-stack cluster whose primary

@@ -234,6 +234,11 @@ fn pods_that_are_not_workloads() {
             json!({"status": {"phase": "Failed"}}),
             PodSkip::Finished("Failed".into()),
         ),
+        // Its node stopped reporting: istiod leaves it out too.
+        (
+            json!({"status": {"phase": "Unknown"}}),
+            PodSkip::NotRunning("Unknown".into()),
+        ),
         (json!({"status": {"podIP": null}}), PodSkip::NoAddress),
         (json!({"status": {"podIP": ""}}), PodSkip::NoAddress),
         (
