@@ -117,6 +117,7 @@ fn candidates(
     gw: &Gateway,
     server: &Server,
     namespace: Option<&str>,
+    problems: &mut Vec<String>,
 ) -> Vec<Candidate> {
     let mut vss: Vec<&VirtualService> = config
         .virtual_services
@@ -142,6 +143,10 @@ fn candidates(
         gateways.is_empty() || gateways.iter().any(|g| g.is(&gw.metadata))
     };
     let mut out = Vec::new();
+    // The SNI names `tls` matches have taken on this server (by port): as
+    // Istio builds a passthrough server's filter chains, a later match
+    // naming one again is skipped whole (its other names get no route).
+    let mut sni_taken: Vec<(Option<u16>, HostPattern)> = Vec::new();
     for vs in vss {
         let key = vs.metadata.key();
         let server_hosts: Vec<HostPattern> = server
@@ -154,12 +159,22 @@ fn candidates(
             .map(|h| h.host.clone())
             .collect();
         for (i, r) in vs.tls.iter().enumerate() {
-            let matches: Vec<_> = r
-                .matches
-                .iter()
-                .filter(|m| bound_here(&m.gateways))
-                .map(|m| (m.sni_hosts.clone(), m.port))
-                .collect();
+            let mut matches = Vec::new();
+            for m in r.matches.iter().filter(|m| bound_here(&m.gateways)) {
+                if let Some(dup) = m
+                    .sni_hosts
+                    .iter()
+                    .find(|h| sni_taken.contains(&(m.port, (*h).clone())))
+                {
+                    problems.push(format!(
+                        "VirtualService {key} tls[{i}]: a match is skipped on Gateway {}: its SNI host {dup} is already routed by an earlier match (as Istio, duplicate SNI hosts are not routed twice)",
+                        gw.metadata.key(),
+                    ));
+                    continue;
+                }
+                sni_taken.extend(m.sni_hosts.iter().map(|h| (m.port, h.clone())));
+                matches.push((m.sni_hosts.clone(), m.port));
+            }
             if !matches.is_empty() {
                 out.push(Candidate {
                     name: format!("{key}#tls[{i}]"),
@@ -279,7 +294,7 @@ impl RouteTable {
                     gateway: gw.metadata.key(),
                     index,
                     server: server.clone(),
-                    routes: candidates(config, gw, server, namespace),
+                    routes: candidates(config, gw, server, namespace, &mut table.problems),
                 });
             }
         }
@@ -834,6 +849,52 @@ spec:
         let t = RouteTable::build(&c, &labels(&[]));
         assert_eq!(t.server(1883, None).unwrap().gateway, "zzz/aaa");
         assert!(t.problems[0].contains("aaa/zzz"), "{:?}", t.problems);
+    }
+
+    /// As Istio builds a passthrough server's filter chains: a `tls` match
+    /// naming an SNI host an earlier match already routes is skipped
+    /// whole, so its other hosts get no route either; reported.
+    #[test]
+    fn a_match_with_a_duplicate_sni_host_is_skipped_whole() {
+        let c = config(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 9093, name: kafka, protocol: TLS}
+    hosts: ["*.kafka.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: brokers, namespace: kafka}
+spec:
+  hosts: ["*.kafka.example.com"]
+  gateways: [istio-system/edge]
+  tls:
+  - match: [{sniHosts: [b0.kafka.example.com]}]
+    route: [{destination: {host: 10.0.0.10, port: {number: 9093}}}]
+  - match: [{sniHosts: [b0.kafka.example.com, b1.kafka.example.com]}]
+    route: [{destination: {host: 10.0.0.11, port: {number: 9093}}}]
+"#,
+        );
+        let t = RouteTable::build(&c, &labels(&[]));
+        let s = t.server(9093, Some("b0.kafka.example.com")).unwrap();
+        let r = route(s, 9093, Some("b0.kafka.example.com")).unwrap();
+        assert_eq!(r.name, "kafka/brokers#tls[0]");
+        assert!(
+            t.server(9093, Some("b1.kafka.example.com"))
+                .and_then(|s| route(s, 9093, Some("b1.kafka.example.com")))
+                .is_none(),
+            "b1 is not routed"
+        );
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+        assert!(
+            t.problems[0].contains("kafka/brokers tls[1]"),
+            "{:?}",
+            t.problems
+        );
     }
 
     /// As Istio merges Gateways: a TLS server naming a host an earlier
