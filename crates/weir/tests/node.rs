@@ -1262,6 +1262,7 @@ spec:
         .lines()
         .find(|l| l.contains("closed by a config change") && l.contains("deny-client"))
         .unwrap_or_else(|| panic!("no access log line for the closed connection:\n{log}"));
+    assert!(line.contains("policy=\"data/deny-client\""), "{line}");
     // The bytes it moved before it was closed (the first line and pings
     // each way), not zeros.
     for field in ["bytes_received=", "bytes_sent="] {

@@ -141,6 +141,14 @@ async fn carry(
                 if !verdict.allowed() {
                     // Returning drops the forwarding: both sockets close.
                     ctx.metrics.close(&counters, false);
+                    // The line names the policy that now denies it.
+                    let conn = Conn {
+                        policy: verdict.policy.clone(),
+                        src: conn.src.clone(),
+                        dst: conn.dst.clone(),
+                        service: conn.service.clone(),
+                        ..*conn
+                    };
                     conn.log(
                         "deny",
                         FLAG_DENY,
