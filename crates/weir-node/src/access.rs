@@ -192,7 +192,14 @@ impl Conn {
         t: Option<&Transfer>,
         error: Option<&str>,
     ) {
-        let (received, sent) = t.map_or((0, 0), |t| (t.received, t.sent));
+        // As ztunnel logs them, from the local workload's side: inbound,
+        // what the app received (client -> server) and sent back; outbound,
+        // what the app sent (client -> server) and received. (The metrics
+        // keep Istio's direction, client -> server as received, both ways.)
+        let (received, sent) = t.map_or((0, 0), |t| match self.direction {
+            "outbound" => (t.sent, t.received),
+            _ => (t.received, t.sent),
+        });
         let io_error = t.and_then(|t| t.error.as_ref()).map(ToString::to_string);
         info!(
             target: "weir::access",

@@ -174,6 +174,28 @@ fn mesh_traffic_is_mtls_only() {
         "no weir::access line in node-b's log:\n{}",
         node_b.log_text()
     );
+    // Each node logs the bytes from its workload's side (as ztunnel): the
+    // client's node says it sent what the server's node says it received.
+    assert!(node_a.wait_log("weir::access"), "{}", node_a.log_text());
+    let bytes = |log: &str| -> (u64, u64) {
+        let line = log
+            .lines()
+            .find(|l| l.contains("weir::access") && l.contains("dst.addr=198.18.0.3:9000"))
+            .unwrap_or_else(|| panic!("no access line for :9000 in\n{log}"));
+        let field = |name: &str| -> u64 {
+            line.split(name)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+        };
+        (field("bytes_received="), field("bytes_sent="))
+    };
+    let (a_received, a_sent) = bytes(&node_a.log_text());
+    let (b_received, b_sent) = bytes(&node_b.log_text());
+    assert_eq!((a_sent, a_received), (b_received, b_sent));
+    assert!(a_sent >= payload.len() as u64 && b_sent >= "SERVER-REPLY-MARKER-67890".len() as u64);
+    assert_ne!(a_sent, b_sent, "request and reply differ in size");
 }
 
 #[test]
