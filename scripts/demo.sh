@@ -8,8 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# weir needs Rust 1.85 or newer: a distribution's cargo (Debian 12 has
+# 1.63) is passed over for a rustup one.
+cargo_ok() {
+    local v major minor
+    v=$(cargo --version 2>/dev/null | awk '{print $2}') || return 1
+    IFS=. read -r major minor _ <<<"$v"
+    [[ -n "$major" && -n "$minor" ]] && ((major > 1 || (major == 1 && minor >= 85)))
+}
 # sudo resets PATH: find cargo in root's or the invoking user's rustup install.
-if ! command -v cargo >/dev/null 2>&1; then
+if ! cargo_ok; then
     if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
         PATH="$HOME/.cargo/bin:$PATH"
     elif [[ -n "${SUDO_USER:-}" ]]; then
@@ -25,13 +33,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "weir: cargo (Rust) is needed to build weir; install it from https://rustup.rs" >&2
     exit 2
 fi
+if ! cargo_ok; then
+    echo "weir: $(cargo --version) is too old: weir needs Rust 1.85 or newer; install a current one from https://rustup.rs (or run 'rustup update')" >&2
+    exit 2
+fi
 # weir (ring) and Tansu compile some C and link with `cc`.
 has_cc() { local p; p=$(type -P cc) && [[ -x "$p" ]]; }
 if ! has_cc && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing a C compiler (gcc) to build weir" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || true
-    apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null || true
+    apt-get -o DPkg::Lock::Timeout=600 update -qq || true
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends gcc libc6-dev >/dev/null || true
 fi
 if ! has_cc; then
     echo "weir: a C compiler (cc) is needed to build weir; install gcc (e.g. apt-get install -y gcc) and run this again" >&2
