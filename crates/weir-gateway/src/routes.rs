@@ -164,7 +164,7 @@ fn candidates(
                 if let Some(dup) = m
                     .sni_hosts
                     .iter()
-                    .find(|h| sni_taken.contains(&(m.port, (*h).clone())))
+                    .find(|h| sni_taken.iter().any(|(p, t)| *p == m.port && t == *h))
                 {
                     problems.push(format!(
                         "VirtualService {key} tls[{i}]: a match is skipped on Gateway {}: its SNI host {dup} is already routed by an earlier match (as Istio, duplicate SNI hosts are not routed twice)",

@@ -232,10 +232,7 @@ impl MeshChecks {
         expected: Option<&SpiffeId>,
         verified: T,
     ) -> Result<T, rustls::Error> {
-        let peer = match self.direction {
-            Direction::Inbound => "client",
-            Direction::Outbound => "server",
-        };
+        let peer = self.peer();
         match chain.and_then(|()| check_identity(leaf, &self.trust_domain, expected)) {
             Ok(id) => {
                 tracing::trace!(peer = %id, "{peer} certificate accepted");
@@ -288,15 +285,19 @@ impl MeshChecks {
         r: Result<HandshakeSignatureValid, rustls::Error>,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         if let Err(e) = &r {
-            let peer = match self.direction {
-                Direction::Inbound => "client",
-                Direction::Outbound => "server",
-            };
             self.metrics
                 .record(self.direction, FailureReason::BadSignature);
-            tracing::debug!(error = %e, reason = FailureReason::BadSignature.as_str(), "{peer} handshake signature refused");
+            tracing::debug!(error = %e, reason = FailureReason::BadSignature.as_str(), "{} handshake signature refused", self.peer());
         }
         r
+    }
+
+    /// Which end the verified certificate is, for log lines.
+    fn peer(&self) -> &'static str {
+        match self.direction {
+            Direction::Inbound => "client",
+            Direction::Outbound => "server",
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

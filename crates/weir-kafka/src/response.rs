@@ -90,7 +90,11 @@ impl ResponseWork {
             | ApiKey::FindCoordinator
             | ApiKey::DescribeCluster
             | ApiKey::ApiVersions
-            | ApiKey::Fetch => true,
+            | ApiKey::Fetch
+            // Their node_endpoints (DescribeQuorum, offered only below v2,
+            // carries none).
+            | ApiKey::ShareFetch
+            | ApiKey::ShareAcknowledge => true,
             ApiKey::Produce => self.version >= 10,
             ApiKey::OffsetFetch | ApiKey::ListGroups | ApiKey::DescribeGroups => self.enforce,
             // v5+ returns the created topics' configs (DescribeConfigs).

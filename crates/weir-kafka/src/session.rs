@@ -290,16 +290,12 @@ impl RequestSide<'_> {
             // refused above).
             // Outside the versions it reads, such an API's addresses could
             // not be rewritten: refused, as a broker refuses a version.
-            let work = match rewritten_versions(api) {
-                Some(r) if v > r.max || v < r.min => return Err(unsupported(r)),
-                // Its versions below the cap carry no address.
-                Some(_) if api == ApiKey::DescribeQuorum => None,
-                Some(_) => Some(Box::new(ResponseWork::new(api, v))),
-                None => None,
-            };
+            if let Some(r) = rewritten_versions(api).filter(|r| v > r.max || v < r.min) {
+                return Err(unsupported(r));
+            }
             return Ok(Plan::Forward(
                 frame.into_wire(),
-                Some(Reply::Upstream(work)),
+                Some(reply_for(ResponseWork::new(api, v))),
             ));
         };
         if !is_inspected(api, v) {

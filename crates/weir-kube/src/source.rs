@@ -543,7 +543,7 @@ impl State {
         sources
     }
 
-    /// `weir.dev` Workload objects that claim what only a Pod has. In a
+    /// `weir.dev` objects that claim what is not theirs. In a
     /// cluster a Workload object stands for a machine outside it (as Istio's
     /// WorkloadEntry): the node proxies of the cluster's nodes serve Pods,
     /// found by the UID weir control puts on the Workloads it makes from
@@ -557,7 +557,7 @@ impl State {
     /// IP to one Service, and a copy of it (which sorts first and would win)
     /// would send that Service's clients, over HBONE, to the object
     /// author's Pods.
-    fn refused_workload_objects(&self) -> Vec<ConfigError> {
+    fn refused_custom_objects(&self) -> Vec<ConfigError> {
         let pod_nodes: BTreeSet<&str> = self
             .pods
             .items
@@ -658,7 +658,7 @@ impl State {
 
     /// Builds a snapshot; `None` if it would equal the last one.
     fn build(&mut self) -> Option<Arc<Snapshot>> {
-        let refused = self.refused_workload_objects();
+        let refused = self.refused_custom_objects();
         let mut sources = self.sources();
         sources.retain(|s| !refused.iter().any(|e| e.file == s.name));
         let (config, mut invalid) =

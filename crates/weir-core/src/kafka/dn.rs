@@ -288,12 +288,18 @@ impl<'a> Iterator for Rdns<'a> {
     }
 }
 
-/// Whether byte `k` of `subject`'s canonical form begins a unit of it (a
-/// character or a whole escape: `\,`, `\c3`), so that a suffix match may
-/// start there. A suffix `,o=Example` must not match the escaped comma of
-/// a value: `CN=evil\,o=Example` is one RDN, whose CN a requester may have
-/// chosen, not a name in organisation Example. Allocation-free.
-fn starts_escape_unit(subject: &str, k: usize) -> bool {
+/// Whether `subject`'s canonical form ends with `sfx`, the match starting
+/// at a unit of it (a character or a whole escape: `\,`, `\c3`), never
+/// inside one. A suffix `,o=Example` must not match the escaped comma of a
+/// value: `CN=evil\,o=Example` is one RDN, whose CN a requester may have
+/// chosen, not a name in organisation Example. Allocation-free: one pass
+/// for the length, one that tracks escapes and compares.
+fn ends_with_at_unit(subject: &str, sfx: &str) -> bool {
+    let len = Canonical::new(subject).count();
+    let Some(k) = len.checked_sub(sfx.len()) else {
+        return false;
+    };
+    let mut want = sfx.bytes();
     // 0: at a unit's start; 1: after its `\`; 2: after `\` and a hex digit.
     let mut state = 0u8;
     for (i, b) in Canonical::new(subject).enumerate() {
@@ -303,8 +309,11 @@ fn starts_escape_unit(subject: &str, k: usize) -> bool {
             // A second hex digit completes `\hh`; anything else starts anew.
             _ => hex_val(b).is_none(),
         };
-        if i == k {
-            return at_start;
+        if i == k && !at_start {
+            return false;
+        }
+        if i >= k && want.next() != Some(b) {
+            return false;
         }
         state = if at_start {
             u8::from(b == b'\\')
@@ -365,14 +374,7 @@ impl DnMatch {
                 let mut it = Canonical::new(subject);
                 p.bytes().all(|b| it.next() == Some(b))
             }
-            DnMatch::Suffix(sfx) => {
-                let len = Canonical::new(subject).count();
-                len >= sfx.len()
-                    && starts_escape_unit(subject, len - sfx.len())
-                    && Canonical::new(subject)
-                        .skip(len - sfx.len())
-                        .eq(sfx.bytes())
-            }
+            DnMatch::Suffix(sfx) => ends_with_at_unit(subject, sfx),
         }
     }
 
@@ -395,7 +397,7 @@ mod tests {
     use super::*;
 
     /// Where the units of a canonical form start (a reference for
-    /// `starts_escape_unit`, with the escapes' lengths spelled out).
+    /// `ends_with_at_unit`, with the escapes' lengths spelled out).
     fn unit_starts(c: &str) -> Vec<usize> {
         let b = c.as_bytes();
         let (mut i, mut out) = (0, Vec::new());
